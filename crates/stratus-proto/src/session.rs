@@ -1,0 +1,318 @@
+//! One endpoint's protocol state over a connection: decode, answer, close.
+//!
+//! Call order, as in quinn-proto: feed received bytes with [`Session::handle_read`] until
+//! it yields `Ok(None)`, then drain [`Session::poll_transmit`] and write what it returns,
+//! in order. The session never writes behind the caller's back: the obligations RFC 6455
+//! puts on an endpoint (a pong for each ping, the echo of a Close, a Close with the right
+//! code when the peer breaks the protocol) come out of `poll_transmit` as frames.
+//!
+//! After a Close is received, or the peer broke the protocol, every further byte is
+//! ignored and exactly one Close is sent. The driver closes TCP once
+//! [`Session::is_closed`] is true (the server at once, a client after the server did),
+//! and owns the timeouts.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::Role;
+use crate::close::{CloseCode, CloseFrame};
+use crate::codec::{Decoded, Decoder, Encoder, Limits};
+use crate::error::ProtocolError;
+use crate::message::Message;
+
+/// The session is closing: no more messages may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the session is closing")]
+pub struct Closing;
+
+/// A WebSocket endpoint's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    decoder: Decoder,
+    encoder: Encoder,
+    transmit: VecDeque<Bytes>,
+    /// At most one pong waits: a peer that floods pings gets an answer to the latest.
+    pong: Option<Bytes>,
+    close_sent: bool,
+    close_received: bool,
+    failed: bool,
+}
+
+impl Session {
+    /// A session for `role`, with decoder limits.
+    pub fn new(role: Role, limits: Limits) -> Self {
+        Self {
+            decoder: Decoder::new(role, limits),
+            encoder: Encoder::new(role),
+            transmit: VecDeque::new(),
+            pong: None,
+            close_sent: false,
+            close_received: false,
+            failed: false,
+        }
+    }
+
+    /// The decoder, for extension negotiation.
+    pub fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    /// Bytes the read buffer must hold to finish the frame in progress (a read-size hint).
+    pub fn wanted_len(&self) -> usize {
+        self.decoder.frame_len()
+    }
+
+    /// Decodes the next message from `buf`. `Ok(None)`: need more bytes (or the session no
+    /// longer reads). On `Err` the session has queued a Close with the error's code and
+    /// ignores all further input.
+    pub fn handle_read(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        if self.close_received || self.failed {
+            buf.clear();
+            return Ok(None);
+        }
+        let decoded = match self.decoder.decode(buf) {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                self.failed = true;
+                buf.clear();
+                self.close(CloseCode::from(&err), "");
+                return Err(err);
+            }
+        };
+        let message = match decoded {
+            Decoded::Data(raw) if raw.compressed => {
+                self.failed = true;
+                buf.clear();
+                let err = ProtocolError::InvalidCompressedData;
+                self.close(CloseCode::from(&err), "");
+                return Err(err);
+            }
+            Decoded::Data(raw) if raw.text => Message::Text(raw.payload),
+            Decoded::Data(raw) => Message::Binary(raw.payload),
+            Decoded::Control(control) => control,
+        };
+        match &message {
+            Message::Ping(payload) if !self.close_sent => {
+                self.pong = Some(self.encoder.message(&Message::Pong(payload.clone())));
+            }
+            Message::Close(frame) => {
+                self.close_received = true;
+                buf.clear();
+                let code = frame.as_ref().map_or(CloseCode::NORMAL, CloseFrame::code);
+                self.close(code, "");
+            }
+            _ => {}
+        }
+        Ok(Some(message))
+    }
+
+    /// Queues a message. Fails once a Close has been sent; a `Message::Close` starts the
+    /// closing handshake.
+    pub fn send(&mut self, message: &Message) -> Result<(), Closing> {
+        if self.close_sent {
+            return Err(Closing);
+        }
+        if let Message::Close(frame) = message {
+            self.close_sent = true;
+            self.pong = None;
+            self.transmit
+                .push_back(self.encoder.message(&Message::Close(frame.clone())));
+        } else {
+            self.transmit.push_back(self.encoder.message(message));
+        }
+        Ok(())
+    }
+
+    /// Queues an already encoded frame (a broadcast shared by many connections). Fails
+    /// once a Close has been sent.
+    pub fn send_encoded(&mut self, frame: Bytes) -> Result<(), Closing> {
+        if self.close_sent {
+            return Err(Closing);
+        }
+        self.transmit.push_back(frame);
+        Ok(())
+    }
+
+    /// Starts the closing handshake with `code`, unless a Close was already sent.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        let _ = self.send(&Message::Close(Some(CloseFrame::new(code, reason))));
+    }
+
+    /// The next frame to write, in order.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.pong.take().or_else(|| self.transmit.pop_front())
+    }
+
+    /// A Close was sent.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// A Close was received.
+    pub fn close_received(&self) -> bool {
+        self.close_received
+    }
+
+    /// The peer broke the protocol; a Close with the error's code is queued.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Nothing more will be read: the closing handshake is complete, or the session
+    /// failed. The driver may close TCP once the queued frames are written.
+    pub fn is_closed(&self) -> bool {
+        self.failed || (self.close_sent && self.close_received)
+    }
+}
+
+impl From<&ProtocolError> for CloseCode {
+    fn from(err: &ProtocolError) -> Self {
+        err.close_code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::OpCode;
+
+    fn client_frames(messages: &[Message]) -> BytesMut {
+        let enc = Encoder::new(Role::Client);
+        let mut buf = BytesMut::new();
+        for m in messages {
+            buf.extend_from_slice(&enc.message(m));
+        }
+        buf
+    }
+
+    fn drain(session: &mut Session) -> Vec<Bytes> {
+        std::iter::from_fn(|| session.poll_transmit()).collect()
+    }
+
+    fn server_view(frame: &Bytes) -> Message {
+        let mut dec = Decoder::new(Role::Client, Limits::default());
+        let mut buf = BytesMut::from(&frame[..]);
+        match dec.decode(&mut buf).unwrap().unwrap() {
+            Decoded::Control(m) => m,
+            Decoded::Data(d) if d.text => Message::Text(d.payload),
+            Decoded::Data(d) => Message::Binary(d.payload),
+        }
+    }
+
+    #[test]
+    fn ping_is_answered_with_pong_of_same_payload() {
+        let mut s = Session::new(Role::Server, Limits::default());
+        let mut buf = client_frames(&[Message::Ping(Bytes::from_static(b"hi"))]);
+        assert_eq!(
+            s.handle_read(&mut buf).unwrap(),
+            Some(Message::Ping(Bytes::from_static(b"hi")))
+        );
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            server_view(&out[0]),
+            Message::Pong(Bytes::from_static(b"hi"))
+        );
+    }
+
+    #[test]
+    fn ping_flood_keeps_one_pong() {
+        let mut s = Session::new(Role::Server, Limits::default());
+        let pings: Vec<Message> = (0..1000)
+            .map(|i| Message::Ping(Bytes::from(format!("{i}"))))
+            .collect();
+        let mut buf = client_frames(&pings);
+        while s.handle_read(&mut buf).unwrap().is_some() {}
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            server_view(&out[0]),
+            Message::Pong(Bytes::from_static(b"999"))
+        );
+    }
+
+    #[test]
+    fn close_is_echoed_once_and_later_data_ignored() {
+        let mut s = Session::new(Role::Server, Limits::default());
+        let close = Message::Close(Some(CloseFrame::new(CloseCode(3000), "bye")));
+        let mut buf = client_frames(&[
+            close.clone(),
+            Message::text("late"),
+            Message::Ping(Bytes::new()),
+        ]);
+        assert_eq!(s.handle_read(&mut buf).unwrap(), Some(close));
+        assert_eq!(s.handle_read(&mut buf).unwrap(), None);
+        assert!(s.is_closed());
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        match server_view(&out[0]) {
+            Message::Close(Some(f)) => assert_eq!(f.code(), CloseCode(3000)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.send(&Message::text("x")), Err(Closing));
+    }
+
+    #[test]
+    fn empty_close_is_answered_with_1000() {
+        let mut s = Session::new(Role::Server, Limits::default());
+        let mut buf = client_frames(&[Message::Close(None)]);
+        assert_eq!(s.handle_read(&mut buf).unwrap(), Some(Message::Close(None)));
+        match server_view(&drain(&mut s)[0]) {
+            Message::Close(Some(f)) => assert_eq!(f.code(), CloseCode::NORMAL),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn protocol_error_queues_close_with_its_code_and_stops_reading() {
+        // Autobahn 3.2 (client role): a good message, a frame with RSV=2, then a ping.
+        let mut s = Session::new(Role::Client, Limits::default());
+        let server = Encoder::new(Role::Server);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&server.message(&Message::text("Hello")));
+        buf.extend_from_slice(&server.frame(OpCode::Text, 0b010, b"bad"));
+        buf.extend_from_slice(&server.message(&Message::Ping(Bytes::new())));
+        assert_eq!(
+            s.handle_read(&mut buf).unwrap(),
+            Some(Message::text("Hello"))
+        );
+        s.send(&Message::text("Hello")).unwrap();
+        assert_eq!(
+            s.handle_read(&mut buf),
+            Err(ProtocolError::ReservedBits(0b010))
+        );
+        assert_eq!(s.handle_read(&mut buf).unwrap(), None);
+        assert!(s.is_closed());
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 2, "the echo, then the close; no pong");
+        let mut dec = Decoder::new(Role::Server, Limits::default());
+        let mut wire = BytesMut::new();
+        for f in &out {
+            wire.extend_from_slice(f);
+        }
+        assert!(matches!(
+            dec.decode(&mut wire).unwrap(),
+            Some(Decoded::Data(_))
+        ));
+        match dec.decode(&mut wire).unwrap() {
+            Some(Decoded::Control(Message::Close(Some(f)))) => {
+                assert_eq!(f.code(), CloseCode::PROTOCOL)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn compressed_message_without_engine_is_rejected() {
+        let mut s = Session::new(Role::Server, Limits::default());
+        s.decoder_mut().set_rsv1_allowed(true);
+        let enc = Encoder::new(Role::Client);
+        let mut buf = BytesMut::from(&enc.frame(OpCode::Text, 0b100, b"x")[..]);
+        assert_eq!(
+            s.handle_read(&mut buf),
+            Err(ProtocolError::InvalidCompressedData)
+        );
+    }
+}
