@@ -72,7 +72,7 @@ PREF
   fi
   $SUDO apt-get update -q >&2 || die "apt-get update failed"
   $SUDO apt-get install -y -q --no-install-recommends -t bullseye \
-      python2.7 python2.7-dev gcc >&2 \
+      python2.7 python2.7-dev >&2 \
     || die "apt-get install python2.7 python2.7-dev (bullseye) failed"
 fi
 "$PY2" -c 'import sys; assert sys.version_info[:2] == (2, 7)' \

@@ -1,1 +1,260 @@
-//! placeholder
+//! Stratus client: a WebSocket client over io_uring on the same sans-IO core as the
+//! server (`stratus-proto`), used by the load generators and by Autobahn's client mode.
+//!
+//! A [`Client`] is driven by its caller on a `stratus_uring` runtime: [`Client::recv`]
+//! reads and decodes, answering pings and Close as it goes; [`Client::send`] writes one
+//! frame. Masking keys are fresh and random for every frame.
+//!
+//! Not here: TLS (`wss://` is refused with a clear error), reconnection, compression (the
+//! deflate crate plugs in later).
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use stratus_proto::handshake::{ClientHandshake, HandshakeError};
+use stratus_proto::{CloseCode, Limits, Message, ProtocolError, Session};
+use stratus_uring::Stream;
+use tokio::time::{Instant, timeout, timeout_at};
+
+/// Smallest read.
+const READ_CHUNK: usize = 4096;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL is not a usable `ws://` URL.
+    #[error("bad URL: {0}")]
+    Url(String),
+    /// A socket error.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The server's handshake response was refused.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The server broke the protocol; the client sent a Close with the error's code.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The connection ended without a closing handshake (close code 1006).
+    #[error("connection closed abnormally")]
+    Abnormal,
+    /// The connection is closing; nothing more can be sent.
+    #[error("connection is closing")]
+    Closing,
+    /// The server did not answer in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Limits on what the server may send.
+    pub limits: Limits,
+    /// Time allowed for TCP connect plus the opening handshake.
+    pub connect_timeout: Duration,
+    /// Time allowed for the server's Close and TCP close after ours.
+    pub close_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// An open WebSocket connection.
+pub struct Client {
+    stream: Stream,
+    session: Session,
+    buf: BytesMut,
+    config: ClientConfig,
+}
+
+/// Connects to a `ws://` URL with the default settings.
+pub async fn connect(url: &str) -> Result<Client, Error> {
+    connect_with(url, ClientConfig::default()).await
+}
+
+/// Connects to a `ws://` URL.
+pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Client, Error> {
+    let target = Target::parse(url)?;
+    match timeout(config.connect_timeout, open(&target, config)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout),
+    }
+}
+
+/// Where a URL points.
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    resource: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, Error> {
+        let url = url::Url::parse(url).map_err(|e| Error::Url(e.to_string()))?;
+        match url.scheme() {
+            "ws" => {}
+            "wss" => return Err(Error::Url("wss:// (TLS) is not supported yet".into())),
+            other => return Err(Error::Url(format!("scheme {other} is not ws"))),
+        }
+        let host = url.host_str().ok_or_else(|| Error::Url("no host".into()))?;
+        let port = url.port().unwrap_or(80);
+        let addr = (host.trim_matches(['[', ']']), port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| Error::Url(format!("{host} has no address")))?;
+        let mut resource = url.path().to_owned();
+        if let Some(query) = url.query() {
+            resource.push('?');
+            resource.push_str(query);
+        }
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        Ok(Self {
+            addr,
+            host,
+            resource,
+        })
+    }
+}
+
+/// Fresh bytes from the OS's random source (handshake nonces, masking-key seeds).
+fn random<const N: usize>() -> Result<[u8; N], Error> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(io::Error::from)?;
+    Ok(bytes)
+}
+
+async fn open(target: &Target, config: ClientConfig) -> Result<Client, Error> {
+    let stream = Stream::connect(target.addr).await?;
+    let (mut handshake, request) =
+        ClientHandshake::new(&target.host, &target.resource, None, &[], random()?);
+    stream.write_all(request).await?;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let (result, returned) = stream.read_into(buf, READ_CHUNK).await;
+        buf = returned;
+        if result? == 0 {
+            return Err(Error::Abnormal);
+        }
+        if let Some((_response, head_len)) = handshake.read(&buf)? {
+            let _ = buf.split_to(head_len);
+            break;
+        }
+    }
+    let session = Session::client(config.limits, random()?);
+    Ok(Client {
+        stream,
+        session,
+        buf,
+        config,
+    })
+}
+
+impl Client {
+    /// Sends a message (or a Close, which starts the closing handshake).
+    pub async fn send(&mut self, message: &Message) -> Result<(), Error> {
+        self.session.send(message).map_err(|_| Error::Closing)?;
+        self.flush().await
+    }
+
+    /// Receives the next message. Pings are answered and a Close is echoed before they
+    /// are returned. `Ok(None)` once the closing handshake is complete and the server has
+    /// closed TCP. A protocol error from the server fails the connection: the client sends
+    /// a Close with the error's code, waits for the server to close, and returns the error.
+    pub async fn recv(&mut self) -> Result<Option<Message>, Error> {
+        loop {
+            match self.session.handle_read(&mut self.buf) {
+                Ok(Some(message)) => {
+                    self.flush().await?;
+                    return Ok(Some(message));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.flush().await?;
+                    self.await_server_close().await;
+                    return Err(Error::Protocol(err));
+                }
+            }
+            if self.session.is_closed() {
+                self.await_server_close().await;
+                return Ok(None);
+            }
+            if !self.read_more(None).await? {
+                return Err(Error::Abnormal);
+            }
+        }
+    }
+
+    /// Closes with `code` and `reason`: sends Close, then reads (dropping messages) until
+    /// the server's Close and TCP close, or the close timeout.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.session.close(code, reason);
+        self.flush().await?;
+        let deadline = Instant::now() + self.config.close_timeout;
+        while !self.session.is_closed() {
+            let _ = self.session.handle_read(&mut self.buf);
+            self.flush().await?;
+            if self.session.is_closed() {
+                break;
+            }
+            if !self.read_more(Some(deadline)).await? {
+                return Ok(());
+            }
+        }
+        self.await_server_close().await;
+        Ok(())
+    }
+
+    /// Writes everything the session has queued.
+    async fn flush(&mut self) -> Result<(), Error> {
+        let frames: Vec<_> = std::iter::from_fn(|| self.session.poll_transmit()).collect();
+        if !frames.is_empty() {
+            self.stream.writev_all(frames).await.0?;
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes; `false` at EOF.
+    async fn read_more(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
+        let want = self
+            .session
+            .wanted_len()
+            .saturating_sub(self.buf.len())
+            .max(READ_CHUNK);
+        let buf = std::mem::take(&mut self.buf);
+        let read = self.stream.read_into(buf, want);
+        let (result, buf) = match deadline {
+            Some(deadline) => timeout_at(deadline, read)
+                .await
+                .map_err(|_| Error::Timeout)?,
+            None => read.await,
+        };
+        self.buf = buf;
+        Ok(result? > 0)
+    }
+
+    /// After the closing handshake the server closes TCP first (RFC 6455 §7.1.1): wait
+    /// for its FIN, up to the close timeout, dropping anything else.
+    async fn await_server_close(&mut self) {
+        let deadline = Instant::now() + self.config.close_timeout;
+        loop {
+            self.buf.clear();
+            match self.read_more(Some(deadline)).await {
+                Ok(true) => {}
+                _ => return,
+            }
+        }
+    }
+}

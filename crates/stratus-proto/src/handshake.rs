@@ -343,15 +343,17 @@ pub struct ClientHandshake {
 }
 
 impl ClientHandshake {
-    /// Builds a request for `target` on `host` with a fresh random key. `extensions` is
-    /// the Sec-WebSocket-Extensions offer, if any.
+    /// Builds a request for `target` on `host`. `nonce` becomes Sec-WebSocket-Key and
+    /// must be fresh random bytes for every connection; `extensions` is the
+    /// Sec-WebSocket-Extensions offer, if any.
     pub fn new(
         host: &str,
         target: &str,
         extensions: Option<&str>,
         protocols: &[&str],
+        nonce: [u8; 16],
     ) -> (Self, Vec<u8>) {
-        let key = BASE64.encode(rand::random::<[u8; 16]>());
+        let key = BASE64.encode(nonce);
         let mut request = format!(
             "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"

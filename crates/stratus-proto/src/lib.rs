@@ -22,6 +22,8 @@ pub mod handshake;
 pub mod mask;
 pub mod message;
 pub mod session;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};

@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::Role;
 use crate::close::{CloseCode, CloseFrame};
 use crate::codec::{Decoded, Decoder, Encoder, Limits};
 use crate::error::ProtocolError;
@@ -40,11 +39,20 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for `role`, with decoder limits.
-    pub fn new(role: Role, limits: Limits) -> Self {
+    /// A server's session, with decoder limits.
+    pub fn server(limits: Limits) -> Self {
+        Self::with_encoder(Encoder::server(), limits)
+    }
+
+    /// A client's session; `seed` seeds the masking keys and must be unpredictable.
+    pub fn client(limits: Limits, seed: [u8; 32]) -> Self {
+        Self::with_encoder(Encoder::client(seed), limits)
+    }
+
+    fn with_encoder(encoder: Encoder, limits: Limits) -> Self {
         Self {
-            decoder: Decoder::new(role, limits),
-            encoder: Encoder::new(role),
+            decoder: Decoder::new(encoder.role(), limits),
+            encoder,
             transmit: VecDeque::new(),
             pong: None,
             close_sent: false,
@@ -176,10 +184,11 @@ impl From<&ProtocolError> for CloseCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Role;
     use crate::frame::OpCode;
 
     fn client_frames(messages: &[Message]) -> BytesMut {
-        let enc = Encoder::new(Role::Client);
+        let mut enc = Encoder::client([1; 32]);
         let mut buf = BytesMut::new();
         for m in messages {
             buf.extend_from_slice(&enc.message(m));
@@ -203,7 +212,7 @@ mod tests {
 
     #[test]
     fn ping_is_answered_with_pong_of_same_payload() {
-        let mut s = Session::new(Role::Server, Limits::default());
+        let mut s = Session::server(Limits::default());
         let mut buf = client_frames(&[Message::Ping(Bytes::from_static(b"hi"))]);
         assert_eq!(
             s.handle_read(&mut buf).unwrap(),
@@ -219,7 +228,7 @@ mod tests {
 
     #[test]
     fn ping_flood_keeps_one_pong() {
-        let mut s = Session::new(Role::Server, Limits::default());
+        let mut s = Session::server(Limits::default());
         let pings: Vec<Message> = (0..1000)
             .map(|i| Message::Ping(Bytes::from(format!("{i}"))))
             .collect();
@@ -235,7 +244,7 @@ mod tests {
 
     #[test]
     fn close_is_echoed_once_and_later_data_ignored() {
-        let mut s = Session::new(Role::Server, Limits::default());
+        let mut s = Session::server(Limits::default());
         let close = Message::Close(Some(CloseFrame::new(CloseCode(3000), "bye")));
         let mut buf = client_frames(&[
             close.clone(),
@@ -256,7 +265,7 @@ mod tests {
 
     #[test]
     fn empty_close_is_answered_with_1000() {
-        let mut s = Session::new(Role::Server, Limits::default());
+        let mut s = Session::server(Limits::default());
         let mut buf = client_frames(&[Message::Close(None)]);
         assert_eq!(s.handle_read(&mut buf).unwrap(), Some(Message::Close(None)));
         match server_view(&drain(&mut s)[0]) {
@@ -268,8 +277,8 @@ mod tests {
     #[test]
     fn protocol_error_queues_close_with_its_code_and_stops_reading() {
         // Autobahn 3.2 (client role): a good message, a frame with RSV=2, then a ping.
-        let mut s = Session::new(Role::Client, Limits::default());
-        let server = Encoder::new(Role::Server);
+        let mut s = Session::client(Limits::default(), [1; 32]);
+        let mut server = Encoder::server();
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&server.message(&Message::text("Hello")));
         buf.extend_from_slice(&server.frame(OpCode::Text, 0b010, b"bad"));
@@ -306,9 +315,9 @@ mod tests {
 
     #[test]
     fn compressed_message_without_engine_is_rejected() {
-        let mut s = Session::new(Role::Server, Limits::default());
+        let mut s = Session::server(Limits::default());
         s.decoder_mut().set_rsv1_allowed(true);
-        let enc = Encoder::new(Role::Client);
+        let mut enc = Encoder::client([1; 32]);
         let mut buf = BytesMut::from(&enc.frame(OpCode::Text, 0b100, b"x")[..]);
         assert_eq!(
             s.handle_read(&mut buf),

@@ -6,38 +6,14 @@ use super::*;
 use crate::CloseCode;
 
 fn client() -> Encoder {
-    Encoder::new(Role::Client)
+    Encoder::client([7; 32])
 }
 
 fn server_decoder() -> Decoder {
     Decoder::new(Role::Server, Limits::default())
 }
 
-/// A client frame with explicit FIN and RSV bits.
-fn raw_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(m | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mut body = payload.to_vec();
-    if let Some(key) = mask {
-        out.extend_from_slice(&key);
-        for (i, b) in body.iter_mut().enumerate() {
-            *b ^= key[i % 4];
-        }
-    }
-    out.extend_from_slice(&body);
-    out
-}
+use crate::test_support::raw_frame;
 
 fn masked(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
     raw_frame(fin, rsv, opcode, payload, Some([0x37, 0xfa, 0x21, 0x3d]))
@@ -341,19 +317,28 @@ fn payload_is_zero_copy_from_the_read_buffer() {
 
 #[test]
 fn client_frames_are_masked_with_fresh_keys() {
-    let a = client().message(&Message::text("same"));
-    let b = client().message(&Message::text("same"));
-    let (ha, _) = FrameHeader::parse(&a).unwrap().unwrap();
-    let (hb, _) = FrameHeader::parse(&b).unwrap().unwrap();
-    assert!(ha.mask.is_some() && hb.mask.is_some());
-    // 2^-32 chance of a false failure per run is acceptable; two equal keys in a row
-    // would point at a constant key.
-    assert_ne!(ha.mask, hb.mask);
+    let mut enc = client();
+    let keys: Vec<_> = (0..64)
+        .map(|_| {
+            let frame = enc.message(&Message::text("same"));
+            FrameHeader::parse(&frame).unwrap().unwrap().0.mask.unwrap()
+        })
+        .collect();
+    let mut distinct = keys.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), keys.len(), "no key repeats");
+    let mut other = Encoder::client([8; 32]);
+    let first = other.message(&Message::text("same"));
+    assert_ne!(
+        FrameHeader::parse(&first).unwrap().unwrap().0.mask.unwrap(),
+        keys[0]
+    );
 }
 
 #[test]
 fn server_frames_are_unmasked_and_identical() {
-    let enc = Encoder::new(Role::Server);
+    let mut enc = Encoder::server();
     let a = enc.message(&Message::text("same"));
     assert_eq!(a, enc.message(&Message::text("same")));
     assert_eq!(&a[..], &[0x81, 4, b's', b'a', b'm', b'e']);
@@ -382,7 +367,10 @@ proptest! {
     #[test]
     fn decode_of_encode_is_identity(messages in proptest::collection::vec(arb_message(), 1..6)) {
         for (sender, receiver) in [(Role::Client, Role::Server), (Role::Server, Role::Client)] {
-            let enc = Encoder::new(sender);
+            let mut enc = match sender {
+                Role::Client => client(),
+                Role::Server => Encoder::server(),
+            };
             let mut wire = Vec::new();
             for m in &messages {
                 wire.extend_from_slice(&enc.message(m));
@@ -452,4 +440,18 @@ fn split_at_every_byte_offset_gives_identical_result() {
         }
         assert_eq!(got, whole, "split at {a}");
     }
+}
+
+#[test]
+fn autobahn_9_3_1_fits_default_limits() {
+    // 4 MiB of text in 65,536 fragments of 64 bytes, then an empty final fragment: the
+    // way wstest sends it.
+    let chunk = [b'*'; 64];
+    let mut bytes = masked(false, 0, 1, &chunk);
+    for _ in 1..65_536 {
+        bytes.extend(masked(false, 0, 0, &chunk));
+    }
+    bytes.extend(masked(true, 0, 0, b""));
+    let out = decode_all(&mut server_decoder(), &bytes).unwrap();
+    assert_eq!(out.len(), 1);
 }

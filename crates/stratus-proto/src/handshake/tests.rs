@@ -197,7 +197,11 @@ fn protocols_and_extensions_are_collected() {
 }
 
 fn client_request() -> (ClientHandshake, String) {
-    let (hs, bytes) = ClientHandshake::new("localhost:9001", "/ws", None, &[]);
+    client_request_with([9; 16])
+}
+
+fn client_request_with(nonce: [u8; 16]) -> (ClientHandshake, String) {
+    let (hs, bytes) = ClientHandshake::new("localhost:9001", "/ws", None, &[], nonce);
     (hs, String::from_utf8(bytes).unwrap())
 }
 
@@ -215,8 +219,8 @@ fn client_request_is_accepted_by_the_server_reader() {
     let (req, _) = read(request.as_bytes()).unwrap().unwrap();
     assert_eq!(req.target, "/ws");
     assert_eq!(req.key, key_of(&request));
-    // 16 random bytes: two requests use different keys
-    assert_ne!(key_of(&client_request().1), req.key);
+    // the key is the nonce in base64
+    assert_ne!(key_of(&client_request_with([10; 16]).1), req.key);
 }
 
 #[test]

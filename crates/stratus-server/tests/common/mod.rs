@@ -1,0 +1,148 @@
+//! Test support: an in-process server on an ephemeral port and a raw TCP peer that
+//! speaks exactly the bytes a test wants.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use stratus_proto::codec::Decoded;
+pub use stratus_proto::test_support::raw_frame;
+use stratus_proto::{CloseCode, Decoder, Limits, Message, Role};
+use stratus_server::{Config, Server};
+
+/// A server with short timeouts, so fault tests end quickly.
+pub fn start_server() -> Server {
+    start_with(|_| {})
+}
+
+pub fn start_with(edit: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        workers: 2,
+        handshake_timeout: Duration::from_millis(500),
+        close_timeout: Duration::from_millis(500),
+        ..Config::default()
+    };
+    edit(&mut config);
+    Server::start(config).expect("server starts")
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A masked client frame with explicit FIN, RSV and opcode.
+pub fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    raw_frame(fin, rsv, opcode, payload, Some([1, 2, 3, 4]))
+}
+
+/// A raw TCP peer.
+pub struct Peer {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Peer {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(Role::Client, Limits::default()),
+        }
+    }
+
+    /// Connects and completes the opening handshake.
+    pub fn open(addr: SocketAddr) -> Self {
+        let mut peer = Self::connect(addr);
+        peer.send(upgrade_request("/").as_bytes());
+        let head = peer.read_head();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        peer
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads an HTTP head (through the blank line); the rest stays buffered.
+    pub fn read_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = self.buf.split_to(end + 4);
+                return String::from_utf8(head.to_vec()).unwrap();
+            }
+            assert!(self.fill() > 0, "connection closed before the head ended");
+        }
+    }
+
+    /// Reads until the server closes TCP; returns everything it sent.
+    pub fn read_to_end(&mut self) -> String {
+        while self.fill() > 0 {}
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// The next server frame as a message, or `None` if the server closed TCP first.
+    pub fn recv(&mut self) -> Option<Message> {
+        loop {
+            match self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("server frames are valid")
+            {
+                Some(Decoded::Control(m)) => return Some(m),
+                Some(Decoded::Data(d)) if d.text => return Some(Message::Text(d.payload)),
+                Some(Decoded::Data(d)) => return Some(Message::Binary(d.payload)),
+                None => {
+                    if self.fill() == 0 {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Expects a Close with `code`, then the server closing TCP.
+    pub fn expect_close(&mut self, code: CloseCode) {
+        match self.recv() {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code(), code),
+            other => panic!("expected Close {}, got {other:?}", code.0),
+        }
+        self.expect_eof();
+    }
+
+    /// Expects the server to close TCP with nothing more sent.
+    pub fn expect_eof(&mut self) {
+        assert_eq!(self.recv(), None, "nothing after the Close");
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every check Stratus has, installing what the checks need on a fresh machine:
+# formatting, lints, unit and integration tests, the sans-IO dependency check,
+# AddressSanitizer over the unsafe masking code, and the Autobahn testsuite in server and
+# client mode with its gate. Non-interactive; exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n=== %s\n' "$*"; }
+started=$(date +%s)
+
+step "toolchain (rust-toolchain.toml pins 1.95.0 with rustfmt and clippy; nightly for ASan)"
+rustup show active-toolchain
+rustup toolchain list | grep -q '^nightly' || { echo "nightly toolchain missing (needed for -Zsanitizer)"; exit 1; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace
+
+step "stratus-proto is sans-IO: no runtime, no libc, no OS randomness in its dependencies"
+if cargo tree -p stratus-proto -e normal --prefix none | grep -E '^(tokio|tokio-uring|mio|libc|getrandom|socket2) '; then
+  echo "stratus-proto must not depend on the crates listed above"
+  exit 1
+fi
+
+step "AddressSanitizer over the unsafe masking code (nightly)"
+host=$(rustc -vV | sed -n 's/^host: //p')
+RUSTFLAGS=-Zsanitizer=address cargo +nightly test -p stratus-proto --lib \
+  --target "$host" --target-dir target/asan -- mask::
+
+step "Autobahn gate self-test"
+python3 autobahn/test_gate.py
+
+step "Autobahn, server mode (wstest fuzzingclient -> stratus echo)"
+bash autobahn/run.sh server --unimplemented-ok 12,13
+
+step "Autobahn, client mode (stratus client -> wstest fuzzingserver)"
+STRATUS_SKIP_BUILD=1 bash autobahn/run.sh client --unimplemented-ok 12,13
+
+echo
+echo "all checks passed in $(( $(date +%s) - started ))s"
