@@ -12,6 +12,7 @@
 #   STRATUS_AUTOBAHN_CLIENT    client example  (default .../release/examples/autobahn)
 #   WSTEST                     wstest executable (default: PATH, /usr/local/bin; installed if missing)
 #   AUTOBAHN_STEP_TIMEOUT      seconds per long step (default 1800)
+#   STRATUS_ECHO_ARGS          extra flags for `stratus echo` (e.g. --deflate dedicated)
 #   AUTOBAHN_SPEC              alternative wstest spec (e.g. a case subset for debugging;
 #                              keep its outdir ./reports/MODE and pass --expected N to the gate)
 #
@@ -149,7 +150,7 @@ cd "$HERE"   # wstest resolves the specs' relative outdir against cwd
 run_server_mode() {
   [ -x "$STRATUS_BIN" ] || die "server binary not found: $STRATUS_BIN (set STRATUS_BIN or build)"
   start_bg "stratus echo" "$HERE/reports/server-stratus.log" \
-    "$STRATUS_BIN" echo --listen "$HOST:$PORT"
+    "$STRATUS_BIN" echo --listen "$HOST:$PORT" ${STRATUS_ECHO_ARGS:-}
   wait_for_port 30
   local t=$(date +%s) rc=0
   log "running wstest -m fuzzingclient (log: reports/server-wstest.log)"

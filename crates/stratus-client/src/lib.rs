@@ -5,8 +5,10 @@
 //! reads and decodes, answering pings and Close as it goes; [`Client::send`] writes one
 //! frame. Masking keys are fresh and random for every frame.
 //!
-//! Not here: TLS (`wss://` is refused with a clear error), reconnection, compression (the
-//! deflate crate plugs in later).
+//! permessage-deflate is offered by default (`client_no_context_takeover;
+//! client_max_window_bits`) and used in whatever form the server answers.
+//!
+//! Not here: TLS (`wss://` is refused with a clear error), reconnection.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -34,6 +36,9 @@ pub enum Error {
     /// The server's handshake response was refused.
     #[error("handshake failed: {0}")]
     Handshake(#[from] HandshakeError),
+    /// The server's permessage-deflate answer is not one the client can accept.
+    #[error("extension negotiation failed: {0}")]
+    Extension(#[from] stratus_deflate::ClientNegotiationError),
     /// The server broke the protocol; the client sent a Close with the error's code.
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
@@ -57,6 +62,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Time allowed for the server's Close and TCP close after ours.
     pub close_timeout: Duration,
+    /// Offer permessage-deflate.
+    pub deflate: bool,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    pub deflate_threshold: usize,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +74,8 @@ impl Default for ClientConfig {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(3),
+            deflate: true,
+            deflate_threshold: 64,
         }
     }
 }
@@ -138,22 +149,31 @@ fn random<const N: usize>() -> Result<[u8; N], Error> {
 
 async fn open(target: &Target, config: ClientConfig) -> Result<Client, Error> {
     let stream = Stream::connect(target.addr).await?;
-    let (mut handshake, request) =
-        ClientHandshake::new(&target.host, &target.resource, None, &[], random()?);
+    let offer = config.deflate.then(stratus_deflate::client_offer);
+    let (mut handshake, request) = ClientHandshake::new(
+        &target.host,
+        &target.resource,
+        offer.as_deref(),
+        &[],
+        random()?,
+    );
     stream.write_all(request).await?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    loop {
+    let response = loop {
         let (result, returned) = stream.read_into(buf, READ_CHUNK).await;
         buf = returned;
         if result? == 0 {
             return Err(Error::Abnormal);
         }
-        if let Some((_response, head_len)) = handshake.read(&buf)? {
+        if let Some((response, head_len)) = handshake.read(&buf)? {
             let _ = buf.split_to(head_len);
-            break;
+            break response;
         }
+    };
+    let mut session = Session::client(config.limits, random()?);
+    if let Some(agreed) = stratus_deflate::accept_response(&response.extensions)? {
+        session.set_compression(Box::new(agreed.compression(config.deflate_threshold)));
     }
-    let session = Session::client(config.limits, random()?);
     Ok(Client {
         stream,
         session,

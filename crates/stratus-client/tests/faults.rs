@@ -144,7 +144,7 @@ fn refused_with(edit: fn(String) -> String) -> Error {
 fn bad_101_responses_fail_before_any_frame() {
     use stratus_proto::handshake::HandshakeError as H;
     type Edit = fn(String) -> String;
-    let cases: [(Edit, H); 5] = [
+    let cases: [(Edit, H); 4] = [
         (
             |r| r.replace("Sec-WebSocket-Accept: ", "Sec-WebSocket-Accept: x"),
             H::AcceptMismatch,
@@ -158,15 +158,6 @@ fn bad_101_responses_fail_before_any_frame() {
             H::MissingUpgrade,
         ),
         (
-            |r| {
-                r.replace(
-                    "\r\n\r\n",
-                    "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
-                )
-            },
-            H::UnsolicitedExtension,
-        ),
-        (
             |r| r.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n"),
             H::UnsolicitedProtocol,
         ),
@@ -175,6 +166,57 @@ fn bad_101_responses_fail_before_any_frame() {
         match refused_with(edit) {
             Error::Handshake(err) => assert_eq!(err, expected),
             other => panic!("expected {expected}, got {other}"),
+        }
+    }
+}
+
+#[test]
+fn bad_extension_answers_fail_before_any_frame() {
+    use stratus_deflate::ClientNegotiationError as N;
+    type Edit = fn(String) -> String;
+    type Check = fn(&N) -> bool;
+    let cases: [(Edit, Check); 4] = [
+        (
+            |r| {
+                r.replace(
+                    "\r\n\r\n",
+                    "\r\nSec-WebSocket-Extensions: x-not-offered\r\n\r\n",
+                )
+            },
+            |e| matches!(e, N::Unsolicited),
+        ),
+        (
+            |r| {
+                r.replace(
+                    "\r\n\r\n",
+                    "\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=16\r\n\r\n",
+                )
+            },
+            |e| matches!(e, N::Params(_)),
+        ),
+        (
+            |r| {
+                r.replace(
+                    "\r\n\r\n",
+                    "\r\nSec-WebSocket-Extensions: permessage-deflate; surprise\r\n\r\n",
+                )
+            },
+            |e| matches!(e, N::Params(_)),
+        ),
+        (
+            |r| {
+                r.replace(
+                    "\r\n\r\n",
+                    "\r\nSec-WebSocket-Extensions: permessage-deflate, permessage-deflate\r\n\r\n",
+                )
+            },
+            |e| matches!(e, N::Unsolicited),
+        ),
+    ];
+    for (edit, expected) in cases {
+        match refused_with(edit) {
+            Error::Extension(err) => assert!(expected(&err), "{err}"),
+            other => panic!("expected an extension error, got {other}"),
         }
     }
 }

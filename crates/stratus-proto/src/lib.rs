@@ -6,8 +6,9 @@
 //! an async runtime, so every protocol rule is testable without a network and is fixed
 //! in one place for both roles.
 //!
-//! Deliberately not here: I/O, timers (the driver owns timeouts), compression (the
-//! `stratus-deflate` crate plugs in through [`Decoder::set_rsv1_allowed`]).
+//! Deliberately not here: I/O, timers (the driver owns timeouts), randomness (the client
+//! passes a seed), compression (the `stratus-deflate` crate plugs in through
+//! [`MessageCompression`]).
 //!
 //! The only `unsafe` code lives in [`mask`], each block with a `SAFETY` comment and tests
 //! against a byte-at-a-time reference.
@@ -16,7 +17,9 @@
 
 pub mod close;
 pub mod codec;
+pub mod compression;
 pub mod error;
+pub mod extensions;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
@@ -28,6 +31,7 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use codec::{Decoder, Encoder, Limits};
+pub use compression::{DecompressError, MessageCompression};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode};
 pub use message::Message;

@@ -17,7 +17,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::codec::{Decoded, Decoder, Encoder, Limits};
+use crate::compression::{DecompressError, MessageCompression};
 use crate::error::ProtocolError;
+use crate::frame::{OpCode, RSV1};
 use crate::message::Message;
 
 /// The session is closing: no more messages may be sent.
@@ -26,13 +28,13 @@ use crate::message::Message;
 pub struct Closing;
 
 /// A WebSocket endpoint's protocol state.
-#[derive(Debug)]
 pub struct Session {
     decoder: Decoder,
     encoder: Encoder,
     transmit: VecDeque<Bytes>,
     /// At most one pong waits: a peer that floods pings gets an answer to the latest.
     pong: Option<Bytes>,
+    compression: Option<Box<dyn MessageCompression>>,
     close_sent: bool,
     close_received: bool,
     failed: bool,
@@ -55,20 +57,23 @@ impl Session {
             encoder,
             transmit: VecDeque::new(),
             pong: None,
+            compression: None,
             close_sent: false,
             close_received: false,
             failed: false,
         }
     }
 
-    /// The decoder, for extension negotiation.
-    pub fn decoder_mut(&mut self) -> &mut Decoder {
-        &mut self.decoder
-    }
-
     /// Bytes the read buffer must hold to finish the frame in progress (a read-size hint).
     pub fn wanted_len(&self) -> usize {
         self.decoder.frame_len()
+    }
+
+    /// Turns on a negotiated per-message compression: RSV1 becomes legal on the first
+    /// frame of a data message, and data messages are compressed as the extension decides.
+    pub fn set_compression(&mut self, compression: Box<dyn MessageCompression>) {
+        self.decoder.set_rsv1_allowed(true);
+        self.compression = Some(compression);
     }
 
     /// Decodes the next message from `buf`. `Ok(None)`: need more bytes (or the session no
@@ -79,27 +84,15 @@ impl Session {
             buf.clear();
             return Ok(None);
         }
-        let decoded = match self.decoder.decode(buf) {
-            Ok(Some(decoded)) => decoded,
+        let message = match self.decoder.decode(buf).and_then(|d| self.finish(d)) {
+            Ok(Some(message)) => message,
             Ok(None) => return Ok(None),
             Err(err) => {
                 self.failed = true;
                 buf.clear();
-                self.close(CloseCode::from(&err), "");
+                self.close(err.close_code(), "");
                 return Err(err);
             }
-        };
-        let message = match decoded {
-            Decoded::Data(raw) if raw.compressed => {
-                self.failed = true;
-                buf.clear();
-                let err = ProtocolError::InvalidCompressedData;
-                self.close(CloseCode::from(&err), "");
-                return Err(err);
-            }
-            Decoded::Data(raw) if raw.text => Message::Text(raw.payload),
-            Decoded::Data(raw) => Message::Binary(raw.payload),
-            Decoded::Control(control) => control,
         };
         match &message {
             Message::Ping(payload) if !self.close_sent => {
@@ -116,20 +109,66 @@ impl Session {
         Ok(Some(message))
     }
 
+    /// Turns a decoded frame into a message, decompressing and validating compressed ones.
+    fn finish(&mut self, decoded: Option<Decoded>) -> Result<Option<Message>, ProtocolError> {
+        let raw = match decoded {
+            None => return Ok(None),
+            Some(Decoded::Control(control)) => return Ok(Some(control)),
+            Some(Decoded::Data(raw)) => raw,
+        };
+        let payload = if raw.compressed {
+            let compression = self
+                .compression
+                .as_mut()
+                .ok_or(ProtocolError::InvalidCompressedData)?;
+            let payload = compression
+                .decompress(&raw.payload, self.decoder.limits().max_message)
+                .map_err(|e| match e {
+                    DecompressError::TooLarge => ProtocolError::MessageTooLarge,
+                    DecompressError::Corrupt => ProtocolError::InvalidCompressedData,
+                })?;
+            if raw.text && simdutf8::basic::from_utf8(&payload).is_err() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+            payload
+        } else {
+            raw.payload
+        };
+        Ok(Some(if raw.text {
+            Message::Text(payload)
+        } else {
+            Message::Binary(payload)
+        }))
+    }
+
     /// Queues a message. Fails once a Close has been sent; a `Message::Close` starts the
     /// closing handshake.
     pub fn send(&mut self, message: &Message) -> Result<(), Closing> {
         if self.close_sent {
             return Err(Closing);
         }
-        if let Message::Close(frame) = message {
-            self.close_sent = true;
-            self.pong = None;
-            self.transmit
-                .push_back(self.encoder.message(&Message::Close(frame.clone())));
-        } else {
-            self.transmit.push_back(self.encoder.message(message));
-        }
+        let frame = match message {
+            Message::Close(_) => {
+                self.close_sent = true;
+                self.pong = None;
+                self.encoder.message(message)
+            }
+            Message::Text(payload) | Message::Binary(payload) => {
+                match self.compression.as_mut().and_then(|c| c.compress(payload)) {
+                    Some(compressed) => {
+                        let opcode = if matches!(message, Message::Text(_)) {
+                            OpCode::Text
+                        } else {
+                            OpCode::Binary
+                        };
+                        self.encoder.frame(opcode, RSV1, &compressed)
+                    }
+                    None => self.encoder.message(message),
+                }
+            }
+            _ => self.encoder.message(message),
+        };
+        self.transmit.push_back(frame);
         Ok(())
     }
 
@@ -175,9 +214,14 @@ impl Session {
     }
 }
 
-impl From<&ProtocolError> for CloseCode {
-    fn from(err: &ProtocolError) -> Self {
-        err.close_code()
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("close_sent", &self.close_sent)
+            .field("close_received", &self.close_received)
+            .field("failed", &self.failed)
+            .field("compression", &self.compression)
+            .finish_non_exhaustive()
     }
 }
 
@@ -296,7 +340,7 @@ mod tests {
         assert!(s.is_closed());
         let out = drain(&mut s);
         assert_eq!(out.len(), 2, "the echo, then the close; no pong");
-        let mut dec = Decoder::new(Role::Server, Limits::default());
+        let mut dec = Decoder::new(crate::Role::Server, Limits::default());
         let mut wire = BytesMut::new();
         for f in &out {
             wire.extend_from_slice(f);
@@ -313,15 +357,94 @@ mod tests {
         }
     }
 
+    /// A stand-in extension: "compresses" by reversing the bytes.
+    #[derive(Debug)]
+    struct Reverse;
+
+    impl MessageCompression for Reverse {
+        fn compress(&mut self, payload: &[u8]) -> Option<Bytes> {
+            (payload.len() > 1).then(|| payload.iter().rev().copied().collect())
+        }
+        fn decompress(&mut self, payload: &[u8], max: usize) -> Result<Bytes, DecompressError> {
+            if payload.first() == Some(&0xFF) {
+                return Err(DecompressError::Corrupt);
+            }
+            if payload.len() > max {
+                return Err(DecompressError::TooLarge);
+            }
+            Ok(payload.iter().rev().copied().collect())
+        }
+    }
+
+    fn compressed_session() -> Session {
+        let mut s = Session::server(Limits {
+            max_message: 8,
+            ..Limits::default()
+        });
+        s.set_compression(Box::new(Reverse));
+        s
+    }
+
+    fn rsv1_frame(payload: &[u8]) -> BytesMut {
+        BytesMut::from(&Encoder::client([1; 32]).frame(OpCode::Text, RSV1, payload)[..])
+    }
+
     #[test]
-    fn compressed_message_without_engine_is_rejected() {
-        let mut s = Session::server(Limits::default());
-        s.decoder_mut().set_rsv1_allowed(true);
-        let mut enc = Encoder::client([1; 32]);
-        let mut buf = BytesMut::from(&enc.frame(OpCode::Text, 0b100, b"x")[..]);
+    fn compressed_messages_are_decompressed_and_sent_compressed() {
+        let mut s = compressed_session();
+        let mut buf = rsv1_frame(b"olleh");
         assert_eq!(
-            s.handle_read(&mut buf),
-            Err(ProtocolError::InvalidCompressedData)
+            s.handle_read(&mut buf).unwrap(),
+            Some(Message::text("hello"))
+        );
+        s.send(&Message::text("abc")).unwrap();
+        s.send(&Message::text("z")).unwrap();
+        let out = drain(&mut s);
+        let (h, n) = crate::FrameHeader::parse(&out[0]).unwrap().unwrap();
+        assert_eq!((h.rsv, &out[0][n..]), (RSV1, &b"cba"[..]));
+        let (h, n) = crate::FrameHeader::parse(&out[1]).unwrap().unwrap();
+        assert_eq!(
+            (h.rsv, &out[1][n..]),
+            (0, &b"z"[..]),
+            "the extension declined"
+        );
+    }
+
+    #[test]
+    fn corrupt_compressed_data_is_1007() {
+        let mut s = compressed_session();
+        let mut buf = rsv1_frame(&[0xFF, 1]);
+        let err = s.handle_read(&mut buf).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn decompressed_message_over_limit_is_1009() {
+        let mut s = compressed_session();
+        let mut buf = rsv1_frame(b"123456789");
+        assert_eq!(
+            s.handle_read(&mut buf).unwrap_err().close_code(),
+            CloseCode::TOO_BIG
+        );
+    }
+
+    #[test]
+    fn decompressed_text_must_be_utf8() {
+        let mut s = compressed_session();
+        let mut buf = rsv1_frame(&[0xC0, 0x80]);
+        assert_eq!(
+            s.handle_read(&mut buf).unwrap_err(),
+            ProtocolError::InvalidUtf8
+        );
+    }
+
+    #[test]
+    fn rsv1_without_negotiation_is_1002() {
+        let mut s = Session::server(Limits::default());
+        let mut buf = rsv1_frame(b"x");
+        assert_eq!(
+            s.handle_read(&mut buf).unwrap_err().close_code(),
+            CloseCode::PROTOCOL
         );
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use stratus_deflate::DeflateConfig;
 use stratus_proto::Limits;
 use stratus_proto::handshake::HandshakeLimits;
 
@@ -23,6 +24,8 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Bytes queued for a connection above which the server stops reading from it.
     pub max_send_queue: usize,
+    /// permessage-deflate: `None` declines every offer.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for Config {
@@ -35,6 +38,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(3),
             max_send_queue: 1 << 20,
+            deflate: Some(DeflateConfig::default()),
         }
     }
 }

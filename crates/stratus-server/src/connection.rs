@@ -46,10 +46,22 @@ pub(crate) async fn serve(stream: Stream, peer: SocketAddr, config: Rc<Config>) 
                 return;
             }
         };
-    if stream.write_all(request.accept("")).await.is_err() {
+    let mut session = Session::server(config.limits);
+    let mut extension_header = String::new();
+    if let Some(deflate) = &config.deflate
+        && let Some(agreed) = stratus_deflate::negotiate(&request.extensions, deflate)
+    {
+        extension_header = format!("Sec-WebSocket-Extensions: {}\r\n", agreed.response());
+        session.set_compression(Box::new(agreed.compression(deflate.threshold)));
+    }
+    if stream
+        .write_all(request.accept(&extension_header))
+        .await
+        .is_err()
+    {
         return;
     }
-    run_session(stream, peer, buf, &config).await;
+    run_session(stream, peer, session, buf, &config).await;
 }
 
 enum Refusal {
@@ -84,10 +96,15 @@ async fn handshake(
 }
 
 /// The WebSocket phase: decode, answer, echo, close.
-async fn run_session(stream: Rc<Stream>, peer: SocketAddr, mut buf: BytesMut, config: &Config) {
+async fn run_session(
+    stream: Rc<Stream>,
+    peer: SocketAddr,
+    mut session: Session,
+    mut buf: BytesMut,
+    config: &Config,
+) {
     let queue = Rc::new(SendQueue::default());
     let writer = uring::spawn(write_loop(stream.clone(), queue.clone()));
-    let mut session = Session::server(config.limits);
     let mut close_deadline = None;
     let peer_done = 'conn: loop {
         loop {

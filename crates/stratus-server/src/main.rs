@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use stratus_deflate::{DeflateConfig, Mode};
 use stratus_proto::Limits;
 use stratus_server::{Config, Server};
 
@@ -33,6 +34,41 @@ struct EchoArgs {
     workers: Option<usize>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    deflate: DeflateArgs,
+}
+
+/// permessage-deflate (RFC 7692).
+#[derive(Args)]
+struct DeflateArgs {
+    /// off: decline every offer; shared: no context takeover, libdeflate, a broadcast
+    /// compressed once for all; dedicated: context takeover per connection (zlib-rs).
+    #[arg(long, value_enum, default_value_t = DeflateMode::Shared)]
+    deflate: DeflateMode,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    #[arg(long, default_value_t = 64)]
+    deflate_threshold: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeflateMode {
+    Off,
+    Shared,
+    Dedicated,
+}
+
+impl DeflateArgs {
+    fn config(&self) -> Option<DeflateConfig> {
+        let mode = match self.deflate {
+            DeflateMode::Off => return None,
+            DeflateMode::Shared => Mode::Shared,
+            DeflateMode::Dedicated => Mode::Dedicated,
+        };
+        Some(DeflateConfig {
+            mode,
+            threshold: self.deflate_threshold,
+        })
+    }
 }
 
 /// Limits on what a client may send; the defaults let every Autobahn case pass.
@@ -81,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         handshake_timeout: seconds(args.limits.handshake_timeout, "handshake-timeout")?,
         close_timeout: seconds(args.limits.close_timeout, "close-timeout")?,
         max_send_queue: args.limits.max_send_queue,
+        deflate: args.deflate.config(),
         ..defaults
     };
     Server::start(config)?.join()?;

@@ -38,9 +38,14 @@ pub fn start_with(edit: impl FnOnce(&mut Config)) -> Server {
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 pub fn upgrade_request(path: &str) -> String {
+    upgrade_request_with(path, "")
+}
+
+/// An upgrade request with extra header lines (each ending in CRLF).
+pub fn upgrade_request_with(path: &str, extra_headers: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     )
 }
 
@@ -72,11 +77,33 @@ impl Peer {
 
     /// Connects and completes the opening handshake.
     pub fn open(addr: SocketAddr) -> Self {
+        Self::open_with(addr, "").0
+    }
+
+    /// Connects and completes the handshake with extra request headers; returns the
+    /// response head too.
+    pub fn open_with(addr: SocketAddr, extra_headers: &str) -> (Self, String) {
         let mut peer = Self::connect(addr);
-        peer.send(upgrade_request("/").as_bytes());
+        peer.send(upgrade_request_with("/", extra_headers).as_bytes());
         let head = peer.read_head();
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        peer
+        (peer, head)
+    }
+
+    /// The next raw server frame: RSV bits and payload, not decompressed.
+    pub fn recv_raw(&mut self) -> Option<(u8, bytes::Bytes)> {
+        loop {
+            if let Some((header, len)) = stratus_proto::FrameHeader::parse(&self.buf).unwrap() {
+                let total = len + header.payload_len as usize;
+                if self.buf.len() >= total {
+                    let frame = self.buf.split_to(total).freeze();
+                    return Some((header.rsv, frame.slice(len..)));
+                }
+            }
+            if self.fill() == 0 {
+                return None;
+            }
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
