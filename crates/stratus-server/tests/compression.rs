@@ -107,12 +107,7 @@ fn compressed_messages_are_echoed_compressed_in_both_modes() {
             text.as_bytes()
         );
         // Below the threshold the echo goes uncompressed.
-        peer.send(&frame(
-            true,
-            RSV1,
-            1,
-            &compress_message(b"tiny").unwrap(),
-        ));
+        peer.send(&frame(true, RSV1, 1, &compress_message(b"tiny").unwrap()));
         assert_eq!(
             peer.recv_raw().unwrap(),
             (0, bytes::Bytes::from_static(b"tiny"))
@@ -138,12 +133,7 @@ fn rsv1_on_continuation_or_control_frame_is_1002() {
 fn rsv1_without_negotiation_is_1002() {
     let server = start_server();
     let mut peer = Peer::open(server.local_addr());
-    peer.send(&frame(
-        true,
-        RSV1,
-        1,
-        &compress_message(b"abc").unwrap(),
-    ));
+    peer.send(&frame(true, RSV1, 1, &compress_message(b"abc").unwrap()));
     peer.expect_close(CloseCode::PROTOCOL);
     server.stop().unwrap();
 }
