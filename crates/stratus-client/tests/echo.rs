@@ -12,7 +12,7 @@ fn server() -> Server {
     Server::start(Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         workers: 2,
-        ..Config::default()
+        ..Config::echo()
     })
     .unwrap()
 }

@@ -43,7 +43,7 @@ fn server_with(mode: Mode) -> Server {
             mode,
             threshold: 64,
         }),
-        ..Config::default()
+        ..Config::echo()
     })
     .unwrap()
 }

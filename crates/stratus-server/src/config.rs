@@ -7,12 +7,39 @@ use stratus_deflate::DeflateConfig;
 use stratus_proto::Limits;
 use stratus_proto::handshake::HandshakeLimits;
 
+/// What the server does with client messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum App {
+    /// Push server: clients subscribe to topics (at the upgrade or with JSON commands) and
+    /// receive what is published to them.
+    PubSub,
+    /// Echo every text and binary message back (Autobahn's testee).
+    Echo,
+}
+
+/// What happens to a subscriber whose send queue would pass its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close 1008 "slow consumer", then TCP close within the close timeout.
+    Close,
+    /// Skip the message for that subscriber and count it.
+    Drop,
+}
+
 /// Everything a server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What the server does with messages.
+    pub app: App,
     /// WebSocket listen address.
     pub listen: SocketAddr,
-    /// Worker threads, each with its own io_uring runtime and SO_REUSEPORT listener.
+    /// Admin listener (publish API, health); `None` for no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires; without one the admin listener only binds to
+    /// loopback addresses.
+    pub admin_token: Option<String>,
+    /// Worker threads, each with its own io_uring runtime and SO_REUSEPORT listener (at
+    /// most 64).
     pub workers: usize,
     /// Frame, message and fragment limits for received messages.
     pub limits: Limits,
@@ -22,23 +49,64 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long the server waits for the peer's Close (or FIN) after sending its Close.
     pub close_timeout: Duration,
-    /// Bytes queued for a connection above which the server stops reading from it.
+    /// Bytes queued for one connection before the slow-consumer policy applies (and above
+    /// which the server stops reading from it).
     pub max_send_queue: usize,
+    /// What to do with a subscriber whose queue is full.
+    pub slow_consumer: SlowConsumer,
+    /// Most topics one connection may subscribe to.
+    pub max_topics_per_connection: usize,
+    /// Largest message the admin API accepts for publishing.
+    pub max_publish: usize,
+    /// A connection silent for this long gets a ping.
+    pub ping_interval: Duration,
+    /// A ping unanswered for this long closes the connection.
+    pub pong_timeout: Duration,
+    /// How long a shutdown waits for clients to answer Close 1001.
+    pub drain_timeout: Duration,
     /// permessage-deflate: `None` declines every offer.
     pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for Config {
+    /// The push server, on loopback: WebSocket on 127.0.0.1:8080, admin on 127.0.0.1:9090.
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            app: App::PubSub,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            admin_token: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            limits: Limits::default(),
+            limits: Limits {
+                max_frame: 64 << 10,
+                max_message: 64 << 10,
+                max_fragments: 64,
+            },
             handshake_limits: HandshakeLimits::default(),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(3),
             max_send_queue: 1 << 20,
+            slow_consumer: SlowConsumer::Close,
+            max_topics_per_connection: 64,
+            max_publish: 1 << 20,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
             deflate: Some(DeflateConfig::default()),
+        }
+    }
+}
+
+impl Config {
+    /// The echo server (Autobahn's testee) on 127.0.0.1:9001, with limits that let every
+    /// Autobahn case pass.
+    pub fn echo() -> Self {
+        Self {
+            app: App::Echo,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            admin_listen: None,
+            limits: Limits::default(),
+            ..Self::default()
         }
     }
 }

@@ -1,16 +1,26 @@
-//! Stratus server: an io_uring WebSocket server, thread per core, on the sans-IO
+//! Stratus server: an io_uring WebSocket push server, thread per core, on the sans-IO
 //! `stratus-proto` core.
 //!
 //! [`Server::start`] binds one SO_REUSEPORT listener per worker thread; each worker runs
-//! its own tokio-uring runtime and owns its connections outright, so nothing is shared or
-//! locked per connection. The binary `stratus` wraps it in a command line.
+//! its own tokio-uring runtime and owns its connections and its topic table outright.
+//! [`Server::publish`] frames a message once and hands the same bytes to every
+//! subscriber's send queue, across workers, with no lock per recipient. The binary
+//! `stratus` wraps it in a command line (serve, echo, publish).
 //!
-//! Not here: protocol rules (in `stratus-proto`), and tokio-uring calls (in `stratus-uring`).
+//! Not here: protocol rules (in `stratus-proto`), compression (in `stratus-deflate`), and
+//! tokio-uring calls (in `stratus-uring`).
 
+mod admin;
+mod broadcast;
+mod commands;
 mod config;
 mod connection;
+mod hub;
 mod send_queue;
 mod server;
+pub mod topic;
+mod worker;
 
-pub use config::Config;
+pub use config::{App, Config, SlowConsumer};
+pub use hub::{Delivery, PublishError, Stats};
 pub use server::Server;

@@ -51,6 +51,15 @@ impl SendQueue {
         self.wake_writer.notify_one();
     }
 
+    /// Drops the frames not yet taken by the writer (the connection is being closed as a
+    /// slow consumer: its Close must go next).
+    pub(crate) fn discard_pending(&self) {
+        let mut inner = self.inner.borrow_mut();
+        let pending: usize = inner.frames.iter().map(Bytes::len).sum();
+        inner.frames.clear();
+        inner.bytes -= pending;
+    }
+
     /// The writer failed: drop what is queued and refuse more.
     pub(crate) fn abandon(&self) {
         let mut inner = self.inner.borrow_mut();

@@ -203,3 +203,22 @@ fn peer_that_never_closes_tcp_is_closed_by_the_server() {
     peer.expect_close(CloseCode::NORMAL);
     server.stop().unwrap();
 }
+
+#[test]
+fn a_burst_of_pings_gets_a_pong_each() {
+    // Autobahn 2.10: ten pings in one segment, ten pongs back, in order.
+    let server = start_server();
+    let mut peer = Peer::open(server.local_addr());
+    let mut burst = Vec::new();
+    for i in 0..10u8 {
+        burst.extend(frame(true, 0, 9, &[i]));
+    }
+    peer.send(&burst);
+    for i in 0..10u8 {
+        assert_eq!(
+            peer.recv(),
+            Some(Message::Pong(bytes::Bytes::from(vec![i])))
+        );
+    }
+    server.stop().unwrap();
+}

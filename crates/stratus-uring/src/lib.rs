@@ -40,19 +40,33 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::Tc
 }
 
 /// A listener on the current worker's ring.
-pub struct Listener(tokio_uring::net::TcpListener);
+pub struct Listener {
+    ring: tokio_uring::net::TcpListener,
+    /// A second descriptor for the same socket, to shut it down while an accept is
+    /// pending (tokio-uring cannot cancel the accept).
+    control: Socket,
+}
 
 impl Listener {
     /// Takes over a bound std listener; call on the worker thread.
-    pub fn from_std(listener: std::net::TcpListener) -> Self {
-        Self(tokio_uring::net::TcpListener::from_std(listener))
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<Self> {
+        let control = Socket::from(listener.try_clone()?);
+        Ok(Self {
+            ring: tokio_uring::net::TcpListener::from_std(listener),
+            control,
+        })
     }
 
     /// Accepts the next connection, with TCP_NODELAY set.
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
-        let (stream, peer) = self.0.accept().await?;
+        let (stream, peer) = self.ring.accept().await?;
         stream.set_nodelay(true)?;
         Ok((Stream(stream), peer))
+    }
+
+    /// Stops listening now: a pending accept fails and new connections are refused.
+    pub fn close(&self) {
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 }
 
@@ -114,6 +128,14 @@ impl Stream {
     pub fn shutdown_write(&self) {
         // ENOTCONN after a reset is expected and harmless here.
         let _ = self.0.shutdown(Shutdown::Write);
+    }
+}
+
+impl Stream {
+    /// Shuts both directions down: every pending operation on the socket completes at
+    /// once (a blocked read returns 0), so the tasks using it end.
+    pub fn abort(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
     }
 }
 

@@ -29,7 +29,8 @@ pub fn start_with(edit: impl FnOnce(&mut Config)) -> Server {
         workers: 2,
         handshake_timeout: Duration::from_millis(500),
         close_timeout: Duration::from_millis(500),
-        ..Config::default()
+        drain_timeout: Duration::from_millis(500),
+        ..Config::echo()
     };
     edit(&mut config);
     Server::start(config).expect("server starts")

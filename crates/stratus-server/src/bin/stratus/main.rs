@@ -1,0 +1,60 @@
+//! `stratus`: the command line of the Stratus WebSocket push server.
+//!
+//! `stratus` (or `stratus serve`) runs the push server with an embedded default that needs
+//! nothing else; `stratus echo` runs the echo server Autobahn tests; `stratus publish`
+//! posts a message to a running server. SIGTERM or SIGINT drains and exits 0.
+
+mod publish;
+mod settings;
+
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use stratus_server::{Config, Server};
+
+use crate::settings::Settings;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "stratus", version, about = "io_uring WebSocket push server")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the push server (the default command).
+    Serve(Settings),
+    /// Echo every text and binary message back (Autobahn's testee).
+    Echo(Settings),
+    /// Publish a message through a running server's admin API.
+    Publish(publish::PublishArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = match cli.command {
+        None => cli.serve.resolve()?.apply(Config::default())?,
+        Some(Command::Serve(settings)) => settings.resolve()?.apply(Config::default())?,
+        Some(Command::Echo(settings)) => settings.resolve()?.apply(Config::echo())?,
+        Some(Command::Publish(args)) => return publish::run(args),
+    };
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let server = Server::start(config)?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "draining");
+    }
+    server.stop()?;
+    tracing::info!("stopped");
+    Ok(())
+}

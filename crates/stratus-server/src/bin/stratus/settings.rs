@@ -1,0 +1,260 @@
+//! Server settings from a TOML file and from flags, in one schema: every flag is also a
+//! config-file key of the same name (`--max-send-queue` is `max-send-queue`). Flags win
+//! over the file, the file over the built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use stratus_deflate::{DeflateConfig, Mode};
+use stratus_server::{Config, SlowConsumer};
+
+/// Server options (all optional: unset means "from the file, else the default").
+#[derive(Args, Deserialize, Default, Debug, Clone)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// TOML file with any of these options (keys as the flag names).
+    #[arg(long)]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+    /// WebSocket listen address [serve: 127.0.0.1:8080, echo: 127.0.0.1:9001].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listener (publish API, /healthz, /readyz) [127.0.0.1:9090].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires; without one the admin listener may only
+    /// bind to loopback.
+    #[arg(long, env = "STRATUS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Worker threads [one per core].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Largest message a client may send, in bytes [serve: 65536, echo: 16 MiB].
+    #[arg(long)]
+    max_message: Option<usize>,
+    /// Largest frame payload a client may send [serve: 65536, echo: 16 MiB].
+    #[arg(long)]
+    max_frame: Option<usize>,
+    /// Most frames in one client message [serve: 64, echo: 131072].
+    #[arg(long)]
+    max_fragments: Option<usize>,
+    /// Most topics one connection may subscribe to [64].
+    #[arg(long)]
+    max_topics: Option<usize>,
+    /// Bytes queued to one client before the slow-consumer policy applies [1048576].
+    #[arg(long)]
+    max_send_queue: Option<usize>,
+    /// Largest message the admin API publishes, in bytes [1048576].
+    #[arg(long)]
+    max_publish: Option<usize>,
+    /// What to do with a subscriber whose queue is full [close].
+    #[arg(long, value_enum)]
+    slow_consumer: Option<SlowConsumerArg>,
+    /// Seconds a client has to finish the opening handshake [10].
+    #[arg(long)]
+    handshake_timeout: Option<f64>,
+    /// Seconds to wait for the peer's Close or FIN after the server's Close [3].
+    #[arg(long)]
+    close_timeout: Option<f64>,
+    /// Seconds of silence before the server pings a client [30].
+    #[arg(long)]
+    ping_interval: Option<f64>,
+    /// Seconds an unanswered ping may wait before the connection is closed [10].
+    #[arg(long)]
+    pong_timeout: Option<f64>,
+    /// Seconds a shutdown waits for clients to answer Close 1001 [10].
+    #[arg(long)]
+    drain_timeout: Option<f64>,
+    /// permessage-deflate: off, shared (no context takeover, compress a broadcast once)
+    /// or dedicated (context takeover per connection) [shared].
+    #[arg(long, value_enum)]
+    deflate: Option<DeflateArg>,
+    /// Messages shorter than this many bytes are sent uncompressed [64].
+    #[arg(long)]
+    deflate_threshold: Option<usize>,
+}
+
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SlowConsumerArg {
+    Close,
+    Drop,
+}
+
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum DeflateArg {
+    Off,
+    Shared,
+    Dedicated,
+}
+
+/// Field by field: the flag if given, else the file's value.
+macro_rules! merge {
+    ($flags:ident, $file:ident, $($field:ident),+) => {
+        Settings { config: None, $($field: $flags.$field.or($file.$field)),+ }
+    };
+}
+
+fn seconds(value: Option<f64>, name: &str, default: Duration) -> anyhow::Result<Duration> {
+    value.map_or(Ok(default), |v| {
+        Duration::try_from_secs_f64(v).with_context(|| format!("{name} = {v}"))
+    })
+}
+
+impl Settings {
+    /// The flags over the config file (if one was named).
+    pub(crate) fn resolve(self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let file: Settings =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let flags = self;
+        Ok(merge!(
+            flags,
+            file,
+            listen,
+            admin_listen,
+            admin_token,
+            workers,
+            max_message,
+            max_frame,
+            max_fragments,
+            max_topics,
+            max_send_queue,
+            max_publish,
+            slow_consumer,
+            handshake_timeout,
+            close_timeout,
+            ping_interval,
+            pong_timeout,
+            drain_timeout,
+            deflate,
+            deflate_threshold
+        ))
+    }
+
+    /// These settings over `base` (the defaults of the command).
+    pub(crate) fn apply(self, base: Config) -> anyhow::Result<Config> {
+        let deflate = match self.deflate {
+            None => base.deflate.map(|d| DeflateConfig {
+                threshold: self.deflate_threshold.unwrap_or(d.threshold),
+                ..d
+            }),
+            Some(DeflateArg::Off) => None,
+            Some(mode @ (DeflateArg::Shared | DeflateArg::Dedicated)) => Some(DeflateConfig {
+                mode: if matches!(mode, DeflateArg::Shared) {
+                    Mode::Shared
+                } else {
+                    Mode::Dedicated
+                },
+                threshold: self.deflate_threshold.unwrap_or(64),
+            }),
+        };
+        let mut limits = base.limits;
+        limits.max_message = self.max_message.unwrap_or(limits.max_message);
+        limits.max_frame = self.max_frame.unwrap_or(limits.max_frame);
+        limits.max_fragments = self.max_fragments.unwrap_or(limits.max_fragments);
+        Ok(Config {
+            listen: self.listen.unwrap_or(base.listen),
+            admin_listen: self.admin_listen.or(base.admin_listen),
+            admin_token: self.admin_token.or(base.admin_token),
+            workers: self.workers.unwrap_or(base.workers),
+            limits,
+            max_topics_per_connection: self.max_topics.unwrap_or(base.max_topics_per_connection),
+            max_send_queue: self.max_send_queue.unwrap_or(base.max_send_queue),
+            max_publish: self.max_publish.unwrap_or(base.max_publish),
+            slow_consumer: match self.slow_consumer {
+                None => base.slow_consumer,
+                Some(SlowConsumerArg::Close) => SlowConsumer::Close,
+                Some(SlowConsumerArg::Drop) => SlowConsumer::Drop,
+            },
+            handshake_timeout: seconds(
+                self.handshake_timeout,
+                "handshake-timeout",
+                base.handshake_timeout,
+            )?,
+            close_timeout: seconds(self.close_timeout, "close-timeout", base.close_timeout)?,
+            ping_interval: seconds(self.ping_interval, "ping-interval", base.ping_interval)?,
+            pong_timeout: seconds(self.pong_timeout, "pong-timeout", base.pong_timeout)?,
+            drain_timeout: seconds(self.drain_timeout, "drain-timeout", base.drain_timeout)?,
+            deflate,
+            ..base
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("stratus-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("stratus.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\nmax-send-queue = 4096\nslow-consumer = \"drop\"\nping-interval = 2.5\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "stratus",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7001",
+        ]);
+        let config = cli
+            .settings
+            .resolve()
+            .unwrap()
+            .apply(Config::default())
+            .unwrap();
+        assert_eq!(
+            config.listen,
+            "127.0.0.1:7001".parse().unwrap(),
+            "flag wins"
+        );
+        assert_eq!(config.max_send_queue, 4096, "file value");
+        assert_eq!(config.slow_consumer, SlowConsumer::Drop);
+        assert_eq!(config.ping_interval, Duration::from_millis(2500));
+        assert_eq!(
+            config.pong_timeout,
+            Config::default().pong_timeout,
+            "default"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        assert!(toml::from_str::<Settings>("no-such-option = 1").is_err());
+    }
+
+    #[test]
+    fn deflate_can_be_turned_off() {
+        let cli = Cli::parse_from(["stratus", "--deflate", "off"]);
+        assert!(
+            cli.settings
+                .apply(Config::default())
+                .unwrap()
+                .deflate
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! A published message, framed once: the plain frame, and the shared compressed frame
+//! made the first time a subscriber that can take it needs it. Both are `Bytes`: every
+//! subscriber's queue gets a clone of the same allocation, never a copy.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use stratus_proto::frame::RSV1;
+use stratus_proto::{Encoder, Message, OpCode};
+
+/// A published message and its frames.
+#[derive(Debug)]
+pub(crate) struct Broadcast {
+    pub(crate) message: Message,
+    pub(crate) plain: Bytes,
+    compressed: OnceLock<Option<Bytes>>,
+}
+
+impl Broadcast {
+    /// Frames `message` (a Text or Binary message) once.
+    pub(crate) fn new(message: Message) -> Self {
+        let plain = Encoder::server().message(&message);
+        Self {
+            message,
+            plain,
+            compressed: OnceLock::new(),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        match &self.message {
+            Message::Text(p) | Message::Binary(p) => p,
+            _ => &[],
+        }
+    }
+
+    /// The frame for a connection with shared-mode compression: compressed once (by
+    /// whichever worker asks first) when the payload reaches `threshold`, else plain.
+    pub(crate) fn shared_frame(&self, threshold: usize) -> &Bytes {
+        if self.payload().len() < threshold {
+            return &self.plain;
+        }
+        let compressed = self.compressed.get_or_init(|| {
+            let opcode = if matches!(self.message, Message::Text(_)) {
+                OpCode::Text
+            } else {
+                OpCode::Binary
+            };
+            stratus_deflate::libdeflate::compress_message(self.payload())
+                .map(|z| Encoder::server().frame(opcode, RSV1, &z))
+        });
+        compressed.as_ref().unwrap_or(&self.plain)
+    }
+}

@@ -1,0 +1,79 @@
+//! The in-band subscription protocol: JSON text commands from clients, JSON replies.
+//!
+//! `{"op":"subscribe","topic":"x"}` and `{"op":"unsubscribe","topic":"x"}`; the reply
+//! repeats `op` and `topic` with `"ok":true`, or `"ok":false` and an `error` saying what
+//! was wrong. Published messages are delivered as they were published, without an
+//! envelope; replies are the only messages with an `op` field the server generates.
+
+use serde::Deserialize;
+use serde_json::json;
+
+/// A command a client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    op: String,
+    topic: Option<String>,
+}
+
+/// Parses a command, or explains what is wrong with it (as the error reply to send).
+pub(crate) fn parse(text: &[u8]) -> Result<Command, String> {
+    let wire: Wire = serde_json::from_slice(text).map_err(|e| {
+        error_reply(
+            None,
+            None,
+            &format!("expected {{\"op\":\"subscribe\"|\"unsubscribe\",\"topic\":...}}: {e}"),
+        )
+    })?;
+    let op = wire.op.as_str();
+    let topic = wire
+        .topic
+        .ok_or_else(|| error_reply(Some(op), None, "missing \"topic\""))?;
+    match op {
+        "subscribe" => Ok(Command::Subscribe(topic)),
+        "unsubscribe" => Ok(Command::Unsubscribe(topic)),
+        _ => Err(error_reply(Some(op), Some(&topic), "unknown op")),
+    }
+}
+
+/// The reply to a successful command.
+pub(crate) fn ok_reply(op: &str, topic: &str) -> String {
+    json!({"op": op, "topic": topic, "ok": true}).to_string()
+}
+
+/// The reply to a refused command.
+pub(crate) fn error_reply(op: Option<&str>, topic: Option<&str>, error: &str) -> String {
+    json!({"op": op, "topic": topic, "ok": false, "error": error}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            parse(br#"{"op":"subscribe","topic":"a"}"#),
+            Ok(Command::Subscribe("a".into()))
+        );
+        assert_eq!(
+            parse(br#"{"topic":"a","op":"unsubscribe","extra":1}"#),
+            Ok(Command::Unsubscribe("a".into()))
+        );
+    }
+
+    #[test]
+    fn bad_commands_get_specific_errors() {
+        let missing = parse(br#"{"op":"subscribe"}"#).unwrap_err();
+        assert!(missing.contains("missing \\\"topic\\\""), "{missing}");
+        let unknown = parse(br#"{"op":"publish","topic":"a"}"#).unwrap_err();
+        assert!(unknown.contains("unknown op"), "{unknown}");
+        let garbage = parse(b"hello").unwrap_err();
+        assert!(garbage.contains("\"ok\":false"), "{garbage}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Topic names and each worker's table of who listens to what.
+//!
+//! A worker owns its connections, so its table needs no lock: a publish reaches the
+//! worker as one message and the worker walks its own subscriber set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexSet;
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_LEN: usize = 128;
+
+/// Why a topic name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// Empty name.
+    #[error("topic is empty")]
+    Empty,
+    /// Longer than [`MAX_TOPIC_LEN`].
+    #[error("topic is longer than {MAX_TOPIC_LEN} bytes")]
+    TooLong,
+    /// A character outside `A-Z a-z 0-9 - _ . : /`.
+    #[error("topic has a character other than letters, digits and - _ . : /")]
+    BadCharacter,
+}
+
+/// Checks a topic name: 1 to 128 bytes of ASCII letters, digits and `- _ . : /`.
+pub fn validate(topic: &str) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong);
+    }
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+    {
+        return Err(TopicError::BadCharacter);
+    }
+    Ok(())
+}
+
+/// One worker's subscriptions: topic -> connection ids (slab keys), in subscription order.
+#[derive(Debug, Default)]
+pub(crate) struct TopicTable {
+    topics: HashMap<Arc<str>, IndexSet<usize>>,
+}
+
+impl TopicTable {
+    /// Adds `conn` to `topic`; `true` if it is the topic's first subscriber here.
+    pub(crate) fn subscribe(&mut self, topic: &Arc<str>, conn: usize) -> bool {
+        match self.topics.get_mut(topic) {
+            Some(set) => {
+                set.insert(conn);
+                false
+            }
+            None => {
+                self.topics.insert(topic.clone(), IndexSet::from([conn]));
+                true
+            }
+        }
+    }
+
+    /// Removes `conn` from `topic`; `true` if the topic has no subscriber left here.
+    pub(crate) fn unsubscribe(&mut self, topic: &str, conn: usize) -> bool {
+        let Some(set) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        set.swap_remove(&conn);
+        if set.is_empty() {
+            self.topics.remove(topic);
+            return true;
+        }
+        false
+    }
+
+    /// The connections subscribed to `topic`.
+    pub(crate) fn subscribers(&self, topic: &str) -> Option<&IndexSet<usize>> {
+        self.topics.get(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_are_validated() {
+        assert_eq!(validate("prices.eur-usd:v1/tick_2"), Ok(()));
+        assert_eq!(validate(""), Err(TopicError::Empty));
+        assert_eq!(validate(&"a".repeat(129)), Err(TopicError::TooLong));
+        assert_eq!(validate(&"a".repeat(128)), Ok(()));
+        for bad in ["with space", "é", "a*b", "a?b", "a\"b", "a\nb"] {
+            assert_eq!(validate(bad), Err(TopicError::BadCharacter), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn first_and_last_subscriber_are_reported() {
+        let mut table = TopicTable::default();
+        let t: Arc<str> = Arc::from("t");
+        assert!(table.subscribe(&t, 1));
+        assert!(!table.subscribe(&t, 2));
+        assert!(!table.subscribe(&t, 2), "subscribing twice is idempotent");
+        assert_eq!(table.subscribers("t").map(IndexSet::len), Some(2));
+        assert!(!table.unsubscribe("t", 1));
+        assert!(table.unsubscribe("t", 2));
+        assert!(table.subscribers("t").is_none());
+        assert!(!table.unsubscribe("t", 2));
+    }
+}

@@ -1,0 +1,172 @@
+//! The `stratus` binary: shutdown on SIGTERM (every client gets Close 1001, an upgrade
+//! that arrives during the drain gets 503, the process exits 0), and `stratus publish`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{Peer, upgrade_request};
+use stratus_client::connect;
+use stratus_proto::{CloseCode, Message};
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "server did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `stratus` with `args` (a subcommand and flags, or none) on free loopback ports;
+/// waits until it listens.
+fn spawn_server(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    let (ws, admin) = (free_addr(), free_addr());
+    let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
+        .args(extra)
+        .args([
+            "--listen",
+            &ws.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    wait_listening(ws);
+    (child, ws, admin)
+}
+
+#[test]
+fn sigterm_sends_1001_to_every_client_and_exits_0() {
+    let (mut child, ws, _) = spawn_server(&["serve", "--workers", "2", "--drain-timeout", "5"]);
+    // Accepted before the drain, upgrading after it started.
+    let mut late = Peer::connect(ws);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let clients = std::thread::spawn(move || {
+        stratus_uring::run(async move {
+            let mut clients = Vec::new();
+            for _ in 0..50 {
+                clients.push(connect(&format!("ws://{ws}/ws?topic=t")).await.unwrap());
+            }
+            ready_tx.send(()).unwrap();
+            for mut c in clients {
+                match c.recv().await.unwrap() {
+                    Some(Message::Close(Some(f))) => assert_eq!(f.code(), CloseCode::GOING_AWAY),
+                    other => panic!("expected Close 1001, got {other:?}"),
+                }
+                // The client echoed the Close; the server closes TCP.
+                assert_eq!(c.recv().await.unwrap(), None);
+            }
+        })
+        .unwrap();
+    });
+    ready_rx.recv().unwrap();
+    signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    late.send(upgrade_request("/ws?topic=t").as_bytes());
+    let head = late.read_head();
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    clients.join().unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+    // The listeners are closed.
+    assert!(TcpStream::connect(ws).is_err());
+}
+
+#[test]
+fn sigint_on_an_idle_server_exits_0() {
+    let (mut child, _, _) = spawn_server(&[]);
+    signal(&child, "INT");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn publish_command_reaches_subscribers() {
+    let (mut child, ws, admin) = spawn_server(&[]);
+    stratus_uring::run(async move {
+        let mut sub = connect(&format!("ws://{ws}/ws?topic=alerts"))
+            .await
+            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args([
+                "publish",
+                "alerts",
+                "disk full",
+                "--admin",
+                &admin.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            r#"{"recipients":1}"#
+        );
+        assert_eq!(sub.recv().await.unwrap(), Some(Message::text("disk full")));
+        // From standard input, as binary.
+        let mut publish = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args([
+                "publish",
+                "alerts",
+                "--binary",
+                "--admin",
+                &admin.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        publish.stdin.take().unwrap().write_all(&[0, 1, 2]).unwrap();
+        assert!(publish.wait().unwrap().success());
+        assert_eq!(
+            sub.recv().await.unwrap(),
+            Some(Message::binary(vec![0, 1, 2]))
+        );
+        // A bad topic is refused with the server's reason and a failing exit status.
+        let bad = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args(["publish", "no spaces", "x", "--admin", &admin.to_string()])
+            .output()
+            .unwrap();
+        assert!(!bad.status.success());
+    })
+    .unwrap();
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
