@@ -122,19 +122,27 @@ fn upgrade_and_first_frame_in_one_segment_are_both_processed() {
 
 #[test]
 fn slowloris_is_closed_at_handshake_timeout_and_does_not_delay_others() {
-    let server = start_with(|c| c.handshake_timeout = Duration::from_millis(300));
+    let server = start_with(|c| c.handshake_timeout = Duration::from_secs(2));
     let addr = server.local_addr();
-    let mut slow: Vec<Peer> = (0..1000)
+    let mut slow: Vec<Peer> = (0..2000)
         .map(|_| {
             let mut p = Peer::connect(addr);
             p.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
             p
         })
         .collect();
-    // A good handshake completes while a thousand incomplete ones are pending.
+    // A good handshake completes while two thousand incomplete ones are pending.
     let mut good = Peer::open(addr);
     good.send(&frame(true, 0, 1, b"hi"));
     assert_eq!(good.recv(), Some(Message::text("hi")));
+    // The first slow socket is still open: the good handshake did not wait them out.
+    slow[0].stream.set_nonblocking(true).unwrap();
+    let pending = slow[0].stream.peek(&mut [0u8; 1]);
+    assert!(
+        matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{pending:?}"
+    );
+    slow[0].stream.set_nonblocking(false).unwrap();
     // Every slow socket is closed by the server, with no response.
     for p in &mut slow {
         assert_eq!(p.read_to_end(), "");
