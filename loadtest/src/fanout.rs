@@ -1,0 +1,217 @@
+//! `fanout`: N subscribers on one topic of a Stratus server (or any server with the same
+//! publish API), a publisher posting S-byte messages at a fixed rate or flat out. Each
+//! message carries its publish time; subscribers record publish-to-receive latency.
+
+use std::cell::{Cell, RefCell};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::json;
+use stratus_client::{ClientConfig, connect_with};
+use stratus_proto::{CloseCode, Message};
+
+use crate::progress::Ticker;
+use crate::report::{self, Latency};
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct FanoutArgs {
+    /// The server's WebSocket URL (the topic is added as `?topic=`).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// The server's admin listener, for publishing.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// Subscribers (connections from this process; keep under 19,000 here).
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Topic.
+    #[arg(long, default_value = "fanout")]
+    topic: String,
+    /// Message size in bytes (at least 32).
+    #[arg(short, long, default_value_t = 64)]
+    size: usize,
+    /// Publishes per second; 0 publishes flat out.
+    #[arg(short, long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds to publish.
+    #[arg(short, long, default_value_t = 10.0)]
+    duration: f64,
+    /// Subscribers offer permessage-deflate.
+    #[arg(long)]
+    deflate: bool,
+    #[command(flatten)]
+    pub(crate) common: crate::Common,
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// A message of `size` bytes starting with its publish time.
+fn stamped(size: usize) -> String {
+    let mut m = format!("{{\"ts\":{},\"pad\":\"", now_ns());
+    let pad = size.saturating_sub(m.len() + 2);
+    m.extend(std::iter::repeat_n('x', pad));
+    m.push_str("\"}");
+    m
+}
+
+fn stamp_of(text: &[u8]) -> Option<u128> {
+    let rest = text.strip_prefix(b"{\"ts\":")?;
+    let end = rest.iter().position(|&b| b == b',')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Posts messages over one keep-alive connection to the admin API.
+struct Publisher {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    path: String,
+}
+
+impl Publisher {
+    fn connect(admin: SocketAddr, topic: &str) -> anyhow::Result<Self> {
+        let writer = TcpStream::connect(admin).with_context(|| format!("admin API at {admin}"))?;
+        writer.set_nodelay(true)?;
+        Ok(Self {
+            reader: BufReader::new(writer.try_clone()?),
+            writer,
+            path: format!("/publish/{topic}"),
+        })
+    }
+
+    fn publish(&mut self, body: &str) -> anyhow::Result<()> {
+        write!(
+            self.writer,
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.path,
+            body.len()
+        )?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if !line.starts_with("HTTP/1.1 200") {
+            bail!("publish answered {}", line.trim());
+        }
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    let duration = Duration::try_from_secs_f64(args.duration)?;
+    let url = format!("{}?topic={}", args.url, args.topic);
+    let config = ClientConfig {
+        deflate: args.deflate,
+        ..ClientConfig::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (deliveries, hist, published) = stratus_uring::run({
+        let args = args.clone();
+        let stop = stop.clone();
+        async move {
+            let mut clients = Vec::with_capacity(args.subscribers);
+            for _ in 0..args.subscribers {
+                clients.push(connect_with(&url, config.clone()).await?);
+            }
+            let count = Rc::new(Cell::new(0u64));
+            let hist = Rc::new(RefCell::new(report::histogram()?));
+            let ticker = Ticker::start(duration, count.clone());
+            let publisher = std::thread::spawn({
+                let args = args.clone();
+                move || -> anyhow::Result<u64> {
+                    let mut publisher = Publisher::connect(args.admin, &args.topic)?;
+                    let started = Instant::now();
+                    let mut sent = 0u64;
+                    while started.elapsed() < duration {
+                        publisher.publish(&stamped(args.size))?;
+                        sent += 1;
+                        if args.rate > 0.0 {
+                            let due = Duration::from_secs_f64(sent as f64 / args.rate);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    }
+                    Ok(sent)
+                }
+            });
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .map(|mut client| {
+                    let (count, hist, stop) = (count.clone(), hist.clone(), stop.clone());
+                    stratus_uring::spawn(async move {
+                        loop {
+                            let next =
+                                tokio::time::timeout(Duration::from_millis(500), client.recv())
+                                    .await;
+                            match next {
+                                Ok(Ok(Some(Message::Text(t)))) => {
+                                    if let Some(ts) = stamp_of(&t) {
+                                        let us = (now_ns().saturating_sub(ts) / 1000) as u64;
+                                        let _ = hist.borrow_mut().record(us.max(1));
+                                        count.set(count.get() + 1);
+                                    }
+                                }
+                                Ok(Ok(Some(_))) => {}
+                                Ok(Ok(None)) | Ok(Err(_)) => return,
+                                Err(_) if stop.load(Ordering::Relaxed) => break,
+                                Err(_) => {}
+                            }
+                        }
+                        let _ = client.close(CloseCode::NORMAL, "").await;
+                    })
+                })
+                .collect();
+            let published = loop {
+                if publisher.is_finished() {
+                    break publisher
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            // Let the last messages arrive, then stop the subscribers.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                t.await?;
+            }
+            ticker.finish();
+            let hist = hist.borrow().clone();
+            anyhow::Ok((count.get(), hist, published))
+        }
+    })??;
+    let secs = duration.as_secs_f64();
+    let expected = published * args.subscribers as u64;
+    report::finish(
+        "fanout",
+        json!({"url": args.url, "subscribers": args.subscribers, "size": args.size,
+               "rate": args.rate, "duration_s": secs, "deflate": args.deflate}),
+        json!({"published": published,
+               "deliveries": deliveries,
+               "missing": expected.saturating_sub(deliveries),
+               "deliveries_per_s": (deliveries as f64 / secs).round(),
+               "latency": Latency::of(&hist)}),
+        args.common.out.as_deref(),
+    )
+}

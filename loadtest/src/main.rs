@@ -1,0 +1,81 @@
+//! `stratus-load`: load generators for Stratus and any server speaking WebSocket (and,
+//! for fanout, Stratus's publish API). Every scenario is bounded in time, shows a live
+//! progress bar, prints a summary and can write a JSON result (`--out`).
+//!
+//! Traffic goes only where the URL points; run it against loopback.
+
+mod connections;
+mod echo;
+mod fanout;
+mod pin;
+mod progress;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "stratus-load",
+    version,
+    about = "Load generators for WebSocket servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Round trips against an echo server.
+    Echo(echo::EchoArgs),
+    /// Subscribers on a topic, a publisher posting to it.
+    Fanout(fanout::FanoutArgs),
+    /// Idle connections opened at a bounded rate; server memory per connection.
+    Connections(connections::ConnectionsArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Write the result as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Pin the load generator to this CPU.
+    #[arg(long)]
+    client_cpu: Option<usize>,
+    /// Pin the server (`--server-pid`) to this CPU.
+    #[arg(long)]
+    server_cpu: Option<usize>,
+    /// The server's PID, for `--server-cpu`.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+impl Common {
+    fn pin(&self) -> anyhow::Result<()> {
+        pin::client(self.client_cpu)?;
+        pin::server(self.server_cpu, self.server_pid)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Echo(args) => {
+            args.common.pin()?;
+            echo::run(args)
+        }
+        Scenario::Fanout(args) => {
+            args.common.pin()?;
+            fanout::run(args)
+        }
+        Scenario::Connections(args) => {
+            args.common.pin()?;
+            connections::run(args)
+        }
+    }
+}

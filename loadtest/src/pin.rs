@@ -1,0 +1,42 @@
+//! Keeping the load generator and the server on different cores, so a measurement says
+//! what the server can do, not what they do when they fight for one core.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Pins the calling thread (the generator runs on one thread) to `cpu`.
+pub(crate) fn client(cpu: Option<usize>) -> anyhow::Result<()> {
+    if let Some(id) = cpu
+        && !core_affinity::set_for_current(core_affinity::CoreId { id })
+    {
+        bail!("could not pin the load generator to cpu {id}");
+    }
+    Ok(())
+}
+
+/// Pins every thread of process `pid` to `cpu` (with taskset).
+pub(crate) fn server(cpu: Option<usize>, pid: Option<u32>) -> anyhow::Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    let pid = pid.context("--server-cpu needs --server-pid")?;
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset")?;
+    if !status.success() {
+        bail!("taskset could not pin pid {pid} to cpu {cpu}");
+    }
+    Ok(())
+}
+
+/// The resident set size of `pid`, in bytes.
+pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kb * 1024)
+}

@@ -1,0 +1,87 @@
+//! Every scenario runs, briefly, against an in-process Stratus server and writes a JSON
+//! result with the figures it promises.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use serde_json::Value;
+use stratus_server::{App, Config, Server};
+
+fn server(app: App) -> Server {
+    Server::start(Config {
+        app,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: (app == App::PubSub).then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        workers: 2,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+fn run(args: &[&str]) -> Value {
+    let out = std::env::temp_dir().join(format!(
+        "stratus-load-{}-{}.json",
+        args[0],
+        std::process::id()
+    ));
+    let status = Command::new(env!("CARGO_BIN_EXE_stratus-load"))
+        .args(args)
+        .args(["--out", out.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{args:?}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    std::fs::remove_file(out).unwrap();
+    assert_eq!(report["scenario"], args[0]);
+    report["results"].clone()
+}
+
+#[test]
+fn echo_reports_rate_and_round_trips() {
+    let s = server(App::Echo);
+    let url = format!("ws://{}/", s.local_addr());
+    let r = run(&[
+        "echo", "--url", &url, "-c", "10", "-s", "100", "-p", "4", "-d", "1",
+    ]);
+    assert!(r["messages"].as_u64().unwrap() > 0);
+    assert!(r["rtt"]["p99_us"].as_u64().unwrap() >= r["rtt"]["p50_us"].as_u64().unwrap());
+    s.stop().unwrap();
+}
+
+#[test]
+fn fanout_delivers_every_publish_to_every_subscriber() {
+    let s = server(App::PubSub);
+    let url = format!("ws://{}/ws", s.local_addr());
+    let admin = s.admin_addr().unwrap().to_string();
+    let r = run(&[
+        "fanout", "--url", &url, "--admin", &admin, "-n", "50", "-r", "200", "-d", "1",
+    ]);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 0);
+    assert_eq!(r["deliveries"].as_u64().unwrap(), published * 50);
+    assert_eq!(r["missing"].as_u64().unwrap(), 0);
+    s.stop().unwrap();
+}
+
+#[test]
+fn connections_reports_handshake_rate_and_memory() {
+    let s = server(App::PubSub);
+    let url = format!("ws://{}/ws?topic=idle", s.local_addr());
+    let pid = std::process::id().to_string();
+    let r = run(&[
+        "connections",
+        "--url",
+        &url,
+        "-n",
+        "200",
+        "--hold",
+        "0",
+        "--pid",
+        &pid,
+    ]);
+    assert_eq!(r["opened"].as_u64().unwrap(), 200);
+    assert!(r["handshakes_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["server_rss_after"].as_u64().is_some());
+    s.stop().unwrap();
+}
