@@ -4,9 +4,11 @@
 //!
 //! Traffic goes only where the URL points; run it against loopback.
 
+mod compare;
 mod connections;
 mod echo;
 mod fanout;
+mod peers;
 mod pin;
 mod progress;
 mod report;
@@ -37,6 +39,10 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Idle connections opened at a bounded rate; server memory per connection.
     Connections(connections::ConnectionsArgs),
+    /// The echo scenario against several servers, A B A B, with ratios.
+    Compare(compare::CompareArgs),
+    /// Run a peer server to compare against (tokio-tungstenite, fastwebsockets, raw TCP).
+    Peer(peers::PeerArgs),
 }
 
 /// Options every scenario takes.
@@ -77,5 +83,10 @@ fn main() -> anyhow::Result<()> {
             args.common.pin()?;
             connections::run(args)
         }
+        Scenario::Compare(args) => {
+            args.common().pin()?;
+            compare::run(args)
+        }
+        Scenario::Peer(args) => peers::run(args),
     }
 }

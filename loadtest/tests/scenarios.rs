@@ -33,7 +33,7 @@ fn run(args: &[&str]) -> Value {
     assert!(status.success(), "{args:?}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     std::fs::remove_file(out).unwrap();
-    assert_eq!(report["scenario"], args[0]);
+    assert!(report["scenario"].as_str().unwrap().starts_with(args[0]));
     report["results"].clone()
 }
 
@@ -83,5 +83,60 @@ fn connections_reports_handshake_rate_and_memory() {
     assert_eq!(r["opened"].as_u64().unwrap(), 200);
     assert!(r["handshakes_per_s"].as_f64().unwrap() > 0.0);
     assert!(r["server_rss_after"].as_u64().is_some());
+    s.stop().unwrap();
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts `stratus-load peer KIND` on a free port; returns the process and its address.
+fn peer(kind: &str) -> (std::process::Child, SocketAddr) {
+    let addr = free_addr();
+    let child = Command::new(env!("CARGO_BIN_EXE_stratus-load"))
+        .args(["peer", kind, "--listen", &addr.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "peer {kind} did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, addr)
+}
+
+#[test]
+fn compare_runs_every_peer_in_rounds() {
+    let s = server(App::Echo);
+    let peers: Vec<_> = ["tungstenite", "fastwebsockets", "uring-tcp"]
+        .map(peer)
+        .into();
+    let targets = [
+        format!("stratus=ws://{}/", s.local_addr()),
+        format!("tungstenite=ws://{}/", peers[0].1),
+        format!("fastwebsockets=ws://{}/", peers[1].1),
+        format!("uring-raw=tcp://{}/", peers[2].1),
+    ];
+    let mut args = vec!["compare", "--rounds", "2", "-c", "4", "-d", "0.5"];
+    for t in &targets {
+        args.extend(["--target", t.as_str()]);
+    }
+    let r = run(&args);
+    for name in ["stratus", "tungstenite", "fastwebsockets", "uring-raw"] {
+        assert_eq!(r[name]["msgs_per_s"].as_array().unwrap().len(), 2, "{name}");
+        assert!(r[name]["mean"].as_f64().unwrap() > 0.0, "{name}");
+    }
+    assert_eq!(r["stratus"]["ratio_to_first"].as_f64().unwrap(), 1.0);
+    for (mut child, _) in peers {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     s.stop().unwrap();
 }
