@@ -4,6 +4,7 @@
 //!
 //! Traffic goes only where the URL points; run it against loopback.
 
+mod broadcast_peer;
 mod compare;
 mod connections;
 mod echo;

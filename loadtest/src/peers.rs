@@ -23,6 +23,9 @@ pub(crate) enum PeerKind {
     Fastwebsockets,
     /// Raw TCP echo on io_uring (no WebSocket framing).
     UringTcp,
+    /// tokio-tungstenite push server: `/ws?topic=T` subscribes, `POST /publish/T` on
+    /// `--admin` broadcasts (the publish API of `stratus serve`).
+    TungsteniteBroadcast,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -35,6 +38,9 @@ pub(crate) struct PeerArgs {
     /// Runtime threads (1: current-thread runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Admin (publish API) address, for the broadcast peer.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    admin: SocketAddr,
 }
 
 pub(crate) fn run(args: PeerArgs) -> anyhow::Result<()> {
@@ -52,6 +58,9 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
+    if let PeerKind::TungsteniteBroadcast = args.kind {
+        return runtime.block_on(crate::broadcast_peer::serve(args.listen, args.admin));
+    }
     runtime.block_on(async move {
         let listener = TcpListener::bind(args.listen).await?;
         println!("{:?} echo on {}", args.kind, args.listen);

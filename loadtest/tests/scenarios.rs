@@ -93,11 +93,13 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// Starts `stratus-load peer KIND` on a free port; returns the process and its address.
-fn peer(kind: &str) -> (std::process::Child, SocketAddr) {
+/// Starts `stratus-load peer KIND` on a free port (and `extra` flags); returns the
+/// process and its address.
+fn peer_with(kind: &str, extra: &[&str]) -> (std::process::Child, SocketAddr) {
     let addr = free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_stratus-load"))
         .args(["peer", kind, "--listen", &addr.to_string()])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -110,6 +112,10 @@ fn peer(kind: &str) -> (std::process::Child, SocketAddr) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     (child, addr)
+}
+
+fn peer(kind: &str) -> (std::process::Child, SocketAddr) {
+    peer_with(kind, &[])
 }
 
 #[test]
@@ -139,4 +145,19 @@ fn compare_runs_every_peer_in_rounds() {
         child.wait().unwrap();
     }
     s.stop().unwrap();
+}
+
+#[test]
+fn fanout_drives_the_tungstenite_broadcast_peer_too() {
+    let admin = free_addr().to_string();
+    let (mut child, addr) = peer_with("tungstenite-broadcast", &["--admin", &admin]);
+    let url = format!("ws://{addr}/ws");
+    let r = run(&[
+        "fanout", "--url", &url, "--admin", &admin, "-n", "20", "-r", "100", "-d", "0.5",
+    ]);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 0);
+    assert_eq!(r["deliveries"].as_u64().unwrap(), published * 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
