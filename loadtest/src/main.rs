@@ -11,6 +11,7 @@ mod echo;
 mod fanout;
 mod peers;
 mod pin;
+mod plot;
 mod progress;
 mod report;
 
@@ -44,6 +45,8 @@ enum Scenario {
     Compare(compare::CompareArgs),
     /// Run a peer server to compare against (tokio-tungstenite, fastwebsockets, raw TCP).
     Peer(peers::PeerArgs),
+    /// Render `compare` results as SVG charts.
+    Plot(plot::PlotArgs),
 }
 
 /// Options every scenario takes.
@@ -89,5 +92,6 @@ fn main() -> anyhow::Result<()> {
             compare::run(args)
         }
         Scenario::Peer(args) => peers::run(args),
+        Scenario::Plot(args) => plot::run(args),
     }
 }

@@ -161,3 +161,37 @@ fn fanout_drives_the_tungstenite_broadcast_peer_too() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn plot_renders_compare_results_as_svg() {
+    let dir = std::env::temp_dir().join(format!("stratus-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("compare.json");
+    std::fs::write(
+        &input,
+        r#"{"scenario":"compare echo","params":{"echo":{"connections":100,"size":20}},
+            "results":{"stratus":{"mean":300000.0,"rtt_p99_us":[400,420]},
+                       "peer":{"mean":250000.0,"rtt_p99_us":[500,520]}}}"#,
+    )
+    .unwrap();
+    let prefix = dir.join("chart");
+    let status = Command::new(env!("CARGO_BIN_EXE_stratus-load"))
+        .args([
+            "plot",
+            input.to_str().unwrap(),
+            "--out",
+            prefix.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for kind in ["throughput", "latency"] {
+        let svg = std::fs::read_to_string(dir.join(format!("chart-{kind}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{kind}");
+        assert!(
+            svg.contains("stratus") && svg.contains("peer") && svg.contains("100 x 20 B"),
+            "{kind}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
