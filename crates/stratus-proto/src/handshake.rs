@@ -189,16 +189,27 @@ fn text(value: &[u8]) -> Result<&str, HandshakeError> {
     std::str::from_utf8(value).map_err(|_| HandshakeError::Malformed("header value is not UTF-8"))
 }
 
-/// Finds the end of an HTTP head incrementally, never searching a byte twice.
+/// Finds the end of an HTTP head incrementally, never searching a byte twice, and
+/// refuses a head over the size limit as soon as it is crossed. Used for the upgrade
+/// request, the 101 response, and any other HTTP/1.1 head a driver reads (the admin API).
 #[derive(Debug, Clone)]
-struct HeadScanner {
+pub struct HeadScanner {
     limits: HandshakeLimits,
     searched: usize,
 }
 
 impl HeadScanner {
-    /// The length of the head (through the blank line) once `buf` holds all of it.
-    fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, HandshakeError> {
+    /// A scanner for a new head.
+    pub fn new(limits: HandshakeLimits) -> Self {
+        Self {
+            limits,
+            searched: 0,
+        }
+    }
+
+    /// Call after each read with everything received so far: the length of the head
+    /// (through the blank line) once `buf` holds all of it.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, HandshakeError> {
         let from = self.searched.saturating_sub(3);
         let found = buf[from..]
             .windows(4)
@@ -233,10 +244,7 @@ impl RequestReader {
     /// A reader with these limits.
     pub fn new(limits: HandshakeLimits) -> Self {
         Self {
-            scanner: HeadScanner {
-                limits,
-                searched: 0,
-            },
+            scanner: HeadScanner::new(limits),
         }
     }
 
@@ -374,10 +382,7 @@ impl ClientHandshake {
             accept: accept_key(key.as_bytes()),
             offered_extensions: extensions.is_some(),
             protocols: protocols.iter().map(|p| (*p).to_owned()).collect(),
-            scanner: HeadScanner {
-                limits: HandshakeLimits::default(),
-                searched: 0,
-            },
+            scanner: HeadScanner::new(HandshakeLimits::default()),
         };
         (handshake, request.into_bytes())
     }

@@ -172,16 +172,6 @@ impl Session {
         Ok(())
     }
 
-    /// Queues an already encoded frame (a broadcast shared by many connections). Fails
-    /// once a Close has been sent.
-    pub fn send_encoded(&mut self, frame: Bytes) -> Result<(), Closing> {
-        if self.close_sent {
-            return Err(Closing);
-        }
-        self.transmit.push_back(frame);
-        Ok(())
-    }
-
     /// Starts the closing handshake with `code`, unless a Close was already sent.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         let _ = self.send(&Message::Close(Some(CloseFrame::new(code, reason))));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 use stratus_proto::Message;
-use stratus_proto::handshake::reason_phrase;
+use stratus_proto::handshake::{HandshakeLimits, HeadScanner, reason_phrase};
 use stratus_uring::{self as uring, Listener, Stream};
 
 use crate::hub::PublishError;
@@ -105,16 +105,16 @@ async fn read_request(
     buf: &mut BytesMut,
     max_body: usize,
 ) -> Result<Option<(Request, Bytes)>, Response> {
-    let mut searched = 0usize;
+    let mut scanner = HeadScanner::new(HandshakeLimits {
+        max_head: MAX_HEAD,
+        max_headers: MAX_HEADERS,
+    });
     let head_len = loop {
-        let from = searched.saturating_sub(3);
-        if let Some(at) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            break from + at + 4;
+        match scanner.scan(buf) {
+            Ok(Some(len)) => break len,
+            Ok(None) => {}
+            Err(_) => return Err(error(431, "request head over 8 KiB")),
         }
-        if buf.len() >= MAX_HEAD {
-            return Err(error(431, "request head over 8 KiB"));
-        }
-        searched = buf.len();
         if !read_more(stream, buf).await {
             return Ok(None);
         }
