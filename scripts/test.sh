@@ -29,10 +29,12 @@ if cargo tree -p stratus-proto -e normal --prefix none | grep -E '^(tokio|tokio-
   exit 1
 fi
 
-step "AddressSanitizer over the unsafe masking code (nightly)"
+step "AddressSanitizer over the unsafe code: masking, the worker ring (nightly)"
 host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS=-Zsanitizer=address cargo +nightly test -p stratus-proto --lib \
   --target "$host" --target-dir target/asan -- mask::
+RUSTFLAGS=-Zsanitizer=address cargo +nightly test -p stratus-uring --test ring \
+  --target "$host" --target-dir target/asan
 
 step "Autobahn gate self-test"
 python3 autobahn/test_gate.py

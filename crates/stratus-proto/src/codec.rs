@@ -288,7 +288,9 @@ impl Decoder {
 /// so it cannot ask the OS for entropy itself): seed it from the OS's random source.
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    mask_keys: Option<ChaCha12Rng>,
+    /// Boxed: a server (which never masks) should not carry a client's 300-byte generator
+    /// in every connection.
+    mask_keys: Option<Box<ChaCha12Rng>>,
 }
 
 impl Encoder {
@@ -301,7 +303,7 @@ impl Encoder {
     /// seeded by `seed`, which must be unpredictable (e.g. from `getrandom`).
     pub fn client(seed: [u8; 32]) -> Self {
         Self {
-            mask_keys: Some(ChaCha12Rng::from_seed(seed)),
+            mask_keys: Some(Box::new(ChaCha12Rng::from_seed(seed))),
         }
     }
 

@@ -1,4 +1,4 @@
-//! The admin API, served by worker 0 on its own listener: `POST /publish/{topic}`,
+//! The admin API, served by its own thread on its own listener: `POST /publish/{topic}`,
 //! `GET /healthz`, `GET /readyz`. HTTP/1.1 with keep-alive, parsed with httparse; bodies
 //! need a Content-Length and are capped at `max_publish`.
 //!
@@ -7,6 +7,7 @@
 //! anything but loopback, so publishing stays a local privilege.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,8 +16,8 @@ use stratus_proto::Message;
 use stratus_proto::handshake::{HandshakeLimits, HeadScanner, reason_phrase};
 use stratus_uring::{self as uring, Listener, Stream};
 
-use crate::hub::PublishError;
-use crate::worker::Worker;
+use crate::config::Config;
+use crate::hub::{Hub, PublishError};
 
 const READ_CHUNK: usize = 4096;
 const MAX_HEAD: usize = 8 * 1024;
@@ -24,13 +25,28 @@ const MAX_HEADERS: usize = 32;
 /// An idle keep-alive connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(30);
 
-/// Accepts admin connections until the worker ends.
-pub(crate) async fn serve(worker: Rc<Worker>, listener: Listener) {
+/// What the admin API works on.
+pub(crate) struct Admin {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) config: Arc<Config>,
+}
+
+/// Accepts admin connections until the listener is shut down.
+pub(crate) async fn serve(admin: Admin, listener: std::net::TcpListener) {
+    let listener = match Listener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(error = %err, "admin listener failed");
+            return;
+        }
+    };
+    let admin = Rc::new(admin);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                uring::spawn(connection(worker.clone(), stream));
+                uring::spawn(connection(admin.clone(), stream));
             }
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return,
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
@@ -66,10 +82,10 @@ fn error(status: u16, message: &str) -> Response {
     respond(status, json!({ "error": message }))
 }
 
-async fn connection(worker: Rc<Worker>, stream: Stream) {
+async fn connection(admin: Rc<Admin>, stream: Stream) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let (request, body) = match read_request(&stream, &mut buf, worker.config.max_publish).await
+        let (request, body) = match read_request(&stream, &mut buf, admin.config.max_publish).await
         {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return,
@@ -78,7 +94,7 @@ async fn connection(worker: Rc<Worker>, stream: Stream) {
                 return;
             }
         };
-        let response = route(&worker, &request, body).await;
+        let response = route(&admin, &request, body).await;
         if write(&stream, &response, request.close).await.is_err() || request.close {
             stream.shutdown_write();
             return;
@@ -198,8 +214,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(worker: &Worker, request: &Request) -> bool {
-    let Some(token) = &worker.config.admin_token else {
+fn authorized(admin: &Admin, request: &Request) -> bool {
+    let Some(token) = &admin.config.admin_token else {
         return true;
     };
     let presented = request
@@ -210,20 +226,20 @@ fn authorized(worker: &Worker, request: &Request) -> bool {
     presented.is_some_and(|p| same(p.as_bytes(), token.as_bytes()))
 }
 
-async fn route(worker: &Worker, request: &Request, body: Bytes) -> Response {
+async fn route(admin: &Admin, request: &Request, body: Bytes) -> Response {
     let path = request.path.split('?').next().unwrap_or_default();
     match (request.method.as_str(), path) {
         ("GET", "/healthz") => respond(200, json!({ "status": "ok" })),
-        ("GET", "/readyz") if worker.hub.is_draining() => respond(503, json!({ "ready": false })),
+        ("GET", "/readyz") if admin.hub.is_draining() => respond(503, json!({ "ready": false })),
         ("GET", "/readyz") => respond(200, json!({ "ready": true })),
         ("POST", p) if p.starts_with("/publish/") => {
-            if !authorized(worker, request) {
+            if !authorized(admin, request) {
                 return Response {
                     extra: "WWW-Authenticate: Bearer\r\n",
                     ..error(401, "missing or wrong bearer token")
                 };
             }
-            publish(worker, &p["/publish/".len()..], &request.content_type, body).await
+            publish(admin, &p["/publish/".len()..], &request.content_type, body).await
         }
         (_, "/healthz" | "/readyz") => Response {
             extra: "Allow: GET\r\n",
@@ -237,7 +253,7 @@ async fn route(worker: &Worker, request: &Request, body: Bytes) -> Response {
     }
 }
 
-async fn publish(worker: &Worker, topic: &str, content_type: &str, body: Bytes) -> Response {
+async fn publish(admin: &Admin, topic: &str, content_type: &str, body: Bytes) -> Response {
     let textual = content_type.starts_with("text/") || content_type.contains("json");
     let message = if textual {
         if std::str::from_utf8(&body).is_err() {
@@ -247,7 +263,7 @@ async fn publish(worker: &Worker, topic: &str, content_type: &str, body: Bytes) 
     } else {
         Message::Binary(body)
     };
-    match worker.hub.publish(topic, message) {
+    match admin.hub.publish(topic, message) {
         Ok(delivery) => respond(200, json!({ "recipients": delivery.recipients().await })),
         Err(e @ (PublishError::InvalidTopic(_) | PublishError::NotData)) => {
             error(400, &e.to_string())

@@ -1,42 +1,28 @@
-//! One connection from accept to close: the opening handshake under a timeout, then a
-//! reader task feeding the [`Session`] and a writer task draining the [`SendQueue`].
+//! One connection's state, from accept to close, as a state machine the worker drives:
+//! no task and no buffer of its own while idle (received bytes arrive through the ring's
+//! shared buffers; a read buffer exists only while a frame is incomplete).
 //!
-//! The connection's state ([`Conn`]) is shared, on its worker's thread, by the reader,
-//! the writer, and the worker (which delivers broadcasts, pings idle connections and
-//! enforces close deadlines). Nobody holds a borrow across an `await`.
+//! Phases: the HTTP upgrade ([`Phase::Handshake`]), WebSocket frames ([`Phase::Open`]),
+//! or an HTTP refusal on its way out ([`Phase::Refused`]). The worker does the I/O; this
+//! module decides what to send and when the connection is done.
 //!
 //! The server closes TCP itself after a Close: it sends FIN behind its last frame, then
 //! reads (and drops) whatever the peer still sends until the peer's FIN or the close
 //! deadline. Closing with unread bytes would make the kernel send a reset, which can
-//! destroy the Close frame before the peer reads it. A deadline that passes while the
-//! reader waits is enforced by the worker's sweep, which shuts the socket down.
+//! destroy the Close frame before the peer reads it.
 
-use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
-use std::rc::Rc;
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use stratus_proto::handshake::{HandshakeError, RequestReader, UpgradeRequest, http_error};
-use stratus_proto::{CloseCode, Message, Session};
-use stratus_uring::{self as uring, Stream};
-use tokio::time::{Instant, timeout, timeout_at};
+use bytes::{Buf, Bytes, BytesMut};
+use stratus_proto::handshake::{RequestReader, UpgradeRequest};
+use stratus_proto::{CloseCode, Session};
 use tracing::debug;
 
 use crate::broadcast::Broadcast;
-use crate::commands::{self, Command};
-use crate::config::{App, SlowConsumer};
+use crate::config::SlowConsumer;
 use crate::send_queue::SendQueue;
-use crate::topic;
-use crate::worker::Worker;
-
-/// Smallest read: enough for many small frames per syscall.
-const READ_CHUNK: usize = 4096;
-/// A push client mostly sends nothing: its idle read parks this small a buffer (a bigger
-/// frame grows it, via the decoder's wanted length).
-const IDLE_READ: usize = 256;
-/// Most frames per `writev`.
-const MAX_IOV: usize = 512;
 
 /// Which frame of a broadcast a connection gets.
 #[derive(Debug, Clone, Copy)]
@@ -59,67 +45,179 @@ pub(crate) enum Delivered {
     Skipped,
 }
 
-/// A connection's state, shared on its worker.
+/// Where a connection is in its life.
+// Nearly every connection is `Open`: boxing the session would add an allocation (and its
+// header) to each of them to save bytes on the few still handshaking.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake(RequestReader),
+    /// Exchanging WebSocket frames.
+    Open(Session),
+    /// An HTTP error response is queued; the connection ends after it.
+    Refused,
+}
+
+/// A connection's state, owned by its worker.
 pub(crate) struct Conn {
-    pub(crate) id: usize,
-    pub(crate) stream: Stream,
-    pub(crate) session: RefCell<Session>,
+    pub(crate) socket: TcpStream,
+    /// Names this connection in ring operations (slot and generation).
+    pub(crate) token: u64,
+    pub(crate) phase: Phase,
+    /// Bytes received and not yet decoded (empty, without an allocation, when idle).
+    pub(crate) read_buf: BytesMut,
     pub(crate) queue: SendQueue,
     pub(crate) frames: FrameChoice,
-    pub(crate) topics: RefCell<Vec<Arc<str>>>,
-    pub(crate) last_seen: Cell<Instant>,
-    pub(crate) ping_sent: Cell<Option<Instant>>,
-    pub(crate) close_deadline: Cell<Option<Instant>>,
+    pub(crate) topics: Vec<Arc<str>>,
+    pub(crate) last_seen: Instant,
+    pub(crate) ping_sent: Option<Instant>,
+    /// The handshake deadline, then the close deadline once closing starts.
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) io: IoState,
+}
+
+/// What is in flight and what is finished, for the worker.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IoState {
+    /// A multishot receive is armed.
+    pub(crate) receiving: bool,
+    /// A cancel of that receive was sent (read backpressure).
+    pub(crate) recv_cancelled: bool,
+    /// A send is in flight.
+    pub(crate) sending: bool,
+    /// The peer sent FIN (or the socket failed): nothing more will be read.
+    pub(crate) peer_done: bool,
+    /// Send FIN once everything queued is written.
+    pub(crate) fin_after_flush: bool,
+    pub(crate) fin_sent: bool,
+    /// Shut down: the slot is freed once nothing is in flight.
+    pub(crate) dead: bool,
+    /// Queued for the worker's end-of-tick pass.
+    pub(crate) dirty: bool,
+    /// Counted in the server's open connections.
+    pub(crate) counted: bool,
 }
 
 impl Conn {
-    pub(crate) fn new(id: usize, stream: Stream, session: Session, frames: FrameChoice) -> Self {
+    pub(crate) fn new(
+        socket: TcpStream,
+        token: u64,
+        limits: stratus_proto::handshake::HandshakeLimits,
+        deadline: Instant,
+    ) -> Self {
         Self {
-            id,
-            stream,
-            session: RefCell::new(session),
+            socket,
+            token,
+            phase: Phase::Handshake(RequestReader::new(limits)),
+            read_buf: BytesMut::new(),
             queue: SendQueue::default(),
-            frames,
-            topics: RefCell::default(),
-            last_seen: Cell::new(Instant::now()),
-            ping_sent: Cell::new(None),
-            close_deadline: Cell::new(None),
+            frames: FrameChoice::Plain,
+            topics: Vec::new(),
+            last_seen: Instant::now(),
+            ping_sent: None,
+            deadline: Some(deadline),
+            io: IoState::default(),
         }
     }
 
-    /// Moves the session's outgoing frames to the writer; `false` if the writer is gone.
-    pub(crate) fn flush(&self) -> bool {
-        transmit(&mut self.session.borrow_mut(), &self.queue)
+    /// The session, once upgraded.
+    pub(crate) fn session(&mut self) -> Option<&mut Session> {
+        match &mut self.phase {
+            Phase::Open(session) => Some(session),
+            _ => None,
+        }
     }
 
-    /// Starts a server-side close with `code`, to be complete by `deadline`. With
-    /// `discard`, frames not yet handed to the writer are dropped so the Close goes next
-    /// (a slow consumer would otherwise never see it).
-    pub(crate) fn close(&self, code: CloseCode, reason: &str, deadline: Instant, discard: bool) {
-        {
-            let mut session = self.session.borrow_mut();
-            if session.close_sent() {
-                return;
+    /// Reads the upgrade request from `buf`: the request (with the head consumed from
+    /// `buf`) once complete, `Ok(None)` while incomplete, or the refusal to send.
+    pub(crate) fn read_request(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<UpgradeRequest>, (Vec<u8>, String)> {
+        let Phase::Handshake(reader) = &mut self.phase else {
+            return Ok(None);
+        };
+        match reader.read(buf) {
+            Ok(Some((request, head_len))) => {
+                buf.advance(head_len);
+                Ok(Some(request))
             }
-            session.close(code, reason);
+            Ok(None) => Ok(None),
+            Err(err) => Err((err.response(), err.to_string())),
         }
+    }
+
+    /// Upgrades to WebSocket with `response` queued first.
+    pub(crate) fn open(&mut self, session: Session, frames: FrameChoice, response: Vec<u8>) {
+        self.phase = Phase::Open(session);
+        self.frames = frames;
+        self.deadline = None;
+        self.queue.push(Bytes::from(response));
+    }
+
+    /// Answers the upgrade with an HTTP error and ends the connection after it.
+    pub(crate) fn refuse(&mut self, response: Vec<u8>, why: &str, deadline: Instant) {
+        debug!(conn = self.token, why, "handshake refused");
+        self.phase = Phase::Refused;
+        self.queue.push(Bytes::from(response));
+        self.io.fin_after_flush = true;
+        self.deadline = Some(deadline);
+    }
+
+    /// Moves the session's outgoing frames to the send queue, and notes a close in
+    /// progress: FIN once the Close handshake is done, and a deadline for it.
+    pub(crate) fn transmit(&mut self, close_deadline: Instant) {
+        let Phase::Open(session) = &mut self.phase else {
+            return;
+        };
+        while let Some(frame) = session.poll_transmit() {
+            self.queue.push(frame);
+        }
+        if session.close_sent() {
+            self.deadline.get_or_insert(close_deadline);
+        }
+        if session.is_closed() {
+            self.io.fin_after_flush = true;
+        }
+    }
+
+    /// Starts a server-side close with `code`. With `discard`, frames not yet sent are
+    /// dropped so the Close goes next (a slow consumer would otherwise never see it).
+    pub(crate) fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        deadline: Instant,
+        discard: bool,
+    ) {
+        let Phase::Open(session) = &mut self.phase else {
+            return;
+        };
+        if session.close_sent() {
+            return;
+        }
+        session.close(code, reason);
         if discard {
             self.queue.discard_pending();
         }
-        self.flush();
-        self.close_deadline.set(Some(deadline));
+        self.transmit(deadline);
+    }
+
+    /// Whether broadcasts still go to this connection.
+    fn accepts_broadcasts(&mut self) -> bool {
+        !self.io.dead && self.session().is_some_and(|s| !s.close_sent())
     }
 
     /// Queues a broadcast, applying the slow-consumer policy when the queue would pass
     /// `cap` bytes.
     pub(crate) fn deliver(
-        &self,
+        &mut self,
         broadcast: &Broadcast,
         cap: usize,
         policy: SlowConsumer,
         close_deadline: Instant,
     ) -> Delivered {
-        if self.session.borrow().close_sent() {
+        if !self.accepts_broadcasts() {
             return Delivered::Skipped;
         }
         let frame: Option<&Bytes> = match self.frames {
@@ -132,319 +230,51 @@ impl Conn {
             return match policy {
                 SlowConsumer::Drop => Delivered::Dropped,
                 SlowConsumer::Close => {
-                    debug!(conn = self.id, "slow consumer");
+                    debug!(conn = self.token, "slow consumer");
                     self.close(CloseCode::POLICY, "slow consumer", close_deadline, true);
                     Delivered::ClosedSlow
                 }
             };
         }
         match frame {
-            Some(frame) => {
-                self.queue.push(frame.clone());
-            }
+            Some(frame) => self.queue.push(frame.clone()),
             None => {
-                let _ = self.session.borrow_mut().send(&broadcast.message);
-                self.flush();
+                if let Some(session) = self.session() {
+                    let _ = session.send(&broadcast.message);
+                }
+                self.transmit(close_deadline);
             }
         }
         Delivered::Queued
     }
-}
 
-/// Moves `session`'s outgoing frames to `queue`; `false` if the writer is gone.
-fn transmit(session: &mut Session, queue: &SendQueue) -> bool {
-    while let Some(frame) = session.poll_transmit() {
-        if !queue.push(frame) {
-            return false;
+    /// Shuts the socket down: every operation in flight on it completes at once.
+    pub(crate) fn kill(&mut self) {
+        if !self.io.dead {
+            self.io.dead = true;
+            // ENOTCONN after a reset is expected and harmless here.
+            let _ = self.socket.shutdown(Shutdown::Both);
         }
     }
-    true
-}
 
-/// Serves one accepted connection to the end.
-pub(crate) async fn serve(worker: Rc<Worker>, stream: Stream, peer: SocketAddr) {
-    let config = worker.config.clone();
-    let handshaking = worker.handshaking();
-    let buf = BytesMut::with_capacity(READ_CHUNK);
-    let (request, buf) =
-        match timeout(config.handshake_timeout, handshake(&stream, buf, &config)).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(Refusal::Http(err, buf))) => {
-                return refuse(
-                    &stream,
-                    err.response(),
-                    &err.to_string(),
-                    buf,
-                    peer,
-                    &config,
-                )
-                .await;
-            }
-            Ok(Err(Refusal::Io)) => return,
-            Err(_) => {
-                debug!(%peer, "handshake timeout");
-                return;
-            }
-        };
-    if worker.is_draining() {
-        let response = http_error(503, "Retry-After: 5\r\n", "server is shutting down");
-        return refuse(&stream, response, "draining", buf, peer, &config).await;
-    }
-    let topics = match subscriptions(&request, config.app, config.max_topics_per_connection) {
-        Ok(topics) => topics,
-        Err((status, why)) => {
-            let response = http_error(status, "", &why);
-            return refuse(&stream, response, &why, buf, peer, &config).await;
-        }
-    };
-    let mut session = Session::server(config.limits);
-    let mut extension_header = String::new();
-    let mut frames = FrameChoice::Plain;
-    if let Some(deflate) = &config.deflate
-        && let Some(agreed) = stratus_deflate::negotiate(&request.extensions, deflate)
-    {
-        extension_header = format!("Sec-WebSocket-Extensions: {}\r\n", agreed.response());
-        session.set_compression(Box::new(agreed.compression(deflate.threshold)));
-        frames = if agreed.shares_frames() {
-            FrameChoice::Shared {
-                threshold: deflate.threshold,
-            }
-        } else {
-            FrameChoice::PerConnection
-        };
-    }
-    let conn = worker.register(stream, session, frames);
-    drop(handshaking);
-    for t in &topics {
-        // Validated above, and within the per-connection cap.
-        let _ = worker.subscribe(&conn, t);
-    }
-    if conn
-        .stream
-        .write_all(request.accept(&extension_header))
-        .await
-        .is_err()
-    {
-        worker.unregister(&conn);
-        return;
-    }
-    let writer = uring::spawn(write_loop(conn.clone()));
-    let buf = match config.app {
-        App::PubSub if buf.is_empty() => BytesMut::with_capacity(IDLE_READ),
-        _ => buf,
-    };
-    let peer_done = read_loop(&worker, &conn, buf).await;
-    worker.unregister(&conn);
-    finish(&conn, writer, peer_done, &worker).await;
-}
-
-enum Refusal {
-    Http(HandshakeError, BytesMut),
-    Io,
-}
-
-/// Answers a refused handshake and closes.
-async fn refuse(
-    stream: &Stream,
-    response: Vec<u8>,
-    why: &str,
-    buf: BytesMut,
-    peer: SocketAddr,
-    config: &crate::Config,
-) {
-    debug!(%peer, why, "handshake refused");
-    if stream.write_all(response).await.is_ok() {
-        linger_close(stream, buf, Instant::now() + config.close_timeout).await;
+    /// Sends FIN (after everything queued is written).
+    pub(crate) fn send_fin(&mut self) {
+        self.io.fin_sent = true;
+        let _ = self.socket.shutdown(Shutdown::Write);
     }
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Reads until the request head is complete; returns the request and the buffer holding
-/// the bytes after it.
-async fn handshake(
-    stream: &Stream,
-    mut buf: BytesMut,
-    config: &crate::Config,
-) -> Result<(UpgradeRequest, BytesMut), Refusal> {
-    let mut reader = RequestReader::new(config.handshake_limits);
-    loop {
-        let (result, returned) = stream.read_into(buf, READ_CHUNK).await;
-        buf = returned;
-        match result {
-            Ok(0) | Err(_) => return Err(Refusal::Io),
-            Ok(_) => {}
-        }
-        match reader.read(&buf) {
-            Ok(Some((request, head_len))) => {
-                let _ = buf.split_to(head_len);
-                return Ok((request, buf));
-            }
-            Ok(None) => {}
-            Err(err) => return Err(Refusal::Http(err, buf)),
-        }
-    }
-}
-
-/// The topics a push client asks for at the upgrade (`/ws?topic=a&topic=b`), or the
-/// HTTP status and reason to refuse it with.
-fn subscriptions(
-    request: &UpgradeRequest,
-    app: App,
-    max: usize,
-) -> Result<Vec<String>, (u16, String)> {
-    if app == App::Echo {
-        return Ok(Vec::new());
-    }
-    let (path, query) = request
-        .target
-        .split_once('?')
-        .unwrap_or((&request.target, ""));
-    if path != "/ws" {
-        return Err((404, format!("no WebSocket endpoint at {path}; use /ws")));
-    }
-    let mut topics: Vec<String> = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key == "topic" {
-            topic::validate(&value).map_err(|e| (400, format!("invalid topic {value:?}: {e}")))?;
-            if !topics.iter().any(|t| *t == value) {
-                topics.push(value.into_owned());
-            }
-        }
-    }
-    if topics.len() > max {
-        return Err((400, format!("at most {max} topics per connection")));
-    }
-    Ok(topics)
-}
-
-/// The WebSocket phase: decode, answer, act, until the session closes or the peer goes.
-/// Returns whether the peer already closed its side (EOF).
-async fn read_loop(worker: &Worker, conn: &Rc<Conn>, mut buf: BytesMut) -> bool {
-    let config = &worker.config;
-    loop {
-        {
-            let mut session = conn.session.borrow_mut();
-            loop {
-                match session.handle_read(&mut buf) {
-                    Ok(Some(message)) => {
-                        on_message(worker, conn, &mut session, message);
-                        // Answer each message before decoding the next: every ping of a
-                        // burst gets its pong (only an unread backlog is coalesced).
-                        if !transmit(&mut session, &conn.queue) {
-                            return true;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        debug!(conn = conn.id, error = %err, code = err.close_code().0, "protocol error");
-                        break;
-                    }
-                }
-            }
-        }
-        if !conn.flush() {
-            return true;
-        }
-        let want = {
-            let session = conn.session.borrow();
-            if session.is_closed() {
-                return false;
-            }
-            if session.close_sent() && conn.close_deadline.get().is_none() {
-                conn.close_deadline
-                    .set(Some(Instant::now() + config.close_timeout));
-            }
-            let chunk = match config.app {
-                App::PubSub => IDLE_READ,
-                App::Echo => READ_CHUNK,
-            };
-            session.wanted_len().saturating_sub(buf.len()).max(chunk)
-        };
-        conn.queue.wait_below(config.max_send_queue).await;
-        let (result, returned) = conn.stream.read_into(buf, want).await;
-        buf = returned;
-        match result {
-            Ok(0) | Err(_) => return true,
-            Ok(_) => {
-                conn.last_seen.set(Instant::now());
-                conn.ping_sent.set(None);
-            }
-        }
-    }
-}
-
-/// What the application does with a message: echo it, or run a subscription command.
-fn on_message(worker: &Worker, conn: &Conn, session: &mut Session, message: Message) {
-    let reply = match (worker.config.app, &message) {
-        (App::Echo, m) if m.is_data() => {
-            let _ = session.send(&message);
-            return;
-        }
-        (App::PubSub, Message::Text(text)) => match commands::parse(text) {
-            Ok(Command::Subscribe(t)) => match worker.subscribe(conn, &t) {
-                Ok(()) => commands::ok_reply("subscribe", &t),
-                Err(e) => commands::error_reply(Some("subscribe"), Some(&t), &e),
-            },
-            Ok(Command::Unsubscribe(t)) => match worker.unsubscribe(conn, &t) {
-                Ok(()) => commands::ok_reply("unsubscribe", &t),
-                Err(e) => commands::error_reply(Some("unsubscribe"), Some(&t), &e),
-            },
-            Err(reply) => reply,
-        },
-        (App::PubSub, Message::Binary(_)) => {
-            commands::error_reply(None, None, "binary messages are not commands")
-        }
-        _ => return,
-    };
-    let _ = session.send(&Message::text(reply));
-}
-
-/// Lets the writer finish (bounded by the close deadline), then closes TCP: FIN, then
-/// waits for the peer's FIN unless it already came.
-async fn finish(
-    conn: &Conn,
-    writer: tokio::task::JoinHandle<()>,
-    peer_done: bool,
-    worker: &Worker,
-) {
-    let deadline = conn
-        .close_deadline
-        .get()
-        .unwrap_or_else(|| Instant::now() + worker.config.close_timeout);
-    conn.queue.close();
-    let abort = writer.abort_handle();
-    if timeout_at(deadline, writer).await.is_err() {
-        abort.abort();
-        return;
-    }
-    if !peer_done {
-        linger_close(&conn.stream, BytesMut::new(), deadline).await;
-    }
-}
-
-/// Sends FIN and reads until the peer's FIN or the deadline, dropping what arrives.
-async fn linger_close(stream: &Stream, mut buf: BytesMut, deadline: Instant) {
-    stream.shutdown_write();
-    loop {
-        buf.clear();
-        match timeout_at(deadline, stream.read_into(buf, READ_CHUNK)).await {
-            Ok((Ok(n), returned)) if n > 0 => buf = returned,
-            _ => return,
-        }
-    }
-}
-
-/// Drains the queue with one `writev` per batch until it is closed and empty.
-async fn write_loop(conn: Rc<Conn>) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    while conn.queue.take_batch(&mut batch, MAX_IOV).await {
-        let bytes = batch.iter().map(Bytes::len).sum();
-        let (result, returned) = conn.stream.writev_all(batch).await;
-        batch = returned;
-        batch.clear();
-        if result.is_err() {
-            conn.queue.abandon();
-            return;
-        }
-        conn.queue.written(bytes);
+    /// An idle connection is its slab entry plus its subscriptions: keep the entry small
+    /// (the README's memory figure, under 1 KiB per connection, depends on it).
+    #[test]
+    fn connection_state_fits_in_512_bytes() {
+        assert!(
+            size_of::<Conn>() <= 512,
+            "Conn is {} bytes",
+            size_of::<Conn>()
+        );
     }
 }

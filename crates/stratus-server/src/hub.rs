@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use stratus_proto::Message;
+use stratus_uring::Wake;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broadcast::Broadcast;
@@ -28,10 +29,22 @@ pub(crate) enum WorkerMsg {
     Drain,
 }
 
-/// A worker's inbox and how many publishes wait in it.
+/// A worker's inbox, its wake-up, and how many publishes wait in it.
 pub(crate) struct WorkerLink {
     pub(crate) tx: mpsc::UnboundedSender<WorkerMsg>,
+    pub(crate) wake: Arc<Wake>,
     pub(crate) pending: AtomicUsize,
+}
+
+impl WorkerLink {
+    /// Sends `msg` and wakes the worker; `false` if the worker is gone.
+    fn send(&self, msg: WorkerMsg) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        if sent {
+            self.wake.wake();
+        }
+        sent
+    }
 }
 
 /// Why a publish was refused (nothing was sent anywhere).
@@ -151,7 +164,7 @@ impl Hub {
     pub(crate) fn drain(&self) {
         self.draining.store(true, Ordering::Release);
         for link in &self.links {
-            let _ = link.tx.send(WorkerMsg::Drain);
+            link.send(WorkerMsg::Drain);
         }
     }
 
@@ -185,7 +198,7 @@ impl Hub {
                 broadcast: broadcast.clone(),
                 ack,
             };
-            if link.tx.send(msg).is_ok() {
+            if link.send(msg) {
                 acks.push(rx);
             } else {
                 link.pending.fetch_sub(1, Ordering::Relaxed);

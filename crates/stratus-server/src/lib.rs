@@ -1,14 +1,14 @@
 //! Stratus server: an io_uring WebSocket push server, thread per core, on the sans-IO
 //! `stratus-proto` core.
 //!
-//! [`Server::start`] binds one SO_REUSEPORT listener per worker thread; each worker runs
-//! its own tokio-uring runtime and owns its connections and its topic table outright.
+//! [`Server::start`] binds one SO_REUSEPORT listener per worker thread; each worker drives
+//! its own io_uring and owns its connections and its topic table outright.
 //! [`Server::publish`] frames a message once and hands the same bytes to every
 //! subscriber's send queue, across workers, with no lock per recipient. The binary
 //! `stratus` wraps it in a command line (serve, echo, publish).
 //!
 //! Not here: protocol rules (in `stratus-proto`), compression (in `stratus-deflate`), and
-//! tokio-uring calls (in `stratus-uring`).
+//! io_uring calls (in `stratus-uring`).
 
 mod admin;
 mod broadcast;
@@ -19,6 +19,7 @@ mod hub;
 mod send_queue;
 mod server;
 pub mod topic;
+mod upgrade;
 mod worker;
 
 pub use config::{App, Config, SlowConsumer};

@@ -1,110 +1,113 @@
-//! A connection's outgoing frames, counted in bytes, drained by its writer task.
+//! A connection's outgoing frames, counted in bytes.
 //!
-//! Producers (the connection's reader, later the broadcast path) push `Bytes` frames; the
-//! writer takes everything queued in one batch and sends it with one `writev`. The byte
-//! count is what backpressure acts on: a producer can wait until the queue drains below a
-//! mark.
+//! Frames wait here until the worker sends them: it moves a batch into one `sendmsg`, and
+//! puts back whatever the kernel did not take. The byte count covers the frames in flight
+//! too, since they still hold memory; it is what the slow-consumer policy and read
+//! backpressure act on.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
-#[derive(Default)]
-struct Inner {
-    frames: VecDeque<Bytes>,
-    bytes: usize,
-    closed: bool,
-}
-
-/// Outgoing frames of one connection (single-threaded: lives on its worker).
+/// Outgoing frames of one connection.
 #[derive(Default)]
 pub(crate) struct SendQueue {
-    inner: RefCell<Inner>,
-    wake_writer: Notify,
-    drained: Notify,
+    frames: VecDeque<Bytes>,
+    bytes: usize,
 }
 
 impl SendQueue {
-    /// Queues a frame; `false` once the queue is closed.
-    pub(crate) fn push(&self, frame: Bytes) -> bool {
-        let mut inner = self.inner.borrow_mut();
-        if inner.closed {
-            return false;
-        }
-        inner.bytes += frame.len();
-        inner.frames.push_back(frame);
-        drop(inner);
-        self.wake_writer.notify_one();
-        true
+    /// Queues a frame.
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued or in flight.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.inner.borrow().bytes
+        self.bytes
     }
 
-    /// No more frames: the writer exits once what is queued is written.
-    pub(crate) fn close(&self) {
-        self.inner.borrow_mut().closed = true;
-        self.wake_writer.notify_one();
+    /// Whether frames wait to be sent.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.frames.is_empty()
     }
 
-    /// Drops the frames not yet taken by the writer (the connection is being closed as a
-    /// slow consumer: its Close must go next).
-    pub(crate) fn discard_pending(&self) {
-        let mut inner = self.inner.borrow_mut();
-        let pending: usize = inner.frames.iter().map(Bytes::len).sum();
-        inner.frames.clear();
-        inner.bytes -= pending;
+    /// Drops the frames not yet sent (the connection is being closed as a slow consumer:
+    /// its Close must go next).
+    pub(crate) fn discard_pending(&mut self) {
+        let pending: usize = self.frames.iter().map(Bytes::len).sum();
+        self.frames.clear();
+        self.bytes -= pending;
     }
 
-    /// The writer failed: drop what is queued and refuse more.
-    pub(crate) fn abandon(&self) {
-        let mut inner = self.inner.borrow_mut();
-        inner.closed = true;
-        inner.frames.clear();
-        inner.bytes = 0;
-        drop(inner);
-        self.drained.notify_waiters();
+    /// Moves up to `max` frames, oldest first, into `batch`.
+    pub(crate) fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+        let n = self.frames.len().min(max);
+        batch.extend(self.frames.drain(..n));
     }
 
-    /// Waits for frames and moves up to `max` of them into `batch`. `false` when the
-    /// queue is closed and empty.
-    pub(crate) async fn take_batch(&self, batch: &mut Vec<Bytes>, max: usize) -> bool {
-        loop {
-            {
-                let mut inner = self.inner.borrow_mut();
-                if !inner.frames.is_empty() {
-                    let n = inner.frames.len().min(max);
-                    batch.extend(inner.frames.drain(..n));
-                    return true;
-                }
-                if inner.closed {
-                    return false;
-                }
+    /// Records that the first `written` bytes of `batch` reached the socket and puts the
+    /// rest back at the front, in order. Leaves `batch` empty.
+    pub(crate) fn sent(&mut self, batch: &mut Vec<Bytes>, mut written: usize) {
+        self.bytes -= written.min(self.bytes);
+        let mut frames = batch.drain(..);
+        let mut unsent = Vec::new();
+        for frame in frames.by_ref() {
+            if frame.len() > written {
+                unsent.push(frame.slice(written..));
+                break;
             }
-            self.wake_writer.notified().await;
+            written -= frame.len();
+        }
+        unsent.extend(frames);
+        for frame in unsent.into_iter().rev() {
+            self.frames.push_front(frame);
+        }
+        // A drained queue gives its memory back: most connections are idle most of the
+        // time, and an idle one should hold nothing.
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
         }
     }
+}
 
-    /// Records that `n` queued bytes reached the socket.
-    pub(crate) fn written(&self, n: usize) {
-        let mut inner = self.inner.borrow_mut();
-        inner.bytes = inner.bytes.saturating_sub(n);
-        drop(inner);
-        self.drained.notify_waiters();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(frames: &[&'static [u8]]) -> SendQueue {
+        let mut q = SendQueue::default();
+        for f in frames {
+            q.push(Bytes::from_static(f));
+        }
+        q
     }
 
-    /// Waits until at most `limit` bytes are queued.
-    pub(crate) async fn wait_below(&self, limit: usize) {
-        loop {
-            let drained = self.drained.notified();
-            if self.queued_bytes() <= limit {
-                return;
-            }
-            drained.await;
-        }
+    #[test]
+    fn partial_send_puts_the_unsent_tail_back_in_order() {
+        let mut q = queue(&[b"abc", b"defg", b"hi"]);
+        let mut batch = Vec::new();
+        q.take_batch(&mut batch, 8);
+        assert_eq!(q.queued_bytes(), 9, "bytes in flight still count");
+        q.push(Bytes::from_static(b"jk"));
+        q.sent(&mut batch, 5);
+        assert!(batch.is_empty());
+        assert_eq!(q.queued_bytes(), 6);
+        let mut rest = Vec::new();
+        q.take_batch(&mut rest, 8);
+        assert_eq!(rest, [&b"fg"[..], b"hi", b"jk"]);
+    }
+
+    #[test]
+    fn discard_keeps_the_count_of_frames_in_flight() {
+        let mut q = queue(&[b"abc", b"de"]);
+        let mut batch = Vec::new();
+        q.take_batch(&mut batch, 1);
+        q.discard_pending();
+        assert_eq!(q.queued_bytes(), 3);
+        assert!(!q.has_pending());
+        q.sent(&mut batch, 3);
+        assert_eq!(q.queued_bytes(), 0);
     }
 }

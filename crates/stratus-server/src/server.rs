@@ -1,10 +1,9 @@
-//! Thread per core: each worker thread runs its own io_uring runtime with its own
-//! SO_REUSEPORT listener on the shared address, and owns the connections it accepts.
-//! [`Server`] starts them, publishes into them, and drains them.
+//! Thread per core: each worker thread drives its own io_uring with its own SO_REUSEPORT
+//! listener on the shared address, and owns the connections it accepts. The admin API
+//! has a thread of its own. [`Server`] starts them, publishes into them, and drains them.
 
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -13,9 +12,10 @@ use stratus_proto::Message;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::hub::{Delivery, Hub, PublishError, Stats, WorkerLink};
-use crate::worker::{self, Worker};
+use crate::worker::Worker;
 
 /// Most workers: a topic's workers are tracked in a 64-bit mask.
 const MAX_WORKERS: usize = 64;
@@ -26,6 +26,8 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     hub: Arc<Hub>,
     workers: Vec<JoinHandle<io::Result<()>>>,
+    /// The admin thread, and a handle on its listener to shut it down with.
+    admin: Option<(JoinHandle<io::Result<()>>, socket2::Socket)>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -50,7 +52,7 @@ impl Server {
         for _ in 1..workers {
             listeners.push(stratus_uring::bind_reuseport(local_addr, 4096)?);
         }
-        let mut admin = config
+        let admin = config
             .admin_listen
             .map(|addr| stratus_uring::bind_reuseport(addr, 1024))
             .transpose()?;
@@ -61,35 +63,48 @@ impl Server {
         let (links, inboxes): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let wake = Arc::new(stratus_uring::Wake::new()?);
                 let link = WorkerLink {
                     tx,
+                    wake: wake.clone(),
                     pending: AtomicUsize::new(0),
                 };
-                (link, rx)
+                Ok((link, (rx, wake)))
             })
+            .collect::<io::Result<Vec<_>>>()?
+            .into_iter()
             .unzip();
         let hub = Arc::new(Hub::new(links));
         let config = Arc::new(config);
         let mut threads = Vec::with_capacity(workers);
-        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        for (index, (listener, (inbox, wake))) in listeners.into_iter().zip(inboxes).enumerate() {
             let (hub, config) = (hub.clone(), config.clone());
-            let admin = if index == 0 { admin.take() } else { None };
             let thread = std::thread::Builder::new()
                 .name(format!("stratus-worker-{index}"))
-                .spawn(move || {
-                    stratus_uring::run(async move {
-                        let worker = Rc::new(Worker::new(index, hub, config));
-                        worker::run(worker, listener, inbox, admin).await;
-                    })
-                })?;
+                .spawn(move || Worker::new(index, hub, config, listener, inbox, wake)?.run())?;
             threads.push(thread);
         }
+        let admin = match admin {
+            Some(listener) => {
+                let control = socket2::Socket::from(listener.try_clone()?);
+                let admin = Admin {
+                    hub: hub.clone(),
+                    config: config.clone(),
+                };
+                let thread = std::thread::Builder::new()
+                    .name("stratus-admin".into())
+                    .spawn(move || stratus_uring::run(admin::serve(admin, listener)))?;
+                Some((thread, control))
+            }
+            None => None,
+        };
         info!(%local_addr, ?admin_addr, workers, "listening");
         Ok(Self {
             local_addr,
             admin_addr,
             hub,
             workers: threads,
+            admin,
         })
     }
 
@@ -128,12 +143,19 @@ impl Server {
         self.join()
     }
 
-    /// Waits until every worker has ended.
+    /// Waits until every worker has ended, then stops the admin API.
     pub fn join(self) -> io::Result<()> {
-        for worker in self.workers {
-            worker
+        let joined = |thread: JoinHandle<io::Result<()>>| {
+            thread
                 .join()
-                .map_err(|_| io::Error::other("worker thread panicked"))??;
+                .map_err(|_| io::Error::other("server thread panicked"))?
+        };
+        for worker in self.workers {
+            joined(worker)?;
+        }
+        if let Some((thread, control)) = self.admin {
+            let _ = control.shutdown(std::net::Shutdown::Both);
+            joined(thread)?;
         }
         Ok(())
     }

@@ -49,18 +49,16 @@ pub(crate) struct TopicTable {
 }
 
 impl TopicTable {
-    /// Adds `conn` to `topic`; `true` if it is the topic's first subscriber here.
-    pub(crate) fn subscribe(&mut self, topic: &Arc<str>, conn: usize) -> bool {
-        match self.topics.get_mut(topic) {
-            Some(set) => {
-                set.insert(conn);
-                false
-            }
-            None => {
-                self.topics.insert(topic.clone(), IndexSet::from([conn]));
-                true
-            }
+    /// Adds `conn` to `topic`. Returns the table's copy of the name (every subscriber
+    /// shares it) and `true` if `conn` is the topic's first subscriber here.
+    pub(crate) fn subscribe(&mut self, topic: &str, conn: usize) -> (Arc<str>, bool) {
+        if let Some(name) = self.topics.get_key_value(topic).map(|(k, _)| k.clone()) {
+            self.topics.entry(name.clone()).or_default().insert(conn);
+            return (name, false);
         }
+        let name: Arc<str> = Arc::from(topic);
+        self.topics.insert(name.clone(), IndexSet::from([conn]));
+        (name, true)
     }
 
     /// Removes `conn` from `topic`; `true` if the topic has no subscriber left here.
@@ -100,10 +98,15 @@ mod tests {
     #[test]
     fn first_and_last_subscriber_are_reported() {
         let mut table = TopicTable::default();
-        let t: Arc<str> = Arc::from("t");
-        assert!(table.subscribe(&t, 1));
-        assert!(!table.subscribe(&t, 2));
-        assert!(!table.subscribe(&t, 2), "subscribing twice is idempotent");
+        let (first, is_first) = table.subscribe("t", 1);
+        assert!(is_first);
+        let (second, is_first) = table.subscribe("t", 2);
+        assert!(!is_first);
+        assert!(Arc::ptr_eq(&first, &second), "subscribers share one name");
+        assert!(
+            !table.subscribe("t", 2).1,
+            "subscribing twice is idempotent"
+        );
         assert_eq!(table.subscribers("t").map(IndexSet::len), Some(2));
         assert!(!table.unsubscribe("t", 1));
         assert!(table.unsubscribe("t", 2));

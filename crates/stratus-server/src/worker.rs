@@ -1,155 +1,511 @@
-//! A worker thread's state: its connections, its topic table, and the tasks that run on
-//! its io_uring runtime (accept loop, inbox, sweep, and on worker 0 the admin API).
+//! A worker thread: one io_uring ([`Ring`]) it drives itself, its connections, its topic
+//! table, and its inbox of publishes.
 //!
-//! The sweep runs a few times a second over the worker's connections: it pings the
-//! silent ones, closes those whose ping went unanswered, and shuts down those whose close
-//! deadline passed. One timer per worker instead of one per connection.
+//! Each turn of the loop waits for completions, handles them all (accepts, received
+//! bytes, finished sends, a wake-up for the inbox), then settles every connection the
+//! turn touched: at most one `sendmsg` per connection carrying everything queued for it
+//! (replies, broadcasts of several publishes), FIN, receive re-arming, freeing. Sends are
+//! batched across the whole turn this way, and nothing waits per connection: an idle
+//! connection is a slab entry and one multishot receive parked in the kernel.
+//!
+//! The sweep runs a few times a second: it pings silent connections, closes those whose
+//! ping went unanswered, and ends those whose handshake or close deadline passed. One
+//! timer per worker instead of one per connection.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::io;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use stratus_proto::{CloseCode, Message, Session};
-use stratus_uring::{self as uring, Listener, Stream};
-use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
-use tracing::warn;
+use stratus_uring::{Event, Ring, RingConfig, Wake};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use crate::broadcast::Broadcast;
-use crate::config::Config;
-use crate::connection::{self, Conn, Delivered, FrameChoice};
+use crate::commands::{self, Command};
+use crate::config::{App, Config};
+use crate::connection::{Conn, Delivered, Phase};
 use crate::hub::{Hub, WorkerMsg};
 use crate::topic::{self, TopicTable};
+use crate::upgrade::upgrade;
 
-/// How long to wait after a failed accept (out of descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// Most frames per `sendmsg`.
+const MAX_IOV: usize = 512;
+/// Emptied send batches kept for reuse.
+const SPARE_BATCHES: usize = 256;
+/// The listener's token (no connection slot reaches it).
+const LISTENER: u64 = u32::MAX as u64;
+/// How long a drain waits beyond its deadline for the last operations to finish.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+fn token(slot: usize, generation: u64) -> u64 {
+    (generation & 0xFF_FFFF) << 32 | slot as u64
+}
+
+fn slot(token: u64) -> usize {
+    (token & 0xFFFF_FFFF) as usize
+}
+
+fn find(slab: &mut Slab<Conn>, token: u64) -> Option<&mut Conn> {
+    slab.get_mut(slot(token)).filter(|c| c.token == token)
+}
+
+/// Connections of one worker, looked up by token (a stale token finds nothing).
+#[derive(Default)]
+struct Conns {
+    slab: Slab<Conn>,
+    /// Tokens touched this turn, settled at its end.
+    dirty: Vec<u64>,
+}
+
+impl Conns {
+    fn get(&mut self, token: u64) -> Option<&mut Conn> {
+        find(&mut self.slab, token)
+    }
+
+    /// Queues `conn` for the end-of-turn pass.
+    fn mark(dirty: &mut Vec<u64>, conn: &mut Conn) {
+        if !conn.io.dirty {
+            conn.io.dirty = true;
+            dirty.push(conn.token);
+        }
+    }
+}
+
+/// The worker's topic table and the hub's view of it, kept in step.
+struct Subscriptions<'a> {
+    table: &'a mut TopicTable,
+    hub: &'a Hub,
+    worker: usize,
+    max: usize,
+}
+
+impl Subscriptions<'_> {
+    /// Subscribes connection `slot` (whose topics are `mine`) to `name` (idempotent), or
+    /// says why not.
+    fn subscribe(
+        &mut self,
+        mine: &mut Vec<Arc<str>>,
+        slot: usize,
+        name: &str,
+    ) -> Result<(), String> {
+        topic::validate(name).map_err(|e| e.to_string())?;
+        if mine.iter().any(|t| &**t == name) {
+            return Ok(());
+        }
+        if mine.len() >= self.max {
+            return Err(format!("at most {} topics per connection", self.max));
+        }
+        let (name, first) = self.table.subscribe(name, slot);
+        if first {
+            self.hub.set_interest(&name, self.worker, true);
+        }
+        mine.push(name);
+        Ok(())
+    }
+
+    /// Unsubscribes connection `slot` from `name`, or says why not.
+    fn unsubscribe(
+        &mut self,
+        mine: &mut Vec<Arc<str>>,
+        slot: usize,
+        name: &str,
+    ) -> Result<(), String> {
+        topic::validate(name).map_err(|e| e.to_string())?;
+        let Some(at) = mine.iter().position(|t| &**t == name) else {
+            return Err("not subscribed".into());
+        };
+        let t = mine.swap_remove(at);
+        self.remove(&t, slot);
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &Arc<str>, slot: usize) {
+        if self.table.unsubscribe(name, slot) {
+            self.hub.set_interest(name, self.worker, false);
+        }
+    }
+}
 
 /// One worker's state.
 pub(crate) struct Worker {
-    pub(crate) index: usize,
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) config: Arc<Config>,
-    conns: RefCell<Slab<Rc<Conn>>>,
-    topics: RefCell<TopicTable>,
-    draining: Cell<Option<Instant>>,
-    stop_accepting: Notify,
-    /// Connections accepted and still in their opening handshake.
-    handshaking: Cell<usize>,
-}
-
-/// Counts a connection as handshaking while it lives.
-pub(crate) struct Handshaking<'a>(&'a Worker);
-
-impl Drop for Handshaking<'_> {
-    fn drop(&mut self) {
-        self.0.handshaking.set(self.0.handshaking.get() - 1);
-    }
+    index: usize,
+    hub: Arc<Hub>,
+    config: Arc<Config>,
+    ring: Ring,
+    wake: Arc<Wake>,
+    inbox: mpsc::UnboundedReceiver<WorkerMsg>,
+    listener: TcpListener,
+    /// The multishot accept is armed.
+    accepting: bool,
+    conns: Conns,
+    topics: TopicTable,
+    generation: u64,
+    /// Where the ring copies received bytes; lent to a connection while it decodes.
+    scratch: BytesMut,
+    spare_batches: Vec<Vec<Bytes>>,
+    draining: Option<Instant>,
 }
 
 impl Worker {
-    pub(crate) fn new(index: usize, hub: Arc<Hub>, config: Arc<Config>) -> Self {
-        Self {
+    /// Sets the worker up; call on its own thread (the ring has a single issuer).
+    pub(crate) fn new(
+        index: usize,
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        listener: TcpListener,
+        inbox: mpsc::UnboundedReceiver<WorkerMsg>,
+        wake: Arc<Wake>,
+    ) -> io::Result<Self> {
+        Ok(Self {
             index,
             hub,
             config,
-            conns: RefCell::default(),
-            topics: RefCell::default(),
-            draining: Cell::new(None),
-            stop_accepting: Notify::new(),
-            handshaking: Cell::new(0),
+            ring: Ring::new(RingConfig::default())?,
+            wake,
+            inbox,
+            listener,
+            accepting: false,
+            conns: Conns::default(),
+            topics: TopicTable::default(),
+            generation: 0,
+            scratch: BytesMut::new(),
+            spare_batches: Vec::new(),
+            draining: None,
+        })
+    }
+
+    /// Runs until drained.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.ring.arm_wake(self.wake.as_raw_fd());
+        let period = sweep_period(&self.config);
+        let mut next_sweep = Instant::now() + period;
+        loop {
+            self.ring
+                .submit_and_wait(next_sweep.saturating_duration_since(Instant::now()))?;
+            while let Some(event) = self.ring.next_event(&mut self.scratch) {
+                self.on_event(event);
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + period;
+            }
+            self.settle();
+            if self.finished(now) {
+                return Ok(());
+            }
         }
     }
 
-    /// Marks a connection as handshaking until the guard drops: a drain waits for it, so
-    /// an upgrade that arrives during the drain gets its 503.
-    pub(crate) fn handshaking(&self) -> Handshaking<'_> {
-        self.handshaking.set(self.handshaking.get() + 1);
-        Handshaking(self)
-    }
-
-    pub(crate) fn is_draining(&self) -> bool {
-        self.draining.get().is_some()
-    }
-
-    /// Adds an upgraded connection.
-    pub(crate) fn register(
-        &self,
-        stream: Stream,
-        session: Session,
-        frames: FrameChoice,
-    ) -> Rc<Conn> {
-        let mut conns = self.conns.borrow_mut();
-        let entry = conns.vacant_entry();
-        let conn = Rc::new(Conn::new(entry.key(), stream, session, frames));
-        entry.insert(conn.clone());
-        self.hub.stats.connections.fetch_add(1, Ordering::Relaxed);
-        conn
-    }
-
-    /// Removes a connection and all its subscriptions.
-    pub(crate) fn unregister(&self, conn: &Conn) {
-        for t in conn.topics.take() {
-            self.drop_subscription(&t, conn.id);
+    fn arm_accept(&mut self) {
+        if !self.accepting && self.draining.is_none() {
+            self.ring
+                .accept_multishot(self.listener.as_raw_fd(), LISTENER);
+            self.accepting = true;
         }
-        if self.conns.borrow_mut().try_remove(conn.id).is_some() {
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Accepted { result, more, .. } => {
+                self.accepting &= more;
+                match result {
+                    Ok(fd) => self.admit(fd),
+                    // Out of descriptors, most likely: the sweep re-arms the accept.
+                    Err(err) if self.draining.is_none() => warn!(error = %err, "accept failed"),
+                    Err(_) => {}
+                }
+            }
+            Event::Received {
+                token,
+                result,
+                more,
+            } => self.on_received(token, result, more),
+            Event::Sent {
+                token,
+                result,
+                frames,
+            } => self.on_sent(token, result, frames),
+            Event::Woken => {
+                self.wake.clear();
+                self.read_inbox();
+                self.ring.arm_wake(self.wake.as_raw_fd());
+            }
+        }
+    }
+
+    fn admit(&mut self, fd: OwnedFd) {
+        let socket = TcpStream::from(fd);
+        let _ = socket.set_nodelay(true);
+        self.generation += 1;
+        let entry = self.conns.slab.vacant_entry();
+        let token = token(entry.key(), self.generation);
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        let mut conn = Conn::new(socket, token, self.config.handshake_limits, deadline);
+        self.ring.recv_multishot(conn.socket.as_raw_fd(), token);
+        conn.io.receiving = true;
+        entry.insert(conn);
+    }
+
+    fn on_received(&mut self, token: u64, result: io::Result<usize>, more: bool) {
+        let Some(conn) = self.conns.get(token) else {
+            self.scratch.clear();
+            return;
+        };
+        if !more {
+            conn.io.receiving = false;
+            conn.io.recv_cancelled = false;
+        }
+        match result {
+            Ok(0) => conn.io.peer_done = true,
+            Ok(_) => {
+                conn.last_seen = Instant::now();
+                conn.ping_sent = None;
+                self.on_data(slot(token));
+            }
+            // Out of buffers (the pool grew) or paused: re-armed when settled.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ECANCELED)) => {}
+            Err(_) => {
+                conn.io.peer_done = true;
+                conn.kill();
+            }
+        }
+        self.scratch.clear();
+        if let Some(conn) = self.conns.slab.get_mut(slot(token)) {
+            Conns::mark(&mut self.conns.dirty, conn);
+        }
+    }
+
+    /// Feeds the bytes in `scratch` to connection `slot`.
+    fn on_data(&mut self, slot: usize) {
+        let conn = &mut self.conns.slab[slot];
+        let mut buf = if conn.read_buf.is_empty() {
+            std::mem::take(&mut self.scratch)
+        } else {
+            let mut buf = std::mem::take(&mut conn.read_buf);
+            buf.extend_from_slice(&self.scratch);
+            buf
+        };
+        if conn.io.fin_sent || conn.io.dead {
+            buf.clear();
+        } else if matches!(conn.phase, Phase::Handshake(_)) {
+            self.handshake(slot, &mut buf);
+        } else {
+            self.decode(slot, &mut buf);
+        }
+        let conn = &mut self.conns.slab[slot];
+        if !buf.is_empty() {
+            conn.read_buf = buf;
+        } else if self.scratch.capacity() == 0 {
+            self.scratch = buf;
+        }
+    }
+
+    fn handshake(&mut self, slot: usize, buf: &mut BytesMut) {
+        let config = &self.config;
+        let close_deadline = Instant::now() + config.close_timeout;
+        let conn = &mut self.conns.slab[slot];
+        let request = match conn.read_request(buf) {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err((response, why)) => {
+                conn.refuse(response, &why, close_deadline);
+                buf.clear();
+                return;
+            }
+        };
+        match upgrade(&request, config, self.draining.is_some()) {
+            Err((response, why)) => {
+                conn.refuse(response, &why, close_deadline);
+                buf.clear();
+            }
+            Ok(accepted) => {
+                conn.open(accepted.session, accepted.frames, accepted.response);
+                conn.io.counted = true;
+                self.hub.stats.connections.fetch_add(1, Ordering::Relaxed);
+                let mut subs = Subscriptions {
+                    table: &mut self.topics,
+                    hub: &self.hub,
+                    worker: self.index,
+                    max: config.max_topics_per_connection,
+                };
+                for t in &accepted.topics {
+                    // Validated, and within the per-connection cap, by `upgrade`.
+                    let _ = subs.subscribe(&mut conn.topics, slot, t);
+                }
+                self.decode(slot, buf);
+            }
+        }
+    }
+
+    /// The WebSocket phase: decode, answer, act.
+    fn decode(&mut self, slot: usize, buf: &mut BytesMut) {
+        let config = &self.config;
+        let close_deadline = Instant::now() + config.close_timeout;
+        let conn = &mut self.conns.slab[slot];
+        let Conn {
+            phase,
+            queue,
+            topics: mine,
+            token,
+            ..
+        } = conn;
+        let Phase::Open(session) = phase else {
+            buf.clear();
+            return;
+        };
+        let mut subs = Subscriptions {
+            table: &mut self.topics,
+            hub: &self.hub,
+            worker: self.index,
+            max: config.max_topics_per_connection,
+        };
+        loop {
+            match session.handle_read(buf) {
+                Ok(Some(message)) => {
+                    on_message(config.app, session, message, &mut subs, mine, slot);
+                    // Answer each message before decoding the next: every ping of a burst
+                    // gets its pong (only an unread backlog is coalesced).
+                    while let Some(frame) = session.poll_transmit() {
+                        queue.push(frame);
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    debug!(conn = *token, error = %err, code = err.close_code().0, "protocol error");
+                    break;
+                }
+            }
+        }
+        conn.transmit(close_deadline);
+    }
+
+    fn on_sent(&mut self, token: u64, result: io::Result<usize>, mut frames: Vec<Bytes>) {
+        let Conns { slab, dirty } = &mut self.conns;
+        if let Some(conn) = find(slab, token) {
+            conn.io.sending = false;
+            match result {
+                Ok(n) => conn.queue.sent(&mut frames, n),
+                Err(_) => {
+                    frames.clear();
+                    conn.kill();
+                }
+            }
+            Conns::mark(dirty, conn);
+        }
+        frames.clear();
+        if self.spare_batches.len() < SPARE_BATCHES {
+            self.spare_batches.push(frames);
+        }
+    }
+
+    /// The end-of-turn pass over the connections this turn touched.
+    fn settle(&mut self) {
+        let dirty = std::mem::take(&mut self.conns.dirty);
+        for &token in &dirty {
+            self.settle_one(token);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.conns.dirty.is_empty() {
+            self.conns.dirty = dirty;
+        }
+    }
+
+    fn settle_one(&mut self, token: u64) {
+        let cap = self.config.max_send_queue;
+        let Some(conn) = self.conns.get(token) else {
+            return;
+        };
+        conn.io.dirty = false;
+        let fd = conn.socket.as_raw_fd();
+        if !conn.io.dead {
+            if !conn.io.sending && conn.queue.has_pending() {
+                let mut batch = self.spare_batches.pop().unwrap_or_default();
+                conn.queue.take_batch(&mut batch, MAX_IOV);
+                self.ring.send(fd, token, batch);
+                conn.io.sending = true;
+            }
+            let flushed = !conn.io.sending;
+            if flushed && conn.io.fin_after_flush && !conn.io.fin_sent {
+                conn.send_fin();
+            }
+            if flushed && conn.io.peer_done {
+                conn.kill();
+            }
+        }
+        if conn.io.dead {
+            if !conn.io.receiving && !conn.io.sending {
+                self.free(slot(token));
+            }
+            return;
+        }
+        let backlog = conn.queue.queued_bytes() >= cap;
+        if !conn.io.receiving && !conn.io.peer_done && !backlog {
+            self.ring.recv_multishot(fd, token);
+            conn.io.receiving = true;
+        } else if conn.io.receiving && !conn.io.recv_cancelled && backlog {
+            self.ring.cancel_recv(token);
+            conn.io.recv_cancelled = true;
+        }
+    }
+
+    /// Forgets a connection whose operations have all finished, closing its socket.
+    fn free(&mut self, slot: usize) {
+        let conn = self.conns.slab.remove(slot);
+        let mut subs = Subscriptions {
+            table: &mut self.topics,
+            hub: &self.hub,
+            worker: self.index,
+            max: 0,
+        };
+        for t in &conn.topics {
+            subs.remove(t, slot);
+        }
+        if conn.io.counted {
             self.hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    fn drop_subscription(&self, topic: &Arc<str>, conn: usize) {
-        if self.topics.borrow_mut().unsubscribe(topic, conn) {
-            self.hub.set_interest(topic, self.index, false);
+    /// Publishes to fan out, and the drain order.
+    fn read_inbox(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                WorkerMsg::Publish {
+                    topic,
+                    broadcast,
+                    ack,
+                } => {
+                    self.hub.links[self.index]
+                        .pending
+                        .fetch_sub(1, Ordering::Relaxed);
+                    let _ = ack.send(self.fanout(&topic, &broadcast));
+                }
+                WorkerMsg::Drain => self.start_drain(),
+            }
         }
-    }
-
-    /// Subscribes `conn` to `topic` (idempotent), or says why not.
-    pub(crate) fn subscribe(&self, conn: &Conn, name: &str) -> Result<(), String> {
-        topic::validate(name).map_err(|e| e.to_string())?;
-        let mut topics = conn.topics.borrow_mut();
-        if topics.iter().any(|t| &**t == name) {
-            return Ok(());
-        }
-        let max = self.config.max_topics_per_connection;
-        if topics.len() >= max {
-            return Err(format!("at most {max} topics per connection"));
-        }
-        let name: Arc<str> = Arc::from(name);
-        if self.topics.borrow_mut().subscribe(&name, conn.id) {
-            self.hub.set_interest(&name, self.index, true);
-        }
-        topics.push(name);
-        Ok(())
-    }
-
-    /// Unsubscribes `conn` from `topic`, or says why not.
-    pub(crate) fn unsubscribe(&self, conn: &Conn, name: &str) -> Result<(), String> {
-        topic::validate(name).map_err(|e| e.to_string())?;
-        let mut topics = conn.topics.borrow_mut();
-        let Some(at) = topics.iter().position(|t| &**t == name) else {
-            return Err("not subscribed".into());
-        };
-        let t = topics.swap_remove(at);
-        drop(topics);
-        self.drop_subscription(&t, conn.id);
-        Ok(())
     }
 
     /// Queues a broadcast on every local subscriber of `topic`; returns how many got it.
-    fn fanout(&self, topic: &str, broadcast: &Broadcast) -> usize {
-        let topics = self.topics.borrow();
-        let Some(subscribers) = topics.subscribers(topic) else {
+    fn fanout(&mut self, topic: &str, broadcast: &Broadcast) -> usize {
+        let Some(subscribers) = self.topics.subscribers(topic) else {
             return 0;
         };
-        let conns = self.conns.borrow();
         let config = &self.config;
         let deadline = Instant::now() + config.close_timeout;
         let (mut queued, mut dropped, mut closed) = (0, 0, 0);
-        for id in subscribers {
-            let Some(conn) = conns.get(*id) else { continue };
+        let Conns { slab, dirty } = &mut self.conns;
+        for &id in subscribers {
+            let Some(conn) = slab.get_mut(id) else {
+                continue;
+            };
             match conn.deliver(
                 broadcast,
                 config.max_send_queue,
@@ -159,8 +515,9 @@ impl Worker {
                 Delivered::Queued => queued += 1,
                 Delivered::Dropped => dropped += 1,
                 Delivered::ClosedSlow => closed += 1,
-                Delivered::Skipped => {}
+                Delivered::Skipped => continue,
             }
+            Conns::mark(dirty, conn);
         }
         let stats = &self.hub.stats;
         stats.delivered.fetch_add(queued, Ordering::Relaxed);
@@ -171,127 +528,115 @@ impl Worker {
         queued as usize
     }
 
-    /// Pings silent connections, closes unresponsive ones, enforces close deadlines.
-    fn sweep(&self, now: Instant) {
+    /// Pings silent connections, closes unresponsive ones, ends those past a deadline.
+    fn sweep(&mut self, now: Instant) {
+        self.arm_accept();
         let config = &self.config;
-        for (_, conn) in self.conns.borrow().iter() {
-            if let Some(deadline) = conn.close_deadline.get() {
-                if now >= deadline {
-                    conn.stream.abort();
-                }
+        let hard_stop = self
+            .draining
+            .map(|deadline| deadline + config.close_timeout);
+        let Conns { slab, dirty } = &mut self.conns;
+        for (_, conn) in slab.iter_mut() {
+            if conn.io.dead {
                 continue;
             }
-            match conn.ping_sent.get() {
+            let past = |deadline: Instant| now >= deadline;
+            if conn.deadline.is_some_and(past) || hard_stop.is_some_and(past) {
+                conn.kill();
+                Conns::mark(dirty, conn);
+                continue;
+            }
+            if conn.deadline.is_some() {
+                continue;
+            }
+            match conn.ping_sent {
                 Some(sent) if now - sent >= config.pong_timeout => {
-                    conn.close(
-                        CloseCode::GOING_AWAY,
-                        "pong timeout",
-                        now + config.close_timeout,
-                        true,
-                    );
+                    let deadline = now + config.close_timeout;
+                    conn.close(CloseCode::GOING_AWAY, "pong timeout", deadline, true);
                 }
-                None if now - conn.last_seen.get() >= config.ping_interval => {
-                    let sent = conn.session.borrow_mut().send(&Message::Ping(Bytes::new()));
-                    if sent.is_ok() && conn.flush() {
-                        conn.ping_sent.set(Some(now));
+                None if now - conn.last_seen >= config.ping_interval => {
+                    let Some(session) = conn.session() else {
+                        continue;
+                    };
+                    if session.send(&Message::Ping(Bytes::new())).is_ok() {
+                        conn.transmit(now + config.close_timeout);
+                        conn.ping_sent = Some(now);
                     }
                 }
-                _ => {}
+                _ => continue,
             }
+            Conns::mark(dirty, conn);
         }
     }
 
     /// Stops accepting and closes every connection with 1001, to be done by the drain
-    /// timeout.
-    fn start_drain(&self) {
+    /// timeout (upgrades still in their handshake get 503).
+    fn start_drain(&mut self) {
         let deadline = Instant::now() + self.config.drain_timeout;
-        self.draining.set(Some(deadline));
-        self.stop_accepting.notify_one();
-        for (_, conn) in self.conns.borrow().iter() {
+        self.draining = Some(deadline);
+        let _ = socket2::SockRef::from(&self.listener).shutdown(Shutdown::Both);
+        if self.accepting {
+            self.ring.cancel_accept(LISTENER);
+        }
+        let Conns { slab, dirty } = &mut self.conns;
+        for (_, conn) in slab.iter_mut() {
             conn.close(
                 CloseCode::GOING_AWAY,
                 "server shutting down",
                 deadline,
                 false,
             );
+            Conns::mark(dirty, conn);
         }
+    }
+
+    /// Drained: every connection gone (or the drain's hard stop long past).
+    fn finished(&self, now: Instant) -> bool {
+        let Some(deadline) = self.draining else {
+            return false;
+        };
+        (self.conns.slab.is_empty() && !self.accepting)
+            || now >= deadline + self.config.close_timeout + EXIT_GRACE
     }
 }
 
-/// The worker's main task: accept until drained, then wait for the connections to end.
-pub(crate) async fn run(
-    worker: Rc<Worker>,
-    listener: std::net::TcpListener,
-    inbox: mpsc::UnboundedReceiver<WorkerMsg>,
-    admin: Option<std::net::TcpListener>,
+/// What the application does with a message: echo it, or run a subscription command.
+fn on_message(
+    app: App,
+    session: &mut Session,
+    message: Message,
+    subs: &mut Subscriptions<'_>,
+    mine: &mut Vec<Arc<str>>,
+    slot: usize,
 ) {
-    uring::spawn(dispatch(worker.clone(), inbox));
-    uring::spawn(sweep_loop(worker.clone()));
-    if let Some(admin) = admin {
-        match Listener::from_std(admin) {
-            Ok(admin) => {
-                uring::spawn(crate::admin::serve(worker.clone(), admin));
-            }
-            Err(err) => warn!(error = %err, "admin listener failed"),
-        }
-    }
-    let listener = match Listener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(err) => {
-            warn!(error = %err, "listener failed");
+    let reply = match (app, &message) {
+        (App::Echo, m) if m.is_data() => {
+            let _ = session.send(&message);
             return;
         }
-    };
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    uring::spawn(connection::serve(worker.clone(), stream, peer));
-                }
-                Err(err) => {
-                    warn!(error = %err, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
+        (App::PubSub, Message::Text(text)) => match commands::parse(text) {
+            Ok(Command::Subscribe(t)) => match subs.subscribe(mine, slot, &t) {
+                Ok(()) => commands::ok_reply("subscribe", &t),
+                Err(e) => commands::error_reply(Some("subscribe"), Some(&t), &e),
             },
-            _ = worker.stop_accepting.notified() => break,
+            Ok(Command::Unsubscribe(t)) => match subs.unsubscribe(mine, slot, &t) {
+                Ok(()) => commands::ok_reply("unsubscribe", &t),
+                Err(e) => commands::error_reply(Some("unsubscribe"), Some(&t), &e),
+            },
+            Err(reply) => reply,
+        },
+        (App::PubSub, Message::Binary(_)) => {
+            commands::error_reply(None, None, "binary messages are not commands")
         }
-    }
-    listener.close();
-    let deadline = worker.draining.get().unwrap_or_else(Instant::now) + worker.config.close_timeout;
-    while (!worker.conns.borrow().is_empty() || worker.handshaking.get() > 0)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    for (_, conn) in worker.conns.borrow().iter() {
-        conn.stream.abort();
-    }
-    // Let the connection tasks see their sockets shut and end.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+        _ => return,
+    };
+    let _ = session.send(&Message::text(reply));
 }
 
-/// The worker's inbox: publishes to fan out, and the drain order.
-async fn dispatch(worker: Rc<Worker>, mut inbox: mpsc::UnboundedReceiver<WorkerMsg>) {
-    while let Some(msg) = inbox.recv().await {
-        match msg {
-            WorkerMsg::Publish {
-                topic,
-                broadcast,
-                ack,
-            } => {
-                worker.hub.links[worker.index]
-                    .pending
-                    .fetch_sub(1, Ordering::Relaxed);
-                let _ = ack.send(worker.fanout(&topic, &broadcast));
-            }
-            WorkerMsg::Drain => worker.start_drain(),
-        }
-    }
-}
-
-async fn sweep_loop(worker: Rc<Worker>) {
-    let config = &worker.config;
-    let period = [
+/// How often the sweep runs: a quarter of the shortest timeout it enforces.
+fn sweep_period(config: &Config) -> Duration {
+    [
+        config.handshake_timeout,
         config.ping_interval,
         config.pong_timeout,
         config.close_timeout,
@@ -300,9 +645,5 @@ async fn sweep_loop(worker: Rc<Worker>) {
     .min()
     .unwrap_or(Duration::from_secs(1))
     .div_f64(4.0)
-    .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    loop {
-        tokio::time::sleep(period).await;
-        worker.sweep(Instant::now());
-    }
+    .clamp(Duration::from_millis(10), Duration::from_secs(1))
 }

@@ -1,5 +1,6 @@
-//! Every tokio-uring call of Stratus (server and client), behind a small surface: the
-//! runtime, the listener and the stream.
+//! Every io_uring call of Stratus: the server workers' own rings ([`Ring`], on the
+//! io-uring crate, with provided buffer rings and multishot operations), and the
+//! tokio-uring runtime, listener and stream that the client and the admin API use.
 //!
 //! tokio-uring is thinly maintained (0.5.0, May 2024; multishot operations stubbed), so
 //! connection logic never names it: this crate can grow io-uring-crate pieces (provided
@@ -12,6 +13,13 @@ use std::net::{Shutdown, SocketAddr};
 use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::buf::BoundedBuf;
+
+mod buffers;
+mod ring;
+mod wake;
+
+pub use ring::{Event, Ring, RingConfig};
+pub use wake::Wake;
 
 /// Runs `future` on a new io_uring runtime on this thread (the thread must not already
 /// run one).

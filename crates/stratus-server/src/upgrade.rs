@@ -1,0 +1,89 @@
+//! Turning a parsed upgrade request into a WebSocket session, or the HTTP refusal to
+//! answer it with: the endpoint and its topics, the drain, permessage-deflate.
+
+use stratus_proto::Session;
+use stratus_proto::handshake::{UpgradeRequest, http_error};
+
+use crate::config::{App, Config};
+use crate::connection::FrameChoice;
+use crate::topic;
+
+/// An accepted upgrade: the session, the frames it takes, the 101 response, and the
+/// topics asked for in the request.
+pub(crate) struct Upgrade {
+    pub(crate) session: Session,
+    pub(crate) frames: FrameChoice,
+    pub(crate) response: Vec<u8>,
+    pub(crate) topics: Vec<String>,
+}
+
+/// A refused upgrade: the HTTP response and why (for the log).
+pub(crate) type Refusal = (Vec<u8>, String);
+
+/// Accepts or refuses `request`.
+pub(crate) fn upgrade(
+    request: &UpgradeRequest,
+    config: &Config,
+    draining: bool,
+) -> Result<Upgrade, Refusal> {
+    if draining {
+        let response = http_error(503, "Retry-After: 5\r\n", "server is shutting down");
+        return Err((response, "draining".into()));
+    }
+    let topics = subscriptions(request, config.app, config.max_topics_per_connection)
+        .map_err(|(status, why)| (http_error(status, "", &why), why))?;
+    let mut session = Session::server(config.limits);
+    let mut extension_header = String::new();
+    let mut frames = FrameChoice::Plain;
+    if let Some(deflate) = &config.deflate
+        && let Some(agreed) = stratus_deflate::negotiate(&request.extensions, deflate)
+    {
+        extension_header = format!("Sec-WebSocket-Extensions: {}\r\n", agreed.response());
+        session.set_compression(Box::new(agreed.compression(deflate.threshold)));
+        frames = if agreed.shares_frames() {
+            FrameChoice::Shared {
+                threshold: deflate.threshold,
+            }
+        } else {
+            FrameChoice::PerConnection
+        };
+    }
+    Ok(Upgrade {
+        session,
+        frames,
+        response: request.accept(&extension_header),
+        topics,
+    })
+}
+
+/// The topics a push client asks for at the upgrade (`/ws?topic=a&topic=b`), or the
+/// HTTP status and reason to refuse it with.
+fn subscriptions(
+    request: &UpgradeRequest,
+    app: App,
+    max: usize,
+) -> Result<Vec<String>, (u16, String)> {
+    if app == App::Echo {
+        return Ok(Vec::new());
+    }
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    if path != "/ws" {
+        return Err((404, format!("no WebSocket endpoint at {path}; use /ws")));
+    }
+    let mut topics: Vec<String> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "topic" {
+            topic::validate(&value).map_err(|e| (400, format!("invalid topic {value:?}: {e}")))?;
+            if !topics.iter().any(|t| *t == value) {
+                topics.push(value.into_owned());
+            }
+        }
+    }
+    if topics.len() > max {
+        return Err((400, format!("at most {max} topics per connection")));
+    }
+    Ok(topics)
+}

@@ -1,0 +1,347 @@
+//! A worker's own io_uring, driven directly through the io-uring crate: multishot accept,
+//! multishot receive into a provided buffer ring, `sendmsg` of many frames at once, and a
+//! wake-up eventfd. No task, future or buffer per connection: an idle socket costs one
+//! armed receive in the kernel and nothing here.
+//!
+//! tokio-uring has no multishot operations and no provided buffer rings, and every
+//! operation it runs owns a buffer; measurement (README, Performance) showed an idle
+//! connection costing about 9 KB that way. This module keeps every pointer handed to the
+//! kernel alive until its completion: send batches are boxed and owned here until the
+//! kernel is done with them, receive buffers belong to [`Buffers`], and the wake-up
+//! counter is boxed.
+//!
+//! Completions come back as [`Event`]s tagged with the caller's 56-bit token.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+
+use crate::buffers::{self, Buffers};
+
+/// Bits of `user_data` left for the caller's token (the top byte names the operation).
+const TOKEN_BITS: u32 = 56;
+const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
+
+const ACCEPT: u64 = 1;
+const RECV: u64 = 2;
+const SEND: u64 = 3;
+const WAKE: u64 = 4;
+const CANCEL: u64 = 5;
+
+/// Finished sends kept for reuse: enough for a busy turn, not a high-water mark of
+/// memory after a burst.
+const SPARE_SENDS: usize = 256;
+
+fn user_data(kind: u64, token: u64) -> u64 {
+    kind << TOKEN_BITS | (token & TOKEN_MASK)
+}
+
+/// Sizes of a [`Ring`].
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// Submission queue entries (the completion queue gets four times as many).
+    pub entries: u32,
+    /// Most receive buffers (a power of two up to 32768); the pool grows to it on demand.
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer.
+    pub recv_buffer_size: usize,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        Self {
+            entries: 4096,
+            recv_buffers: 4096,
+            recv_buffer_size: 4096,
+        }
+    }
+}
+
+/// A completed operation.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection was accepted (or accepting failed); without `more` the multishot
+    /// accept has ended and must be re-armed to accept again.
+    Accepted {
+        /// The token the accept was armed with.
+        token: u64,
+        /// The new connection.
+        result: io::Result<OwnedFd>,
+        /// The multishot accept goes on.
+        more: bool,
+    },
+    /// Bytes arrived (appended to the buffer given to [`Ring::next_event`]); `Ok(0)` is
+    /// the peer's FIN. Without `more` the multishot receive has ended.
+    Received {
+        /// The token the receive was armed with.
+        token: u64,
+        /// Bytes received.
+        result: io::Result<usize>,
+        /// The multishot receive goes on.
+        more: bool,
+    },
+    /// A send finished: how many bytes went out, and the frames back for reuse (the
+    /// caller resends whatever was not written).
+    Sent {
+        /// The token the send was made with.
+        token: u64,
+        /// Bytes written.
+        result: io::Result<usize>,
+        /// The frames given to [`Ring::send`].
+        frames: Vec<Bytes>,
+    },
+    /// The wake-up eventfd fired; re-arm it with [`Ring::arm_wake`].
+    Woken,
+}
+
+/// A send in flight: the frames, and the iovecs and header pointing into them. Boxed,
+/// so the header's address stays fixed while the kernel holds it.
+struct Send {
+    token: u64,
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+/// One worker's io_uring.
+pub struct Ring {
+    // Field order matters: the io_uring instance must go before the buffers it uses.
+    uring: IoUring,
+    buffers: Buffers,
+    sends: Slab<Box<Send>>,
+    /// Finished sends, kept for their allocations (boxed: they go back into `sends`).
+    #[allow(clippy::vec_box)]
+    spare_sends: Vec<Box<Send>>,
+    wake_counter: Box<u64>,
+    /// Completions taken from the queue and not yet returned by `next_event`.
+    ready: std::collections::VecDeque<cqueue::Entry>,
+}
+
+impl Ring {
+    /// Sets up a ring for the calling thread (single issuer: only this thread may use it).
+    pub fn new(config: RingConfig) -> io::Result<Self> {
+        let build = |defer: bool| {
+            let mut builder = IoUring::builder();
+            builder
+                .setup_cqsize(config.entries * 4)
+                .setup_single_issuer();
+            if defer {
+                // Completions are processed only when this thread asks for them, in a
+                // batch, never by interrupting it.
+                builder.setup_defer_taskrun();
+            } else {
+                builder.setup_coop_taskrun();
+            }
+            builder.build(config.entries)
+        };
+        let uring = build(true).or_else(|_| build(false))?;
+        let buffers = Buffers::register(&uring, config.recv_buffers, config.recv_buffer_size)?;
+        Ok(Self {
+            uring,
+            buffers,
+            sends: Slab::new(),
+            spare_sends: Vec::new(),
+            wake_counter: Box::new(0),
+            ready: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Queues an entry, submitting first when the submission queue is full.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid until its completion.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: the caller guarantees the entry's pointers outlive the operation.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.uring.submit() {
+                // Nothing can be queued until the kernel takes entries; it only refuses
+                // when out of memory, so there is no better move than trying again.
+                tracing::warn!(error = %err, "io_uring submit failed");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Accepts connections on `listener` until cancelled or failed.
+    pub fn accept_multishot(&mut self, listener: RawFd, token: u64) {
+        let entry = opcode::AcceptMulti::new(types::Fd(listener))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(ACCEPT, token));
+        // SAFETY: a multishot accept points at no memory of ours.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Receives on `socket` into the buffer ring until the peer's FIN, an error, or a
+    /// cancel.
+    pub fn recv_multishot(&mut self, socket: RawFd, token: u64) {
+        let entry = opcode::RecvMulti::new(types::Fd(socket), buffers::GROUP)
+            .build()
+            .user_data(user_data(RECV, token));
+        // SAFETY: the buffers belong to `self.buffers`, registered for the ring's life.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Cancels the multishot receive running under `token` (its last event follows).
+    pub fn cancel_recv(&mut self, token: u64) {
+        let entry = opcode::AsyncCancel::new(user_data(RECV, token))
+            .build()
+            .user_data(user_data(CANCEL, token));
+        // SAFETY: a cancel points at no memory.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Cancels the multishot accept running under `token`.
+    pub fn cancel_accept(&mut self, token: u64) {
+        let entry = opcode::AsyncCancel::new(user_data(ACCEPT, token))
+            .build()
+            .user_data(user_data(CANCEL, token));
+        // SAFETY: a cancel points at no memory.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Sends `frames`, in order, with one `sendmsg` (the kernel may take only part).
+    pub fn send(&mut self, socket: RawFd, token: u64, frames: Vec<Bytes>) {
+        let mut send = self.spare_sends.pop().unwrap_or_else(|| {
+            Box::new(Send {
+                token,
+                frames: Vec::new(),
+                iov: Vec::new(),
+                // SAFETY: msghdr is plain data for which all zeroes is a valid value.
+                msg: unsafe { std::mem::zeroed() },
+            })
+        });
+        send.token = token;
+        send.frames = frames;
+        send.iov.clear();
+        send.iov.extend(send.frames.iter().map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        }));
+        send.msg.msg_iov = send.iov.as_mut_ptr();
+        send.msg.msg_iovlen = send.iov.len();
+        let msg: *const libc::msghdr = &send.msg;
+        let key = self.sends.insert(send);
+        let entry = opcode::SendMsg::new(types::Fd(socket), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data(SEND, key as u64));
+        // SAFETY: `msg` points into a box held in `self.sends` until this send's
+        // completion; its iovecs point into `frames`, held in the same box.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Arms one read of the wake-up eventfd (an [`Event::Woken`] follows when it fires).
+    pub fn arm_wake(&mut self, eventfd: RawFd) {
+        let counter: *mut u64 = &mut *self.wake_counter;
+        let entry = opcode::Read::new(types::Fd(eventfd), counter.cast(), 8)
+            .build()
+            .user_data(user_data(WAKE, 0));
+        // SAFETY: the counter is boxed and owned by the ring for its whole life.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Submits everything queued and waits for at least one completion, or `timeout`.
+    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        if !self.ready.is_empty() {
+            self.uring.submit()?;
+            return Ok(());
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.uring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next completion, if any; received bytes are appended to `received`.
+    pub fn next_event(&mut self, received: &mut BytesMut) -> Option<Event> {
+        loop {
+            if self.ready.is_empty() {
+                self.ready.extend(self.uring.completion());
+            }
+            let cqe = self.ready.pop_front()?;
+            if let Some(event) = self.complete(&cqe, received) {
+                return Some(event);
+            }
+        }
+    }
+
+    fn complete(&mut self, cqe: &cqueue::Entry, received: &mut BytesMut) -> Option<Event> {
+        let (kind, token) = (cqe.user_data() >> TOKEN_BITS, cqe.user_data() & TOKEN_MASK);
+        let (res, flags) = (cqe.result(), cqe.flags());
+        let result = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res as usize)
+        };
+        let more = cqueue::more(flags);
+        match kind {
+            ACCEPT => Some(Event::Accepted {
+                token,
+                // SAFETY: a successful accept returns a new descriptor that nobody owns yet.
+                result: result.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+                more,
+            }),
+            RECV => {
+                if let (Ok(len), Some(bid)) = (&result, cqueue::buffer_select(flags)) {
+                    self.buffers.take(bid, *len, received);
+                }
+                if res == -libc::ENOBUFS && self.buffers.grow() {
+                    tracing::debug!(
+                        buffers = self.buffers.provided(),
+                        "receive buffer pool grew"
+                    );
+                }
+                Some(Event::Received {
+                    token,
+                    result,
+                    more,
+                })
+            }
+            SEND => {
+                let mut send = self.sends.try_remove(token as usize)?;
+                let frames = std::mem::take(&mut send.frames);
+                let token = send.token;
+                send.iov.clear();
+                if self.spare_sends.len() < SPARE_SENDS {
+                    self.spare_sends.push(send);
+                }
+                Some(Event::Sent {
+                    token,
+                    result,
+                    frames,
+                })
+            }
+            WAKE => Some(Event::Woken),
+            _ => None,
+        }
+    }
+
+    /// Receive buffers in the pool now.
+    pub fn recv_buffers(&self) -> u16 {
+        self.buffers.provided()
+    }
+}
+
+impl AsRawFd for Ring {
+    fn as_raw_fd(&self) -> RawFd {
+        self.uring.as_raw_fd()
+    }
+}
