@@ -16,7 +16,7 @@ taskset -c 0 "$bin/stratus-load" peer fastwebsockets --listen 127.0.0.1:19102 >/
 taskset -c 0 "$bin/stratus-load" peer tungstenite --listen 127.0.0.1:19103 >/dev/null 2>&1 & pids+=($!)
 taskset -c 0 "$bin/stratus-load" peer uring-tcp --listen 127.0.0.1:19104 >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
-"$bin/stratus-load" compare --client-cpu 1 -c "$conns" -s "$size" -d "$secs" --rounds "$rounds" \
+"$bin/stratus-load" compare --client-cpu 1 --watch-cpu 0 -c "$conns" -s "$size" -d "$secs" --rounds "$rounds" \
   --target stratus=ws://127.0.0.1:19101/ \
   --target fastwebsockets=ws://127.0.0.1:19102/ \
   --target tokio-tungstenite=ws://127.0.0.1:19103/ \

@@ -40,15 +40,23 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let mut p99: Vec<Vec<u64>> = vec![Vec::new(); targets.len()];
+    let mut server_busy: Vec<Vec<Option<f64>>> = vec![Vec::new(); targets.len()];
     for round in 0..args.rounds {
         for (i, (name, url)) in targets.iter().enumerate() {
             let mut echo = args.echo.clone();
             echo.set_raw(name.ends_with("-raw"));
             let result = measure(&echo, url)?;
             let rate = result.messages as f64 / echo.seconds();
-            println!("round {} {name}: {rate:.0} msgs/s", round + 1);
+            let pct = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.0}%", b * 100.0));
+            println!(
+                "round {} {name}: {rate:.0} msgs/s (server core {} busy, generator core {})",
+                round + 1,
+                pct(result.server_busy),
+                pct(result.client_busy)
+            );
             rates[i].push(rate);
             p99[i].push(result.hist.value_at_quantile(0.99));
+            server_busy[i].push(result.server_busy);
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -59,7 +67,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         results.insert(
             name.clone(),
             json!({"msgs_per_s": rates[i], "mean": m.round(), "ratio_to_first": (m / base * 100.0).round() / 100.0,
-                   "rtt_p99_us": p99[i]}),
+                   "rtt_p99_us": p99[i], "server_cpu_busy": server_busy[i]}),
         );
     }
     report::finish(

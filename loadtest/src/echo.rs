@@ -1,16 +1,20 @@
 //! `echo`: C connections, each keeping P messages of S bytes in flight against an echo
 //! server, for a fixed time. Messages per second, MB/s, and round-trip percentiles.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
-use stratus_client::{ClientConfig, connect_with};
-use stratus_proto::{CloseCode, Message};
+use stratus_client::{ClientConfig, connect_blocking};
+use stratus_proto::Message;
 
+use crate::driver::{Conn, Driver, Received};
+use crate::pin::CpuWatch;
 use crate::progress::Ticker;
 use crate::report::{self, Latency};
 
@@ -67,11 +71,19 @@ impl EchoArgs {
 pub(crate) struct EchoResult {
     pub(crate) messages: u64,
     pub(crate) hist: hdrhistogram::Histogram<u64>,
+    /// How busy the watched (server) CPU and the generator's CPU were, 0 to 1.
+    pub(crate) server_busy: Option<f64>,
+    pub(crate) client_busy: Option<f64>,
 }
 
 pub(crate) fn run(args: EchoArgs) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(args.duration)?;
-    let EchoResult { messages, hist } = measure(&args, &args.url)?;
+    let EchoResult {
+        messages,
+        hist,
+        server_busy,
+        client_busy,
+    } = measure(&args, &args.url)?;
     let secs = duration.as_secs_f64();
     report::finish(
         "echo",
@@ -79,7 +91,8 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<()> {
         json!({"messages": messages,
                "msgs_per_s": (messages as f64 / secs).round(),
                "mb_per_s": (messages as f64 * args.size as f64 / secs / 1e6 * 100.0).round() / 100.0,
-               "rtt": Latency::of(&hist)}),
+               "rtt": Latency::of(&hist),
+               "server_cpu_busy": server_busy, "client_cpu_busy": client_busy}),
         args.common.out.as_deref(),
     )
 }
@@ -87,125 +100,91 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<()> {
 /// Runs the echo scenario against `url` with `args`.
 pub(crate) fn measure(args: &EchoArgs, url: &str) -> anyhow::Result<EchoResult> {
     let duration = Duration::try_from_secs_f64(args.duration)?;
+    let mut driver = if args.raw {
+        let addr = raw_addr(url)?;
+        let sockets = (0..args.connections)
+            .map(|_| {
+                let socket = TcpStream::connect(addr)?;
+                socket.set_nodelay(true)?;
+                Ok(socket)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Driver::raw(sockets)?
+    } else {
+        let config = ClientConfig {
+            deflate: args.deflate,
+            ..ClientConfig::default()
+        };
+        let handoffs = (0..args.connections)
+            .map(|_| connect_blocking(url, config.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Driver::new(handoffs)?
+    };
     let payload = if args.binary {
         Message::binary(vec![0xA5; args.size])
     } else {
         Message::text("x".repeat(args.size))
     };
-    let config = ClientConfig {
-        deflate: args.deflate,
-        ..ClientConfig::default()
+    let raw = Bytes::from(vec![0xA5; args.size]);
+    let send = |conn: &mut Conn| match args.raw {
+        true => conn.send_raw(raw.clone()),
+        false => conn.send(&payload),
     };
-    let (args, url) = (args.clone(), url.to_owned());
-    stratus_uring::run(async move {
-        let count = Rc::new(Cell::new(0u64));
-        let hist = Rc::new(RefCell::new(report::histogram()?));
-        let mut tasks = Vec::with_capacity(args.connections);
-        if args.raw {
-            let addr = raw_addr(&url)?;
-            let mut streams = Vec::with_capacity(args.connections);
-            for _ in 0..args.connections {
-                streams.push(stratus_uring::Stream::connect(addr).await?);
-            }
-            let ticker = Ticker::start(duration, count.clone());
-            let deadline = Instant::now() + duration;
-            for stream in streams {
-                let (count, hist) = (count.clone(), hist.clone());
-                let (size, in_flight) = (args.size, args.in_flight);
-                tasks.push(stratus_uring::spawn(async move {
-                    raw_echo(stream, size, in_flight, deadline, &count, &hist).await
-                }));
-            }
-            for t in tasks {
-                t.await??;
-            }
-            ticker.finish();
-        } else {
-            let mut clients = Vec::with_capacity(args.connections);
-            for _ in 0..args.connections {
-                clients.push(connect_with(&url, config.clone()).await?);
-            }
-            let ticker = Ticker::start(duration, count.clone());
-            let deadline = Instant::now() + duration;
-            for mut client in clients {
-                let (payload, count, hist) = (payload.clone(), count.clone(), hist.clone());
-                let in_flight = args.in_flight;
-                tasks.push(stratus_uring::spawn(async move {
-                    let mut sent = VecDeque::with_capacity(in_flight);
-                    for _ in 0..in_flight {
-                        client.send(&payload).await?;
-                        sent.push_back(Instant::now());
-                    }
-                    while let Some(_echo) = client.recv().await? {
-                        let rtt = sent
-                            .pop_front()
-                            .map_or(0, |t| t.elapsed().as_micros() as u64);
-                        let _ = hist.borrow_mut().record(rtt.max(1));
-                        count.set(count.get() + 1);
-                        if Instant::now() >= deadline {
-                            break;
-                        }
-                        client.send(&payload).await?;
-                        sent.push_back(Instant::now());
-                    }
-                    client.close(CloseCode::NORMAL, "").await?;
-                    anyhow::Ok(())
-                }));
-            }
-            for t in tasks {
-                t.await??;
-            }
-            ticker.finish();
+    // Per connection: when each message in flight went out, and raw bytes not yet a
+    // whole message.
+    let mut sent: Vec<VecDeque<Instant>> =
+        vec![VecDeque::with_capacity(args.in_flight); args.connections];
+    let mut partial = vec![0usize; args.connections];
+    for (conn, times) in driver.conns().iter_mut().zip(&mut sent) {
+        for _ in 0..args.in_flight {
+            send(conn);
+            times.push_back(Instant::now());
         }
-        let hist = hist.borrow().clone();
-        anyhow::Ok(EchoResult {
-            messages: count.get(),
-            hist,
-        })
-    })?
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    let mut hist = report::histogram()?;
+    let ticker = Ticker::start(duration, count.clone());
+    let watch = |cpu: Option<usize>| cpu.map(CpuWatch::start).transpose();
+    let (server_watch, client_watch) = (
+        watch(args.common.watch_cpu)?,
+        watch(args.common.client_cpu)?,
+    );
+    let mut messages = 0u64;
+    driver.run(Instant::now() + duration, |conn, i, received| {
+        let echoed = match received {
+            Received::Message(_) => 1,
+            Received::Raw(n) => {
+                partial[i] += n;
+                let whole = partial[i] / args.size;
+                partial[i] %= args.size;
+                whole
+            }
+        };
+        for _ in 0..echoed {
+            let rtt = sent[i]
+                .pop_front()
+                .map_or(0, |t| t.elapsed().as_micros() as u64);
+            let _ = hist.record(rtt.max(1));
+            messages += 1;
+            send(conn);
+            sent[i].push_back(Instant::now());
+        }
+        count.store(messages, Ordering::Relaxed);
+    })?;
+    let busy = |w: Option<CpuWatch>| w.map(|w| w.busy()).transpose();
+    let (server_busy, client_busy) = (busy(server_watch)?, busy(client_watch)?);
+    ticker.finish();
+    driver.close_all(Duration::from_secs(2))?;
+    Ok(EchoResult {
+        messages,
+        hist,
+        server_busy,
+        client_busy,
+    })
 }
 
 fn raw_addr(url: &str) -> anyhow::Result<std::net::SocketAddr> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.split('/').next().unwrap_or(rest);
     Ok(host.parse()?)
-}
-
-/// One raw TCP connection: `in_flight` messages of `size` bytes out, each echo read back
-/// in full before the next goes.
-async fn raw_echo(
-    stream: stratus_uring::Stream,
-    size: usize,
-    in_flight: usize,
-    deadline: Instant,
-    count: &Cell<u64>,
-    hist: &RefCell<hdrhistogram::Histogram<u64>>,
-) -> anyhow::Result<()> {
-    let message = bytes::Bytes::from(vec![0xA5; size]);
-    let mut sent = VecDeque::with_capacity(in_flight);
-    for _ in 0..in_flight {
-        stream.writev_all(vec![message.clone()]).await.0?;
-        sent.push_back(Instant::now());
-    }
-    let mut buf = bytes::BytesMut::with_capacity(size.max(4096));
-    let mut pending = 0usize;
-    while Instant::now() < deadline {
-        let (result, returned) = stream.read_into(buf, size.max(4096)).await;
-        buf = returned;
-        let n = result?;
-        anyhow::ensure!(n > 0, "the server closed");
-        pending += n;
-        buf.clear();
-        while pending >= size {
-            pending -= size;
-            let rtt = sent
-                .pop_front()
-                .map_or(0, |t| t.elapsed().as_micros() as u64);
-            let _ = hist.borrow_mut().record(rtt.max(1));
-            count.set(count.get() + 1);
-            stream.writev_all(vec![message.clone()]).await.0?;
-            sent.push_back(Instant::now());
-        }
-    }
-    Ok(())
 }

@@ -2,20 +2,19 @@
 //! publish API), a publisher posting S-byte messages at a fixed rate or flat out. Each
 //! message carries its publish time; subscribers record publish-to-receive latency.
 
-use std::cell::{Cell, RefCell};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
-use stratus_client::{ClientConfig, connect_with};
-use stratus_proto::{CloseCode, Message};
+use stratus_client::{ClientConfig, connect_blocking};
+use stratus_proto::Message;
 
+use crate::driver::{Conn, Driver, Received};
 use crate::progress::Ticker;
 use crate::report::{self, Latency};
 
@@ -124,83 +123,53 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         deflate: args.deflate,
         ..ClientConfig::default()
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let (deliveries, hist, published) = stratus_uring::run({
-        let args = args.clone();
-        let stop = stop.clone();
-        async move {
-            let mut clients = Vec::with_capacity(args.subscribers);
-            for _ in 0..args.subscribers {
-                clients.push(connect_with(&url, config.clone()).await?);
-            }
-            let count = Rc::new(Cell::new(0u64));
-            let hist = Rc::new(RefCell::new(report::histogram()?));
-            let ticker = Ticker::start(duration, count.clone());
-            let publisher = std::thread::spawn({
-                let args = args.clone();
-                move || -> anyhow::Result<u64> {
-                    let mut publisher = Publisher::connect(args.admin, &args.topic)?;
-                    let started = Instant::now();
-                    let mut sent = 0u64;
-                    while started.elapsed() < duration {
-                        publisher.publish(&stamped(args.size))?;
-                        sent += 1;
-                        if args.rate > 0.0 {
-                            let due = Duration::from_secs_f64(sent as f64 / args.rate);
-                            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                                std::thread::sleep(wait);
-                            }
-                        }
-                    }
-                    Ok(sent)
-                }
-            });
-            let tasks: Vec<_> = clients
-                .into_iter()
-                .map(|mut client| {
-                    let (count, hist, stop) = (count.clone(), hist.clone(), stop.clone());
-                    stratus_uring::spawn(async move {
-                        loop {
-                            let next =
-                                tokio::time::timeout(Duration::from_millis(500), client.recv())
-                                    .await;
-                            match next {
-                                Ok(Ok(Some(Message::Text(t)))) => {
-                                    if let Some(ts) = stamp_of(&t) {
-                                        let us = (now_ns().saturating_sub(ts) / 1000) as u64;
-                                        let _ = hist.borrow_mut().record(us.max(1));
-                                        count.set(count.get() + 1);
-                                    }
-                                }
-                                Ok(Ok(Some(_))) => {}
-                                Ok(Ok(None)) | Ok(Err(_)) => return,
-                                Err(_) if stop.load(Ordering::Relaxed) => break,
-                                Err(_) => {}
-                            }
-                        }
-                        let _ = client.close(CloseCode::NORMAL, "").await;
-                    })
-                })
-                .collect();
-            let published = loop {
-                if publisher.is_finished() {
-                    break publisher
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            // Let the last messages arrive, then stop the subscribers.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            stop.store(true, Ordering::Relaxed);
-            for t in tasks {
-                t.await?;
-            }
-            ticker.finish();
-            let hist = hist.borrow().clone();
-            anyhow::Ok((count.get(), hist, published))
+    let handoffs = (0..args.subscribers)
+        .map(|_| connect_blocking(&url, config.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut driver = Driver::new(handoffs)?;
+    let count = Arc::new(AtomicU64::new(0));
+    let mut hist = report::histogram()?;
+    let mut deliveries = 0u64;
+    let mut on = |_: &mut Conn, _: usize, received: Received| {
+        if let Received::Message(Message::Text(t)) = received
+            && let Some(ts) = stamp_of(&t)
+        {
+            let us = (now_ns().saturating_sub(ts) / 1000) as u64;
+            let _ = hist.record(us.max(1));
+            deliveries += 1;
+            count.store(deliveries, Ordering::Relaxed);
         }
-    })??;
+    };
+    let ticker = Ticker::start(duration, count.clone());
+    let publisher = std::thread::spawn({
+        let args = args.clone();
+        move || -> anyhow::Result<u64> {
+            let mut publisher = Publisher::connect(args.admin, &args.topic)?;
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while started.elapsed() < duration {
+                publisher.publish(&stamped(args.size))?;
+                sent += 1;
+                if args.rate > 0.0 {
+                    let due = Duration::from_secs_f64(sent as f64 / args.rate);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            Ok(sent)
+        }
+    });
+    while !publisher.is_finished() {
+        driver.run(Instant::now() + Duration::from_millis(100), &mut on)?;
+    }
+    // Let the last messages arrive.
+    driver.run(Instant::now() + Duration::from_millis(500), &mut on)?;
+    ticker.finish();
+    let published = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    driver.close_all(Duration::from_secs(2))?;
     let secs = duration.as_secs_f64();
     let expected = published * args.subscribers as u64;
     report::finish(

@@ -7,6 +7,7 @@
 mod broadcast_peer;
 mod compare;
 mod connections;
+mod driver;
 mod echo;
 mod fanout;
 mod peers;
@@ -64,6 +65,10 @@ struct Common {
     /// The server's PID, for `--server-cpu`.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Report how busy this CPU (the server's) was while measuring: a server core short
+    /// of 100% means the load generator, not the server, set the pace.
+    #[arg(long)]
+    watch_cpu: Option<usize>,
 }
 
 impl Common {

@@ -40,3 +40,43 @@ pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS in /proc/PID/status")?;
     Ok(kb * 1024)
 }
+
+/// Jiffies CPU `cpu` spent busy and in total so far (from /proc/stat).
+fn cpu_times(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))
+        .with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    Ok((total - idle, total))
+}
+
+/// How busy a CPU is over a measurement: start it, then read the busy fraction.
+pub(crate) struct CpuWatch {
+    cpu: usize,
+    start: (u64, u64),
+}
+
+impl CpuWatch {
+    pub(crate) fn start(cpu: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            cpu,
+            start: cpu_times(cpu)?,
+        })
+    }
+
+    /// The fraction (0 to 1) of the time since `start` the CPU was busy.
+    pub(crate) fn busy(&self) -> anyhow::Result<f64> {
+        let (busy, total) = cpu_times(self.cpu)?;
+        let (b0, t0) = self.start;
+        Ok((busy - b0) as f64 / (total - t0).max(1) as f64)
+    }
+}

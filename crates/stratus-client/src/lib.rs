@@ -147,39 +147,120 @@ fn random<const N: usize>() -> Result<[u8; N], Error> {
     Ok(bytes)
 }
 
+/// The opening handshake as bytes in, session out: shared by the async client and the
+/// blocking hand-off.
+struct Opening {
+    handshake: ClientHandshake,
+    buf: BytesMut,
+    config: ClientConfig,
+}
+
+impl Opening {
+    /// The handshake state and the request to send.
+    fn start(target: &Target, config: ClientConfig) -> Result<(Self, Vec<u8>), Error> {
+        let offer = config.deflate.then(stratus_deflate::client_offer);
+        let (handshake, request) = ClientHandshake::new(
+            &target.host,
+            &target.resource,
+            offer.as_deref(),
+            &[],
+            random()?,
+        );
+        let opening = Self {
+            handshake,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            config,
+        };
+        Ok((opening, request))
+    }
+
+    /// After bytes were added to `buf`: the session once the response head is complete
+    /// (bytes after it stay in `buf`).
+    fn advance(&mut self) -> Result<Option<Session>, Error> {
+        let Some((response, head_len)) = self.handshake.read(&self.buf)? else {
+            return Ok(None);
+        };
+        let _ = self.buf.split_to(head_len);
+        let mut session = Session::client(self.config.limits, random()?);
+        if let Some(agreed) = stratus_deflate::accept_response(&response.extensions)? {
+            session.set_compression(Box::new(agreed.compression(self.config.deflate_threshold)));
+        }
+        Ok(Some(session))
+    }
+}
+
 async fn open(target: &Target, config: ClientConfig) -> Result<Client, Error> {
     let stream = Stream::connect(target.addr).await?;
-    let offer = config.deflate.then(stratus_deflate::client_offer);
-    let (mut handshake, request) = ClientHandshake::new(
-        &target.host,
-        &target.resource,
-        offer.as_deref(),
-        &[],
-        random()?,
-    );
+    let (mut opening, request) = Opening::start(target, config)?;
     stream.write_all(request).await?;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let response = loop {
-        let (result, returned) = stream.read_into(buf, READ_CHUNK).await;
-        buf = returned;
+    loop {
+        let buf = std::mem::take(&mut opening.buf);
+        let (result, buf) = stream.read_into(buf, READ_CHUNK).await;
+        opening.buf = buf;
         if result? == 0 {
             return Err(Error::Abnormal);
         }
-        if let Some((response, head_len)) = handshake.read(&buf)? {
-            let _ = buf.split_to(head_len);
-            break response;
+        if let Some(session) = opening.advance()? {
+            return Ok(Client {
+                stream,
+                session,
+                buf: opening.buf,
+                config: opening.config,
+            });
         }
-    };
-    let mut session = Session::client(config.limits, random()?);
-    if let Some(agreed) = stratus_deflate::accept_response(&response.extensions)? {
-        session.set_compression(Box::new(agreed.compression(config.deflate_threshold)));
     }
-    Ok(Client {
-        stream,
-        session,
-        buf,
-        config,
-    })
+}
+
+/// A connection opened with blocking socket calls, handed over to a caller that runs its
+/// own I/O loop (the load generators drive thousands of these from one io_uring).
+pub struct Handoff {
+    /// The connected socket (blocking mode, TCP_NODELAY set).
+    pub socket: std::net::TcpStream,
+    /// The session, with compression set up as negotiated.
+    pub session: Session,
+    /// Bytes that arrived after the handshake response: feed them to the session first.
+    pub leftover: BytesMut,
+}
+
+/// Connects to a `ws://` URL with blocking socket calls and returns the open connection's
+/// parts, bounded by the connect timeout.
+pub fn connect_blocking(url: &str, config: ClientConfig) -> Result<Handoff, Error> {
+    use std::io::{Read, Write};
+    let target = Target::parse(url)?;
+    let socket = std::net::TcpStream::connect_timeout(&target.addr, config.connect_timeout)?;
+    socket.set_nodelay(true)?;
+    socket.set_read_timeout(Some(config.connect_timeout))?;
+    let (mut opening, request) = Opening::start(&target, config)?;
+    (&socket).write_all(&request)?;
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        let n = match (&socket).read(&mut chunk) {
+            Ok(n) => n,
+            // io_uring task work on this thread (a caller's ring) can interrupt a read.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Error::Timeout);
+            }
+            Err(e) => return Err(Error::Io(e)),
+        };
+        if n == 0 {
+            return Err(Error::Abnormal);
+        }
+        opening.buf.extend_from_slice(&chunk[..n]);
+        if let Some(session) = opening.advance()? {
+            socket.set_read_timeout(None)?;
+            return Ok(Handoff {
+                socket,
+                session,
+                leftover: opening.buf,
+            });
+        }
+    }
 }
 
 impl Client {

@@ -18,11 +18,11 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use stratus_proto::handshake::{RequestReader, UpgradeRequest};
 use stratus_proto::{CloseCode, Session};
+use stratus_uring::SendQueue;
 use tracing::debug;
 
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
-use crate::send_queue::SendQueue;
 
 /// Which frame of a broadcast a connection gets.
 #[derive(Debug, Clone, Copy)]

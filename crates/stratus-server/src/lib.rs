@@ -16,7 +16,6 @@ mod commands;
 mod config;
 mod connection;
 mod hub;
-mod send_queue;
 mod server;
 pub mod topic;
 mod upgrade;

@@ -16,9 +16,11 @@ use tokio_uring::buf::BoundedBuf;
 
 mod buffers;
 mod ring;
+mod send_queue;
 mod wake;
 
 pub use ring::{Event, Ring, RingConfig};
+pub use send_queue::SendQueue;
 pub use wake::Wake;
 
 /// Runs `future` on a new io_uring runtime on this thread (the thread must not already

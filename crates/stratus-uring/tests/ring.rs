@@ -1,7 +1,9 @@
 //! The worker ring's unsafe parts checked against plain sockets: bytes that pass through
-//! the provided buffer ring (recycled and grown many times over) and through batched
+//! the provided buffer ring (every buffer recycled many times over) and through batched
 //! `sendmsg` come back exactly as a std socket sent them. CI also runs these under
 //! AddressSanitizer.
+
+#![allow(clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -140,7 +142,10 @@ fn bytes_through_the_buffer_ring_and_sendmsg_come_back_unchanged() {
     let back = client.join().expect("client");
     assert_eq!(back.len(), expected.len());
     assert!(back == expected, "echoed bytes differ from the bytes sent");
-    assert!(events > 512, "every buffer was reused ({events} receive events)");
+    assert!(
+        events > 512,
+        "every buffer was reused ({events} receive events)"
+    );
 }
 
 #[test]

@@ -1,9 +1,10 @@
-//! A connection's outgoing frames, counted in bytes.
+//! A connection's outgoing frames, counted in bytes: the companion of
+//! [`Ring::send`](crate::Ring::send).
 //!
-//! Frames wait here until the worker sends them: it moves a batch into one `sendmsg`, and
-//! puts back whatever the kernel did not take. The byte count covers the frames in flight
-//! too, since they still hold memory; it is what the slow-consumer policy and read
-//! backpressure act on.
+//! Frames wait here until the ring's owner sends them: it moves a batch into one
+//! `sendmsg`, and puts back whatever the kernel did not take. The byte count covers the
+//! frames in flight too, since they still hold memory; it is what the slow-consumer
+//! policy and read backpressure act on.
 
 use std::collections::VecDeque;
 
@@ -11,45 +12,45 @@ use bytes::Bytes;
 
 /// Outgoing frames of one connection.
 #[derive(Default)]
-pub(crate) struct SendQueue {
+pub struct SendQueue {
     frames: VecDeque<Bytes>,
     bytes: usize,
 }
 
 impl SendQueue {
     /// Queues a frame.
-    pub(crate) fn push(&mut self, frame: Bytes) {
+    pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
     }
 
     /// Bytes queued or in flight.
-    pub(crate) fn queued_bytes(&self) -> usize {
+    pub fn queued_bytes(&self) -> usize {
         self.bytes
     }
 
     /// Whether frames wait to be sent.
-    pub(crate) fn has_pending(&self) -> bool {
+    pub fn has_pending(&self) -> bool {
         !self.frames.is_empty()
     }
 
     /// Drops the frames not yet sent (the connection is being closed as a slow consumer:
     /// its Close must go next).
-    pub(crate) fn discard_pending(&mut self) {
+    pub fn discard_pending(&mut self) {
         let pending: usize = self.frames.iter().map(Bytes::len).sum();
         self.frames.clear();
         self.bytes -= pending;
     }
 
     /// Moves up to `max` frames, oldest first, into `batch`.
-    pub(crate) fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+    pub fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
         let n = self.frames.len().min(max);
         batch.extend(self.frames.drain(..n));
     }
 
     /// Records that the first `written` bytes of `batch` reached the socket and puts the
     /// rest back at the front, in order. Leaves `batch` empty.
-    pub(crate) fn sent(&mut self, batch: &mut Vec<Bytes>, mut written: usize) {
+    pub fn sent(&mut self, batch: &mut Vec<Bytes>, mut written: usize) {
         self.bytes -= written.min(self.bytes);
         let mut frames = batch.drain(..);
         let mut unsent = Vec::new();
