@@ -63,7 +63,6 @@ impl Conn {
 pub(crate) struct Driver {
     ring: Ring,
     conns: Vec<Conn>,
-    scratch: BytesMut,
     dirty: Vec<usize>,
     spare: Vec<Vec<Bytes>>,
     messages: Vec<Message>,
@@ -92,7 +91,6 @@ impl Driver {
         let mut driver = Self {
             ring: Ring::new(RingConfig::default())?,
             conns,
-            scratch: BytesMut::new(),
             dirty: Vec::new(),
             spare: Vec::new(),
             messages: Vec::new(),
@@ -131,7 +129,8 @@ impl Driver {
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
             self.ring.submit_and_wait(wait)?;
-            while let Some(event) = self.ring.next_event(&mut self.scratch) {
+            let mut events = 0usize;
+            while let Some(event) = self.ring.next_event() {
                 match event {
                     Event::Received {
                         token,
@@ -156,6 +155,12 @@ impl Driver {
                     }
                     Event::Accepted { .. } | Event::Woken => {}
                 }
+                // Send as the turn goes, as the server workers do.
+                events += 1;
+                if events.is_power_of_two() {
+                    self.settle();
+                    self.ring.submit()?;
+                }
             }
         }
     }
@@ -174,7 +179,7 @@ impl Driver {
             Ok(n) => match &mut conn.session {
                 None => on(conn, i, Received::Raw(n)),
                 Some(session) => {
-                    conn.buf.extend_from_slice(&self.scratch);
+                    conn.buf.extend_from_slice(self.ring.received());
                     while let Ok(Some(message)) = session.handle_read(&mut conn.buf) {
                         self.messages.push(message);
                     }
@@ -189,7 +194,6 @@ impl Driver {
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
             Err(_) => conn.done = true,
         }
-        self.scratch.clear();
         self.mark(i);
     }
 

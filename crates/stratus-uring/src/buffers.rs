@@ -5,7 +5,7 @@
 //! becomes resident only when the kernel writes into it. Only `provided` of them are
 //! handed to the kernel at first; when a receive finds the ring empty (`ENOBUFS`) the
 //! pool grows, so an idle server keeps a small pool resident and a busy one gets what it
-//! needs. Every buffer is handed back (`recycle`) as soon as its bytes are copied out.
+//! needs. Every buffer is handed back (`recycle`) as soon as its owner has read it.
 
 use std::alloc::{self, Layout};
 use std::io;
@@ -87,16 +87,23 @@ impl Buffers {
         true
     }
 
-    /// Copies the `len` bytes the kernel wrote into buffer `bid` to `out` and hands the
-    /// buffer back to the kernel.
-    pub(crate) fn take(&mut self, bid: u16, len: usize, out: &mut bytes::BytesMut) {
+    /// The `len` bytes the kernel wrote into buffer `bid` (which it handed back by naming
+    /// it in a completion, and gets again only through [`Buffers::recycle`]).
+    pub(crate) fn data(&self, bid: u16, len: usize) -> &[u8] {
+        if bid >= self.provided {
+            return &[];
+        }
+        let start = usize::from(bid) * self.size;
+        let filled = &self.memory[start..start + len.min(self.size)];
+        // SAFETY: the kernel wrote `len` bytes at the start of buffer `bid` before posting
+        // the completion that named it, and does not touch the buffer again until
+        // `recycle` (which needs `&mut self`, so this borrow has ended) hands it back.
+        unsafe { filled.assume_init_ref() }
+    }
+
+    /// Hands buffer `bid` back to the kernel.
+    pub(crate) fn recycle(&mut self, bid: u16) {
         if bid < self.provided {
-            let start = usize::from(bid) * self.size;
-            let filled = &self.memory[start..start + len.min(self.size)];
-            // SAFETY: the kernel wrote `len` bytes at the start of buffer `bid` before
-            // posting the completion that named it, and the buffer is ours again until it
-            // is pushed back below.
-            out.extend_from_slice(unsafe { filled.assume_init_ref() });
             self.push(bid);
             self.publish();
         }

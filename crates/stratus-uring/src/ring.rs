@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
@@ -55,8 +55,8 @@ impl Default for RingConfig {
     fn default() -> Self {
         Self {
             entries: 4096,
-            recv_buffers: 4096,
-            recv_buffer_size: 4096,
+            recv_buffers: 1024,
+            recv_buffer_size: 64 << 10,
         }
     }
 }
@@ -74,8 +74,8 @@ pub enum Event {
         /// The multishot accept goes on.
         more: bool,
     },
-    /// Bytes arrived (appended to the buffer given to [`Ring::next_event`]); `Ok(0)` is
-    /// the peer's FIN. Without `more` the multishot receive has ended.
+    /// Bytes arrived (read them with [`Ring::received`] before the next event); `Ok(0)`
+    /// is the peer's FIN. Without `more` the multishot receive has ended.
     Received {
         /// The token the receive was armed with.
         token: u64,
@@ -119,6 +119,8 @@ pub struct Ring {
     wake_counter: Box<u64>,
     /// Completions taken from the queue and not yet returned by `next_event`.
     ready: std::collections::VecDeque<cqueue::Entry>,
+    /// The buffer (id, length) of the last `Received` event, recycled at the next event.
+    received: Option<(u16, usize)>,
 }
 
 impl Ring {
@@ -147,6 +149,7 @@ impl Ring {
             spare_sends: Vec::new(),
             wake_counter: Box::new(0),
             ready: std::collections::VecDeque::new(),
+            received: None,
         })
     }
 
@@ -248,6 +251,11 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
+    /// Submits everything queued, without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.uring.submit().map(drop)
+    }
+
     /// Submits everything queued and waits for at least one completion, or `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
         if !self.ready.is_empty() {
@@ -270,20 +278,30 @@ impl Ring {
         }
     }
 
-    /// The next completion, if any; received bytes are appended to `received`.
-    pub fn next_event(&mut self, received: &mut BytesMut) -> Option<Event> {
+    /// The next completion, if any. The bytes of the previous `Received` event go back
+    /// to the kernel now.
+    pub fn next_event(&mut self) -> Option<Event> {
+        if let Some((bid, _)) = self.received.take() {
+            self.buffers.recycle(bid);
+        }
         loop {
             if self.ready.is_empty() {
                 self.ready.extend(self.uring.completion());
             }
             let cqe = self.ready.pop_front()?;
-            if let Some(event) = self.complete(&cqe, received) {
+            if let Some(event) = self.complete(&cqe) {
                 return Some(event);
             }
         }
     }
 
-    fn complete(&mut self, cqe: &cqueue::Entry, received: &mut BytesMut) -> Option<Event> {
+    /// The bytes of the last [`Event::Received`] (empty after any other event).
+    pub fn received(&self) -> &[u8] {
+        self.received
+            .map_or(&[], |(bid, len)| self.buffers.data(bid, len))
+    }
+
+    fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Event> {
         let (kind, token) = (cqe.user_data() >> TOKEN_BITS, cqe.user_data() & TOKEN_MASK);
         let (res, flags) = (cqe.result(), cqe.flags());
         let result = if res < 0 {
@@ -300,8 +318,8 @@ impl Ring {
                 more,
             }),
             RECV => {
-                if let (Ok(len), Some(bid)) = (&result, cqueue::buffer_select(flags)) {
-                    self.buffers.take(bid, *len, received);
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    self.received = Some((bid, *result.as_ref().unwrap_or(&0)));
                 }
                 if res == -libc::ENOBUFS && self.buffers.grow() {
                     tracing::debug!(

@@ -69,6 +69,10 @@ pub(crate) struct Settings {
     /// Seconds a shutdown waits for clients to answer Close 1001 [10].
     #[arg(long)]
     drain_timeout: Option<f64>,
+    /// Microseconds a worker keeps polling for completions after a busy turn before it
+    /// sleeps (0: sleep at once) [0].
+    #[arg(long)]
+    busy_poll_us: Option<u64>,
     /// permessage-deflate: off, shared (no context takeover, compress a broadcast once)
     /// or dedicated (context takeover per connection) [shared].
     #[arg(long, value_enum)]
@@ -136,6 +140,7 @@ impl Settings {
             ping_interval,
             pong_timeout,
             drain_timeout,
+            busy_poll_us,
             deflate,
             deflate_threshold
         ))
@@ -185,6 +190,9 @@ impl Settings {
             ping_interval: seconds(self.ping_interval, "ping-interval", base.ping_interval)?,
             pong_timeout: seconds(self.pong_timeout, "pong-timeout", base.pong_timeout)?,
             drain_timeout: seconds(self.drain_timeout, "drain-timeout", base.drain_timeout)?,
+            busy_poll: self
+                .busy_poll_us
+                .map_or(base.busy_poll, Duration::from_micros),
             deflate,
             ..base
         })
