@@ -39,6 +39,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut p50: Vec<Vec<u64>> = vec![Vec::new(); targets.len()];
     let mut p99: Vec<Vec<u64>> = vec![Vec::new(); targets.len()];
     let mut server_busy: Vec<Vec<Option<f64>>> = vec![Vec::new(); targets.len()];
     for round in 0..args.rounds {
@@ -55,6 +56,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
                 pct(result.client_busy)
             );
             rates[i].push(rate);
+            p50[i].push(result.hist.value_at_quantile(0.5));
             p99[i].push(result.hist.value_at_quantile(0.99));
             server_busy[i].push(result.server_busy);
         }
@@ -67,7 +69,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         results.insert(
             name.clone(),
             json!({"msgs_per_s": rates[i], "mean": m.round(), "ratio_to_first": (m / base * 100.0).round() / 100.0,
-                   "rtt_p99_us": p99[i], "server_cpu_busy": server_busy[i]}),
+                   "rtt_p50_us": p50[i], "rtt_p99_us": p99[i], "server_cpu_busy": server_busy[i]}),
         );
     }
     report::finish(

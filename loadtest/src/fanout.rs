@@ -15,6 +15,7 @@ use stratus_client::{ClientConfig, connect_blocking};
 use stratus_proto::Message;
 
 use crate::driver::{Conn, Driver, Received};
+use crate::pin::CpuWatch;
 use crate::progress::Ticker;
 use crate::report::{self, Latency};
 
@@ -35,9 +36,13 @@ pub(crate) struct FanoutArgs {
     /// Message size in bytes (at least 32).
     #[arg(short, long, default_value_t = 64)]
     size: usize,
-    /// Publishes per second; 0 publishes flat out.
+    /// Publishes per second (all publishers together); 0 publishes flat out.
     #[arg(short, long, default_value_t = 100.0)]
     rate: f64,
+    /// Publishers, each with its own connection to the publish API: concurrent publishes,
+    /// as from many sources in production.
+    #[arg(short = 'P', long, default_value_t = 1)]
+    publishers: usize,
     /// Seconds to publish.
     #[arg(short, long, default_value_t = 10.0)]
     duration: f64,
@@ -141,46 +146,55 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     };
     let ticker = Ticker::start(duration, count.clone());
-    let publisher = std::thread::spawn({
-        let args = args.clone();
-        move || -> anyhow::Result<u64> {
-            let mut publisher = Publisher::connect(args.admin, &args.topic)?;
-            let started = Instant::now();
-            let mut sent = 0u64;
-            while started.elapsed() < duration {
-                publisher.publish(&stamped(args.size))?;
-                sent += 1;
-                if args.rate > 0.0 {
-                    let due = Duration::from_secs_f64(sent as f64 / args.rate);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        std::thread::sleep(wait);
+    let server_watch = args.common.watch_cpu.map(CpuWatch::start).transpose()?;
+    let publishers: Vec<_> = (0..args.publishers.max(1))
+        .map(|_| {
+            let args = args.clone();
+            let rate = args.rate / args.publishers.max(1) as f64;
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut publisher = Publisher::connect(args.admin, &args.topic)?;
+                let started = Instant::now();
+                let mut sent = 0u64;
+                while started.elapsed() < duration {
+                    publisher.publish(&stamped(args.size))?;
+                    sent += 1;
+                    if rate > 0.0 {
+                        let due = Duration::from_secs_f64(sent as f64 / rate);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
                     }
                 }
-            }
-            Ok(sent)
-        }
-    });
-    while !publisher.is_finished() {
+                Ok(sent)
+            })
+        })
+        .collect();
+    while !publishers.iter().all(|p| p.is_finished()) {
         driver.run(Instant::now() + Duration::from_millis(100), &mut on)?;
     }
+    let server_busy = server_watch.map(|w| w.busy()).transpose()?;
     // Let the last messages arrive.
     driver.run(Instant::now() + Duration::from_millis(500), &mut on)?;
     ticker.finish();
-    let published = publisher
-        .join()
-        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let mut published = 0;
+    for publisher in publishers {
+        published += publisher
+            .join()
+            .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    }
     driver.close_all(Duration::from_secs(2))?;
     let secs = duration.as_secs_f64();
     let expected = published * args.subscribers as u64;
     report::finish(
         "fanout",
         json!({"url": args.url, "subscribers": args.subscribers, "size": args.size,
-               "rate": args.rate, "duration_s": secs, "deflate": args.deflate}),
+               "rate": args.rate, "publishers": args.publishers, "duration_s": secs, "deflate": args.deflate}),
         json!({"published": published,
                "deliveries": deliveries,
                "missing": expected.saturating_sub(deliveries),
                "deliveries_per_s": (deliveries as f64 / secs).round(),
-               "latency": Latency::of(&hist)}),
+               "latency": Latency::of(&hist),
+               "server_cpu_busy": server_busy}),
         args.common.out.as_deref(),
     )
 }

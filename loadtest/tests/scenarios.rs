@@ -170,8 +170,16 @@ fn plot_renders_compare_results_as_svg() {
     std::fs::write(
         &input,
         r#"{"scenario":"compare echo","params":{"echo":{"connections":100,"size":20}},
-            "results":{"stratus":{"mean":300000.0,"rtt_p99_us":[400,420]},
-                       "peer":{"mean":250000.0,"rtt_p99_us":[500,520]}}}"#,
+            "results":{"stratus":{"mean":300000.0,"rtt_p50_us":[300],"rtt_p99_us":[400,420]},
+                       "peer":{"mean":250000.0,"rtt_p50_us":[350],"rtt_p99_us":[500,520]}}}"#,
+    )
+    .unwrap();
+    let fanout = dir.join("fanout.json");
+    std::fs::write(
+        &fanout,
+        r#"{"scenario":"compare fanout","params":{"subscribers":10000,"size":64,"publishers":1},
+            "results":{"stratus":{"mean":1500000.0,"latency_p50_us":[36000],"latency_p99_us":[110000]},
+                       "peer":{"mean":180000.0,"latency_p50_us":[80000],"latency_p99_us":[130000]}}}"#,
     )
     .unwrap();
     let prefix = dir.join("chart");
@@ -179,19 +187,23 @@ fn plot_renders_compare_results_as_svg() {
         .args([
             "plot",
             input.to_str().unwrap(),
+            fanout.to_str().unwrap(),
             "--out",
             prefix.to_str().unwrap(),
         ])
         .status()
         .unwrap();
     assert!(status.success());
-    for kind in ["throughput", "latency"] {
-        let svg = std::fs::read_to_string(dir.join(format!("chart-{kind}.svg"))).unwrap();
-        assert!(svg.starts_with("<svg"), "{kind}");
-        assert!(
-            svg.contains("stratus") && svg.contains("peer") && svg.contains("100 x 20 B"),
-            "{kind}"
-        );
+    for (scenario, label) in [("echo", "100 x 20 B"), ("fanout", "10000 subs x 64 B")] {
+        for kind in ["throughput", "latency"] {
+            let name = format!("chart-{scenario}-{kind}.svg");
+            let svg = std::fs::read_to_string(dir.join(&name)).unwrap();
+            assert!(svg.starts_with("<svg"), "{name}");
+            assert!(
+                svg.contains("stratus") && svg.contains("peer") && svg.contains(label),
+                "{name}"
+            );
+        }
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -38,6 +38,8 @@ use crate::upgrade::upgrade;
 const MAX_IOV: usize = 512;
 /// Most a partial frame's buffer reserves beyond the bytes it holds.
 const PARTIAL_RESERVE: usize = 64 << 10;
+/// Sends submitted at a time when a turn has many.
+const SETTLE_CHUNK: usize = 1024;
 /// Emptied send batches kept for reuse.
 const SPARE_BATCHES: usize = 256;
 /// The listener's token (no connection slot reaches it).
@@ -211,7 +213,7 @@ impl Worker {
                 // whose message came first does not wait for the whole batch. Measured
                 // at 10 connections x 16 KiB: 111k -> 150k msgs/s.
                 if events.is_power_of_two() {
-                    self.settle();
+                    self.settle()?;
                     self.ring.submit()?;
                 }
             }
@@ -223,7 +225,7 @@ impl Worker {
                 self.sweep(now);
                 next_sweep = now + period;
             }
-            self.settle();
+            self.settle()?;
             if self.finished(now) {
                 return Ok(());
             }
@@ -443,23 +445,38 @@ impl Worker {
     }
 
     /// The end-of-turn pass over the connections this turn touched.
-    fn settle(&mut self) {
+    ///
+    /// A fanout to many connections is sent in chunks, and publishes that arrived in
+    /// the meantime are queued between chunks: the connections not yet sent to carry
+    /// them in the same `sendmsg`, instead of every publish waiting for the whole fanout
+    /// before it (one publisher flat out, 10,000 subscribers: 248k -> 1.58M deliveries/s).
+    fn settle(&mut self) -> io::Result<()> {
         let dirty = std::mem::take(&mut self.conns.dirty);
+        let mut sends = 0usize;
         for &token in &dirty {
-            self.settle_one(token);
+            if self.settle_one(token) {
+                sends += 1;
+                if sends.is_multiple_of(SETTLE_CHUNK) {
+                    self.ring.submit()?;
+                    self.read_inbox();
+                }
+            }
         }
         let mut dirty = dirty;
         dirty.clear();
         if self.conns.dirty.is_empty() {
             self.conns.dirty = dirty;
         }
+        Ok(())
     }
 
-    fn settle_one(&mut self, token: u64) {
+    /// Settles one connection; `true` if it started a send.
+    fn settle_one(&mut self, token: u64) -> bool {
         let cap = self.config.max_send_queue;
         let Some(conn) = self.conns.get(token) else {
-            return;
+            return false;
         };
+        let mut started = false;
         conn.io.dirty = false;
         let fd = conn.socket.as_raw_fd();
         if !conn.io.dead {
@@ -468,6 +485,7 @@ impl Worker {
                 conn.queue.take_batch(&mut batch, MAX_IOV);
                 self.ring.send(fd, token, batch);
                 conn.io.sending = true;
+                started = true;
             }
             let flushed = !conn.io.sending;
             if flushed && conn.io.fin_after_flush && !conn.io.fin_sent {
@@ -481,7 +499,7 @@ impl Worker {
             if !conn.io.receiving && !conn.io.sending {
                 self.free(slot(token));
             }
-            return;
+            return started;
         }
         let backlog = conn.queue.queued_bytes() >= cap;
         if !conn.io.receiving && !conn.io.peer_done && !backlog {
@@ -491,6 +509,7 @@ impl Worker {
             self.ring.cancel_recv(token);
             conn.io.recv_cancelled = true;
         }
+        started
     }
 
     /// Forgets a connection whose operations have all finished, closing its socket.
