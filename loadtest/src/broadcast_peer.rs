@@ -24,9 +24,14 @@ pub(crate) async fn serve(listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
     println!("tungstenite broadcast on {listen}, publish API on {admin}");
     tokio::spawn(publish_api(api, topics.clone()));
     loop {
-        let (stream, _) = ws.accept().await?;
-        stream.set_nodelay(true)?;
-        tokio::spawn(subscriber(stream, topics.clone()));
+        match ws.accept().await {
+            Ok((stream, _)) => {
+                stream.set_nodelay(true)?;
+                tokio::spawn(subscriber(stream, topics.clone()));
+            }
+            // Out of descriptors, most likely: try again shortly rather than exit.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
     }
 }
 
@@ -53,9 +58,24 @@ async fn subscriber(stream: TcpStream, topics: Topics) -> anyhow::Result<()> {
         .or_default()
         .push(tx);
     let (mut write, mut read) = ws.split();
-    tokio::spawn(async move { while read.next().await.is_some() {} });
-    while let Some(message) = rx.recv().await {
-        write.send(message).await?;
+    // Reading runs on its own task, as in tungstenite's example; when the client leaves
+    // (Close, EOF or an error) the writer stops too, so a departed subscriber does not
+    // keep its socket until a publish finds it gone.
+    let mut reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = read.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some(message) => write.send(message).await?,
+                None => break,
+            },
+            _ = &mut reader => break,
+        }
     }
     Ok(())
 }

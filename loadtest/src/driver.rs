@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use stratus_client::Handoff;
+use stratus_client::{ClientConfig, Handoff};
 use stratus_proto::{CloseCode, Message, Session};
 use stratus_uring::{Event, Ring, RingConfig, SendQueue};
 
@@ -57,6 +57,31 @@ impl Conn {
     pub(crate) fn send_raw(&mut self, bytes: Bytes) {
         self.queue.push(bytes);
     }
+}
+
+/// Opens `count` WebSocket connections to `url` for a [`Driver`]. A connection the server
+/// resets while thousands open at once (a peer's accept queue overflowing) is retried a
+/// few times before the run fails.
+pub(crate) fn connect_many(
+    url: &str,
+    config: &ClientConfig,
+    count: usize,
+) -> Result<Vec<Handoff>, stratus_client::Error> {
+    const ATTEMPTS: usize = 5;
+    (0..count)
+        .map(|_| {
+            let mut attempt = 1;
+            loop {
+                match stratus_client::connect_blocking(url, config.clone()) {
+                    Err(stratus_client::Error::Io(_)) if attempt < ATTEMPTS => {
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    result => return result,
+                }
+            }
+        })
+        .collect()
 }
 
 /// The connections and their ring.

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
-use stratus_client::{ClientConfig, connect_blocking};
+use stratus_client::ClientConfig;
 use stratus_proto::Message;
 
-use crate::driver::{Conn, Driver, Received};
+use crate::driver::{Conn, Driver, Received, connect_many};
 use crate::pin::CpuWatch;
 use crate::progress::Ticker;
 use crate::report::{self, Latency};
@@ -115,9 +115,7 @@ pub(crate) fn measure(args: &EchoArgs, url: &str) -> anyhow::Result<EchoResult> 
             deflate: args.deflate,
             ..ClientConfig::default()
         };
-        let handoffs = (0..args.connections)
-            .map(|_| connect_blocking(url, config.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let handoffs = connect_many(url, &config, args.connections)?;
         Driver::new(handoffs)?
     };
     let payload = if args.binary {

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
-use stratus_client::{ClientConfig, connect_blocking};
+use stratus_client::ClientConfig;
 use stratus_proto::Message;
 
-use crate::driver::{Conn, Driver, Received};
+use crate::driver::{Conn, Driver, Received, connect_many};
 use crate::pin::CpuWatch;
 use crate::progress::Ticker;
 use crate::report::{self, Latency};
@@ -128,9 +128,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         deflate: args.deflate,
         ..ClientConfig::default()
     };
-    let handoffs = (0..args.subscribers)
-        .map(|_| connect_blocking(&url, config.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let handoffs = connect_many(&url, &config, args.subscribers)?;
     let mut driver = Driver::new(handoffs)?;
     let count = Arc::new(AtomicU64::new(0));
     let mut hist = report::histogram()?;

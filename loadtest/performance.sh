@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every performance figure of the README in one run: echo and fanout side by side with the
+# peers (servers on CPU 0, generator on CPU 1), idle-connection memory, and the charts.
+# Builds nothing: run `cargo build --release -p stratus-server -p stratus-loadtest` first.
+#
+#   loadtest/performance.sh [OUTDIR]        (about 6 minutes)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bin=${CARGO_TARGET_DIR:-target}/release
+out=${1:-perf}
+mkdir -p "$out"
+for cfg in "100 20" "1000 20" "10 16384"; do
+  set -- $cfg
+  echo "== echo $1 x $2 B"
+  loadtest/compare-echo.sh "$1" "$2" 5 2 "$out/echo-$1x$2.json" | grep -E '^round|ratio'
+done
+echo "== fanout, 10,000 subscribers x 64 B, one publisher flat out"
+loadtest/compare-fanout.sh 10000 64 5 2 0 1 "$out/fanout-flat" | grep -v '^results'
+echo "== fanout, 10,000 subscribers x 64 B, 15 publishes/s"
+loadtest/compare-fanout.sh 10000 64 5 2 15 1 "$out/fanout-rate15" | grep -v '^results'
+for n in 10000 19000; do
+  echo "== idle connections: $n"
+  taskset -c 0 "$bin/stratus" serve --listen 127.0.0.1:19301 --admin-listen 127.0.0.1:19391 \
+    --workers 1 >/dev/null 2>&1 &
+  pid=$!
+  sleep 0.5
+  "$bin/stratus-load" connections --client-cpu 1 --url 'ws://127.0.0.1:19301/ws?topic=idle' \
+    -n "$n" --rate 5000 --hold 2 --pid "$pid" --deflate --out "$out/connections-$n.json" |
+    grep -E 'bytes_per|rss'
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+"$bin/stratus-load" plot "$out"/echo-*.json "$out"/fanout-flat/compare-fanout.json \
+  "$out"/fanout-rate15/compare-fanout.json --out "$out/chart"
