@@ -34,4 +34,13 @@ impl Message {
     pub fn is_data(&self) -> bool {
         matches!(self, Self::Text(_) | Self::Binary(_))
     }
+
+    /// Bytes of payload (a Close counts its code and reason).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Self::Text(p) | Self::Binary(p) | Self::Ping(p) | Self::Pong(p) => p.len(),
+            Self::Close(None) => 0,
+            Self::Close(Some(frame)) => 2 + frame.reason().len(),
+        }
+    }
 }

@@ -1,9 +1,9 @@
 //! The admin API, served by its own thread on its own listener: `POST /publish/{topic}`,
-//! `GET /healthz`, `GET /readyz`. HTTP/1.1 with keep-alive, parsed with httparse; bodies
-//! need a Content-Length and are capped at `max_publish`.
+//! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`. HTTP/1.1 with keep-alive,
+//! parsed with httparse; bodies need a Content-Length and are capped at `max_publish`.
 //!
-//! With an admin token configured, publishing needs `Authorization: Bearer <token>`
-//! (401 otherwise); without one, the server refuses to bind the admin listener to
+//! With an admin token configured, publishing and metrics need `Authorization: Bearer
+//! <token>` (401 otherwise); without one, the server refuses to bind the admin listener to
 //! anything but loopback, so publishing stays a local privilege.
 
 use std::rc::Rc;
@@ -63,10 +63,11 @@ struct Request {
     close: bool,
 }
 
-/// A response: status, JSON body, extra header lines.
+/// A response: status, body (JSON unless said otherwise), extra header lines.
 struct Response {
     status: u16,
     body: String,
+    content_type: &'static str,
     extra: &'static str,
 }
 
@@ -74,6 +75,7 @@ fn respond(status: u16, body: serde_json::Value) -> Response {
     Response {
         status,
         body: body.to_string(),
+        content_type: "application/json",
         extra: "",
     }
 }
@@ -104,9 +106,10 @@ async fn connection(admin: Rc<Admin>, stream: Stream) {
 
 async fn write(stream: &Stream, response: &Response, close: bool) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}Connection: {}\r\n\r\n{}",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: {}\r\n\r\n{}",
         response.status,
         reason_phrase(response.status),
+        response.content_type,
         response.body.len(),
         response.extra,
         if close { "close" } else { "keep-alive" },
@@ -226,22 +229,32 @@ fn authorized(admin: &Admin, request: &Request) -> bool {
     presented.is_some_and(|p| same(p.as_bytes(), token.as_bytes()))
 }
 
+fn unauthorized() -> Response {
+    Response {
+        extra: "WWW-Authenticate: Bearer\r\n",
+        ..error(401, "missing or wrong bearer token")
+    }
+}
+
 async fn route(admin: &Admin, request: &Request, body: Bytes) -> Response {
     let path = request.path.split('?').next().unwrap_or_default();
     match (request.method.as_str(), path) {
         ("GET", "/healthz") => respond(200, json!({ "status": "ok" })),
         ("GET", "/readyz") if admin.hub.is_draining() => respond(503, json!({ "ready": false })),
         ("GET", "/readyz") => respond(200, json!({ "ready": true })),
+        ("GET", "/metrics") if !authorized(admin, request) => unauthorized(),
+        ("GET", "/metrics") => Response {
+            body: crate::metrics::render(&admin.hub),
+            content_type: "text/plain; version=0.0.4",
+            ..respond(200, json!(null))
+        },
         ("POST", p) if p.starts_with("/publish/") => {
             if !authorized(admin, request) {
-                return Response {
-                    extra: "WWW-Authenticate: Bearer\r\n",
-                    ..error(401, "missing or wrong bearer token")
-                };
+                return unauthorized();
             }
             publish(admin, &p["/publish/".len()..], &request.content_type, body).await
         }
-        (_, "/healthz" | "/readyz") => Response {
+        (_, "/healthz" | "/readyz" | "/metrics") => Response {
             extra: "Allow: GET\r\n",
             ..error(405, "use GET")
         },

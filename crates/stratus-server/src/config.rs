@@ -56,6 +56,17 @@ pub struct Config {
     pub slow_consumer: SlowConsumer,
     /// Most topics one connection may subscribe to.
     pub max_topics_per_connection: usize,
+    /// Most WebSocket connections open at once over all workers (0: no limit); an upgrade
+    /// beyond it gets 503 with Retry-After.
+    pub max_connections: usize,
+    /// Most WebSocket connections open at once from one IP address (0: no limit); an
+    /// upgrade beyond it gets 429 with Retry-After.
+    pub max_connections_per_ip: usize,
+    /// Origins allowed to open WebSocket connections, as `scheme://host[:port]` (ASCII
+    /// case does not matter). Empty allows any. A request without an Origin header (not
+    /// from a browser) is allowed: the list guards browsers against cross-site use, and
+    /// other clients can send any Origin they like.
+    pub allowed_origins: Vec<String>,
     /// Largest message the admin API accepts for publishing.
     pub max_publish: usize,
     /// A connection silent for this long gets a ping.
@@ -92,6 +103,9 @@ impl Default for Config {
             max_send_queue: 1 << 20,
             slow_consumer: SlowConsumer::Close,
             max_topics_per_connection: 64,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
             max_publish: 1 << 20,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),

@@ -11,7 +11,7 @@
 //! deadline. Closing with unread bytes would make the kernel send a reset, which can
 //! destroy the Close frame before the peer reads it.
 
-use std::net::{Shutdown, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +23,7 @@ use tracing::debug;
 
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
+use crate::upgrade::Refusal;
 
 /// Which frame of a broadcast a connection gets.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +62,8 @@ pub(crate) enum Phase {
 /// A connection's state, owned by its worker.
 pub(crate) struct Conn {
     pub(crate) socket: TcpStream,
+    /// The client's address, for the per-IP cap.
+    pub(crate) ip: IpAddr,
     /// Names this connection in ring operations (slot and generation).
     pub(crate) token: u64,
     pub(crate) phase: Phase,
@@ -105,8 +108,12 @@ impl Conn {
         limits: stratus_proto::handshake::HandshakeLimits,
         deadline: Instant,
     ) -> Self {
+        let ip = socket
+            .peer_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         Self {
             socket,
+            ip,
             token,
             phase: Phase::Handshake(RequestReader::new(limits)),
             read_buf: BytesMut::new(),
@@ -133,7 +140,7 @@ impl Conn {
     pub(crate) fn read_request(
         &mut self,
         buf: &mut BytesMut,
-    ) -> Result<Option<UpgradeRequest>, (Vec<u8>, String)> {
+    ) -> Result<Option<UpgradeRequest>, Refusal> {
         let Phase::Handshake(reader) = &mut self.phase else {
             return Ok(None);
         };
@@ -143,7 +150,7 @@ impl Conn {
                 Ok(Some(request))
             }
             Ok(None) => Ok(None),
-            Err(err) => Err((err.response(), err.to_string())),
+            Err(err) => Err((err.status(), err.response(), err.to_string())),
         }
     }
 

@@ -7,6 +7,7 @@
 //! never per recipient.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -15,6 +16,7 @@ use stratus_uring::Wake;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broadcast::Broadcast;
+use crate::metrics::WorkerStats;
 use crate::topic::{self, TopicError};
 
 /// Work sent to a worker.
@@ -80,9 +82,16 @@ pub struct Stats {
     pub connections: AtomicU64,
 }
 
+/// Why an upgrade was refused for the connection caps: the HTTP status and the reason.
+pub(crate) type OverCap = (u16, &'static str);
+
 /// The state every worker and the publish API share.
 pub(crate) struct Hub {
     pub(crate) links: Vec<WorkerLink>,
+    /// Each worker's own counters, for `/metrics`.
+    pub(crate) workers: Vec<WorkerStats>,
+    /// Open WebSocket connections per client address (kept only with a per-IP cap).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Topic -> bitmask of workers with at least one subscriber.
     interest: Mutex<HashMap<Arc<str>, u64>>,
     pub(crate) stats: Stats,
@@ -125,7 +134,9 @@ impl Delivery {
 impl Hub {
     pub(crate) fn new(links: Vec<WorkerLink>) -> Self {
         Self {
+            workers: links.iter().map(|_| WorkerStats::default()).collect(),
             links,
+            per_ip: Mutex::default(),
             interest: Mutex::default(),
             stats: Stats::default(),
             draining: AtomicBool::new(false),
@@ -147,6 +158,41 @@ impl Hub {
             *mask &= !bit;
             if *mask == 0 {
                 interest.remove(topic);
+            }
+        }
+    }
+
+    /// Counts a new WebSocket connection from `ip` against the caps (`max` over all
+    /// workers, `per_ip` for one address; 0 is no limit), or says which one it passes.
+    pub(crate) fn admit(&self, ip: IpAddr, max: usize, per_ip: usize) -> Result<(), OverCap> {
+        let open = self.stats.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        if max > 0 && open > max as u64 {
+            self.stats.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err((503, "the server is at its connection limit"));
+        }
+        if per_ip > 0 {
+            let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = counts.entry(ip).or_insert(0);
+            if *count >= per_ip {
+                drop(counts);
+                self.stats.connections.fetch_sub(1, Ordering::AcqRel);
+                return Err((429, "too many connections from this address"));
+            }
+            *count += 1;
+        }
+        Ok(())
+    }
+
+    /// Releases what [`Hub::admit`] counted.
+    pub(crate) fn release(&self, ip: IpAddr, per_ip: usize) {
+        self.stats.connections.fetch_sub(1, Ordering::AcqRel);
+        if per_ip > 0 {
+            let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = counts.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&ip);
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ mod commands;
 mod config;
 mod connection;
 mod hub;
+mod metrics;
 mod server;
 pub mod topic;
 mod upgrade;

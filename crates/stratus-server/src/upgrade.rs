@@ -17,8 +17,8 @@ pub(crate) struct Upgrade {
     pub(crate) topics: Vec<String>,
 }
 
-/// A refused upgrade: the HTTP response and why (for the log).
-pub(crate) type Refusal = (Vec<u8>, String);
+/// A refused upgrade: the HTTP status, the response and why (for the log).
+pub(crate) type Refusal = (u16, Vec<u8>, String);
 
 /// Accepts or refuses `request`.
 pub(crate) fn upgrade(
@@ -28,10 +28,20 @@ pub(crate) fn upgrade(
 ) -> Result<Upgrade, Refusal> {
     if draining {
         let response = http_error(503, "Retry-After: 5\r\n", "server is shutting down");
-        return Err((response, "draining".into()));
+        return Err((503, response, "draining".into()));
+    }
+    if let Some(origin) = &request.origin
+        && !config.allowed_origins.is_empty()
+        && !config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    {
+        let why = format!("origin {origin} is not allowed");
+        return Err((403, http_error(403, "", &why), why));
     }
     let topics = subscriptions(request, config.app, config.max_topics_per_connection)
-        .map_err(|(status, why)| (http_error(status, "", &why), why))?;
+        .map_err(|(status, why)| (status, http_error(status, "", &why), why))?;
     let mut session = Session::server(config.limits);
     let mut extension_header = String::new();
     let mut frames = FrameChoice::Plain;

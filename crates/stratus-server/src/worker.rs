@@ -31,8 +31,10 @@ use crate::commands::{self, Command};
 use crate::config::{App, Config};
 use crate::connection::{Conn, Delivered, Phase};
 use crate::hub::{Hub, WorkerMsg};
+use crate::metrics;
 use crate::topic::{self, TopicTable};
 use crate::upgrade::upgrade;
+use stratus_proto::handshake::http_error;
 
 /// Most frames per `sendmsg`.
 const MAX_IOV: usize = 512;
@@ -348,39 +350,49 @@ impl Worker {
 
     fn handshake(&mut self, slot: usize, buf: &mut BytesMut) {
         let config = &self.config;
+        let counters = &self.hub.workers[self.index];
         let close_deadline = Instant::now() + config.close_timeout;
         let conn = &mut self.conns.slab[slot];
-        let request = match conn.read_request(buf) {
-            Ok(Some(request)) => request,
+        let refusal = match conn.read_request(buf) {
             Ok(None) => return,
-            Err((response, why)) => {
+            Ok(Some(request)) => match upgrade(&request, config, self.draining.is_some()) {
+                Ok(accepted) => {
+                    let caps = (config.max_connections, config.max_connections_per_ip);
+                    match self.hub.admit(conn.ip, caps.0, caps.1) {
+                        Ok(()) => Ok(accepted),
+                        Err((status, why)) => {
+                            let response = http_error(status, "Retry-After: 5\r\n", why);
+                            Err((status, response, why.to_owned()))
+                        }
+                    }
+                }
+                Err(refusal) => Err(refusal),
+            },
+            Err(refusal) => Err(refusal),
+        };
+        let accepted = match refusal {
+            Ok(accepted) => accepted,
+            Err((status, response, why)) => {
+                counters.refused(status);
                 conn.refuse(response, &why, close_deadline);
                 buf.clear();
                 return;
             }
         };
-        match upgrade(&request, config, self.draining.is_some()) {
-            Err((response, why)) => {
-                conn.refuse(response, &why, close_deadline);
-                buf.clear();
-            }
-            Ok(accepted) => {
-                conn.open(accepted.session, accepted.frames, accepted.response);
-                conn.io.counted = true;
-                self.hub.stats.connections.fetch_add(1, Ordering::Relaxed);
-                let mut subs = Subscriptions {
-                    table: &mut self.topics,
-                    hub: &self.hub,
-                    worker: self.index,
-                    max: config.max_topics_per_connection,
-                };
-                for t in &accepted.topics {
-                    // Validated, and within the per-connection cap, by `upgrade`.
-                    let _ = subs.subscribe(&mut conn.topics, slot, t);
-                }
-                self.decode(slot, buf);
-            }
+        conn.open(accepted.session, accepted.frames, accepted.response);
+        conn.io.counted = true;
+        metrics::add(&counters.opened, 1);
+        let mut subs = Subscriptions {
+            table: &mut self.topics,
+            hub: &self.hub,
+            worker: self.index,
+            max: config.max_topics_per_connection,
+        };
+        for t in &accepted.topics {
+            // Validated, and within the per-connection cap, by `upgrade`.
+            let _ = subs.subscribe(&mut conn.topics, slot, t);
         }
+        self.decode(slot, buf);
     }
 
     /// The WebSocket phase: decode, answer, act.
@@ -399,6 +411,7 @@ impl Worker {
             buf.clear();
             return;
         };
+        let counters = &self.hub.workers[self.index];
         let mut subs = Subscriptions {
             table: &mut self.topics,
             hub: &self.hub,
@@ -408,6 +421,8 @@ impl Worker {
         loop {
             match session.handle_read(buf) {
                 Ok(Some(message)) => {
+                    metrics::add(&counters.messages_in, 1);
+                    metrics::add(&counters.bytes_in, message.payload_len() as u64);
                     on_message(config.app, session, message, &mut subs, mine, slot);
                     // Answer each message before decoding the next: every ping of a burst
                     // gets its pong (only an unread backlog is coalesced).
@@ -430,7 +445,10 @@ impl Worker {
         if let Some(conn) = find(slab, token) {
             conn.io.sending = false;
             match result {
-                Ok(n) => conn.queue.sent(&mut frames, n),
+                Ok(n) => {
+                    metrics::add(&self.hub.workers[self.index].bytes_out, n as u64);
+                    conn.queue.sent(&mut frames, n);
+                }
                 Err(_) => {
                     frames.clear();
                     conn.kill();
@@ -525,7 +543,9 @@ impl Worker {
             subs.remove(t, slot);
         }
         if conn.io.counted {
-            self.hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            self.hub
+                .release(conn.ip, self.config.max_connections_per_ip);
+            metrics::add(&self.hub.workers[self.index].closed, 1);
         }
     }
 
@@ -597,6 +617,9 @@ impl Worker {
             }
             let past = |deadline: Instant| now >= deadline;
             if conn.deadline.is_some_and(past) || hard_stop.is_some_and(past) {
+                if matches!(conn.phase, Phase::Handshake(_)) {
+                    metrics::add(&self.hub.workers[self.index].handshake_timeouts, 1);
+                }
                 conn.kill();
                 Conns::mark(dirty, conn);
                 continue;

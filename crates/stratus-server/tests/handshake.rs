@@ -149,3 +149,85 @@ fn slowloris_is_closed_at_handshake_timeout_and_does_not_delay_others() {
     }
     server.stop().unwrap();
 }
+
+/// Sends an upgrade with `extra` headers; the response's status line and headers.
+fn upgrade(peer: &mut common::Peer, extra: &str) -> String {
+    peer.send(common::upgrade_request_with("/", extra).as_bytes());
+    peer.read_head()
+}
+
+#[test]
+fn origin_outside_the_allow_list_gets_403() {
+    let server = start_with(|c| c.allowed_origins = vec!["https://app.example".into()]);
+    let addr = server.local_addr();
+    let head = upgrade(&mut Peer::connect(addr), "Origin: https://evil.example\r\n");
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let head = upgrade(&mut Peer::connect(addr), "Origin: https://APP.example\r\n");
+    assert!(
+        head.starts_with("HTTP/1.1 101 "),
+        "allowed, in any case: {head}"
+    );
+    let head = upgrade(&mut Peer::connect(addr), "");
+    assert!(
+        head.starts_with("HTTP/1.1 101 "),
+        "no Origin (not a browser): {head}"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn connection_cap_gives_503_with_retry_after_and_frees_on_close() {
+    let server = start_with(|c| c.max_connections = 2);
+    let addr = server.local_addr();
+    let first = Peer::open(addr);
+    let mut second = Peer::open(addr);
+    let head = upgrade(&mut Peer::connect(addr), "");
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert!(head.contains("Retry-After: "), "{head}");
+    second.send(&frame(true, 0, 1, b"still here"));
+    assert_eq!(
+        second.recv(),
+        Some(Message::text("still here")),
+        "existing connections are unaffected"
+    );
+    drop(first);
+    wait_for(|| server.connections() == 1);
+    let head = upgrade(&mut Peer::connect(addr), "");
+    assert!(
+        head.starts_with("HTTP/1.1 101 "),
+        "a slot came free: {head}"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn per_ip_cap_gives_429_with_retry_after_to_that_address_only() {
+    let server = start_with(|c| c.max_connections_per_ip = 1);
+    let addr = server.local_addr();
+    let one: std::net::IpAddr = [127, 0, 0, 1].into();
+    let two: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut first = Peer::connect_from(addr, one);
+    assert!(upgrade(&mut first, "").starts_with("HTTP/1.1 101 "));
+    let head = upgrade(&mut Peer::connect_from(addr, one), "");
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+    assert!(head.contains("Retry-After: "), "{head}");
+    let mut other = Peer::connect_from(addr, two);
+    let head = upgrade(&mut other, "");
+    assert!(head.starts_with("HTTP/1.1 101 "), "another address: {head}");
+    drop(first);
+    wait_for(|| server.connections() == 1);
+    let head = upgrade(&mut Peer::connect_from(addr, one), "");
+    assert!(head.starts_with("HTTP/1.1 101 "), "freed on close: {head}");
+    server.stop().unwrap();
+}
+
+/// Polls `done` for up to 5 s.
+fn wait_for(done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("condition not reached in 5 s");
+}

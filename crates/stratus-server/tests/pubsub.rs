@@ -383,10 +383,84 @@ fn admin_api_publishes_and_reports_recipients() {
     server.stop().unwrap();
 }
 
+/// The value of an unlabelled (or exactly labelled) sample on a `/metrics` page.
+fn sample(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{page}"))
+}
+
 #[test]
-fn publish_without_the_admin_token_is_401() {
+fn metrics_count_connections_publishes_deliveries_and_refusals() {
+    let server = start(|_| {});
+    let admin_addr = server.admin_addr().unwrap();
+    let url = format!("ws://{}/ws?topic=m", server.local_addr());
+    let mut refused = Peer::connect(server.local_addr());
+    refused.send(common::upgrade_request("/elsewhere").as_bytes());
+    assert!(refused.read_head().starts_with("HTTP/1.1 404 "));
+    stratus_uring::run(async move {
+        let mut a = connect(&url).await.unwrap();
+        let mut b = connect(&url).await.unwrap();
+        let published = std::thread::spawn(move || admin(admin_addr, &post("m", "hello", "")));
+        assert_eq!(a.recv().await.unwrap(), Some(Message::text("hello")));
+        assert_eq!(b.recv().await.unwrap(), Some(Message::text("hello")));
+        assert_eq!(published.join().unwrap().0, 200);
+        let (status, page) = admin(
+            admin_addr,
+            "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+        assert_eq!(sample(&page, "stratus_connections"), 2);
+        assert_eq!(sample(&page, "stratus_connections_opened_total"), 2);
+        assert_eq!(sample(&page, "stratus_publishes_total"), 1);
+        assert_eq!(sample(&page, "stratus_deliveries_total"), 2);
+        assert_eq!(sample(&page, "stratus_topics"), 1);
+        assert_eq!(
+            sample(&page, "stratus_handshake_refusals_total{status=\"404\"}"),
+            1
+        );
+        assert_eq!(
+            sample(&page, "stratus_handshake_refusals_total{status=\"400\"}"),
+            0
+        );
+        assert!(
+            sample(&page, "stratus_sent_bytes_total") >= 2 * 7,
+            "two frames at least"
+        );
+        a.close(stratus_proto::CloseCode::NORMAL, "").await.unwrap();
+    })
+    .unwrap();
+    let page = (0..100)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            admin(
+                admin_addr,
+                "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+            )
+            .1
+        })
+        .find(|page| sample(page, "stratus_connections") == 0)
+        .expect("every connection ends");
+    assert_eq!(sample(&page, "stratus_connections_closed_total"), 2);
+    assert!(
+        sample(&page, "stratus_messages_received_total") >= 1,
+        "a's Close"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn publish_and_metrics_without_the_admin_token_are_401() {
     let server = start(|c| c.admin_token = Some("s3cret".into()));
     let addr = server.admin_addr().unwrap();
+    let metrics = "GET /metrics HTTP/1.1\r\nConnection: close\r\n";
+    assert_eq!(admin(addr, &format!("{metrics}\r\n")).0, 401);
+    let (status, page) = admin(
+        addr,
+        &format!("{metrics}Authorization: Bearer s3cret\r\n\r\n"),
+    );
+    assert_eq!((status, sample(&page, "stratus_connections")), (200, 0));
     assert_eq!(admin(addr, &post("t", "x", "")).0, 401);
     assert_eq!(
         admin(addr, &post("t", "x", "Authorization: Bearer wrong\r\n")).0,

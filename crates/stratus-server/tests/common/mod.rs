@@ -64,7 +64,19 @@ pub struct Peer {
 
 impl Peer {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
+        Self::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// Connects from `local` (any 127.x.y.z address works on loopback).
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Self {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(local, 0).into()).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        Self::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Self {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

@@ -45,6 +45,16 @@ pub(crate) struct Settings {
     /// Most topics one connection may subscribe to [64].
     #[arg(long)]
     max_topics: Option<usize>,
+    /// Most WebSocket connections at once, over all workers; beyond, 503 [0: no limit].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most WebSocket connections at once from one IP address; beyond, 429 [0: no limit].
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// Origins allowed to connect, comma-separated `scheme://host[:port]`; others get
+    /// 403 [any].
+    #[arg(long, value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
     /// Bytes queued to one client before the slow-consumer policy applies [1048576].
     #[arg(long)]
     max_send_queue: Option<usize>,
@@ -132,6 +142,9 @@ impl Settings {
             max_frame,
             max_fragments,
             max_topics,
+            max_connections,
+            max_connections_per_ip,
+            allowed_origins,
             max_send_queue,
             max_publish,
             slow_consumer,
@@ -174,6 +187,11 @@ impl Settings {
             workers: self.workers.unwrap_or(base.workers),
             limits,
             max_topics_per_connection: self.max_topics.unwrap_or(base.max_topics_per_connection),
+            max_connections: self.max_connections.unwrap_or(base.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(base.max_connections_per_ip),
+            allowed_origins: self.allowed_origins.unwrap_or(base.allowed_origins),
             max_send_queue: self.max_send_queue.unwrap_or(base.max_send_queue),
             max_publish: self.max_publish.unwrap_or(base.max_publish),
             slow_consumer: match self.slow_consumer {
