@@ -117,6 +117,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Checks what cannot be checked field by field: a reason to refuse the config.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(admin) = self.admin_listen
+            && self.admin_token.is_none()
+            && !admin.ip().is_loopback()
+        {
+            return Err(format!(
+                "the admin listener on {admin} needs an admin token (or a loopback address)"
+            ));
+        }
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The echo server (Autobahn's testee) on 127.0.0.1:9001, with limits that let every
     /// Autobahn case pass.
     pub fn echo() -> Self {

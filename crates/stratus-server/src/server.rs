@@ -37,15 +37,8 @@ fn invalid(message: String) -> io::Error {
 impl Server {
     /// Binds one listener per worker (and the admin listener) and starts the workers.
     pub fn start(config: Config) -> io::Result<Self> {
+        config.validate().map_err(invalid)?;
         let workers = config.workers.clamp(1, MAX_WORKERS);
-        if let Some(admin) = config.admin_listen
-            && config.admin_token.is_none()
-            && !admin.ip().is_loopback()
-        {
-            return Err(invalid(format!(
-                "the admin listener on {admin} needs an admin token (or a loopback address)"
-            )));
-        }
         let first = stratus_uring::bind_reuseport(config.listen, 4096)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];

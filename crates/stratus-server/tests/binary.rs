@@ -170,3 +170,54 @@ fn publish_command_reaches_subscribers() {
     signal(&child, "TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
 }
+
+/// Runs `stratus config check` on a file holding `toml`.
+fn config_check(name: &str, toml: &str) -> std::process::Output {
+    let path = std::env::temp_dir().join(format!("stratus-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+        .args(["config", "check", path.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    std::fs::remove_file(path).unwrap();
+    out
+}
+
+#[test]
+fn config_check_prints_the_effective_config_or_why_it_is_invalid() {
+    let good = config_check(
+        "good",
+        "max-send-queue = 4096\nallowed-origins = [\"https://a.example\"]\nadmin-token = \"s3cret\"\n",
+    );
+    assert!(good.status.success(), "{good:?}");
+    let printed = String::from_utf8(good.stdout).unwrap();
+    for line in [
+        "max-send-queue = 4096",
+        "allowed-origins = [\"https://a.example\"]",
+        "ping-interval = 30.0",
+        "listen = \"127.0.0.1:8080\"",
+        "deflate = \"shared\"",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line} in:\n{printed}");
+    }
+    assert!(!printed.contains("s3cret"), "the token is not printed");
+    for (name, toml, reason) in [
+        (
+            "unknown",
+            "max-sendqueue = 1\n",
+            "unknown field `max-sendqueue`",
+        ),
+        ("type", "workers = \"two\"\n", "invalid type"),
+        (
+            "open-admin",
+            "admin-listen = \"0.0.0.0:9090\"\n",
+            "needs an admin token",
+        ),
+    ] {
+        let bad = config_check(name, toml);
+        assert!(!bad.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(stderr.contains(reason), "{name}: {stderr}");
+    }
+}

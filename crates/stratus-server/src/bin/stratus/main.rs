@@ -34,6 +34,38 @@ enum Command {
     Echo(Settings),
     /// Publish a message through a running server's admin API.
     Publish(publish::PublishArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE and print the effective configuration (file over defaults) as TOML;
+    /// exit 1 with the reason if it is not valid.
+    Check {
+        /// The TOML file.
+        file: std::path::PathBuf,
+        /// Check against the defaults of `stratus echo` instead of `stratus serve`.
+        #[arg(long)]
+        echo: bool,
+    },
+}
+
+/// `stratus config check`.
+fn check(file: std::path::PathBuf, echo: bool) -> anyhow::Result<()> {
+    let base = if echo {
+        Config::echo()
+    } else {
+        Config::default()
+    };
+    let config = Settings::from_file(file).resolve()?.apply(base)?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    if config.admin_token.is_some() {
+        println!("# admin-token is set (not shown)");
+    }
+    print!("{}", toml::to_string(&Settings::of(&config))?);
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(settings)) => settings.resolve()?.apply(Config::default())?,
         Some(Command::Echo(settings)) => settings.resolve()?.apply(Config::echo())?,
         Some(Command::Publish(args)) => return publish::run(args),
+        Some(Command::Config(ConfigCommand::Check { file, echo })) => return check(file, echo),
     };
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let server = Server::start(config)?;

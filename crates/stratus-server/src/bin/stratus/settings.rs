@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stratus_deflate::{DeflateConfig, Mode};
 use stratus_server::{Config, SlowConsumer};
 
 /// Server options (all optional: unset means "from the file, else the default").
-#[derive(Args, Deserialize, Default, Debug, Clone)]
+#[derive(Args, Deserialize, Serialize, Default, Debug, Clone)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct Settings {
     /// TOML file with any of these options (keys as the flag names).
@@ -92,14 +92,14 @@ pub(crate) struct Settings {
     deflate_threshold: Option<usize>,
 }
 
-#[derive(ValueEnum, Deserialize, Debug, Clone, Copy)]
+#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum SlowConsumerArg {
     Close,
     Drop,
 }
 
-#[derive(ValueEnum, Deserialize, Debug, Clone, Copy)]
+#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum DeflateArg {
     Off,
@@ -157,6 +157,51 @@ impl Settings {
             deflate,
             deflate_threshold
         ))
+    }
+
+    /// Only what `file` says (the file a `--config` flag would name).
+    pub(crate) fn from_file(file: PathBuf) -> Self {
+        Self {
+            config: Some(file),
+            ..Self::default()
+        }
+    }
+
+    /// Every setting of `config`, as a file would give it (`stratus config check`). The
+    /// admin token is left out: it is a secret.
+    pub(crate) fn of(config: &Config) -> Self {
+        Self {
+            config: None,
+            listen: Some(config.listen),
+            admin_listen: config.admin_listen,
+            admin_token: None,
+            workers: Some(config.workers),
+            max_message: Some(config.limits.max_message),
+            max_frame: Some(config.limits.max_frame),
+            max_fragments: Some(config.limits.max_fragments),
+            max_topics: Some(config.max_topics_per_connection),
+            max_connections: Some(config.max_connections),
+            max_connections_per_ip: Some(config.max_connections_per_ip),
+            allowed_origins: Some(config.allowed_origins.clone()),
+            max_send_queue: Some(config.max_send_queue),
+            max_publish: Some(config.max_publish),
+            slow_consumer: Some(match config.slow_consumer {
+                SlowConsumer::Close => SlowConsumerArg::Close,
+                SlowConsumer::Drop => SlowConsumerArg::Drop,
+            }),
+            handshake_timeout: Some(config.handshake_timeout.as_secs_f64()),
+            close_timeout: Some(config.close_timeout.as_secs_f64()),
+            ping_interval: Some(config.ping_interval.as_secs_f64()),
+            pong_timeout: Some(config.pong_timeout.as_secs_f64()),
+            drain_timeout: Some(config.drain_timeout.as_secs_f64()),
+            busy_poll_us: Some(config.busy_poll.as_micros() as u64),
+            deflate: Some(match config.deflate {
+                None => DeflateArg::Off,
+                Some(d) if d.mode == Mode::Shared => DeflateArg::Shared,
+                Some(_) => DeflateArg::Dedicated,
+            }),
+            deflate_threshold: config.deflate.map(|d| d.threshold),
+        }
     }
 
     /// These settings over `base` (the defaults of the command).
