@@ -173,10 +173,22 @@ fn publish_command_reaches_subscribers() {
 
 /// Runs `stratus config check` on a file holding `toml`.
 fn config_check(name: &str, toml: &str) -> std::process::Output {
+    config_check_with(name, toml, &[], &[])
+}
+
+/// As [`config_check`], with environment variables and extra flags.
+fn config_check_with(
+    name: &str,
+    toml: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> std::process::Output {
     let path = std::env::temp_dir().join(format!("stratus-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, toml).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
         .args(["config", "check", path.to_str().unwrap()])
+        .args(flags)
+        .envs(env.iter().copied())
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
@@ -220,4 +232,31 @@ fn config_check_prints_the_effective_config_or_why_it_is_invalid() {
         let stderr = String::from_utf8_lossy(&bad.stderr);
         assert!(stderr.contains(reason), "{name}: {stderr}");
     }
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_both() {
+    let out = config_check_with(
+        "layers",
+        "max-send-queue = 4096\nping-interval = 20\nmax-topics = 8\n",
+        &[
+            ("STRATUS_MAX_SEND_QUEUE", "8192"),
+            ("STRATUS_PING_INTERVAL", "5"),
+            ("STRATUS_LOG_FORMAT", "json"),
+        ],
+        &["--ping-interval", "7"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "max-send-queue = 8192",
+        "ping-interval = 7.0",
+        "max-topics = 8",
+        "log-format = \"json\"",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line} in:\n{printed}");
+    }
+    let bad = config_check_with("badlog", "", &[], &["--log-level", "info,["]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("log-level"));
 }

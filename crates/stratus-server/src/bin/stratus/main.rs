@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use stratus_server::{Config, Server};
 
-use crate::settings::Settings;
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{LogFormat, Settings};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,30 +43,56 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate FILE and print the effective configuration (file over defaults) as TOML;
-    /// exit 1 with the reason if it is not valid.
+    /// Validate FILE and print the effective configuration (flags over environment over
+    /// file over defaults) as TOML; exit 1 with the reason if it is not valid.
     Check {
         /// The TOML file.
         file: std::path::PathBuf,
         /// Check against the defaults of `stratus echo` instead of `stratus serve`.
         #[arg(long)]
         echo: bool,
+        #[command(flatten)]
+        settings: Settings,
     },
 }
 
+/// The log filter the settings ask for (else `RUST_LOG`, else info).
+fn log_filter(settings: &Settings) -> anyhow::Result<EnvFilter> {
+    Ok(match &settings.log_level {
+        Some(level) => {
+            EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log-level {level:?}: {e}"))?
+        }
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    })
+}
+
+/// Starts logging to stderr, as text or JSON lines.
+fn init_logs(settings: &Settings) -> anyhow::Result<()> {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(log_filter(settings)?);
+    match settings.log_format {
+        Some(LogFormat::Json) => logs.json().init(),
+        _ => logs.init(),
+    }
+    Ok(())
+}
+
 /// `stratus config check`.
-fn check(file: std::path::PathBuf, echo: bool) -> anyhow::Result<()> {
+fn check(settings: Settings, echo: bool) -> anyhow::Result<()> {
     let base = if echo {
         Config::echo()
     } else {
         Config::default()
     };
-    let config = Settings::from_file(file).resolve()?.apply(base)?;
+    let settings = settings.resolve()?;
+    log_filter(&settings)?;
+    let config = settings.clone().apply(base)?;
     config.validate().map_err(anyhow::Error::msg)?;
     if config.admin_token.is_some() {
         println!("# admin-token is set (not shown)");
     }
-    print!("{}", toml::to_string(&Settings::of(&config))?);
+    print!("{}", toml::to_string(&settings.effective(&config))?);
     Ok(())
 }
 
@@ -75,19 +103,27 @@ fn main() -> anyhow::Result<()> {
     if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
         eprintln!("stratus: could not turn transparent huge pages off: {err}");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
-    let config = match cli.command {
-        None => cli.serve.resolve()?.apply(Config::default())?,
-        Some(Command::Serve(settings)) => settings.resolve()?.apply(Config::default())?,
-        Some(Command::Echo(settings)) => settings.resolve()?.apply(Config::echo())?,
-        Some(Command::Publish(args)) => return publish::run(args),
-        Some(Command::Config(ConfigCommand::Check { file, echo })) => return check(file, echo),
+    let (settings, base) = match cli.command {
+        None => (cli.serve, Config::default()),
+        Some(Command::Serve(settings)) => (settings, Config::default()),
+        Some(Command::Echo(settings)) => (settings, Config::echo()),
+        Some(Command::Publish(args)) => {
+            init_logs(&Settings::default())?;
+            return publish::run(args);
+        }
+        Some(Command::Config(ConfigCommand::Check {
+            file,
+            echo,
+            mut settings,
+        })) => {
+            settings.config = Some(file);
+            return check(settings, echo);
+        }
     };
+    let settings = settings.resolve()?;
+    init_logs(&settings)?;
+    let config = settings.apply(base)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let server = Server::start(config)?;
     if let Some(signal) = signals.forever().next() {

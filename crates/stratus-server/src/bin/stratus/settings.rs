@@ -1,6 +1,7 @@
-//! Server settings from a TOML file and from flags, in one schema: every flag is also a
-//! config-file key of the same name (`--max-send-queue` is `max-send-queue`). Flags win
-//! over the file, the file over the built-in defaults.
+//! Server settings from a TOML file, environment variables and flags, in one schema:
+//! every flag is also a config-file key of the same name (`--max-send-queue` is
+//! `max-send-queue`) and an environment variable (`STRATUS_MAX_SEND_QUEUE`). Flags win
+//! over the environment, the environment over the file, the file over the defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,79 +18,93 @@ use stratus_server::{Config, SlowConsumer};
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct Settings {
     /// TOML file with any of these options (keys as the flag names).
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_CONFIG")]
     #[serde(skip)]
     pub(crate) config: Option<PathBuf>,
     /// WebSocket listen address [serve: 127.0.0.1:8080, echo: 127.0.0.1:9001].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_LISTEN")]
     listen: Option<SocketAddr>,
     /// Admin listener (publish API, /healthz, /readyz) [127.0.0.1:9090].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// Bearer token the admin API requires; without one the admin listener may only
     /// bind to loopback.
     #[arg(long, env = "STRATUS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Worker threads [one per core].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_WORKERS")]
     workers: Option<usize>,
     /// Largest message a client may send, in bytes [serve: 65536, echo: 16 MiB].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_MESSAGE")]
     max_message: Option<usize>,
     /// Largest frame payload a client may send [serve: 65536, echo: 16 MiB].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_FRAME")]
     max_frame: Option<usize>,
     /// Most frames in one client message [serve: 64, echo: 131072].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_FRAGMENTS")]
     max_fragments: Option<usize>,
     /// Most topics one connection may subscribe to [64].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_TOPICS")]
     max_topics: Option<usize>,
     /// Most WebSocket connections at once, over all workers; beyond, 503 [0: no limit].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Most WebSocket connections at once from one IP address; beyond, 429 [0: no limit].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
     /// Origins allowed to connect, comma-separated `scheme://host[:port]`; others get
     /// 403 [any].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "STRATUS_ALLOWED_ORIGINS")]
     allowed_origins: Option<Vec<String>>,
     /// Bytes queued to one client before the slow-consumer policy applies [1048576].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_SEND_QUEUE")]
     max_send_queue: Option<usize>,
     /// Largest message the admin API publishes, in bytes [1048576].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_MAX_PUBLISH")]
     max_publish: Option<usize>,
     /// What to do with a subscriber whose queue is full [close].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "STRATUS_SLOW_CONSUMER")]
     slow_consumer: Option<SlowConsumerArg>,
     /// Seconds a client has to finish the opening handshake [10].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_HANDSHAKE_TIMEOUT")]
     handshake_timeout: Option<f64>,
     /// Seconds to wait for the peer's Close or FIN after the server's Close [3].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_CLOSE_TIMEOUT")]
     close_timeout: Option<f64>,
     /// Seconds of silence before the server pings a client [30].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_PING_INTERVAL")]
     ping_interval: Option<f64>,
     /// Seconds an unanswered ping may wait before the connection is closed [10].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_PONG_TIMEOUT")]
     pong_timeout: Option<f64>,
     /// Seconds a shutdown waits for clients to answer Close 1001 [10].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_DRAIN_TIMEOUT")]
     drain_timeout: Option<f64>,
     /// Microseconds a worker keeps polling for completions after a busy turn before it
     /// sleeps (0: sleep at once) [0].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_BUSY_POLL_US")]
     busy_poll_us: Option<u64>,
     /// permessage-deflate: off, shared (no context takeover, compress a broadcast once)
     /// or dedicated (context takeover per connection) [shared].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "STRATUS_DEFLATE")]
     deflate: Option<DeflateArg>,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such
+    /// as `info,stratus_server=debug` [info].
+    #[arg(long, env = "STRATUS_LOG_LEVEL")]
+    pub(crate) log_level: Option<String>,
+    /// Log lines as text or JSON objects [text].
+    #[arg(long, value_enum, env = "STRATUS_LOG_FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
     /// Messages shorter than this many bytes are sent uncompressed [64].
-    #[arg(long)]
+    #[arg(long, env = "STRATUS_DEFLATE_THRESHOLD")]
     deflate_threshold: Option<usize>,
+}
+
+#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy)]
@@ -154,24 +169,20 @@ impl Settings {
             pong_timeout,
             drain_timeout,
             busy_poll_us,
+            log_level,
+            log_format,
             deflate,
             deflate_threshold
         ))
     }
 
-    /// Only what `file` says (the file a `--config` flag would name).
-    pub(crate) fn from_file(file: PathBuf) -> Self {
-        Self {
-            config: Some(file),
-            ..Self::default()
-        }
-    }
-
-    /// Every setting of `config`, as a file would give it (`stratus config check`). The
-    /// admin token is left out: it is a secret.
-    pub(crate) fn of(config: &Config) -> Self {
+    /// Every setting of `config` and these log settings, as a file would give them
+    /// (`stratus config check`). The admin token is left out: it is a secret.
+    pub(crate) fn effective(&self, config: &Config) -> Self {
         Self {
             config: None,
+            log_level: Some(self.log_level.clone().unwrap_or_else(|| "info".into())),
+            log_format: Some(self.log_format.unwrap_or(LogFormat::Text)),
             listen: Some(config.listen),
             admin_listen: config.admin_listen,
             admin_token: None,
