@@ -195,15 +195,21 @@ impl Session {
     /// The next bytes to write, in order: a whole frame, or (for a large frame a server
     /// sends uncompressed) its header, then its payload shared with the message.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.poll_transmit_part().map(|(bytes, _)| bytes)
+    }
+
+    /// As [`Session::poll_transmit`], saying whether the bytes start a frame (a writer
+    /// that may drop unsent frames must keep the payload of a header already sent).
+    pub fn poll_transmit_part(&mut self) -> Option<(Bytes, bool)> {
         if let Some(rest) = self.rest.take() {
-            return Some(rest);
+            return Some((rest, false));
         }
         if let Some(pong) = self.pong.take() {
-            return Some(pong);
+            return Some((pong, true));
         }
         let (head, rest) = self.transmit.pop_front()?;
         self.rest = rest;
-        Some(head)
+        Some((head, true))
     }
 
     /// A Close was sent.

@@ -25,6 +25,13 @@ use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
 use crate::upgrade::Refusal;
 
+/// Moves `session`'s outgoing bytes to `queue`, frame boundaries marked.
+pub(crate) fn queue_transmit(session: &mut Session, queue: &mut SendQueue) {
+    while let Some((part, starts_frame)) = session.poll_transmit_part() {
+        queue.push_part(part, starts_frame);
+    }
+}
+
 /// Which frame of a broadcast a connection gets.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum FrameChoice {
@@ -177,9 +184,7 @@ impl Conn {
         let Phase::Open(session) = &mut self.phase else {
             return;
         };
-        while let Some(frame) = session.poll_transmit() {
-            self.queue.push(frame);
-        }
+        queue_transmit(session, &mut self.queue);
         if session.close_sent() {
             self.deadline.get_or_insert(close_deadline);
         }

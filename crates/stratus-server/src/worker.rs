@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use crate::broadcast::Broadcast;
 use crate::commands::{self, Command};
 use crate::config::{App, Config};
-use crate::connection::{Conn, Delivered, Phase};
+use crate::connection::{Conn, Delivered, Phase, queue_transmit};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
 use crate::topic::{self, TopicTable};
@@ -331,7 +331,9 @@ impl Worker {
         }
         let conn = &mut self.conns.slab[slot];
         if !lent {
-            conn.read_buf = buf;
+            // An emptied buffer still shares the allocation of the payloads taken from it:
+            // an idle connection keeps none.
+            conn.read_buf = if buf.is_empty() { BytesMut::new() } else { buf };
             return;
         }
         if !buf.is_empty() {
@@ -426,9 +428,7 @@ impl Worker {
                     on_message(config.app, session, message, &mut subs, mine, slot);
                     // Answer each message before decoding the next: every ping of a burst
                     // gets its pong (only an unread backlog is coalesced).
-                    while let Some(frame) = session.poll_transmit() {
-                        queue.push(frame);
-                    }
+                    queue_transmit(session, queue);
                 }
                 Ok(None) => break,
                 Err(err) => {
@@ -675,6 +675,18 @@ impl Worker {
         };
         (self.conns.slab.is_empty() && !self.accepting)
             || now >= deadline + self.config.close_timeout + EXIT_GRACE
+    }
+}
+
+impl Drop for Worker {
+    /// A worker that ends with connections still open (a drain's hard stop, an io_uring
+    /// failure) gives back what they hold in the hub: their counts (global and per
+    /// address) and their topics' interest.
+    fn drop(&mut self) {
+        let slots: Vec<usize> = self.conns.slab.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.free(slot);
+        }
     }
 }
 

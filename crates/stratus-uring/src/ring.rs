@@ -36,6 +36,14 @@ const CANCEL: u64 = 5;
 /// memory after a burst.
 const SPARE_SENDS: usize = 256;
 
+/// Errors after which the same call can simply be made again.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+    )
+}
+
 fn user_data(kind: u64, token: u64) -> u64 {
     kind << TOKEN_BITS | (token & TOKEN_MASK)
 }
@@ -251,29 +259,26 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
-    /// Submits everything queued, without waiting.
+    /// Submits everything queued, without waiting. The kernel being short of memory for
+    /// requests (EAGAIN) or busy flushing completions (EBUSY) is not an error: what is
+    /// queued stays queued for the next submit.
     pub fn submit(&mut self) -> io::Result<()> {
-        self.uring.submit().map(drop)
+        match self.uring.submit() {
+            Err(e) if transient(&e) => Ok(()),
+            result => result.map(drop),
+        }
     }
 
     /// Submits everything queued and waits for at least one completion, or `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
         if !self.ready.is_empty() {
-            self.uring.submit()?;
-            return Ok(());
+            return self.submit();
         }
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.uring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -5,6 +5,10 @@
 //! `sendmsg`, and puts back whatever the kernel did not take. The byte count covers the
 //! frames in flight too, since they still hold memory; it is what the slow-consumer
 //! policy and read backpressure act on.
+//!
+//! Each entry knows whether it starts a frame. Discarding (a slow consumer's Close must
+//! go next) keeps the pieces of frames whose start already went out, so the peer never
+//! sees half a frame followed by the Close.
 
 use std::collections::VecDeque;
 
@@ -13,15 +17,21 @@ use bytes::Bytes;
 /// Outgoing frames of one connection.
 #[derive(Default)]
 pub struct SendQueue {
-    frames: VecDeque<Bytes>,
+    /// Bytes to send, and whether each starts a frame.
+    frames: VecDeque<(Bytes, bool)>,
     bytes: usize,
 }
 
 impl SendQueue {
-    /// Queues a frame.
+    /// Queues a whole frame.
     pub fn push(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        self.frames.push_back(frame);
+        self.push_part(frame, true);
+    }
+
+    /// Queues part of a frame: its start, or what continues the part queued before.
+    pub fn push_part(&mut self, part: Bytes, starts_frame: bool) {
+        self.bytes += part.len();
+        self.frames.push_back((part, starts_frame));
     }
 
     /// Bytes queued or in flight.
@@ -34,18 +44,18 @@ impl SendQueue {
         !self.frames.is_empty()
     }
 
-    /// Drops the frames not yet sent (the connection is being closed as a slow consumer:
-    /// its Close must go next).
+    /// Drops the frames not yet begun (the connection is being closed as a slow
+    /// consumer: its Close must go next); the rest of a frame already begun stays.
     pub fn discard_pending(&mut self) {
-        let pending: usize = self.frames.iter().map(Bytes::len).sum();
-        self.frames.clear();
+        let begun = self.frames.iter().take_while(|(_, starts)| !starts).count();
+        let pending: usize = self.frames.drain(begun..).map(|(b, _)| b.len()).sum();
         self.bytes -= pending;
     }
 
     /// Moves up to `max` frames, oldest first, into `batch`.
     pub fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
         let n = self.frames.len().min(max);
-        batch.extend(self.frames.drain(..n));
+        batch.extend(self.frames.drain(..n).map(|(b, _)| b));
     }
 
     /// Records that the first `written` bytes of `batch` reached the socket and puts the
@@ -62,8 +72,10 @@ impl SendQueue {
             written -= frame.len();
         }
         unsent.extend(frames);
+        // Put back as begun (kept by a discard): the first may be the rest of a frame,
+        // and any may be the first half of one.
         for frame in unsent.into_iter().rev() {
-            self.frames.push_front(frame);
+            self.frames.push_front((frame, false));
         }
         // A drained queue gives its memory back: most connections are idle most of the
         // time, and an idle one should hold nothing.
@@ -98,6 +110,28 @@ mod tests {
         let mut rest = Vec::new();
         q.take_batch(&mut rest, 8);
         assert_eq!(rest, [&b"fg"[..], b"hi", b"jk"]);
+    }
+
+    #[test]
+    fn discard_keeps_the_rest_of_frames_already_begun() {
+        let mut q = queue(&[b"head"]);
+        q.push_part(Bytes::from_static(b"payload"), false);
+        q.push(Bytes::from_static(b"next"));
+        let mut batch = Vec::new();
+        q.take_batch(&mut batch, 1);
+        // The header went out; the payload of its frame must follow it.
+        q.discard_pending();
+        assert_eq!(q.queued_bytes(), 4 + 7);
+        q.sent(&mut batch, 2);
+        q.push(Bytes::from_static(b"close"));
+        q.discard_pending();
+        let mut rest = Vec::new();
+        q.take_batch(&mut rest, 8);
+        assert_eq!(
+            rest,
+            [&b"ad"[..], b"payload"],
+            "a half-sent header and its payload stay"
+        );
     }
 
     #[test]

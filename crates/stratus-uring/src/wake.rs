@@ -31,7 +31,7 @@ impl Wake {
 
     /// Wakes the worker, unless a wake-up it has not yet seen is pending.
     pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::SeqCst) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writes 8 bytes from a live stack buffer to our eventfd. It can only
             // fail if the counter would overflow, which means a wake-up is pending anyway.
@@ -39,9 +39,11 @@ impl Wake {
         }
     }
 
-    /// Called by the worker when the wake-up fired, before it reads its inbox.
+    /// Called by the worker when the wake-up fired, before it reads its inbox. A swap,
+    /// not a store: with both sides read-modify-writes, a message sent before a waker
+    /// saw the flag set is visible to the inbox read that follows.
     pub fn clear(&self) {
-        self.pending.store(false, Ordering::SeqCst);
+        self.pending.swap(false, Ordering::AcqRel);
     }
 }
 
