@@ -155,6 +155,8 @@ pub struct UpgradeRequest {
     pub protocols: Vec<String>,
     /// Each Sec-WebSocket-Extensions header value, in order.
     pub extensions: Vec<String>,
+    /// The Authorization header, if any.
+    pub authorization: Option<String>,
 }
 
 impl UpgradeRequest {
@@ -280,6 +282,7 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, H
     let mut version = false;
     let mut protocols = Vec::new();
     let mut extensions = Vec::new();
+    let mut authorization = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -295,6 +298,8 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, H
                 return Err(HandshakeError::DuplicateKey);
             }
             key = Some(text(h.value)?.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(text(h.value)?.trim().to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
             origin = Some(text(h.value)?.to_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
@@ -331,6 +336,7 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, H
         key,
         protocols,
         extensions,
+        authorization,
     })
 }
 

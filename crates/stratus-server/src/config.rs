@@ -7,6 +7,8 @@ use stratus_deflate::DeflateConfig;
 use stratus_proto::Limits;
 use stratus_proto::handshake::HandshakeLimits;
 
+use crate::Auth;
+
 /// What the server does with client messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum App {
@@ -67,6 +69,9 @@ pub struct Config {
     /// from a browser) is allowed: the list guards browsers against cross-site use, and
     /// other clients can send any Origin they like.
     pub allowed_origins: Vec<String>,
+    /// Token auth at the upgrade (`None`: off). With it, an upgrade without a valid token
+    /// gets 401, and a connection may subscribe only to the topics its token lists.
+    pub auth: Option<Auth>,
     /// Largest message the admin API accepts for publishing.
     pub max_publish: usize,
     /// A connection silent for this long gets a ping.
@@ -106,6 +111,7 @@ impl Default for Config {
             max_connections: 0,
             max_connections_per_ip: 0,
             allowed_origins: Vec::new(),
+            auth: None,
             max_publish: 1 << 20,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),

@@ -21,9 +21,10 @@ use stratus_proto::{CloseCode, Session};
 use stratus_uring::SendQueue;
 use tracing::debug;
 
+use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
-use crate::upgrade::Refusal;
+use crate::upgrade::{Refusal, Upgrade};
 
 /// Moves `session`'s outgoing bytes to `queue`, frame boundaries marked.
 pub(crate) fn queue_transmit(session: &mut Session, queue: &mut SendQueue) {
@@ -79,6 +80,8 @@ pub(crate) struct Conn {
     pub(crate) queue: SendQueue,
     pub(crate) frames: FrameChoice,
     pub(crate) topics: Vec<Arc<str>>,
+    /// What the connection's token allows (with auth on).
+    pub(crate) grant: Option<Box<Grant>>,
     pub(crate) last_seen: Instant,
     pub(crate) ping_sent: Option<Instant>,
     /// The handshake deadline, then the close deadline once closing starts.
@@ -127,6 +130,7 @@ impl Conn {
             queue: SendQueue::default(),
             frames: FrameChoice::Plain,
             topics: Vec::new(),
+            grant: None,
             last_seen: Instant::now(),
             ping_sent: None,
             deadline: Some(deadline),
@@ -161,12 +165,13 @@ impl Conn {
         }
     }
 
-    /// Upgrades to WebSocket with `response` queued first.
-    pub(crate) fn open(&mut self, session: Session, frames: FrameChoice, response: Vec<u8>) {
-        self.phase = Phase::Open(session);
-        self.frames = frames;
+    /// Upgrades to WebSocket with the 101 response queued first.
+    pub(crate) fn open(&mut self, upgrade: Upgrade) {
+        self.phase = Phase::Open(upgrade.session);
+        self.frames = upgrade.frames;
+        self.grant = upgrade.grant.map(Box::new);
         self.deadline = None;
-        self.queue.push(Bytes::from(response));
+        self.queue.push(Bytes::from(upgrade.response));
     }
 
     /// Answers the upgrade with an HTTP error and ends the connection after it.

@@ -11,6 +11,7 @@
 //! io_uring calls (in `stratus-uring`).
 
 mod admin;
+mod auth;
 mod broadcast;
 mod commands;
 mod config;
@@ -22,6 +23,7 @@ pub mod topic;
 mod upgrade;
 mod worker;
 
+pub use auth::{Auth, AuthAlgorithm};
 pub use config::{App, Config, SlowConsumer};
 pub use hub::{Delivery, PublishError, Stats};
 pub use server::Server;

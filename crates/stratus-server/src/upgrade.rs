@@ -1,20 +1,23 @@
 //! Turning a parsed upgrade request into a WebSocket session, or the HTTP refusal to
-//! answer it with: the endpoint and its topics, the drain, permessage-deflate.
+//! answer it with: the drain, the origin, the token, the endpoint and its topics,
+//! permessage-deflate.
 
 use stratus_proto::Session;
 use stratus_proto::handshake::{UpgradeRequest, http_error};
 
+use crate::auth::{self, Grant};
 use crate::config::{App, Config};
 use crate::connection::FrameChoice;
 use crate::topic;
 
-/// An accepted upgrade: the session, the frames it takes, the 101 response, and the
-/// topics asked for in the request.
+/// An accepted upgrade: the session, the frames it takes, the 101 response, the topics
+/// asked for in the request, and what the token grants (with auth on).
 pub(crate) struct Upgrade {
     pub(crate) session: Session,
     pub(crate) frames: FrameChoice,
     pub(crate) response: Vec<u8>,
     pub(crate) topics: Vec<String>,
+    pub(crate) grant: Option<Grant>,
 }
 
 /// A refused upgrade: the HTTP status, the response and why (for the log).
@@ -40,15 +43,48 @@ pub(crate) fn upgrade(
         let why = format!("origin {origin} is not allowed");
         return Err((403, http_error(403, "", &why), why));
     }
-    let topics = subscriptions(request, config.app, config.max_topics_per_connection)
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    let grant = match &config.auth {
+        None => None,
+        Some(verifier) => {
+            let token =
+                auth::find_token(request.authorization.as_deref(), query, &request.protocols);
+            let verified = token
+                .ok_or_else(|| "no token".to_owned())
+                .and_then(|(token, _)| verifier.verify(&token));
+            match verified {
+                Ok(grant) => Some(grant),
+                Err(why) => {
+                    let challenge = "WWW-Authenticate: Bearer realm=\"stratus\"\r\n";
+                    return Err((401, http_error(401, challenge, &why), why));
+                }
+            }
+        }
+    };
+    let topics = subscriptions(path, query, config.app, config.max_topics_per_connection)
         .map_err(|(status, why)| (status, http_error(status, "", &why), why))?;
+    if let Some(grant) = &grant
+        && let Some(denied) = topics.iter().find(|t| !grant.allows(t))
+    {
+        let why = format!("the token does not allow topic {denied:?}");
+        return Err((403, http_error(403, "", &why), why));
+    }
     let mut session = Session::server(config.limits);
-    let mut extension_header = String::new();
+    let mut extra_headers = String::new();
+    if let Some(protocol) = auth::chosen_protocol(&request.protocols) {
+        extra_headers = format!("Sec-WebSocket-Protocol: {protocol}\r\n");
+    }
     let mut frames = FrameChoice::Plain;
     if let Some(deflate) = &config.deflate
         && let Some(agreed) = stratus_deflate::negotiate(&request.extensions, deflate)
     {
-        extension_header = format!("Sec-WebSocket-Extensions: {}\r\n", agreed.response());
+        extra_headers.push_str(&format!(
+            "Sec-WebSocket-Extensions: {}\r\n",
+            agreed.response()
+        ));
         session.set_compression(Box::new(agreed.compression(deflate.threshold)));
         frames = if agreed.shares_frames() {
             FrameChoice::Shared {
@@ -61,25 +97,23 @@ pub(crate) fn upgrade(
     Ok(Upgrade {
         session,
         frames,
-        response: request.accept(&extension_header),
+        response: request.accept(&extra_headers),
         topics,
+        grant,
     })
 }
 
 /// The topics a push client asks for at the upgrade (`/ws?topic=a&topic=b`), or the
 /// HTTP status and reason to refuse it with.
 fn subscriptions(
-    request: &UpgradeRequest,
+    path: &str,
+    query: &str,
     app: App,
     max: usize,
 ) -> Result<Vec<String>, (u16, String)> {
     if app == App::Echo {
         return Ok(Vec::new());
     }
-    let (path, query) = request
-        .target
-        .split_once('?')
-        .unwrap_or((&request.target, ""));
     if path != "/ws" {
         return Err((404, format!("no WebSocket endpoint at {path}; use /ws")));
     }

@@ -17,7 +17,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
@@ -26,6 +26,7 @@ use stratus_uring::{Event, Ring, RingConfig, Wake};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::commands::{self, Command};
 use crate::config::{App, Config};
@@ -97,15 +98,19 @@ struct Subscriptions<'a> {
 }
 
 impl Subscriptions<'_> {
-    /// Subscribes connection `slot` (whose topics are `mine`) to `name` (idempotent), or
-    /// says why not.
+    /// Subscribes connection `slot` (whose topics are `mine`, and whose token grants
+    /// `grant`) to `name` (idempotent), or says why not.
     fn subscribe(
         &mut self,
         mine: &mut Vec<Arc<str>>,
+        grant: Option<&Grant>,
         slot: usize,
         name: &str,
     ) -> Result<(), String> {
         topic::validate(name).map_err(|e| e.to_string())?;
+        if grant.is_some_and(|g| !g.allows(name)) {
+            return Err("the token does not allow this topic".into());
+        }
         if mine.iter().any(|t| &**t == name) {
             return Ok(());
         }
@@ -372,7 +377,7 @@ impl Worker {
             },
             Err(refusal) => Err(refusal),
         };
-        let accepted = match refusal {
+        let mut accepted = match refusal {
             Ok(accepted) => accepted,
             Err((status, response, why)) => {
                 counters.refused(status);
@@ -381,7 +386,11 @@ impl Worker {
                 return;
             }
         };
-        conn.open(accepted.session, accepted.frames, accepted.response);
+        let topics = std::mem::take(&mut accepted.topics);
+        conn.open(accepted);
+        if let Some(grant) = &conn.grant {
+            debug!(conn = conn.token, subject = %grant.subject, "token accepted");
+        }
         conn.io.counted = true;
         metrics::add(&counters.opened, 1);
         let mut subs = Subscriptions {
@@ -390,9 +399,9 @@ impl Worker {
             worker: self.index,
             max: config.max_topics_per_connection,
         };
-        for t in &accepted.topics {
-            // Validated, and within the per-connection cap, by `upgrade`.
-            let _ = subs.subscribe(&mut conn.topics, slot, t);
+        for t in &topics {
+            // Validated, within the per-connection cap and the token's topics, by `upgrade`.
+            let _ = subs.subscribe(&mut conn.topics, None, slot, t);
         }
         self.decode(slot, buf);
     }
@@ -407,6 +416,7 @@ impl Worker {
             queue,
             topics: mine,
             token,
+            grant,
             ..
         } = conn;
         let Phase::Open(session) = phase else {
@@ -425,7 +435,8 @@ impl Worker {
                 Ok(Some(message)) => {
                     metrics::add(&counters.messages_in, 1);
                     metrics::add(&counters.bytes_in, message.payload_len() as u64);
-                    on_message(config.app, session, message, &mut subs, mine, slot);
+                    let grant = grant.as_deref();
+                    on_message(config.app, session, message, &mut subs, (mine, grant), slot);
                     // Answer each message before decoding the next: every ping of a burst
                     // gets its pong (only an unread backlog is coalesced).
                     queue_transmit(session, queue);
@@ -610,6 +621,7 @@ impl Worker {
         let hard_stop = self
             .draining
             .map(|deadline| deadline + config.close_timeout);
+        let wall_clock = SystemTime::now();
         let Conns { slab, dirty } = &mut self.conns;
         for (_, conn) in slab.iter_mut() {
             if conn.io.dead {
@@ -625,6 +637,12 @@ impl Worker {
                 continue;
             }
             if conn.deadline.is_some() {
+                continue;
+            }
+            if conn.grant.as_ref().is_some_and(|g| g.expires <= wall_clock) {
+                let deadline = now + config.close_timeout;
+                conn.close(CloseCode::POLICY, "token expired", deadline, false);
+                Conns::mark(dirty, conn);
                 continue;
             }
             match conn.ping_sent {
@@ -696,7 +714,7 @@ fn on_message(
     session: &mut Session,
     message: Message,
     subs: &mut Subscriptions<'_>,
-    mine: &mut Vec<Arc<str>>,
+    (mine, grant): (&mut Vec<Arc<str>>, Option<&Grant>),
     slot: usize,
 ) {
     let reply = match (app, &message) {
@@ -705,7 +723,7 @@ fn on_message(
             return;
         }
         (App::PubSub, Message::Text(text)) => match commands::parse(text) {
-            Ok(Command::Subscribe(t)) => match subs.subscribe(mine, slot, &t) {
+            Ok(Command::Subscribe(t)) => match subs.subscribe(mine, grant, slot, &t) {
                 Ok(()) => commands::ok_reply("subscribe", &t),
                 Err(e) => commands::error_reply(Some("subscribe"), Some(&t), &e),
             },

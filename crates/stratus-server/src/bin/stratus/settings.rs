@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stratus_deflate::{DeflateConfig, Mode};
-use stratus_server::{Config, SlowConsumer};
+use stratus_server::{Auth, AuthAlgorithm, Config, SlowConsumer};
 
 /// Server options (all optional: unset means "from the file, else the default").
 #[derive(Args, Deserialize, Serialize, Default, Debug, Clone)]
@@ -56,6 +56,23 @@ pub(crate) struct Settings {
     /// 403 [any].
     #[arg(long, value_delimiter = ',', env = "STRATUS_ALLOWED_ORIGINS")]
     allowed_origins: Option<Vec<String>>,
+    /// Token auth at the upgrade: off, or the JWT algorithm every token must be signed
+    /// with (hs256, rs256, es256); without a valid token an upgrade gets 401 [off].
+    #[arg(long, value_enum, env = "STRATUS_AUTH")]
+    auth: Option<AuthArg>,
+    /// The HS256 secret (32 bytes or more); prefer the environment or a file to a flag.
+    #[arg(long, env = "STRATUS_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// A file with the verification key: the PEM public key for rs256 and es256, or the
+    /// secret for hs256.
+    #[arg(long, env = "STRATUS_AUTH_KEY_FILE")]
+    auth_key_file: Option<PathBuf>,
+    /// The `iss` every token must carry [not checked].
+    #[arg(long, env = "STRATUS_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// The `aud` every token must carry [not checked].
+    #[arg(long, env = "STRATUS_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
     /// Bytes queued to one client before the slow-consumer policy applies [1048576].
     #[arg(long, env = "STRATUS_MAX_SEND_QUEUE")]
     max_send_queue: Option<usize>,
@@ -116,6 +133,15 @@ pub(crate) enum SlowConsumerArg {
 
 #[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy)]
 #[serde(rename_all = "kebab-case")]
+pub(crate) enum AuthArg {
+    Off,
+    Hs256,
+    Rs256,
+    Es256,
+}
+
+#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum DeflateArg {
     Off,
     Shared,
@@ -160,6 +186,11 @@ impl Settings {
             max_connections,
             max_connections_per_ip,
             allowed_origins,
+            auth,
+            auth_secret,
+            auth_key_file,
+            auth_issuer,
+            auth_audience,
             max_send_queue,
             max_publish,
             slow_consumer,
@@ -177,7 +208,8 @@ impl Settings {
     }
 
     /// Every setting of `config` and these log settings, as a file would give them
-    /// (`stratus config check`). The admin token is left out: it is a secret.
+    /// (`stratus config check`). The admin token and the auth secret are left out: they
+    /// are secrets.
     pub(crate) fn effective(&self, config: &Config) -> Self {
         Self {
             config: None,
@@ -194,6 +226,20 @@ impl Settings {
             max_connections: Some(config.max_connections),
             max_connections_per_ip: Some(config.max_connections_per_ip),
             allowed_origins: Some(config.allowed_origins.clone()),
+            auth: Some(
+                config
+                    .auth
+                    .as_ref()
+                    .map_or(AuthArg::Off, |a| match a.algorithm() {
+                        AuthAlgorithm::Hs256 => AuthArg::Hs256,
+                        AuthAlgorithm::Rs256 => AuthArg::Rs256,
+                        AuthAlgorithm::Es256 => AuthArg::Es256,
+                    }),
+            ),
+            auth_secret: None,
+            auth_key_file: self.auth_key_file.clone(),
+            auth_issuer: self.auth_issuer.clone(),
+            auth_audience: self.auth_audience.clone(),
             max_send_queue: Some(config.max_send_queue),
             max_publish: Some(config.max_publish),
             slow_consumer: Some(match config.slow_consumer {
@@ -215,8 +261,33 @@ impl Settings {
         }
     }
 
+    /// The token verifier the auth settings ask for (`None`: off).
+    fn auth(&self) -> anyhow::Result<Option<Auth>> {
+        let algorithm = match self.auth {
+            None | Some(AuthArg::Off) => return Ok(None),
+            Some(AuthArg::Hs256) => AuthAlgorithm::Hs256,
+            Some(AuthArg::Rs256) => AuthAlgorithm::Rs256,
+            Some(AuthArg::Es256) => AuthAlgorithm::Es256,
+        };
+        let key = match (&self.auth_key_file, &self.auth_secret) {
+            (Some(path), _) => {
+                std::fs::read(path).with_context(|| format!("auth-key-file {}", path.display()))?
+            }
+            (None, Some(secret)) if algorithm == AuthAlgorithm::Hs256 => secret.clone().into(),
+            _ => anyhow::bail!(
+                "auth = {:?} needs auth-key-file (or auth-secret for hs256)",
+                algorithm
+            ),
+        };
+        let (issuer, audience) = (self.auth_issuer.as_deref(), self.auth_audience.as_deref());
+        Auth::new(algorithm, &key, issuer, audience)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
+
     /// These settings over `base` (the defaults of the command).
     pub(crate) fn apply(self, base: Config) -> anyhow::Result<Config> {
+        let auth = self.auth()?;
         let deflate = match self.deflate {
             None => base.deflate.map(|d| DeflateConfig {
                 threshold: self.deflate_threshold.unwrap_or(d.threshold),
@@ -248,6 +319,7 @@ impl Settings {
                 .max_connections_per_ip
                 .unwrap_or(base.max_connections_per_ip),
             allowed_origins: self.allowed_origins.unwrap_or(base.allowed_origins),
+            auth: auth.or(base.auth),
             max_send_queue: self.max_send_queue.unwrap_or(base.max_send_queue),
             max_publish: self.max_publish.unwrap_or(base.max_publish),
             slow_consumer: match self.slow_consumer {
@@ -326,6 +398,24 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_errors() {
         assert!(toml::from_str::<Settings>("no-such-option = 1").is_err());
+    }
+
+    #[test]
+    fn auth_needs_its_key_and_config_check_withholds_the_secret() {
+        let without_key = Cli::parse_from(["stratus", "--auth", "hs256"]);
+        let err = without_key.settings.apply(Config::default()).unwrap_err();
+        assert!(err.to_string().contains("auth-secret"), "{err}");
+        let short = Cli::parse_from(["stratus", "--auth", "hs256", "--auth-secret", "short"]);
+        assert!(short.settings.apply(Config::default()).is_err());
+
+        let secret = "a secret of at least thirty-two bytes....";
+        let cli = Cli::parse_from(["stratus", "--auth", "hs256", "--auth-secret", secret]);
+        let config = cli.settings.clone().apply(Config::default()).unwrap();
+        let auth = config.auth.as_ref().expect("auth is on");
+        assert_eq!(auth.algorithm(), stratus_server::AuthAlgorithm::Hs256);
+        let printed = toml::to_string(&cli.settings.effective(&config)).unwrap();
+        assert!(printed.contains("auth = \"hs256\""), "{printed}");
+        assert!(!printed.contains(secret), "{printed}");
     }
 
     #[test]
