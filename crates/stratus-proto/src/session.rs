@@ -45,6 +45,8 @@ pub struct Session {
     close_sent: bool,
     close_received: bool,
     failed: bool,
+    /// The code of the Close sent (the peer's own code when answering its Close).
+    close_code: Option<CloseCode>,
 }
 
 impl Session {
@@ -69,6 +71,7 @@ impl Session {
             close_sent: false,
             close_received: false,
             failed: false,
+            close_code: None,
         }
     }
 
@@ -156,8 +159,9 @@ impl Session {
             return Err(Closing);
         }
         let frame = match message {
-            Message::Close(_) => {
+            Message::Close(frame) => {
                 self.close_sent = true;
+                self.close_code = Some(frame.as_ref().map_or(CloseCode(1005), CloseFrame::code));
                 self.pong = None;
                 self.encoder.message(message)
             }
@@ -215,6 +219,12 @@ impl Session {
     /// A Close was sent.
     pub fn close_sent(&self) -> bool {
         self.close_sent
+    }
+
+    /// The code of the Close sent, which echoes the peer's code when the peer closed
+    /// first (1005 if the Close sent had no code); `None` before any Close.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.close_code
     }
 
     /// A Close was received.
@@ -355,6 +365,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(s.send(&Message::text("x")), Err(Closing));
+        assert_eq!(s.close_code(), Some(CloseCode(3000)), "the peer's code");
     }
 
     #[test]
@@ -366,6 +377,7 @@ mod tests {
             Message::Close(Some(f)) => assert_eq!(f.code(), CloseCode::NORMAL),
             other => panic!("{other:?}"),
         }
+        assert_eq!(s.close_code(), Some(CloseCode::NORMAL));
     }
 
     #[test]
@@ -388,6 +400,7 @@ mod tests {
         );
         assert_eq!(s.handle_read(&mut buf).unwrap(), None);
         assert!(s.is_closed());
+        assert_eq!(s.close_code(), Some(CloseCode::PROTOCOL));
         let out = drain(&mut s);
         assert_eq!(out.len(), 2, "the echo, then the close; no pong");
         let mut dec = Decoder::new(crate::Role::Server, Limits::default());

@@ -3,10 +3,13 @@
 //! subscriber's queue gets a clone of the same allocation, never a copy.
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 use stratus_proto::frame::RSV1;
 use stratus_proto::{Encoder, Message, OpCode};
+
+use crate::metrics::{self, WorkerStats};
 
 /// A published message and its frames.
 #[derive(Debug)]
@@ -14,6 +17,8 @@ pub(crate) struct Broadcast {
     pub(crate) message: Message,
     pub(crate) plain: Bytes,
     compressed: OnceLock<Option<Bytes>>,
+    /// When it was published (for the publish-to-send latency).
+    pub(crate) published: Instant,
 }
 
 impl Broadcast {
@@ -24,6 +29,7 @@ impl Broadcast {
             message,
             plain,
             compressed: OnceLock::new(),
+            published: Instant::now(),
         }
     }
 
@@ -35,8 +41,9 @@ impl Broadcast {
     }
 
     /// The frame for a connection with shared-mode compression: compressed once (by
-    /// whichever worker asks first) when the payload reaches `threshold`, else plain.
-    pub(crate) fn shared_frame(&self, threshold: usize) -> &Bytes {
+    /// whichever worker asks first, counting it in its `stats`) when the payload reaches
+    /// `threshold`, else plain.
+    pub(crate) fn shared_frame(&self, threshold: usize, stats: &WorkerStats) -> &Bytes {
         if self.payload().len() < threshold {
             return &self.plain;
         }
@@ -46,8 +53,13 @@ impl Broadcast {
             } else {
                 OpCode::Binary
             };
-            stratus_deflate::libdeflate::compress_message(self.payload())
-                .map(|z| Encoder::server().frame(opcode, RSV1, &z))
+            let frame = stratus_deflate::libdeflate::compress_message(self.payload())
+                .map(|z| Encoder::server().frame(opcode, RSV1, &z));
+            if let Some(frame) = &frame {
+                metrics::add(&stats.deflate_in, self.payload().len() as u64);
+                metrics::add(&stats.deflate_out, frame.len() as u64);
+            }
+            frame
         });
         compressed.as_ref().unwrap_or(&self.plain)
     }

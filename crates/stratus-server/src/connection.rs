@@ -24,6 +24,7 @@ use tracing::debug;
 use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
+use crate::metrics::{self, WorkerStats};
 use crate::upgrade::{Refusal, Upgrade};
 
 /// Moves `session`'s outgoing bytes to `queue`, frame boundaries marked.
@@ -230,16 +231,16 @@ impl Conn {
     pub(crate) fn deliver(
         &mut self,
         broadcast: &Broadcast,
-        cap: usize,
-        policy: SlowConsumer,
+        (cap, policy): (usize, SlowConsumer),
         close_deadline: Instant,
+        stats: &WorkerStats,
     ) -> Delivered {
         if !self.accepts_broadcasts() {
             return Delivered::Skipped;
         }
         let frame: Option<&Bytes> = match self.frames {
             FrameChoice::Plain => Some(&broadcast.plain),
-            FrameChoice::Shared { threshold } => Some(broadcast.shared_frame(threshold)),
+            FrameChoice::Shared { threshold } => Some(broadcast.shared_frame(threshold, stats)),
             FrameChoice::PerConnection => None,
         };
         let len = frame.map_or(broadcast.plain.len(), Bytes::len);
@@ -256,10 +257,17 @@ impl Conn {
         match frame {
             Some(frame) => self.queue.push(frame.clone()),
             None => {
+                let before = self.queue.queued_bytes();
                 if let Some(session) = self.session() {
                     let _ = session.send(&broadcast.message);
                 }
                 self.transmit(close_deadline);
+                let payload = broadcast.message.payload_len() as u64;
+                metrics::add(&stats.deflate_in, payload);
+                metrics::add(
+                    &stats.deflate_out,
+                    (self.queue.queued_bytes() - before) as u64,
+                );
             }
         }
         Delivered::Queued

@@ -6,33 +6,83 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use stratus_proto::CloseCode;
 
 use crate::hub::Hub;
 
-/// HTTP statuses an upgrade can be refused with, counted one by one.
-pub(crate) const REFUSALS: [u16; 9] = [400, 403, 404, 405, 426, 429, 431, 503, 500];
+/// HTTP statuses an upgrade can be refused with, counted one by one (the last one also
+/// counts any other).
+pub(crate) const REFUSALS: [u16; 10] = [400, 401, 403, 404, 405, 426, 429, 431, 503, 500];
+
+/// Close codes a connection can end with, counted one by one: the code of the Close the
+/// server sent (the peer's own code when it closed first), 1006 when no Close was
+/// exchanged (a reset, a FIN without Close, a timeout), and 0 for any other code.
+pub(crate) const CLOSE_CODES: [u16; 11] = [
+    1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 0,
+];
+
+/// Upper bounds of the publish-to-send latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+/// A latency histogram: a count per bucket (the last one unbounded) and the sum.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let at = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.buckets[at].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
 
 /// What one worker counts.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct WorkerStats {
     pub(crate) opened: AtomicU64,
-    pub(crate) closed: AtomicU64,
+    closed: [AtomicU64; CLOSE_CODES.len()],
     pub(crate) handshake_timeouts: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
     pub(crate) messages_in: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    /// Bytes waiting in this worker's send queues, as of its last sweep.
+    pub(crate) queued_bytes: AtomicU64,
+    /// Payload bytes compressed for broadcasts, and the compressed frame bytes made.
+    pub(crate) deflate_in: AtomicU64,
+    pub(crate) deflate_out: AtomicU64,
+    /// From a publish to the sends for it being submitted, per worker it reached.
+    pub(crate) publish_latency: Histogram,
+}
+
+/// The index of `value` in `labels`, or of the last label (the catch-all).
+fn label_index(labels: &[u16], value: u16) -> usize {
+    labels
+        .iter()
+        .position(|&l| l == value)
+        .unwrap_or(labels.len() - 1)
 }
 
 impl WorkerStats {
     /// Counts an upgrade refused with `status` (an unknown status counts as 500).
     pub(crate) fn refused(&self, status: u16) {
-        let at = REFUSALS
-            .iter()
-            .position(|&s| s == status)
-            .unwrap_or(REFUSALS.len() - 1);
-        self.refused[at].fetch_add(1, Ordering::Relaxed);
+        add(&self.refused[label_index(&REFUSALS, status)], 1);
+    }
+
+    /// Counts a connection that ended with `code` (`None`: no Close was exchanged).
+    pub(crate) fn closed(&self, code: Option<CloseCode>) {
+        let code = code.map_or(1006, |c| c.0);
+        add(&self.closed[label_index(&CLOSE_CODES, code)], 1);
     }
 }
 
@@ -61,10 +111,9 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 12] = [
+    let single: [(&str, &str, &str, u64); 14] = [
         ("stratus_connections", "gauge", "Open WebSocket connections.", load(&stats.connections)),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
-        ("stratus_connections_closed_total", "counter", "WebSocket connections ended.", sum(|w| &w.closed)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
         ("stratus_messages_received_total", "counter", "Messages received from clients (data and control).", sum(|w| &w.messages_in)),
         ("stratus_received_bytes_total", "counter", "Payload bytes of the messages received from clients.", sum(|w| &w.bytes_in)),
@@ -74,32 +123,94 @@ pub(crate) fn render(hub: &Hub) -> String {
         ("stratus_dropped_total", "counter", "Messages skipped for full send queues (drop policy).", load(&stats.dropped)),
         ("stratus_slow_consumer_closes_total", "counter", "Connections closed as slow consumers (close policy).", load(&stats.slow_consumer_closes)),
         ("stratus_topics", "gauge", "Topics with at least one subscriber.", hub.topic_count() as u64),
+        ("stratus_send_queue_bytes", "gauge", "Bytes waiting in send queues (as of each worker's last sweep, at most a second old).", sum(|w| &w.queued_bytes)),
+        ("stratus_deflate_in_bytes_total", "counter", "Payload bytes of outgoing messages compressed (a shared broadcast counts once).", sum(|w| &w.deflate_in)),
+        ("stratus_deflate_out_bytes_total", "counter", "Frame bytes those compressions made.", sum(|w| &w.deflate_out)),
     ];
     for (name, kind, help, value) in single {
         metric(&mut out, name, kind, help, &[("", value)]);
     }
-    let labels: Vec<String> = REFUSALS
-        .iter()
-        .map(|s| format!("{{status=\"{s}\"}}"))
-        .collect();
-    let refused: Vec<(&str, u64)> = labels
+    let (deflate_in, deflate_out) = (sum(|w| &w.deflate_in), sum(|w| &w.deflate_out));
+    let ratio = if deflate_out == 0 {
+        0.0
+    } else {
+        deflate_in as f64 / deflate_out as f64
+    };
+    let _ = writeln!(
+        out,
+        "# HELP stratus_deflate_ratio Bytes in per byte out over all outgoing compression (0 before any).\n\
+         # TYPE stratus_deflate_ratio gauge\nstratus_deflate_ratio {ratio:.3}"
+    );
+    labelled(
+        &mut out,
+        hub,
+        "stratus_connections_closed_total",
+        "WebSocket connections ended, by the close code exchanged (1006: none; 0: another code).",
+        ("code", &CLOSE_CODES),
+        |w| &w.closed,
+    );
+    labelled(
+        &mut out,
+        hub,
+        "stratus_handshake_refusals_total",
+        "Upgrades refused, by HTTP status.",
+        ("status", &REFUSALS),
+        |w| &w.refused,
+    );
+    histogram(&mut out, hub);
+    out
+}
+
+/// A counter with one label, one sample per value, summed over the workers.
+fn labelled(
+    out: &mut String,
+    hub: &Hub,
+    name: &str,
+    help: &str,
+    (label, values): (&str, &[u16]),
+    counters: fn(&WorkerStats) -> &[AtomicU64],
+) {
+    let samples: Vec<(String, u64)> = values
         .iter()
         .enumerate()
-        .map(|(i, l)| {
+        .map(|(i, v)| {
             let n = hub
                 .workers
                 .iter()
-                .map(|w| w.refused[i].load(Ordering::Relaxed))
+                .map(|w| counters(w)[i].load(Ordering::Relaxed))
                 .sum();
-            (l.as_str(), n)
+            (format!("{{{label}=\"{v}\"}}"), n)
         })
         .collect();
-    metric(
-        &mut out,
-        "stratus_handshake_refusals_total",
-        "counter",
-        "Upgrades refused, by HTTP status.",
-        &refused,
+    let samples: Vec<(&str, u64)> = samples.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(out, name, "counter", help, &samples);
+}
+
+/// The publish-to-send latency histogram, buckets summed over the workers.
+fn histogram(out: &mut String, hub: &Hub) {
+    let name = "stratus_publish_to_send_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From a publish to the sends for it being submitted, per worker it reached.\n\
+         # TYPE {name} histogram"
     );
-    out
+    let mut cumulative = 0;
+    for i in 0..=LATENCY_BOUNDS_US.len() {
+        cumulative += hub
+            .workers
+            .iter()
+            .map(|w| w.publish_latency.buckets[i].load(Ordering::Relaxed))
+            .sum::<u64>();
+        let le = LATENCY_BOUNDS_US
+            .get(i)
+            .map_or("+Inf".to_owned(), |&us| format!("{}", us as f64 / 1e6));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let sum_us: u64 = hub
+        .workers
+        .iter()
+        .map(|w| w.publish_latency.sum_us.load(Ordering::Relaxed))
+        .sum();
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }

@@ -165,6 +165,9 @@ pub(crate) struct Worker {
     /// The read buffer lent to a connection that has no partial frame of its own.
     scratch: BytesMut,
     spare_batches: Vec<Vec<Bytes>>,
+    /// When each publish fanned out since the last settle was published: its latency
+    /// is taken once the sends for it are submitted.
+    unsent_publishes: Vec<Instant>,
     draining: Option<Instant>,
 }
 
@@ -192,6 +195,7 @@ impl Worker {
             generation: 0,
             scratch: BytesMut::new(),
             spare_batches: Vec::new(),
+            unsent_publishes: Vec::new(),
             draining: None,
         })
     }
@@ -495,6 +499,14 @@ impl Worker {
         dirty.clear();
         if self.conns.dirty.is_empty() {
             self.conns.dirty = dirty;
+            if !self.unsent_publishes.is_empty() {
+                self.ring.submit()?;
+                let now = Instant::now();
+                let histogram = &self.hub.workers[self.index].publish_latency;
+                for published in self.unsent_publishes.drain(..) {
+                    histogram.observe(now - published);
+                }
+            }
         }
         Ok(())
     }
@@ -556,7 +568,11 @@ impl Worker {
         if conn.io.counted {
             self.hub
                 .release(conn.ip, self.config.max_connections_per_ip);
-            metrics::add(&self.hub.workers[self.index].closed, 1);
+            let code = match &conn.phase {
+                Phase::Open(session) => session.close_code(),
+                _ => None,
+            };
+            self.hub.workers[self.index].closed(code);
         }
     }
 
@@ -585,6 +601,7 @@ impl Worker {
             return 0;
         };
         let config = &self.config;
+        let counters = &self.hub.workers[self.index];
         let deadline = Instant::now() + config.close_timeout;
         let (mut queued, mut dropped, mut closed) = (0, 0, 0);
         let Conns { slab, dirty } = &mut self.conns;
@@ -592,12 +609,8 @@ impl Worker {
             let Some(conn) = slab.get_mut(id) else {
                 continue;
             };
-            match conn.deliver(
-                broadcast,
-                config.max_send_queue,
-                config.slow_consumer,
-                deadline,
-            ) {
+            let cap = (config.max_send_queue, config.slow_consumer);
+            match conn.deliver(broadcast, cap, deadline, counters) {
                 Delivered::Queued => queued += 1,
                 Delivered::Dropped => dropped += 1,
                 Delivered::ClosedSlow => closed += 1,
@@ -611,6 +624,9 @@ impl Worker {
         stats
             .slow_consumer_closes
             .fetch_add(closed, Ordering::Relaxed);
+        if queued > 0 {
+            self.unsent_publishes.push(broadcast.published);
+        }
         queued as usize
     }
 
@@ -622,8 +638,10 @@ impl Worker {
             .draining
             .map(|deadline| deadline + config.close_timeout);
         let wall_clock = SystemTime::now();
+        let mut queued_bytes = 0;
         let Conns { slab, dirty } = &mut self.conns;
         for (_, conn) in slab.iter_mut() {
+            queued_bytes += conn.queue.queued_bytes() as u64;
             if conn.io.dead {
                 continue;
             }
@@ -663,6 +681,8 @@ impl Worker {
             }
             Conns::mark(dirty, conn);
         }
+        let counters = &self.hub.workers[self.index];
+        counters.queued_bytes.store(queued_bytes, Ordering::Relaxed);
     }
 
     /// Stops accepting and closes every connection with 1001, to be done by the drain

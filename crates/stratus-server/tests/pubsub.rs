@@ -406,6 +406,13 @@ fn metrics_count_connections_publishes_deliveries_and_refusals() {
         assert_eq!(a.recv().await.unwrap(), Some(Message::text("hello")));
         assert_eq!(b.recv().await.unwrap(), Some(Message::text("hello")));
         assert_eq!(published.join().unwrap().0, 200);
+        // Both clients negotiated shared-mode compression: this one is compressed once.
+        let long = "compressible ".repeat(100);
+        let body = long.clone();
+        let published = std::thread::spawn(move || admin(admin_addr, &post("m", &body, "")));
+        assert_eq!(a.recv().await.unwrap(), Some(Message::text(long.clone())));
+        assert_eq!(b.recv().await.unwrap(), Some(Message::text(long.clone())));
+        assert_eq!(published.join().unwrap().0, 200);
         let (status, page) = admin(
             admin_addr,
             "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
@@ -413,8 +420,24 @@ fn metrics_count_connections_publishes_deliveries_and_refusals() {
         assert_eq!(status, 200);
         assert_eq!(sample(&page, "stratus_connections"), 2);
         assert_eq!(sample(&page, "stratus_connections_opened_total"), 2);
-        assert_eq!(sample(&page, "stratus_publishes_total"), 1);
-        assert_eq!(sample(&page, "stratus_deliveries_total"), 2);
+        assert_eq!(sample(&page, "stratus_publishes_total"), 2);
+        assert_eq!(sample(&page, "stratus_deliveries_total"), 4);
+        assert_eq!(sample(&page, "stratus_deflate_in_bytes_total"), 1300);
+        let out = sample(&page, "stratus_deflate_out_bytes_total");
+        assert!(out > 0 && out < 100, "{out} bytes out");
+        let ratio = page
+            .lines()
+            .find_map(|l| l.strip_prefix("stratus_deflate_ratio "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!((ratio - 1300.0 / out as f64).abs() < 0.01, "{ratio}");
+        // Each publish is timed once per worker it reached (the two clients may share one).
+        let timed = sample(&page, "stratus_publish_to_send_seconds_count");
+        assert!((2..=4).contains(&timed), "{timed}");
+        assert_eq!(
+            sample(&page, "stratus_publish_to_send_seconds_bucket{le=\"+Inf\"}"),
+            timed
+        );
         assert_eq!(sample(&page, "stratus_topics"), 1);
         assert_eq!(
             sample(&page, "stratus_handshake_refusals_total{status=\"404\"}"),
@@ -442,7 +465,16 @@ fn metrics_count_connections_publishes_deliveries_and_refusals() {
         })
         .find(|page| sample(page, "stratus_connections") == 0)
         .expect("every connection ends");
-    assert_eq!(sample(&page, "stratus_connections_closed_total"), 2);
+    // a closed with 1000; b's client was dropped without a Close.
+    assert_eq!(
+        sample(&page, "stratus_connections_closed_total{code=\"1000\"}"),
+        1
+    );
+    assert_eq!(
+        sample(&page, "stratus_connections_closed_total{code=\"1006\"}"),
+        1
+    );
+    assert_eq!(sample(&page, "stratus_send_queue_bytes"), 0);
     assert!(
         sample(&page, "stratus_messages_received_total") >= 1,
         "a's Close"
