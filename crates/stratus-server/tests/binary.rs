@@ -5,68 +5,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
 
-use common::{Peer, upgrade_request};
+use common::{Peer, signal, spawn_server, upgrade_request, wait_exit};
 use stratus_client::connect;
 use stratus_proto::{CloseCode, Message};
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "server did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Starts `stratus` with `args` (a subcommand and flags, or none) on free loopback ports;
-/// waits until it listens.
-fn spawn_server(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
-    let (ws, admin) = (free_addr(), free_addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args(extra)
-        .args([
-            "--listen",
-            &ws.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .spawn()
-        .unwrap();
-    wait_listening(ws);
-    (child, ws, admin)
-}
 
 #[test]
 fn sigterm_sends_1001_to_every_client_and_exits_0() {

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Peer, frame};
+use common::{Peer, admin, frame, sample};
 use stratus_client::{ClientConfig, connect, connect_with};
 use stratus_proto::{CloseCode, Message};
 use stratus_server::{App, Config, Server, SlowConsumer};
@@ -322,20 +322,6 @@ fn upgrade_with_bad_topic_or_path_is_refused() {
 }
 
 /// A raw HTTP request to the admin API; returns (status, body).
-fn admin(addr: SocketAddr, request: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
-}
-
 fn post(topic: &str, body: &str, extra: &str) -> String {
     format!(
         "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
@@ -381,14 +367,6 @@ fn admin_api_publishes_and_reports_recipients() {
         405
     );
     server.stop().unwrap();
-}
-
-/// The value of an unlabelled (or exactly labelled) sample on a `/metrics` page.
-fn sample(page: &str, name: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{page}"))
 }
 
 #[test]

@@ -9,8 +9,9 @@
 )]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use stratus_proto::codec::Decoded;
@@ -185,4 +186,83 @@ impl Peer {
     pub fn expect_eof(&mut self) {
         assert_eq!(self.recv(), None, "nothing after the Close");
     }
+}
+
+// The admin API and the `stratus` binary.
+
+/// Sends `request` to the admin listener; the status and the body.
+pub fn admin(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// The value of an unlabelled (or exactly labelled) sample on a `/metrics` page.
+pub fn sample(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{page}"))
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "server did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `stratus` with `args` (a subcommand and flags, or none) on free loopback ports;
+/// waits until it listens.
+pub fn spawn_server(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    let (ws, admin) = (free_addr(), free_addr());
+    let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
+        .args(extra)
+        .args([
+            "--listen",
+            &ws.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    wait_listening(ws);
+    (child, ws, admin)
 }
