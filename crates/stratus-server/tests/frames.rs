@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Peer, frame, raw_frame, start_server};
+use common::{Peer, frame, raw_frame, start_server, start_with};
 use stratus_proto::{CloseCode, Message};
 
 #[test]
@@ -220,5 +220,100 @@ fn a_burst_of_pings_gets_a_pong_each() {
             Some(Message::Pong(bytes::Bytes::from(vec![i])))
         );
     }
+    server.stop().unwrap();
+}
+
+/// The invariant every TESTPLAN row shares: a connection open while bad input arrives on
+/// others keeps working, and each bad connection gets its own specific answer.
+#[test]
+fn every_bad_input_leaves_an_open_connection_working() {
+    let server = start_with(|c| c.limits.max_frame = 1 << 16);
+    let addr = server.local_addr();
+    let mut bystander = Peer::open(addr);
+    let upgrade = |path: &str| common::upgrade_request(path);
+    let requests: [(&str, String, &str); 5] = [
+        ("POST", upgrade("/").replacen("GET", "POST", 1), "405"),
+        (
+            "HTTP/1.0",
+            upgrade("/").replacen("HTTP/1.1", "HTTP/1.0", 1),
+            "400",
+        ),
+        (
+            "no upgrade",
+            upgrade("/").replace("Upgrade: websocket\r\n", ""),
+            "426",
+        ),
+        (
+            "bad key",
+            upgrade("/").replace(common::KEY, "c2hvcnQ="),
+            "400",
+        ),
+        (
+            "big head",
+            upgrade("/").replace("\r\n\r\n", &format!("\r\nX: {}\r\n\r\n", "a".repeat(9000))),
+            "431",
+        ),
+    ];
+    for (case, request, status) in requests {
+        let mut peer = Peer::connect(addr);
+        peer.send(request.as_bytes());
+        let head = peer.read_head();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{case}: {head}"
+        );
+        peer.read_to_end();
+        bystander.send(&frame(true, 0, 1, case.as_bytes()));
+        assert_eq!(bystander.recv(), Some(Message::text(case)), "after {case}");
+    }
+    let mut huge = frame(true, 0, 2, b"");
+    huge[1] = 0x80 | 127;
+    huge.splice(2..2, (1u64 << 40).to_be_bytes());
+    let frames: [(&str, Vec<u8>, CloseCode); 9] = [
+        (
+            "unmasked",
+            raw_frame(true, 0, 1, b"hi", None),
+            CloseCode::PROTOCOL,
+        ),
+        ("rsv", frame(true, 0b100, 1, b"x"), CloseCode::PROTOCOL),
+        ("opcode 3", frame(true, 0, 3, b""), CloseCode::PROTOCOL),
+        (
+            "long ping",
+            frame(true, 0, 9, &[0; 126]),
+            CloseCode::PROTOCOL,
+        ),
+        (
+            "orphan continuation",
+            frame(true, 0, 0, b"x"),
+            CloseCode::PROTOCOL,
+        ),
+        ("over the frame limit", huge, CloseCode::TOO_BIG),
+        (
+            "invalid UTF-8",
+            frame(true, 0, 1, &[0xce, 0xba, 0xff]),
+            CloseCode::INVALID_PAYLOAD,
+        ),
+        ("1-byte close", frame(true, 0, 8, &[3]), CloseCode::PROTOCOL),
+        (
+            "close code 1005",
+            frame(true, 0, 8, &1005u16.to_be_bytes()),
+            CloseCode::PROTOCOL,
+        ),
+    ];
+    for (case, bytes, code) in frames {
+        let mut peer = Peer::open(addr);
+        peer.send(&bytes);
+        peer.expect_close(code);
+        bystander.send(&frame(true, 0, 1, case.as_bytes()));
+        assert_eq!(bystander.recv(), Some(Message::text(case)), "after {case}");
+    }
+    // The last peer's socket closes as it drops; the server follows at its FIN.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.connections() > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(server.connections(), 1, "only the bystander is left");
+    bystander.send(&frame(true, 0, 1, b"last"));
+    assert_eq!(bystander.recv(), Some(Message::text("last")));
     server.stop().unwrap();
 }

@@ -155,6 +155,33 @@ fn headers_over_the_size_limit_are_431_as_soon_as_crossed() {
 }
 
 #[test]
+fn a_head_sent_one_byte_per_read_is_scanned_in_linear_time() {
+    // Each read resumes where the last one stopped (3 bytes back, for a blank line split
+    // across reads): an 8 KiB head sent a byte at a time costs O(n) byte comparisons,
+    // not O(n^2) rescans.
+    let mut head = request(&good());
+    let padding = "x".repeat(8000 - head.len());
+    head.splice(
+        head.len() - 2..head.len() - 2,
+        format!("X-Pad: {padding}\r\n").bytes(),
+    );
+    let mut scanner = HeadScanner::new(HandshakeLimits::default());
+    let mut examined = 0;
+    for n in 1..=head.len() {
+        examined += n - scanner.searched.saturating_sub(3);
+        match scanner.scan(&head[..n]).unwrap() {
+            None => assert_eq!(scanner.searched, n),
+            Some(end) => assert_eq!((end, n), (head.len(), head.len())),
+        }
+    }
+    assert!(
+        examined <= 4 * head.len(),
+        "{examined} bytes examined for a {}-byte head",
+        head.len()
+    );
+}
+
+#[test]
 fn too_many_headers_is_431() {
     let mut lines = good();
     let filler: Vec<String> = (0..100).map(|i| format!("X-{i}: v")).collect();
