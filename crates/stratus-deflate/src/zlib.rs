@@ -10,6 +10,10 @@
 //! libdeflate engine) and produces output in chunks of [`CHUNK`] bytes,
 //! stopping with `TooLarge` as soon as the limit is crossed: a bomb costs at most the
 //! limit plus one chunk. A message within the limit is joined into one buffer at the end.
+//!
+//! With context takeover the stream cannot be closed, and flate2 does not say whether it
+//! stopped on a block boundary: a message truncated mid-block yields what it held, and the
+//! next message is read as its continuation (often corrupt, not always detectably so).
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
