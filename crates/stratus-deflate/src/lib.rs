@@ -37,6 +37,11 @@ pub const EXTENSION_NAME: &str = "permessage-deflate";
 /// The four bytes RFC 7692 §7.2.1 strips from (and §7.2.2 appends to) every message.
 pub const TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
+/// An empty stored block with BFINAL=1: appended after the trailer, it closes a message
+/// inflated on its own, so a message that stops mid-block fails instead of yielding what
+/// it held so far.
+pub(crate) const FINAL_EMPTY_BLOCK: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
+
 /// An empty message: the header bits of an empty stored block, whose LEN and NLEN are
 /// the stripped trailer. Valid with or without context takeover.
 pub const EMPTY_MESSAGE: &[u8] = &[0x00];

@@ -19,10 +19,7 @@ use libdeflater::{CompressionLvl, Compressor, DecompressionError, Decompressor};
 use stratus_proto::DecompressError;
 
 use crate::engine::Engine;
-use crate::{EMPTY_MESSAGE, TRAILER};
-
-/// An empty stored block with BFINAL=1: closes a stream that ended with a sync flush.
-const FINAL_EMPTY_BLOCK: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
+use crate::{EMPTY_MESSAGE, FINAL_EMPTY_BLOCK, TRAILER};
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };

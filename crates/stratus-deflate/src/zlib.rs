@@ -5,16 +5,22 @@
 //! figures).
 //!
 //! Compression ends each message with a sync flush and strips its `00 00 ff ff`.
-//! Inflation appends the trailer and produces output in chunks of [`CHUNK`] bytes,
+//! Inflation appends the trailer (and, without context takeover, an empty final block:
+//! the message must then be a complete stream, so truncated data is corrupt, as in the
+//! libdeflate engine) and produces output in chunks of [`CHUNK`] bytes,
 //! stopping with `TooLarge` as soon as the limit is crossed: a bomb costs at most the
 //! limit plus one chunk. A message within the limit is joined into one buffer at the end.
+//!
+//! With context takeover the stream cannot be closed, and flate2 does not say whether it
+//! stopped on a block boundary: a message truncated mid-block yields what it held, and the
+//! next message is read as its continuation (often corrupt, not always detectably so).
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use stratus_proto::DecompressError;
 
 use crate::engine::Engine;
-use crate::{EMPTY_MESSAGE, TRAILER};
+use crate::{EMPTY_MESSAGE, FINAL_EMPTY_BLOCK, TRAILER};
 
 /// Output is produced (and the limit checked) this many bytes at a time.
 pub const CHUNK: usize = 16 * 1024;
@@ -91,7 +97,7 @@ impl Engine for Zlib {
         let inflate = self
             .inflate
             .get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
-        let result = inflate_chunks(inflate, payload, max);
+        let result = inflate_chunks(inflate, payload, max, self.no_context_takeover);
         // A final block ends a zlib stream, and errors leave it unusable: start afresh.
         if self.no_context_takeover || !matches!(result, Ok((_, false))) {
             inflate.reset(false);
@@ -102,17 +108,20 @@ impl Engine for Zlib {
 
 /// Inflates `payload` and the trailer into chunks of [`CHUNK`] bytes, failing as soon as
 /// the output passes `max`; joins the chunks at the end. Also says whether the stream
-/// ended (a final block).
+/// ended (a final block). A `whole` message must end the stream once an empty final
+/// block follows the trailer, else it is corrupt (truncated mid-block).
 fn inflate_chunks(
     inflate: &mut Decompress,
     payload: &[u8],
     max: usize,
+    whole: bool,
 ) -> Result<(Bytes, bool), DecompressError> {
     let mut full: Vec<Vec<u8>> = Vec::new();
     let mut total = 0usize;
     let mut out = Vec::with_capacity(CHUNK.min(max + 1));
     let mut ended = false;
-    for part in [payload, &TRAILER[..]] {
+    let close: &[u8] = if whole { &FINAL_EMPTY_BLOCK } else { &[] };
+    for part in [payload, &TRAILER[..], close] {
         let mut consumed = 0;
         while !ended {
             if out.len() == out.capacity() {
@@ -143,6 +152,9 @@ fn inflate_chunks(
     total += out.len();
     if total > max {
         return Err(DecompressError::TooLarge);
+    }
+    if whole && !ended {
+        return Err(DecompressError::Corrupt);
     }
     if full.is_empty() {
         return Ok((Bytes::from(out), ended));

@@ -199,14 +199,30 @@ fn corrupt_data_is_rejected() {
 }
 
 #[test]
-fn truncated_data_is_rejected_by_the_stateless_engine() {
+fn truncated_data_is_rejected_by_every_engine_without_context() {
     let z = Libdeflate.compress(&json_like(4096, 9)).unwrap();
-    for cut in [1, z.len() / 2, z.len() - 3] {
+    // Found by the inflate fuzz target: RFC 7692 §7.2.3.3's stored block without its
+    // final 0x00 stops mid-block once the trailer is appended; zlib returned "Hello".
+    let stored_cut: &[u8] = &[0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+    for (mut engine, keeps_context) in engines() {
+        if keeps_context {
+            continue;
+        }
+        for cut in [1, z.len() / 2, z.len() - 3] {
+            assert_eq!(
+                engine.decompress(&z[..cut], 1 << 20),
+                Err(DecompressError::Corrupt),
+                "{engine:?} cut at {cut}"
+            );
+        }
         assert_eq!(
-            Libdeflate.decompress(&z[..cut], 1 << 20),
+            engine.decompress(stored_cut, 100),
             Err(DecompressError::Corrupt),
-            "cut at {cut}"
+            "{engine:?}"
         );
+        let mut stored = stored_cut.to_vec();
+        stored.push(0x00);
+        assert_eq!(&engine.decompress(&stored, 100).unwrap()[..], b"Hello");
     }
 }
 
