@@ -18,6 +18,7 @@ mod connection;
 mod hub;
 mod metrics;
 mod server;
+mod status_page;
 pub mod topic;
 mod upgrade;
 mod worker;

@@ -2,7 +2,7 @@
 //! answer it with: the endpoint and its topics, the drain, permessage-deflate.
 
 use stratus_proto::Session;
-use stratus_proto::handshake::{UpgradeRequest, http_error};
+use stratus_proto::handshake::{HandshakeError, UpgradeRequest, http_error};
 
 use crate::config::{App, Config};
 use crate::connection::FrameChoice;
@@ -19,6 +19,11 @@ pub(crate) struct Upgrade {
 
 /// A refused upgrade: the HTTP status, the response and why (for the log).
 pub(crate) type Refusal = (u16, Vec<u8>, String);
+
+/// The refusal for a request the handshake parser rejected.
+pub(crate) fn refusal(err: &HandshakeError) -> Refusal {
+    (err.status(), err.response(), err.to_string())
+}
 
 /// Accepts or refuses `request`.
 pub(crate) fn upgrade(
