@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check Stratus has, installing what the checks need on a fresh machine:
 # formatting, lints, unit and integration tests, a bounded run of every fuzz target, the
-# sans-IO dependency check, AddressSanitizer over the unsafe masking code, and the
-# Autobahn testsuite in server and client mode with its gate. Non-interactive; exits non-zero on the first failure.
+# status page in headless Chromium, the sans-IO dependency check, AddressSanitizer over
+# the unsafe code, and the Autobahn testsuite in server and client mode with its gate.
+# Non-interactive; exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TERM_COLOR=never
@@ -25,6 +26,9 @@ cargo test --workspace
 
 step "cargo fuzz: every target for 60 s on its seed corpus (nightly, ASan)"
 bash scripts/fuzz.sh 60
+
+step "browser end-to-end: the status page in headless Chromium (installs chromium, playwright-core)"
+bash scripts/e2e.sh
 
 step "stratus-proto is sans-IO: no runtime, no libc, no OS randomness in its dependencies"
 if cargo tree -p stratus-proto -e normal --prefix none | grep -E '^(tokio|tokio-uring|mio|libc|getrandom|socket2) '; then

@@ -1,6 +1,8 @@
 //! The opening handshake (RFC 6455 §4): the server reads an HTTP upgrade request from a
 //! buffer that may hold only part of it, and answers 101 or an HTTP error; the client
-//! builds the request and checks the 101 it gets back.
+//! builds the request and checks the 101 it gets back. A GET or HEAD with no upgrade
+//! headers at all is told apart from a broken upgrade, so a server can answer plain HTTP
+//! (a status page) on its WebSocket port.
 //!
 //! Reading is linear in the bytes received even when they arrive one per read: the end of
 //! the head is searched only in bytes not searched before, and httparse runs once, on the
@@ -140,6 +142,37 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// A complete request head, as a server reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A valid WebSocket upgrade.
+    Upgrade(UpgradeRequest),
+    /// A GET or HEAD with none of the upgrade headers: plain HTTP, such as a browser
+    /// loading a page from the server.
+    Plain(PlainRequest),
+}
+
+/// A GET or HEAD that does not ask for WebSocket. A driver may answer it itself; one
+/// that speaks only WebSocket refuses it with [`PlainRequest::refusal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainRequest {
+    /// The request target (path and query).
+    pub target: String,
+    /// HEAD: the response carries headers only.
+    pub head: bool,
+}
+
+impl PlainRequest {
+    /// The error a WebSocket-only server answers with: 426 for a GET, 405 for a HEAD.
+    pub fn refusal(&self) -> HandshakeError {
+        if self.head {
+            HandshakeError::MethodNotAllowed
+        } else {
+            HandshakeError::MissingUpgrade
+        }
+    }
+}
+
 /// A valid upgrade request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRequest {
@@ -252,8 +285,19 @@ impl RequestReader {
 
     /// Call after each read with everything received so far. `Ok(None)`: the head is not
     /// complete yet. `Ok(Some((request, n)))`: the first `n` bytes were the head; the rest
-    /// is WebSocket data.
+    /// is WebSocket data. A plain GET or HEAD is refused as [`PlainRequest::refusal`].
     pub fn read(&mut self, buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, HandshakeError> {
+        match self.read_request(buf)? {
+            Some((Request::Upgrade(request), end)) => Ok(Some((request, end))),
+            Some((Request::Plain(request), _)) => Err(request.refusal()),
+            None => Ok(None),
+        }
+    }
+
+    /// As [`read`](Self::read), but a plain GET or HEAD comes back as
+    /// [`Request::Plain`] for the driver to answer (after a plain request, the bytes
+    /// past the head are not WebSocket data).
+    pub fn read_request(&mut self, buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
         let Some(end) = self.scanner.scan(buf)? else {
             return Ok(None);
         };
@@ -267,9 +311,32 @@ impl RequestReader {
     }
 }
 
-fn validate_request(req: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, HandshakeError> {
-    if req.method != Some("GET") {
-        return Err(HandshakeError::MethodNotAllowed);
+/// Whether a request asks for WebSocket at all: an Upgrade header, a Connection
+/// `upgrade` token, or any Sec-WebSocket-* header. One that does and gets something
+/// wrong is refused as a broken upgrade, never taken for plain HTTP.
+fn asks_for_websocket(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| {
+        let name = h.name;
+        name.eq_ignore_ascii_case("upgrade")
+            || (name.eq_ignore_ascii_case("connection") && has_token(h.value, "upgrade"))
+            || name
+                .get(..14)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case("sec-websocket-"))
+    })
+}
+
+fn validate_request(req: &httparse::Request<'_, '_>) -> Result<Request, HandshakeError> {
+    let plain = !asks_for_websocket(req.headers);
+    let target = || req.path.unwrap_or("/").to_owned();
+    match req.method {
+        Some("GET") => {}
+        Some("HEAD") if plain && req.version == Some(1) => {
+            return Ok(Request::Plain(PlainRequest {
+                target: target(),
+                head: true,
+            }));
+        }
+        _ => return Err(HandshakeError::MethodNotAllowed),
     }
     if req.version != Some(1) {
         return Err(HandshakeError::UnsupportedHttpVersion);
@@ -314,6 +381,12 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, H
             extensions.push(text(h.value)?.to_owned());
         }
     }
+    if plain {
+        return Ok(Request::Plain(PlainRequest {
+            target: target(),
+            head: false,
+        }));
+    }
     if !upgrade {
         return Err(HandshakeError::MissingUpgrade);
     }
@@ -329,15 +402,15 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, H
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::InvalidKey),
     }
-    Ok(UpgradeRequest {
-        target: req.path.unwrap_or("/").to_owned(),
+    Ok(Request::Upgrade(UpgradeRequest {
+        target: target(),
         host,
         origin,
         key,
         protocols,
         extensions,
         authorization,
-    })
+    }))
 }
 
 /// What a client learns from a valid 101.

@@ -3,8 +3,9 @@
 //! shared buffers; a read buffer exists only while a frame is incomplete).
 //!
 //! Phases: the HTTP upgrade ([`Phase::Handshake`]), WebSocket frames ([`Phase::Open`]),
-//! or an HTTP refusal on its way out ([`Phase::Refused`]). The worker does the I/O; this
-//! module decides what to send and when the connection is done.
+//! or a last HTTP response on its way out ([`Phase::Answered`]: a refusal, or the status
+//! page). The worker does the I/O; this module decides what to send and when the
+//! connection is done.
 //!
 //! The server closes TCP itself after a Close: it sends FIN behind its last frame, then
 //! reads (and drops) whatever the peer still sends until the peer's FIN or the close
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use stratus_proto::handshake::{RequestReader, UpgradeRequest};
+use stratus_proto::handshake::{Request, RequestReader};
 use stratus_proto::{CloseCode, Session};
 use stratus_uring::SendQueue;
 use tracing::debug;
@@ -25,7 +26,7 @@ use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
 use crate::metrics::{self, WorkerStats};
-use crate::upgrade::{Refusal, Upgrade};
+use crate::upgrade::{Refusal, Upgrade, refusal};
 
 /// Moves `session`'s outgoing bytes to `queue`, frame boundaries marked.
 pub(crate) fn queue_transmit(session: &mut Session, queue: &mut SendQueue) {
@@ -64,8 +65,9 @@ pub(crate) enum Phase {
     Handshake(RequestReader),
     /// Exchanging WebSocket frames.
     Open(Session),
-    /// An HTTP error response is queued; the connection ends after it.
-    Refused,
+    /// An HTTP response (a refusal, or the status page) is queued; the connection ends
+    /// after it.
+    Answered,
 }
 
 /// A connection's state, owned by its worker.
@@ -147,22 +149,19 @@ impl Conn {
         }
     }
 
-    /// Reads the upgrade request from `buf`: the request (with the head consumed from
-    /// `buf`) once complete, `Ok(None)` while incomplete, or the refusal to send.
-    pub(crate) fn read_request(
-        &mut self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<UpgradeRequest>, Refusal> {
+    /// Reads the request from `buf`: the request (with the head consumed from `buf`)
+    /// once complete, `Ok(None)` while incomplete, or the refusal to send.
+    pub(crate) fn read_request(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, Refusal> {
         let Phase::Handshake(reader) = &mut self.phase else {
             return Ok(None);
         };
-        match reader.read(buf) {
+        match reader.read_request(buf) {
             Ok(Some((request, head_len))) => {
                 buf.advance(head_len);
                 Ok(Some(request))
             }
             Ok(None) => Ok(None),
-            Err(err) => Err((err.status(), err.response(), err.to_string())),
+            Err(err) => Err(refusal(&err)),
         }
     }
 
@@ -178,8 +177,13 @@ impl Conn {
     /// Answers the upgrade with an HTTP error and ends the connection after it.
     pub(crate) fn refuse(&mut self, response: Vec<u8>, why: &str, deadline: Instant) {
         debug!(conn = self.token, why, "handshake refused");
-        self.phase = Phase::Refused;
-        self.queue.push(Bytes::from(response));
+        self.answer(Bytes::from(response), deadline);
+    }
+
+    /// Sends a last HTTP response, then FIN; the peer has until `deadline` to close.
+    pub(crate) fn answer(&mut self, response: Bytes, deadline: Instant) {
+        self.phase = Phase::Answered;
+        self.queue.push(response);
         self.io.fin_after_flush = true;
         self.deadline = Some(deadline);
     }

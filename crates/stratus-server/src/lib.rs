@@ -19,6 +19,7 @@ mod connection;
 mod hub;
 mod metrics;
 mod server;
+mod status_page;
 pub mod topic;
 mod upgrade;
 mod worker;

@@ -3,7 +3,7 @@
 //! permessage-deflate.
 
 use stratus_proto::Session;
-use stratus_proto::handshake::{UpgradeRequest, http_error};
+use stratus_proto::handshake::{HandshakeError, UpgradeRequest, http_error};
 
 use crate::auth::{self, Grant};
 use crate::config::{App, Config};
@@ -22,6 +22,11 @@ pub(crate) struct Upgrade {
 
 /// A refused upgrade: the HTTP status, the response and why (for the log).
 pub(crate) type Refusal = (u16, Vec<u8>, String);
+
+/// The refusal for a request the handshake parser rejected.
+pub(crate) fn refusal(err: &HandshakeError) -> Refusal {
+    (err.status(), err.response(), err.to_string())
+}
 
 /// Accepts or refuses `request`.
 pub(crate) fn upgrade(

@@ -33,9 +33,10 @@ use crate::config::{App, Config};
 use crate::connection::{Conn, Delivered, Phase, queue_transmit};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
+use crate::status_page;
 use crate::topic::{self, TopicTable};
 use crate::upgrade::upgrade;
-use stratus_proto::handshake::http_error;
+use stratus_proto::handshake::{Request, http_error};
 
 /// Most frames per `sendmsg`.
 const MAX_IOV: usize = 512;
@@ -366,19 +367,29 @@ impl Worker {
         let conn = &mut self.conns.slab[slot];
         let refusal = match conn.read_request(buf) {
             Ok(None) => return,
-            Ok(Some(request)) => match upgrade(&request, config, self.draining.is_some()) {
-                Ok(accepted) => {
-                    let caps = (config.max_connections, config.max_connections_per_ip);
-                    match self.hub.admit(conn.ip, caps.0, caps.1) {
-                        Ok(()) => Ok(accepted),
-                        Err((status, why)) => {
-                            let response = http_error(status, "Retry-After: 5\r\n", why);
-                            Err((status, response, why.to_owned()))
-                        }
-                    }
+            Ok(Some(Request::Plain(request))) => match status_page::answer(&request, config.app) {
+                Ok(page) => {
+                    conn.answer(page, close_deadline);
+                    buf.clear();
+                    return;
                 }
                 Err(refusal) => Err(refusal),
             },
+            Ok(Some(Request::Upgrade(request))) => {
+                match upgrade(&request, config, self.draining.is_some()) {
+                    Ok(accepted) => {
+                        let caps = (config.max_connections, config.max_connections_per_ip);
+                        match self.hub.admit(conn.ip, caps.0, caps.1) {
+                            Ok(()) => Ok(accepted),
+                            Err((status, why)) => {
+                                let response = http_error(status, "Retry-After: 5\r\n", why);
+                                Err((status, response, why.to_owned()))
+                            }
+                        }
+                    }
+                    Err(refusal) => Err(refusal),
+                }
+            }
             Err(refusal) => Err(refusal),
         };
         let mut accepted = match refusal {

@@ -223,6 +223,66 @@ fn protocols_and_extensions_are_collected() {
     assert_eq!(req.origin.as_deref(), Some("https://example.com"));
 }
 
+fn read_any(lines: &[&str]) -> Result<Request, HandshakeError> {
+    let bytes = request(lines);
+    let (req, n) = RequestReader::new(HandshakeLimits::default())
+        .read_request(&bytes)?
+        .unwrap();
+    assert_eq!(n, bytes.len());
+    Ok(req)
+}
+
+#[test]
+fn get_and_head_without_upgrade_headers_are_plain_requests() {
+    let plain = |head| {
+        Request::Plain(PlainRequest {
+            target: "/index.html?x=1".into(),
+            head,
+        })
+    };
+    let browser = ["Host: example.com", "Connection: keep-alive", "Accept: */*"];
+    let mut get = vec!["GET /index.html?x=1 HTTP/1.1"];
+    get.extend(browser);
+    assert_eq!(read_any(&get), Ok(plain(false)));
+    let mut head = vec!["HEAD /index.html?x=1 HTTP/1.1"];
+    head.extend(browser);
+    assert_eq!(read_any(&head), Ok(plain(true)));
+    // An upgrade-only reader refuses them as before: 426 for GET, 405 for HEAD.
+    assert_eq!(status_of(&get), 426);
+    assert_eq!(status_of(&head), 405);
+}
+
+#[test]
+fn a_broken_upgrade_is_never_taken_for_a_plain_request() {
+    for header in [
+        "Upgrade",
+        "Connection",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+    ] {
+        let lines = without(header);
+        assert!(
+            matches!(read_any(&lines), Err(e) if e.status() >= 400),
+            "without {header}"
+        );
+    }
+    let mut head = good();
+    head[0] = "HEAD /chat HTTP/1.1";
+    assert_eq!(read_any(&head), Err(HandshakeError::MethodNotAllowed));
+    assert_eq!(
+        read_any(&["HEAD / HTTP/1.0", "Host: x"]),
+        Err(HandshakeError::MethodNotAllowed)
+    );
+    assert_eq!(
+        read_any(&["GET / HTTP/1.0", "Host: x"]),
+        Err(HandshakeError::UnsupportedHttpVersion)
+    );
+    assert_eq!(
+        read_any(&["GET / HTTP/1.1", "Host: x", "sec-websocket-extensions: x"]),
+        Err(HandshakeError::MissingUpgrade)
+    );
+}
+
 fn client_request() -> (ClientHandshake, String) {
     client_request_with([9; 16])
 }
