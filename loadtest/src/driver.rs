@@ -96,6 +96,12 @@ pub(crate) struct Driver {
 impl Driver {
     /// Drives WebSocket connections opened with [`stratus_client::connect_blocking`].
     pub(crate) fn new(handoffs: Vec<Handoff>) -> io::Result<Self> {
+        if handoffs.iter().any(|h| h.tls.is_some()) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the load generator drives ws:// connections only, not wss://",
+            ));
+        }
         let conns = handoffs
             .into_iter()
             .map(|h| Conn::new(h.socket, Some(h.session), h.leftover))

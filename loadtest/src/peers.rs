@@ -117,7 +117,7 @@ async fn fastwebsockets_echo(mut stream: TcpStream) -> anyhow::Result<()> {
 async fn uring_tcp_echo(listener: std::net::TcpListener) -> anyhow::Result<()> {
     let listener = stratus_uring::Listener::from_std(listener).context("listener")?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (mut stream, _) = listener.accept().await?;
         stratus_uring::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 << 10);
             loop {

@@ -8,11 +8,20 @@
 //! permessage-deflate is offered by default (`client_no_context_takeover;
 //! client_max_window_bits`) and used in whatever form the server answers.
 //!
-//! Not here: TLS (`wss://` is refused with a clear error), reconnection.
+//! `wss://` URLs run over TLS (rustls, `ring` provider), trusting the Mozilla roots of
+//! `webpki-roots` by default (no system store lookup: the same roots on every machine),
+//! or whatever [`ClientConfig::tls`] says (see [`tls_trusting`] for a private CA).
+//!
+//! Not here: reconnection.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 use bytes::BytesMut;
 use stratus_proto::handshake::{ClientHandshake, HandshakeError};
@@ -27,9 +36,12 @@ const READ_CHUNK: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The URL is not a usable `ws://` URL.
+    /// The URL is not a usable `ws://` or `wss://` URL.
     #[error("bad URL: {0}")]
     Url(String),
+    /// TLS settings that cannot be used (a CA file with no certificate in it).
+    #[error("TLS settings: {0}")]
+    Tls(String),
     /// A socket error.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
@@ -66,6 +78,8 @@ pub struct ClientConfig {
     pub deflate: bool,
     /// Messages shorter than this many bytes are sent uncompressed.
     pub deflate_threshold: usize,
+    /// TLS settings for `wss://` URLs; `None` trusts the Mozilla roots (webpki-roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -76,8 +90,67 @@ impl Default for ClientConfig {
             close_timeout: Duration::from_secs(3),
             deflate: true,
             deflate_threshold: 64,
+            tls: None,
         }
     }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS settings trusting `roots`.
+fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// TLS settings that trust the CA certificates in `ca_pem` (PEM `CERTIFICATE` blocks)
+/// besides the Mozilla roots: for a private CA, or a self-signed server certificate.
+pub fn tls_trusting(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let mut roots = mozilla_roots();
+    let mut added = 0;
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(Error::Tls("no CA certificate in the PEM data".into()));
+    }
+    tls_config(roots)
+}
+
+/// The TLS settings `config` asks for, or the default ones (built once).
+fn tls_settings(config: &ClientConfig) -> Result<Arc<rustls::ClientConfig>, Error> {
+    static DEFAULT: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    if let Some(tls) = &config.tls {
+        return Ok(tls.clone());
+    }
+    if let Some(tls) = DEFAULT.get() {
+        return Ok(tls.clone());
+    }
+    let tls = tls_config(mozilla_roots())?;
+    Ok(DEFAULT.get_or_init(|| tls).clone())
+}
+
+fn mozilla_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+}
+
+/// A rustls client connection to `name` with the settings `config` asks for.
+fn tls_connection(
+    config: &ClientConfig,
+    name: ServerName<'static>,
+) -> Result<rustls::ClientConnection, Error> {
+    rustls::ClientConnection::new(tls_settings(config)?, name)
+        .map_err(|e| Error::Tls(e.to_string()))
 }
 
 /// An open WebSocket connection.
@@ -88,12 +161,12 @@ pub struct Client {
     config: ClientConfig,
 }
 
-/// Connects to a `ws://` URL with the default settings.
+/// Connects to a `ws://` or `wss://` URL with the default settings.
 pub async fn connect(url: &str) -> Result<Client, Error> {
     connect_with(url, ClientConfig::default()).await
 }
 
-/// Connects to a `ws://` URL.
+/// Connects to a `ws://` or `wss://` URL.
 pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Client, Error> {
     let target = Target::parse(url)?;
     match timeout(config.connect_timeout, open(&target, config)).await {
@@ -107,18 +180,24 @@ struct Target {
     addr: SocketAddr,
     host: String,
     resource: String,
+    /// On `wss://`: the name the server's certificate must carry.
+    tls: Option<ServerName<'static>>,
 }
 
 impl Target {
     fn parse(url: &str) -> Result<Self, Error> {
         let url = url::Url::parse(url).map_err(|e| Error::Url(e.to_string()))?;
-        match url.scheme() {
-            "ws" => {}
-            "wss" => return Err(Error::Url("wss:// (TLS) is not supported yet".into())),
-            other => return Err(Error::Url(format!("scheme {other} is not ws"))),
-        }
+        let secure = match url.scheme() {
+            "ws" => false,
+            "wss" => true,
+            other => return Err(Error::Url(format!("scheme {other} is not ws or wss"))),
+        };
         let host = url.host_str().ok_or_else(|| Error::Url("no host".into()))?;
-        let port = url.port().unwrap_or(80);
+        let port = url.port_or_known_default().unwrap_or(80);
+        let tls = secure
+            .then(|| ServerName::try_from(host.trim_matches(['[', ']']).to_owned()))
+            .transpose()
+            .map_err(|e| Error::Url(format!("{host} is not a TLS server name: {e}")))?;
         let addr = (host.trim_matches(['[', ']']), port)
             .to_socket_addrs()?
             .next()
@@ -136,6 +215,7 @@ impl Target {
             addr,
             host,
             resource,
+            tls,
         })
     }
 }
@@ -190,7 +270,12 @@ impl Opening {
 }
 
 async fn open(target: &Target, config: ClientConfig) -> Result<Client, Error> {
-    let stream = Stream::connect(target.addr).await?;
+    let mut stream = Stream::connect(target.addr).await?;
+    if let Some(name) = &target.tls {
+        stream
+            .handshake_tls(tls_connection(&config, name.clone())?)
+            .await?;
+    }
     let (mut opening, request) = Opening::start(target, config)?;
     stream.write_all(request).await?;
     loop {
@@ -220,21 +305,36 @@ pub struct Handoff {
     pub session: Session,
     /// Bytes that arrived after the handshake response: feed them to the session first.
     pub leftover: BytesMut,
+    /// On `wss://`: the TLS state, handshake done. Every byte read from the socket goes
+    /// through it (it may already hold received plaintext), and every byte written.
+    pub tls: Option<Box<rustls::ClientConnection>>,
 }
 
-/// Connects to a `ws://` URL with blocking socket calls and returns the open connection's
-/// parts, bounded by the connect timeout.
+/// Connects to a `ws://` or `wss://` URL with blocking socket calls and returns the open
+/// connection's parts, bounded by the connect timeout.
 pub fn connect_blocking(url: &str, config: ClientConfig) -> Result<Handoff, Error> {
     use std::io::{Read, Write};
     let target = Target::parse(url)?;
+    let mut tls = match &target.tls {
+        Some(name) => Some(Box::new(tls_connection(&config, name.clone())?)),
+        None => None,
+    };
     let socket = std::net::TcpStream::connect_timeout(&target.addr, config.connect_timeout)?;
     socket.set_nodelay(true)?;
     socket.set_read_timeout(Some(config.connect_timeout))?;
     let (mut opening, request) = Opening::start(&target, config)?;
-    (&socket).write_all(&request)?;
+    let mut sock = &socket;
+    match &mut tls {
+        Some(conn) => rustls::Stream::new(&mut **conn, &mut sock).write_all(&request)?,
+        None => sock.write_all(&request)?,
+    }
     let mut chunk = [0u8; READ_CHUNK];
     loop {
-        let n = match (&socket).read(&mut chunk) {
+        let read = match &mut tls {
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut sock).read(&mut chunk),
+            None => sock.read(&mut chunk),
+        };
+        let n = match read {
             Ok(n) => n,
             // io_uring task work on this thread (a caller's ring) can interrupt a read.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -258,6 +358,7 @@ pub fn connect_blocking(url: &str, config: ClientConfig) -> Result<Handoff, Erro
                 socket,
                 session,
                 leftover: opening.buf,
+                tls,
             });
         }
     }

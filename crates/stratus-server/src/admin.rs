@@ -2,6 +2,9 @@
 //! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`. HTTP/1.1 with keep-alive,
 //! parsed with httparse; bodies need a Content-Length and are capped at `max_publish`.
 //!
+//! With `admin_tls` configured the listener speaks HTTPS: the TLS handshake comes first
+//! (bounded by the idle timeout), then the same HTTP code runs over the TLS stream.
+//!
 //! With an admin token configured, publishing and metrics need `Authorization: Bearer
 //! <token>` (401 otherwise); without one, the server refuses to bind the admin listener to
 //! anything but loopback, so publishing stays a local privilege.
@@ -29,6 +32,8 @@ const IDLE: Duration = Duration::from_secs(30);
 pub(crate) struct Admin {
     pub(crate) hub: Arc<Hub>,
     pub(crate) config: Arc<Config>,
+    /// The listener's TLS settings (HTTPS).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Accepts admin connections until the listener is shut down.
@@ -84,27 +89,42 @@ fn error(status: u16, message: &str) -> Response {
     respond(status, json!({ "error": message }))
 }
 
-async fn connection(admin: Rc<Admin>, stream: Stream) {
+async fn connection(admin: Rc<Admin>, mut stream: Stream) {
+    if let Some(tls) = &admin.tls {
+        let handshake = async {
+            let conn = rustls::ServerConnection::new(tls.clone()).map_err(std::io::Error::other)?;
+            stream.handshake_tls(conn).await
+        };
+        if let Err(err) = tokio::time::timeout(IDLE, handshake)
+            .await
+            .unwrap_or_else(|e| Err(e.into()))
+        {
+            tracing::debug!(error = %err, "admin TLS handshake failed");
+            return;
+        }
+    }
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let (request, body) = match read_request(&stream, &mut buf, admin.config.max_publish).await
-        {
+        let max = admin.config.max_publish;
+        let (request, body) = match read_request(&mut stream, &mut buf, max).await {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return,
             Err(response) => {
-                let _ = write(&stream, &response, true).await;
+                if write(&mut stream, &response, true).await.is_ok() {
+                    stream.shutdown_write().await;
+                }
                 return;
             }
         };
         let response = route(&admin, &request, body).await;
-        if write(&stream, &response, request.close).await.is_err() || request.close {
-            stream.shutdown_write();
+        if write(&mut stream, &response, request.close).await.is_err() || request.close {
+            stream.shutdown_write().await;
             return;
         }
     }
 }
 
-async fn write(stream: &Stream, response: &Response, close: bool) -> std::io::Result<()> {
+async fn write(stream: &mut Stream, response: &Response, close: bool) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: {}\r\n\r\n{}",
         response.status,
@@ -120,7 +140,7 @@ async fn write(stream: &Stream, response: &Response, close: bool) -> std::io::Re
 
 /// Reads one request head and its body. `Ok(None)`: the client closed or went idle.
 async fn read_request(
-    stream: &Stream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     max_body: usize,
 ) -> Result<Option<(Request, Bytes)>, Response> {
@@ -158,7 +178,7 @@ async fn read_request(
     Ok(Some((request, buf.split_to(length).freeze())))
 }
 
-async fn read_more(stream: &Stream, buf: &mut BytesMut) -> bool {
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
     let taken = std::mem::take(buf);
     match tokio::time::timeout(IDLE, stream.read_into(taken, READ_CHUNK)).await {
         Ok((Ok(n), returned)) => {

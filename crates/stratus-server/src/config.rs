@@ -8,6 +8,7 @@ use stratus_proto::Limits;
 use stratus_proto::handshake::HandshakeLimits;
 
 use crate::Auth;
+use crate::tls::TlsFiles;
 
 /// What the server does with client messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,11 @@ pub struct Config {
     pub busy_poll: Duration,
     /// permessage-deflate: `None` declines every offer.
     pub deflate: Option<DeflateConfig>,
+    /// TLS on the WebSocket listener (`wss://`); `None` serves plain `ws://`.
+    pub tls: Option<TlsFiles>,
+    /// TLS on the admin listener (`https://`); `None` serves plain HTTP. It may name the
+    /// same files as `tls`.
+    pub admin_tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -118,12 +124,15 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             busy_poll: Duration::ZERO,
             deflate: Some(DeflateConfig::default()),
+            tls: None,
+            admin_tls: None,
         }
     }
 }
 
 impl Config {
-    /// Checks what cannot be checked field by field: a reason to refuse the config.
+    /// Checks what cannot be checked field by field, and loads the TLS certificates and
+    /// keys: a reason to refuse the config.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(admin) = self.admin_listen
             && self.admin_token.is_none()
@@ -136,6 +145,19 @@ impl Config {
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
         }
+        if self.admin_tls.is_some() && self.admin_listen.is_none() {
+            return Err("admin TLS is configured but there is no admin listener".into());
+        }
+        self.tls
+            .as_ref()
+            .map(TlsFiles::load)
+            .transpose()
+            .map_err(|e| format!("tls: {e}"))?;
+        self.admin_tls
+            .as_ref()
+            .map(TlsFiles::load)
+            .transpose()
+            .map_err(|e| format!("admin tls: {e}"))?;
         Ok(())
     }
 

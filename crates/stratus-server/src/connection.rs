@@ -26,6 +26,7 @@ use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
 use crate::metrics::{self, WorkerStats};
+use crate::tls_conn::TlsConn;
 use crate::upgrade::{Refusal, Upgrade, refusal};
 
 /// Moves `session`'s outgoing bytes to `queue`, frame boundaries marked.
@@ -90,6 +91,8 @@ pub(crate) struct Conn {
     /// The handshake deadline, then the close deadline once closing starts.
     pub(crate) deadline: Option<Instant>,
     pub(crate) io: IoState,
+    /// TLS, on a `wss://` listener: the queue holds plaintext, sealed when sent.
+    pub(crate) tls: Option<Box<TlsConn>>,
 }
 
 /// What is in flight and what is finished, for the worker.
@@ -120,6 +123,7 @@ impl Conn {
         token: u64,
         limits: stratus_proto::handshake::HandshakeLimits,
         deadline: Instant,
+        tls: Option<Box<TlsConn>>,
     ) -> Self {
         let ip = socket
             .peer_addr()
@@ -138,7 +142,55 @@ impl Conn {
             ping_sent: None,
             deadline: Some(deadline),
             io: IoState::default(),
+            tls,
         }
+    }
+
+    /// Bytes queued or in flight: plaintext not yet sealed, and sealed records not yet
+    /// written (what the cap and read backpressure act on).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queue.queued_bytes() + self.tls.as_ref().map_or(0, |t| t.out.queued_bytes())
+    }
+
+    /// Whether anything waits to be sent (on TLS: records rustls has to send, and the
+    /// close_notify that goes before FIN).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.queue.has_pending()
+            || self.tls.as_ref().is_some_and(|t| {
+                t.out.has_pending() || t.wants_write() || (self.io.fin_after_flush && !t.notified())
+            })
+    }
+
+    /// Moves the next bytes to send into `batch` (empty): queued frames, or on TLS the
+    /// records sealed from them (with close_notify once a FIN is due and all is sealed).
+    pub(crate) fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+        let Some(tls) = &mut self.tls else {
+            self.queue.take_batch(batch, max);
+            return;
+        };
+        tls.seal(&mut self.queue, batch);
+        if self.io.fin_after_flush && !self.queue.has_pending() {
+            tls.close_notify();
+        }
+        tls.out.take_batch(batch, max);
+    }
+
+    /// Records that the first `written` bytes of `batch` (from
+    /// [`take_batch`](Self::take_batch)) were sent.
+    pub(crate) fn sent(&mut self, batch: &mut Vec<Bytes>, written: usize) {
+        match &mut self.tls {
+            Some(tls) => tls.out.sent(batch, written),
+            None => self.queue.sent(batch, written),
+        }
+    }
+
+    /// A TLS failure (bad record, failed handshake): the alert rustls queued goes out,
+    /// then FIN; nothing more is read.
+    pub(crate) fn fail_tls(&mut self, why: &rustls::Error, deadline: Instant) {
+        debug!(conn = self.token, error = %why, "TLS failed");
+        self.phase = Phase::Answered;
+        self.io.fin_after_flush = true;
+        self.deadline = Some(deadline);
     }
 
     /// The session, once upgraded.
@@ -248,7 +300,7 @@ impl Conn {
             FrameChoice::PerConnection => None,
         };
         let len = frame.map_or(broadcast.plain.len(), Bytes::len);
-        if self.queue.queued_bytes() + len > cap {
+        if self.queued_bytes() + len > cap {
             return match policy {
                 SlowConsumer::Drop => Delivered::Dropped,
                 SlowConsumer::Close => {

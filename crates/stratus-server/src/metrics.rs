@@ -52,6 +52,7 @@ pub(crate) struct WorkerStats {
     pub(crate) opened: AtomicU64,
     closed: [AtomicU64; CLOSE_CODES.len()],
     pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) tls_errors: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
     pub(crate) messages_in: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
@@ -111,10 +112,11 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 14] = [
+    let single: [(&str, &str, &str, u64); 15] = [
         ("stratus_connections", "gauge", "Open WebSocket connections.", load(&stats.connections)),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
+        ("stratus_tls_errors_total", "counter", "Connections closed for a failed TLS handshake or a bad TLS record (plain HTTP on the TLS port, say).", sum(|w| &w.tls_errors)),
         ("stratus_messages_received_total", "counter", "Messages received from clients (data and control).", sum(|w| &w.messages_in)),
         ("stratus_received_bytes_total", "counter", "Payload bytes of the messages received from clients.", sum(|w| &w.bytes_in)),
         ("stratus_sent_bytes_total", "counter", "Bytes written to client sockets (frames and HTTP responses).", sum(|w| &w.bytes_out)),

@@ -38,6 +38,14 @@ impl Server {
     /// Binds one listener per worker (and the admin listener) and starts the workers.
     pub fn start(config: Config) -> io::Result<Self> {
         config.validate().map_err(invalid)?;
+        let load = |files: &Option<crate::TlsFiles>| {
+            files
+                .as_ref()
+                .map(crate::TlsFiles::load)
+                .transpose()
+                .map_err(|e| invalid(e.to_string()))
+        };
+        let (tls, admin_tls) = (load(&config.tls)?, load(&config.admin_tls)?);
         let workers = config.workers.clamp(1, MAX_WORKERS);
         let first = stratus_uring::bind_reuseport(config.listen, 4096)?;
         let local_addr = first.local_addr()?;
@@ -71,10 +79,12 @@ impl Server {
         let config = Arc::new(config);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, (inbox, wake))) in listeners.into_iter().zip(inboxes).enumerate() {
-            let (hub, config) = (hub.clone(), config.clone());
+            let (hub, config, tls) = (hub.clone(), config.clone(), tls.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("stratus-worker-{index}"))
-                .spawn(move || Worker::new(index, hub, config, listener, inbox, wake)?.run())?;
+                .spawn(move || {
+                    Worker::new(index, hub, config, listener, inbox, wake, tls)?.run()
+                })?;
             threads.push(thread);
         }
         let admin = match admin {
@@ -83,6 +93,7 @@ impl Server {
                 let admin = Admin {
                     hub: hub.clone(),
                     config: config.clone(),
+                    tls: admin_tls,
                 };
                 let thread = std::thread::Builder::new()
                     .name("stratus-admin".into())

@@ -34,6 +34,7 @@ use crate::connection::{Conn, Delivered, Phase, queue_transmit};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
 use crate::status_page;
+use crate::tls_conn::TlsConn;
 use crate::topic::{self, TopicTable};
 use crate::upgrade::upgrade;
 use stratus_proto::handshake::{Request, http_error};
@@ -170,6 +171,8 @@ pub(crate) struct Worker {
     /// is taken once the sends for it are submitted.
     unsent_publishes: Vec<Instant>,
     draining: Option<Instant>,
+    /// The listener's TLS settings (`wss://`).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Worker {
@@ -181,6 +184,7 @@ impl Worker {
         listener: TcpListener,
         inbox: mpsc::UnboundedReceiver<WorkerMsg>,
         wake: Arc<Wake>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<Self> {
         Ok(Self {
             index,
@@ -198,6 +202,7 @@ impl Worker {
             spare_batches: Vec::new(),
             unsent_publishes: Vec::new(),
             draining: None,
+            tls,
         })
     }
 
@@ -284,11 +289,19 @@ impl Worker {
     fn admit(&mut self, fd: OwnedFd) {
         let socket = TcpStream::from(fd);
         let _ = socket.set_nodelay(true);
+        let tls = match self.tls.clone().map(TlsConn::new).transpose() {
+            Ok(tls) => tls.map(Box::new),
+            Err(err) => {
+                warn!(error = %err, "TLS connection setup failed");
+                return;
+            }
+        };
         self.generation += 1;
         let entry = self.conns.slab.vacant_entry();
         let token = token(entry.key(), self.generation);
         let deadline = Instant::now() + self.config.handshake_timeout;
-        let mut conn = Conn::new(socket, token, self.config.handshake_limits, deadline);
+        let limits = self.config.handshake_limits;
+        let mut conn = Conn::new(socket, token, limits, deadline, tls);
         self.ring.recv_multishot(conn.socket.as_raw_fd(), token);
         conn.io.receiving = true;
         entry.insert(Box::new(conn));
@@ -331,8 +344,19 @@ impl Worker {
         } else {
             std::mem::take(&mut conn.read_buf)
         };
-        buf.extend_from_slice(self.ring.received());
-        if conn.io.fin_sent || conn.io.dead {
+        let received = self.ring.received();
+        match &mut conn.tls {
+            _ if conn.io.fin_sent || conn.io.dead || matches!(conn.phase, Phase::Answered) => {}
+            None => buf.extend_from_slice(received),
+            Some(tls) => match tls.receive(received, &mut buf) {
+                Ok(closed) => conn.io.peer_done |= closed,
+                Err(err) => {
+                    metrics::add(&self.hub.workers[self.index].tls_errors, 1);
+                    conn.fail_tls(&err, Instant::now() + self.config.close_timeout);
+                }
+            },
+        }
+        if conn.io.fin_sent || conn.io.dead || matches!(conn.phase, Phase::Answered) {
             buf.clear();
         } else if matches!(conn.phase, Phase::Handshake(_)) {
             self.handshake(slot, &mut buf);
@@ -473,7 +497,7 @@ impl Worker {
             match result {
                 Ok(n) => {
                     metrics::add(&self.hub.workers[self.index].bytes_out, n as u64);
-                    conn.queue.sent(&mut frames, n);
+                    conn.sent(&mut frames, n);
                 }
                 Err(_) => {
                     frames.clear();
@@ -532,9 +556,9 @@ impl Worker {
         conn.io.dirty = false;
         let fd = conn.socket.as_raw_fd();
         if !conn.io.dead {
-            if !conn.io.sending && conn.queue.has_pending() {
+            if !conn.io.sending && conn.has_pending() {
                 let mut batch = self.spare_batches.pop().unwrap_or_default();
-                conn.queue.take_batch(&mut batch, MAX_IOV);
+                conn.take_batch(&mut batch, MAX_IOV);
                 self.ring.send(fd, token, batch);
                 conn.io.sending = true;
                 started = true;
@@ -553,7 +577,7 @@ impl Worker {
             }
             return started;
         }
-        let backlog = conn.queue.queued_bytes() >= cap;
+        let backlog = conn.queued_bytes() >= cap;
         if !conn.io.receiving && !conn.io.peer_done && !backlog {
             self.ring.recv_multishot(fd, token);
             conn.io.receiving = true;

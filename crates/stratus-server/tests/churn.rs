@@ -55,14 +55,16 @@ fn usage(pid: u32, admin_addr: SocketAddr) -> Usage {
     }
 }
 
-/// Waits until the server has no connections and `fds` descriptors (the admin request
-/// that asks is the one extra).
+/// Waits until the server has no connections and its fd count has stopped falling
+/// (sockets still in their handshake or close deadline hold fds but are not counted as
+/// connections), and, given `fds`, is at most that.
 fn settled(pid: u32, admin_addr: SocketAddr, fds: Option<usize>) -> Usage {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = usize::MAX;
     loop {
         let now = usage(pid, admin_addr);
-        let fds_back = fds.is_none_or(|f| now.fds <= f);
-        if sample(&now.page, "stratus_connections") == 0 && fds_back {
+        let steady = now.fds == last && fds.is_none_or(|f| now.fds <= f);
+        if sample(&now.page, "stratus_connections") == 0 && steady {
             return now;
         }
         assert!(
@@ -71,7 +73,9 @@ fn settled(pid: u32, admin_addr: SocketAddr, fds: Option<usize>) -> Usage {
             now.fds,
             now.page
         );
-        std::thread::sleep(Duration::from_millis(50));
+        last = now.fds;
+        // Longer than the close timeout (0.5 s): whatever was closing has closed.
+        std::thread::sleep(Duration::from_millis(700));
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stratus_deflate::{DeflateConfig, Mode};
-use stratus_server::{Auth, AuthAlgorithm, Config, SlowConsumer};
+use stratus_server::{Auth, AuthAlgorithm, Config, SlowConsumer, TlsFiles};
 
 /// Server options (all optional: unset means "from the file, else the default").
 #[derive(Args, Deserialize, Serialize, Default, Debug, Clone)]
@@ -115,6 +115,20 @@ pub(crate) struct Settings {
     /// Messages shorter than this many bytes are sent uncompressed [64].
     #[arg(long, env = "STRATUS_DEFLATE_THRESHOLD")]
     deflate_threshold: Option<usize>,
+    /// PEM certificate chain (leaf first) for TLS on the WebSocket listener (wss://);
+    /// needs tls-key [none: plain ws://].
+    #[arg(long, env = "STRATUS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of tls-cert [none].
+    #[arg(long, env = "STRATUS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the admin listener (https://); may be the same
+    /// file as tls-cert; needs admin-tls-key [none: plain HTTP].
+    #[arg(long, env = "STRATUS_ADMIN_TLS_CERT")]
+    admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of admin-tls-cert [none].
+    #[arg(long, env = "STRATUS_ADMIN_TLS_KEY")]
+    admin_tls_key: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +217,11 @@ impl Settings {
             log_level,
             log_format,
             deflate,
-            deflate_threshold
+            deflate_threshold,
+            tls_cert,
+            tls_key,
+            admin_tls_cert,
+            admin_tls_key
         ))
     }
 
@@ -258,6 +276,10 @@ impl Settings {
                 Some(_) => DeflateArg::Dedicated,
             }),
             deflate_threshold: config.deflate.map(|d| d.threshold),
+            tls_cert: config.tls.as_ref().map(|t| t.cert.clone()),
+            tls_key: config.tls.as_ref().map(|t| t.key.clone()),
+            admin_tls_cert: config.admin_tls.as_ref().map(|t| t.cert.clone()),
+            admin_tls_key: config.admin_tls.as_ref().map(|t| t.key.clone()),
         }
     }
 
@@ -340,8 +362,25 @@ impl Settings {
                 .busy_poll_us
                 .map_or(base.busy_poll, Duration::from_micros),
             deflate,
+            tls: pair(self.tls_cert, self.tls_key, "tls")?.or(base.tls),
+            admin_tls: pair(self.admin_tls_cert, self.admin_tls_key, "admin-tls")?
+                .or(base.admin_tls),
             ..base
         })
+    }
+}
+
+/// A certificate and its key, both given or neither.
+fn pair(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    name: &str,
+) -> anyhow::Result<Option<TlsFiles>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => anyhow::bail!("{name}-cert is set but {name}-key is not"),
+        (None, Some(_)) => anyhow::bail!("{name}-key is set but {name}-cert is not"),
     }
 }
 
