@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -195,13 +197,7 @@ fn https(addr: SocketAddr, trusted_pem: &str, request: &str) -> (u16, String) {
     let conn = rustls::ClientConnection::new(config, name).unwrap();
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    tls.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
+    common::exchange(rustls::StreamOwned::new(conn, tcp), request)
 }
 
 #[test]

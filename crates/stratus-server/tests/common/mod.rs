@@ -192,10 +192,16 @@ impl Peer {
 
 /// Sends `request` to the admin listener; the status and the body.
 pub fn admin(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    exchange(stream, request)
+}
+
+/// Sends an HTTP `request` over `stream` (plain or TLS) and reads the response to its
+/// end; the status and the body.
+pub fn exchange(mut stream: impl Read + Write, request: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
