@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check Stratus has, installing what the checks need on a fresh machine:
-# formatting, lints, unit and integration tests, a bounded run of every fuzz target, the
+# formatting, lints, unit and integration tests (with a real redis-server for the
+# multi-node ones), a bounded run of every fuzz target, the
 # status page in headless Chromium, the sans-IO dependency check, AddressSanitizer over
 # the unsafe code, and the Autobahn testsuite in server and client mode with its gate.
 # Non-interactive; exits non-zero on the first failure.
@@ -20,6 +21,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "redis-server for the multi-node tests (each test starts its own on a free port)"
+bash scripts/install-redis.sh
 
 step "cargo test"
 cargo test --workspace

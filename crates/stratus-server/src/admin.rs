@@ -1,5 +1,6 @@
 //! The admin API, served by its own thread on its own listener: `POST /publish/{topic}`,
-//! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`. HTTP/1.1 with keep-alive,
+//! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz` (false while draining or
+//! while the broker is unreachable). HTTP/1.1 with keep-alive,
 //! parsed with httparse; bodies need a Content-Length and are capped at `max_publish`.
 //!
 //! With `admin_tls` configured the listener speaks HTTPS: the TLS handshake comes first
@@ -20,7 +21,7 @@ use stratus_proto::handshake::{HandshakeLimits, HeadScanner, reason_phrase};
 use stratus_uring::{self as uring, Listener, Stream};
 
 use crate::config::Config;
-use crate::hub::{Hub, PublishError};
+use crate::hub::{Hub, PublishError, Reach};
 
 const READ_CHUNK: usize = 4096;
 const MAX_HEAD: usize = 8 * 1024;
@@ -260,8 +261,7 @@ async fn route(admin: &Admin, request: &Request, body: Bytes) -> Response {
     let path = request.path.split('?').next().unwrap_or_default();
     match (request.method.as_str(), path) {
         ("GET", "/healthz") => respond(200, json!({ "status": "ok" })),
-        ("GET", "/readyz") if admin.hub.is_draining() => respond(503, json!({ "ready": false })),
-        ("GET", "/readyz") => respond(200, json!({ "ready": true })),
+        ("GET", "/readyz") => readiness(&admin.hub),
         ("GET", "/metrics") if !authorized(admin, request) => unauthorized(),
         ("GET", "/metrics") => Response {
             body: crate::metrics::render(&admin.hub),
@@ -296,16 +296,33 @@ async fn publish(admin: &Admin, topic: &str, content_type: &str, body: Bytes) ->
     } else {
         Message::Binary(body)
     };
-    match admin.hub.publish(topic, message) {
-        Ok(delivery) => respond(200, json!({ "recipients": delivery.recipients().await })),
+    let reach = match admin.hub.publish(topic, message) {
+        Ok(delivery) => delivery.reach().await,
+        Err(e) => Err(e),
+    };
+    match reach {
+        Ok(Reach::Subscribers(n)) => respond(200, json!({ "recipients": n })),
+        Ok(Reach::Nodes(n)) => respond(200, json!({ "nodes": n })),
         Err(e @ (PublishError::InvalidTopic(_) | PublishError::NotData)) => {
             error(400, &e.to_string())
         }
-        Err(e @ (PublishError::Draining | PublishError::Overloaded)) => Response {
+        Err(e) => Response {
             extra: "Retry-After: 1\r\n",
             ..error(503, &e.to_string())
         },
     }
+}
+
+/// `/readyz`: 200 while the node can take publishes; 503 while it drains or its broker is
+/// unreachable.
+fn readiness(hub: &Hub) -> Response {
+    let broker = hub
+        .broker
+        .as_ref()
+        .map(|b| if b.is_up() { "up" } else { "down" });
+    let ready = hub.is_ready();
+    let body = json!({ "ready": ready, "draining": hub.is_draining(), "broker": broker });
+    respond(if ready { 200 } else { 503 }, body)
 }
 
 #[cfg(test)]

@@ -92,6 +92,10 @@ pub struct Config {
     /// TLS on the admin listener (`https://`); `None` serves plain HTTP. It may name the
     /// same files as `tls`.
     pub admin_tls: Option<TlsFiles>,
+    /// A Redis URL (`redis://host:port/db`) through which several servers share topics:
+    /// every publish goes through Redis and reaches the subscribers on every server.
+    /// `None`: this server alone (the embedded local broker).
+    pub broker: Option<String>,
 }
 
 impl Default for Config {
@@ -126,6 +130,7 @@ impl Default for Config {
             deflate: Some(DeflateConfig::default()),
             tls: None,
             admin_tls: None,
+            broker: None,
         }
     }
 }
@@ -158,6 +163,9 @@ impl Config {
             .map(TlsFiles::load)
             .transpose()
             .map_err(|e| format!("admin tls: {e}"))?;
+        if let Some(url) = &self.broker {
+            crate::broker::client(url)?;
+        }
         Ok(())
     }
 

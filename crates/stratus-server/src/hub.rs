@@ -4,7 +4,8 @@
 //! A publish is framed once on the publisher's thread and sent, as one `Arc`, to each
 //! worker with subscribers for the topic; each worker fans it out to its own
 //! connections. The only lock is taken once per publish (to read the topic's workers),
-//! never per recipient.
+//! never per recipient. With a broker (Redis), a publish goes there first and comes back
+//! to every node's fan-out, this one's included.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,6 +17,7 @@ use stratus_uring::Wake;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broadcast::Broadcast;
+use crate::broker::{BrokerLink, Interest};
 use crate::metrics::WorkerStats;
 use crate::topic::{self, TopicError};
 
@@ -65,6 +67,10 @@ pub enum PublishError {
     /// A worker has too many publishes waiting: try again later.
     #[error("too many publishes waiting")]
     Overloaded,
+    /// The broker (Redis) is unreachable, or lost the connection before confirming the
+    /// publish: it may or may not have gone out. Try again later.
+    #[error("the broker is unavailable")]
+    BrokerUnavailable,
 }
 
 /// Counters over the server's life.
@@ -95,6 +101,8 @@ pub(crate) struct Hub {
     /// Topic -> bitmask of workers with at least one subscriber.
     interest: Mutex<HashMap<Arc<str>, u64>>,
     pub(crate) stats: Stats,
+    /// The Redis broker, when nodes share topics through one.
+    pub(crate) broker: Option<BrokerLink>,
     draining: AtomicBool,
     max_pending: usize,
 }
@@ -102,38 +110,77 @@ pub(crate) struct Hub {
 /// Publishes waiting in one worker's inbox before publishing answers "overloaded".
 const MAX_PENDING_PUBLISHES: usize = 1 << 16;
 
-/// The outcome of a publish: how many local subscribers it was queued to, once every
-/// worker has fanned it out.
+/// The outcome of a publish, once it has been handed on.
 #[derive(Debug)]
-pub struct Delivery(Vec<oneshot::Receiver<usize>>);
+pub struct Delivery(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    /// The local broker: one answer per worker with subscribers.
+    Local(Vec<oneshot::Receiver<usize>>),
+    /// Redis: the count of nodes it passed the message to.
+    Broker(oneshot::Receiver<Result<usize, PublishError>>),
+}
+
+/// How far a publish went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reach {
+    /// With the local broker: the subscribers it was queued to.
+    Subscribers(usize),
+    /// With Redis: the nodes that had subscribers for the topic (each fans it out to its
+    /// own).
+    Nodes(usize),
+}
 
 impl Delivery {
-    /// How many workers the publish went to (those with subscribers for the topic).
+    /// How many of this node's workers the publish went to (with a broker: 0, the
+    /// workers get it from the broker).
     pub fn workers(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Waits for every worker and returns the number of recipients.
-    pub async fn recipients(self) -> usize {
-        let mut total = 0;
-        for rx in self.0 {
-            total += rx.await.unwrap_or(0);
+        match &self.0 {
+            Pending::Local(acks) => acks.len(),
+            Pending::Broker(_) => 0,
         }
-        total
     }
 
-    /// As [`Delivery::recipients`], blocking the calling thread (not for async code).
-    pub fn wait(self) -> usize {
-        self.0
-            .into_iter()
-            .map(|rx| rx.blocking_recv().unwrap_or(0))
-            .sum()
+    /// Waits until the publish has been fanned out by every worker (local broker) or
+    /// confirmed by Redis, and says how far it went.
+    pub async fn reach(self) -> Result<Reach, PublishError> {
+        match self.0 {
+            Pending::Local(acks) => {
+                let mut total = 0;
+                for rx in acks {
+                    total += rx.await.unwrap_or(0);
+                }
+                Ok(Reach::Subscribers(total))
+            }
+            Pending::Broker(rx) => rx
+                .await
+                .unwrap_or(Err(PublishError::BrokerUnavailable))
+                .map(Reach::Nodes),
+        }
+    }
+
+    /// As [`Delivery::reach`], blocking the calling thread (not for async code).
+    pub fn wait(self) -> Result<Reach, PublishError> {
+        match self.0 {
+            Pending::Local(acks) => Ok(Reach::Subscribers(
+                acks.into_iter()
+                    .map(|rx| rx.blocking_recv().unwrap_or(0))
+                    .sum(),
+            )),
+            Pending::Broker(rx) => rx
+                .blocking_recv()
+                .unwrap_or(Err(PublishError::BrokerUnavailable))
+                .map(Reach::Nodes),
+        }
     }
 }
 
 impl Hub {
-    pub(crate) fn new(links: Vec<WorkerLink>) -> Self {
+    pub(crate) fn new(links: Vec<WorkerLink>, broker: Option<BrokerLink>) -> Self {
         Self {
+            broker,
             workers: links.iter().map(|_| WorkerStats::default()).collect(),
             links,
             per_ip: Mutex::default(),
@@ -148,18 +195,35 @@ impl Hub {
         self.interest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records that `worker` has (or no longer has) subscribers for `topic`.
+    /// Records that `worker` has (or no longer has) subscribers for `topic`, and tells
+    /// the broker when the node's first subscriber comes or its last one leaves (under
+    /// the lock, so the broker sees the changes in order).
     pub(crate) fn set_interest(&self, topic: &Arc<str>, worker: usize, subscribed: bool) {
         let mut interest = self.interest();
         let bit = 1u64 << worker;
         if subscribed {
-            *interest.entry(topic.clone()).or_insert(0) |= bit;
+            let mask = interest.entry(topic.clone()).or_insert(0);
+            if *mask == 0
+                && let Some(broker) = &self.broker
+            {
+                broker.interest(Interest::Add(topic.clone()));
+            }
+            *mask |= bit;
         } else if let Some(mask) = interest.get_mut(topic) {
             *mask &= !bit;
             if *mask == 0 {
                 interest.remove(topic);
+                if let Some(broker) = &self.broker {
+                    broker.interest(Interest::Remove(topic.clone()));
+                }
             }
         }
+    }
+
+    /// Whether the node can publish: not draining, and connected to its broker if it has
+    /// one.
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.is_draining() && self.broker.as_ref().is_none_or(BrokerLink::is_up)
     }
 
     /// Counts a new WebSocket connection from `ip` against the caps (`max` over all
@@ -214,12 +278,32 @@ impl Hub {
         }
     }
 
-    /// Frames `message` once and sends it to every worker with subscribers for `topic`.
+    /// Publishes `message` to `topic`: through the broker when there is one, else
+    /// straight to this node's workers.
     pub(crate) fn publish(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
         topic::validate(topic)?;
         if !message.is_data() {
             return Err(PublishError::NotData);
         }
+        if self.is_draining() {
+            return Err(PublishError::Draining);
+        }
+        match &self.broker {
+            Some(broker) => {
+                let rx = broker.publish(topic, &message)?;
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                Ok(Delivery(Pending::Broker(rx)))
+            }
+            None => {
+                let delivery = self.fan_out(topic, message)?;
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                Ok(delivery)
+            }
+        }
+    }
+
+    /// Frames `message` once and sends it to every worker with subscribers for `topic`.
+    pub(crate) fn fan_out(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
         if self.is_draining() {
             return Err(PublishError::Draining);
         }
@@ -231,7 +315,6 @@ impl Hub {
         {
             return Err(PublishError::Overloaded);
         }
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
         let topic: Arc<str> = Arc::from(topic);
         let broadcast = Arc::new(Broadcast::new(message));
         let mut acks = Vec::new();
@@ -250,6 +333,6 @@ impl Hub {
                 link.pending.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        Ok(Delivery(acks))
+        Ok(Delivery(Pending::Local(acks)))
     }
 }

@@ -5,7 +5,8 @@
 //! its own io_uring and owns its connections and its topic table outright.
 //! [`Server::publish`] frames a message once and hands the same bytes to every
 //! subscriber's send queue, across workers, with no lock per recipient. The binary
-//! `stratus` wraps it in a command line (serve, echo, publish).
+//! `stratus` wraps it in a command line (serve, echo, publish). With
+//! [`Config::broker`] set, several servers share topics through Redis.
 //!
 //! Not here: protocol rules (in `stratus-proto`), compression (in `stratus-deflate`), and
 //! io_uring calls (in `stratus-uring`).
@@ -13,6 +14,7 @@
 mod admin;
 mod auth;
 mod broadcast;
+mod broker;
 mod commands;
 mod config;
 mod connection;
@@ -28,6 +30,6 @@ mod worker;
 
 pub use auth::{Auth, AuthAlgorithm};
 pub use config::{App, Config, SlowConsumer};
-pub use hub::{Delivery, PublishError, Stats};
+pub use hub::{Delivery, PublishError, Reach, Stats};
 pub use server::Server;
 pub use tls::{TlsError, TlsFiles};

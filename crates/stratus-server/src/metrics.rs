@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use stratus_proto::CloseCode;
 
+use crate::broker::BrokerStats;
 use crate::hub::Hub;
 
 /// HTTP statuses an upgrade can be refused with, counted one by one (the last one also
@@ -100,6 +101,24 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 }
 
 /// The whole page.
+/// The broker's rows (only on a node with a broker).
+fn broker_metrics(out: &mut String, stats: &BrokerStats) {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    #[rustfmt::skip]
+    let rows: [(&str, &str, &str, u64); 7] = [
+        ("stratus_broker_up", "gauge", "1 while connected to the Redis broker (publishing answers 503 otherwise).", u64::from(stats.up.load(Ordering::Relaxed))),
+        ("stratus_broker_disconnects_total", "counter", "Connections to the broker lost.", load(&stats.disconnects)),
+        ("stratus_broker_topics", "gauge", "Topics this node is subscribed to in the broker.", load(&stats.topics)),
+        ("stratus_broker_published_total", "counter", "Publishes the broker confirmed.", load(&stats.published)),
+        ("stratus_broker_publish_errors_total", "counter", "Publishes refused (503) because the broker was unreachable or did not confirm.", load(&stats.publish_errors)),
+        ("stratus_broker_received_total", "counter", "Messages received from the broker and fanned out here.", load(&stats.received)),
+        ("stratus_broker_rejected_total", "counter", "Messages from the broker that were not Stratus messages (ignored).", load(&stats.rejected)),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(out, name, kind, help, &[("", value)]);
+    }
+}
+
 pub(crate) fn render(hub: &Hub) -> String {
     let sum = |f: fn(&WorkerStats) -> &AtomicU64| -> u64 {
         hub.workers
@@ -160,6 +179,9 @@ pub(crate) fn render(hub: &Hub) -> String {
         |w| &w.refused,
     );
     histogram(&mut out, hub);
+    if let Some(broker) = &hub.broker {
+        broker_metrics(&mut out, &broker.stats);
+    }
     out
 }
 

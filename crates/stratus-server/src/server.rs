@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::admin::{self, Admin};
+use crate::broker::{self, Interest};
 use crate::config::Config;
 use crate::hub::{Delivery, Hub, PublishError, Stats, WorkerLink};
 use crate::worker::Worker;
@@ -28,6 +29,8 @@ pub struct Server {
     workers: Vec<JoinHandle<io::Result<()>>>,
     /// The admin thread, and a handle on its listener to shut it down with.
     admin: Option<(JoinHandle<io::Result<()>>, socket2::Socket)>,
+    /// The thread that talks to the Redis broker, if there is one.
+    broker: Option<JoinHandle<()>>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -75,7 +78,22 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()?
             .into_iter()
             .unzip();
-        let hub = Arc::new(Hub::new(links));
+        let (broker, broker_task) = match &config.broker {
+            Some(url) => {
+                let (link, task) = broker::link(broker::client(url).map_err(invalid)?);
+                (Some(link), Some(task))
+            }
+            None => (None, None),
+        };
+        let hub = Arc::new(Hub::new(links, broker));
+        let broker = broker_task
+            .map(|task| {
+                let hub = hub.clone();
+                std::thread::Builder::new()
+                    .name("stratus-broker".into())
+                    .spawn(move || task.run(hub))
+            })
+            .transpose()?;
         let config = Arc::new(config);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, (inbox, wake))) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -109,6 +127,7 @@ impl Server {
             hub,
             workers: threads,
             admin,
+            broker,
         })
     }
 
@@ -123,8 +142,9 @@ impl Server {
     }
 
     /// Publishes `message` (text or binary) to every subscriber of `topic`, from any
-    /// thread. The message is framed once; the returned [`Delivery`] tells how many
-    /// subscribers it was queued to.
+    /// thread. The message is framed once per node; the returned [`Delivery`] tells how
+    /// far it went. With a broker it goes through Redis to every node, and fails with
+    /// [`PublishError::BrokerUnavailable`] while Redis is unreachable.
     pub fn publish(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
         self.hub.publish(topic, message)
     }
@@ -160,6 +180,12 @@ impl Server {
         if let Some((thread, control)) = self.admin {
             let _ = control.shutdown(std::net::Shutdown::Both);
             joined(thread)?;
+        }
+        if let (Some(thread), Some(link)) = (self.broker, &self.hub.broker) {
+            link.interest(Interest::Stop);
+            thread
+                .join()
+                .map_err(|_| io::Error::other("broker thread panicked"))?;
         }
         Ok(())
     }

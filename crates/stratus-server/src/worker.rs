@@ -676,7 +676,7 @@ impl Worker {
         let mut queued_bytes = 0;
         let Conns { slab, dirty } = &mut self.conns;
         for (_, conn) in slab.iter_mut() {
-            queued_bytes += conn.queue.queued_bytes() as u64;
+            queued_bytes += conn.queued_bytes() as u64;
             if conn.io.dead {
                 continue;
             }

@@ -11,7 +11,7 @@ use common::{Peer, frame, start_with, upgrade_request_with};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use stratus_proto::{CloseCode, Message};
-use stratus_server::{App, Auth, AuthAlgorithm, Server};
+use stratus_server::{App, Auth, AuthAlgorithm, Reach, Server};
 
 const SECRET: &[u8] = b"a test secret of at least thirty-two bytes";
 
@@ -118,7 +118,11 @@ fn missing_invalid_or_expired_tokens_get_401_and_open_connections_are_unaffected
     }
 
     let delivered = server.publish("news", Message::text("still here")).unwrap();
-    assert_eq!(delivered.wait(), 1, "the open connection still receives");
+    assert_eq!(
+        delivered.wait(),
+        Ok(Reach::Subscribers(1)),
+        "the open connection still receives"
+    );
     assert_eq!(open.recv(), Some(Message::text("still here")));
     server.stop().unwrap();
 }
@@ -213,7 +217,7 @@ fn a_subscribe_outside_the_tokens_topics_gets_an_error_and_no_subscription() {
 
     assert_eq!(
         server.publish("secret", Message::text("x")).unwrap().wait(),
-        0,
+        Ok(Reach::Subscribers(0)),
         "no subscription was made"
     );
     assert_eq!(
@@ -221,7 +225,7 @@ fn a_subscribe_outside_the_tokens_topics_gets_an_error_and_no_subscription() {
             .publish("news.sport", Message::text("goal"))
             .unwrap()
             .wait(),
-        1
+        Ok(Reach::Subscribers(1))
     );
     assert_eq!(peer.recv(), Some(Message::text("goal")));
     server.stop().unwrap();

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::{Peer, admin, frame, sample};
 use stratus_client::{ClientConfig, connect, connect_with};
 use stratus_proto::{CloseCode, Message};
-use stratus_server::{App, Config, Server, SlowConsumer};
+use stratus_server::{App, Config, Reach, Server, SlowConsumer};
 
 fn push_config() -> Config {
     Config {
@@ -93,7 +93,7 @@ fn fanout(subscribers: usize, count: u32, deflate: bool) {
         workers = workers.max(delivery.workers());
         assert_eq!(
             delivery.wait(),
-            subscribers,
+            Ok(Reach::Subscribers(subscribers)),
             "every subscriber got message {seq}"
         );
     }
@@ -154,7 +154,11 @@ fn slow_consumer(policy: SlowConsumer) -> (Server, Peer) {
     let pad = "y".repeat(4096);
     for seq in 0..2000u32 {
         let text = format!("{{\"seq\":{seq},\"pad\":\"{pad}\"}}");
-        server.publish("t", Message::text(text)).unwrap().wait();
+        server
+            .publish("t", Message::text(text))
+            .unwrap()
+            .wait()
+            .unwrap();
     }
     readers.join().unwrap();
     (server, slow)
@@ -218,7 +222,8 @@ fn slow_consumer_with_drop_policy_loses_messages_and_stays() {
     server
         .publish("t", Message::text(payload(99_999)))
         .unwrap()
-        .wait();
+        .wait()
+        .unwrap();
     let (got, _slow) = handle.join().unwrap();
     assert!(
         u64::from(got) + dropped == 2000,
@@ -249,9 +254,9 @@ fn subscribe_unsubscribe_and_bad_topics() {
         assert_eq!(
             srv.publish("news", Message::text("hello"))
                 .unwrap()
-                .recipients()
+                .reach()
                 .await,
-            1
+            Ok(Reach::Subscribers(1))
         );
         assert_eq!(c.recv().await.unwrap(), Some(Message::text("hello")));
         let bad = command(&mut c, r#"{"op":"subscribe","topic":"bad topic"}"#).await;
@@ -286,9 +291,9 @@ fn subscribe_unsubscribe_and_bad_topics() {
         assert_eq!(
             srv.publish("news", Message::text("gone"))
                 .unwrap()
-                .recipients()
+                .reach()
                 .await,
-            0
+            Ok(Reach::Subscribers(0))
         );
         c.close(CloseCode::NORMAL, "").await.unwrap();
     })
@@ -523,7 +528,7 @@ fn silent_peer_is_pinged_then_closed_after_the_pong_timeout() {
             .publish("t", Message::text("still here"))
             .unwrap()
             .wait(),
-        1
+        Ok(Reach::Subscribers(1))
     );
     assert_eq!(live.recv(), Some(Message::text("still here")));
     server.stop().unwrap();
@@ -554,7 +559,8 @@ fn reset_connections_free_their_subscriptions() {
     let _ = server
         .publish("shared", Message::text("during resets"))
         .unwrap()
-        .wait();
+        .wait()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while (server.topic_count() > 0 || server.connections() > 0)
         && std::time::Instant::now() < deadline

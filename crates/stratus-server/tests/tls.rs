@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use stratus_client::{ClientConfig, connect_with, tls_trusting};
 use stratus_proto::{CloseCode, Message};
-use stratus_server::{App, Config, Server, SlowConsumer, TlsFiles};
+use stratus_server::{App, Config, Reach, Server, SlowConsumer, TlsFiles};
 
 /// A self-signed certificate for 127.0.0.1 written to a fresh directory: the files,
 /// and the certificate's PEM for the client to trust.
@@ -130,7 +130,7 @@ fn wss_subscribers_get_every_broadcast_in_order() {
         let delivery = server
             .publish("prices", Message::text(format!("{{\"seq\":{seq}}}")))
             .unwrap();
-        assert_eq!(delivery.wait(), 20);
+        assert_eq!(delivery.wait(), Ok(Reach::Subscribers(20)));
     }
     clients.join().unwrap();
     server.stop().unwrap();
@@ -177,7 +177,8 @@ fn slow_tls_consumer_is_closed_and_others_get_everything() {
         server
             .publish("t", Message::text(format!("{seq}:{pad}")))
             .unwrap()
-            .wait();
+            .wait()
+            .unwrap();
         got_rx.recv().unwrap();
     }
     assert_eq!(

@@ -24,7 +24,8 @@ pub(crate) struct PublishArgs {
     binary: bool,
 }
 
-/// Publishes and prints the server's answer (`{"recipients":N}`).
+/// Publishes and prints the server's answer (`{"recipients":N}`, or `{"nodes":N}` with a
+/// broker).
 pub(crate) fn run(args: PublishArgs) -> anyhow::Result<()> {
     let body = match args.message {
         Some(m) => m.into_bytes(),

@@ -129,6 +129,10 @@ pub(crate) struct Settings {
     /// PEM private key of admin-tls-cert [none].
     #[arg(long, env = "STRATUS_ADMIN_TLS_KEY")]
     admin_tls_key: Option<PathBuf>,
+    /// Redis URL (`redis://host:port/db`) through which several nodes share topics: a
+    /// publish on any node reaches the subscribers on every node [none: this node alone].
+    #[arg(long, env = "STRATUS_BROKER")]
+    broker: Option<String>,
 }
 
 #[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,13 +225,14 @@ impl Settings {
             tls_cert,
             tls_key,
             admin_tls_cert,
-            admin_tls_key
+            admin_tls_key,
+            broker
         ))
     }
 
     /// Every setting of `config` and these log settings, as a file would give them
-    /// (`stratus config check`). The admin token and the auth secret are left out: they
-    /// are secrets.
+    /// (`stratus config check`). The admin token, the auth secret and the broker's
+    /// password are left out: they are secrets.
     pub(crate) fn effective(&self, config: &Config) -> Self {
         Self {
             config: None,
@@ -280,6 +285,7 @@ impl Settings {
             tls_key: config.tls.as_ref().map(|t| t.key.clone()),
             admin_tls_cert: config.admin_tls.as_ref().map(|t| t.cert.clone()),
             admin_tls_key: config.admin_tls.as_ref().map(|t| t.key.clone()),
+            broker: config.broker.as_deref().map(without_password),
         }
     }
 
@@ -365,8 +371,20 @@ impl Settings {
             tls: pair(self.tls_cert, self.tls_key, "tls")?.or(base.tls),
             admin_tls: pair(self.admin_tls_cert, self.admin_tls_key, "admin-tls")?
                 .or(base.admin_tls),
+            broker: self.broker.or(base.broker),
             ..base
         })
+    }
+}
+
+/// `url` with its password (`redis://user:password@host`) masked.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -455,6 +473,23 @@ mod tests {
         let printed = toml::to_string(&cli.settings.effective(&config)).unwrap();
         assert!(printed.contains("auth = \"hs256\""), "{printed}");
         assert!(!printed.contains(secret), "{printed}");
+    }
+
+    #[test]
+    fn broker_url_is_a_setting_and_config_check_masks_its_password() {
+        let url = "redis://stratus:hunter2@127.0.0.1:6380/2";
+        let cli = Cli::parse_from(["stratus", "--broker", url]);
+        let config = cli.settings.clone().apply(Config::default()).unwrap();
+        assert_eq!(config.broker.as_deref(), Some(url));
+        let printed = toml::to_string(&cli.settings.effective(&config)).unwrap();
+        assert!(
+            printed.contains("broker = \"redis://stratus:***@127.0.0.1:6380/2\""),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let bad = Cli::parse_from(["stratus", "--broker", "http://127.0.0.1:6379"]);
+        let config = bad.settings.apply(Config::default()).unwrap();
+        assert!(config.validate().unwrap_err().contains("redis://"));
     }
 
     #[test]

@@ -1,0 +1,470 @@
+//! The Redis backbone that lets several nodes share topics.
+//!
+//! With a broker, a publish on any node goes to Redis (`PUBLISH stratus:{topic}`) instead
+//! of straight to the workers, and each node fans out locally, with the same encode-once
+//! path, what Redis hands it. A node subscribes in Redis only to the topics it has local
+//! subscribers for: the hub reports a topic's first and last subscriber on the node, in
+//! order, and this thread keeps that set and mirrors it into Redis.
+//!
+//! One thread runs a small tokio runtime with two Redis connections: a multiplexed one
+//! that publishes (requests waiting are pipelined in one batch, in arrival order, so one
+//! publisher's messages keep their order), and a pub/sub one that receives. Redis passes
+//! a channel's messages on in the order it executed the PUBLISHes, so every node sees a
+//! topic in one order.
+//!
+//! When Redis is unreachable the node says so instead of dropping anything: publishes fail
+//! with [`PublishError::BrokerUnavailable`] (503), readiness turns false, and the thread
+//! reconnects with exponential backoff and resubscribes every topic it still needs.
+//! Messages published elsewhere during the outage are not replayed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use stratus_proto::Message;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::hub::{Hub, PublishError};
+use crate::metrics;
+
+/// Redis channel names are the topic with this prefix: pub/sub channels are shared by all
+/// of a Redis server's databases, so the prefix keeps Stratus's apart from others'.
+const CHANNEL_PREFIX: &str = "stratus:";
+/// First wait before reconnecting; doubled after each failed attempt up to the maximum.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long Redis has to answer a publish batch or a ping before the node calls it lost.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the pub/sub connection is pinged, to notice a Redis that stopped answering.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Most publishes sent in one pipeline.
+const MAX_BATCH: usize = 1024;
+/// The first payload byte says what kind of message follows.
+const TEXT: u8 = b'T';
+const BINARY: u8 = b'B';
+
+/// A publish on its way to Redis, and where its answer goes: how many nodes Redis passed
+/// it to.
+pub(crate) struct Outgoing {
+    channel: String,
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<usize, PublishError>>,
+}
+
+/// A change in the topics the node needs from Redis.
+pub(crate) enum Interest {
+    Add(Arc<str>),
+    Remove(Arc<str>),
+    /// The server has stopped: end the thread.
+    Stop,
+}
+
+/// The broker's counters and state, for readiness and `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct BrokerStats {
+    pub(crate) up: AtomicBool,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) topics: AtomicU64,
+}
+
+/// The hub's side of the broker: where publishes and interest changes go.
+pub(crate) struct BrokerLink {
+    publishes: mpsc::UnboundedSender<Outgoing>,
+    interest: mpsc::UnboundedSender<Interest>,
+    pub(crate) stats: Arc<BrokerStats>,
+}
+
+/// The broker thread's side.
+pub(crate) struct BrokerTask {
+    client: redis::Client,
+    publishes: mpsc::UnboundedReceiver<Outgoing>,
+    interest: mpsc::UnboundedReceiver<Interest>,
+    stats: Arc<BrokerStats>,
+}
+
+/// Checks a broker URL: `redis://host[:port][/db]`.
+pub(crate) fn client(url: &str) -> Result<redis::Client, String> {
+    if !url.starts_with("redis://") {
+        return Err(format!("broker {url:?}: only redis:// URLs are supported"));
+    }
+    redis::Client::open(url).map_err(|e| format!("broker {url:?}: {e}"))
+}
+
+/// The two ends of a broker for `client`.
+pub(crate) fn link(client: redis::Client) -> (BrokerLink, BrokerTask) {
+    let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+    let (interest_tx, interest_rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(BrokerStats::default());
+    let link = BrokerLink {
+        publishes: publish_tx,
+        interest: interest_tx,
+        stats: stats.clone(),
+    };
+    let task = BrokerTask {
+        client,
+        publishes: publish_rx,
+        interest: interest_rx,
+        stats,
+    };
+    (link, task)
+}
+
+impl BrokerLink {
+    /// Whether the node is connected to Redis (readiness).
+    pub(crate) fn is_up(&self) -> bool {
+        self.stats.up.load(Ordering::Acquire)
+    }
+
+    /// Sends `message` to Redis for `topic`; the receiver gets how many nodes took it.
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        message: &Message,
+    ) -> Result<oneshot::Receiver<Result<usize, PublishError>>, PublishError> {
+        let (kind, body) = match message {
+            Message::Text(b) => (TEXT, b),
+            Message::Binary(b) => (BINARY, b),
+            _ => return Err(PublishError::NotData),
+        };
+        if !self.is_up() {
+            metrics::add(&self.stats.publish_errors, 1);
+            return Err(PublishError::BrokerUnavailable);
+        }
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(kind);
+        payload.extend_from_slice(body);
+        let (reply, rx) = oneshot::channel();
+        let outgoing = Outgoing {
+            channel: format!("{CHANNEL_PREFIX}{topic}"),
+            payload,
+            reply,
+        };
+        self.publishes
+            .send(outgoing)
+            .map_err(|_| PublishError::BrokerUnavailable)?;
+        Ok(rx)
+    }
+
+    /// Reports that the node now has (or no longer has) subscribers for `topic`.
+    pub(crate) fn interest(&self, change: Interest) {
+        let _ = self.interest.send(change);
+    }
+}
+
+/// Decodes a message from Redis (its channel and payload): its topic and message, or
+/// `None` if it is not one a node published.
+fn decode<'a>(channel: &'a str, payload: &[u8]) -> Option<(&'a str, Message)> {
+    let topic = channel.strip_prefix(CHANNEL_PREFIX)?;
+    let (&kind, body) = payload.split_first()?;
+    let body = Bytes::copy_from_slice(body);
+    let message = match kind {
+        TEXT if simdutf8::basic::from_utf8(&body).is_ok() => Message::Text(body),
+        BINARY => Message::Binary(body),
+        _ => return None,
+    };
+    Some((topic, message))
+}
+
+impl BrokerTask {
+    /// Runs the broker until the server stops: connect, serve, and on a loss reconnect
+    /// with backoff, failing publishes meanwhile.
+    pub(crate) fn run(mut self, hub: Arc<Hub>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                warn!(error = %err, "cannot start the broker runtime; publishing stays unavailable");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let mut wanted = HashSet::new();
+            let mut backoff = MIN_BACKOFF;
+            let mut reported = false;
+            loop {
+                if !self.take_changes(&mut wanted) {
+                    return;
+                }
+                match self.connect(&wanted).await {
+                    Ok(session) => {
+                        self.stats.up.store(true, Ordering::Release);
+                        info!(topics = wanted.len(), "connected to the broker");
+                        backoff = MIN_BACKOFF;
+                        reported = false;
+                        let lost = self.serve(session, &hub, &mut wanted).await;
+                        self.stats.up.store(false, Ordering::Release);
+                        self.stats.topics.store(0, Ordering::Relaxed);
+                        match lost {
+                            None => return,
+                            Some(reason) => {
+                                metrics::add(&self.stats.disconnects, 1);
+                                warn!(%reason, "lost the broker; publishing answers 503 until it is back");
+                            }
+                        }
+                    }
+                    Err(err) if !reported => {
+                        reported = true;
+                        warn!(error = %err, "cannot reach the broker; retrying with backoff");
+                    }
+                    Err(_) => {}
+                }
+                if !self.wait(backoff, &mut wanted).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+    }
+
+    /// Takes in the interest changes waiting; `false` if the server stopped.
+    fn take_changes(&mut self, wanted: &mut HashSet<Arc<str>>) -> bool {
+        loop {
+            match self.interest.try_recv() {
+                Ok(change) => {
+                    if !apply(wanted, change) {
+                        return false;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Connects both connections and subscribes to every topic in `wanted`.
+    async fn connect(&self, wanted: &HashSet<Arc<str>>) -> redis::RedisResult<Session> {
+        let publisher = self.client.get_multiplexed_async_connection().await?;
+        let connect = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.get_async_pubsub());
+        let (mut sink, stream) = connect.await.map_err(|_| redis_timeout())??.split();
+        let channels: Vec<String> = wanted.iter().map(|t| channel(t)).collect();
+        for chunk in channels.chunks(MAX_BATCH) {
+            sink.subscribe(chunk).await?;
+        }
+        self.stats
+            .topics
+            .store(wanted.len() as u64, Ordering::Relaxed);
+        Ok(Session {
+            publisher,
+            sink,
+            stream,
+        })
+    }
+
+    /// Serves a connected session until it breaks (`Some(reason)`) or the server stops
+    /// (`None`).
+    async fn serve(
+        &mut self,
+        session: Session,
+        hub: &Hub,
+        wanted: &mut HashSet<Arc<str>>,
+    ) -> Option<String> {
+        let Session {
+            publisher,
+            sink,
+            stream,
+        } = session;
+        let stats = self.stats.clone();
+        tokio::select! {
+            lost = publish_loop(&mut self.publishes, publisher, &stats) => Some(lost),
+            lost = receive_loop(&mut self.interest, wanted, sink, stream, hub, &stats) => lost,
+        }
+    }
+
+    /// Waits `backoff` while disconnected: publishes that were already queued fail,
+    /// interest changes are kept. `false` if the server stopped.
+    async fn wait(&mut self, backoff: Duration, wanted: &mut HashSet<Arc<str>>) -> bool {
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                Some(outgoing) = self.publishes.recv() => {
+                    metrics::add(&self.stats.publish_errors, 1);
+                    let _ = outgoing.reply.send(Err(PublishError::BrokerUnavailable));
+                }
+                change = self.interest.recv() => {
+                    if !change.is_some_and(|change| apply(wanted, change)) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn redis_timeout() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+fn channel(topic: &str) -> String {
+    format!("{CHANNEL_PREFIX}{topic}")
+}
+
+/// Applies an interest change to the set; `false` for [`Interest::Stop`].
+fn apply(wanted: &mut HashSet<Arc<str>>, change: Interest) -> bool {
+    match change {
+        Interest::Add(topic) => {
+            wanted.insert(topic);
+        }
+        Interest::Remove(topic) => {
+            wanted.remove(&topic);
+        }
+        Interest::Stop => return false,
+    }
+    true
+}
+
+/// A live connection to Redis.
+struct Session {
+    publisher: MultiplexedConnection,
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+/// Sends publishes to Redis in arrival order, as many per pipeline as are waiting, and
+/// answers each with the number of nodes subscribed. Returns why it stopped.
+async fn publish_loop(
+    publishes: &mut mpsc::UnboundedReceiver<Outgoing>,
+    mut conn: MultiplexedConnection,
+    stats: &BrokerStats,
+) -> String {
+    let mut batch = Vec::new();
+    loop {
+        let Some(first) = publishes.recv().await else {
+            return "publishing stopped".into();
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match publishes.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for p in &batch {
+            pipe.cmd("PUBLISH").arg(&p.channel).arg(&p.payload[..]);
+        }
+        let answer =
+            tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async::<Vec<usize>>(&mut conn));
+        let failure = match answer.await {
+            Ok(Ok(counts)) if counts.len() == batch.len() => {
+                metrics::add(&stats.published, counts.len() as u64);
+                for (p, nodes) in batch.drain(..).zip(counts) {
+                    let _ = p.reply.send(Ok(nodes));
+                }
+                continue;
+            }
+            Ok(Ok(_)) => "Redis answered a publish batch with the wrong count".to_owned(),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "a publish got no answer in time".to_owned(),
+        };
+        metrics::add(&stats.publish_errors, batch.len() as u64);
+        for p in batch.drain(..) {
+            let _ = p.reply.send(Err(PublishError::BrokerUnavailable));
+        }
+        return failure;
+    }
+}
+
+/// Fans out what Redis sends, mirrors interest changes into Redis subscriptions, and
+/// pings. Returns why it stopped (`None`: the server stopped).
+async fn receive_loop(
+    interest: &mut mpsc::UnboundedReceiver<Interest>,
+    wanted: &mut HashSet<Arc<str>>,
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    hub: &Hub,
+    stats: &BrokerStats,
+) -> Option<String> {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return Some("the pub/sub connection closed".into());
+                };
+                match decode(msg.get_channel_name(), msg.get_payload_bytes()) {
+                    Some((topic, message)) => {
+                        metrics::add(&stats.received, 1);
+                        fan_out(hub, topic, message).await;
+                    }
+                    None => metrics::add(&stats.rejected, 1),
+                }
+            }
+            change = interest.recv() => {
+                let result = match change {
+                    Some(Interest::Add(topic)) if wanted.insert(topic.clone()) => {
+                        sink.subscribe(channel(&topic)).await
+                    }
+                    Some(Interest::Remove(topic)) if wanted.remove(&topic) => {
+                        sink.unsubscribe(channel(&topic)).await
+                    }
+                    Some(Interest::Stop) | None => return None,
+                    Some(_) => Ok(()),
+                };
+                if let Err(err) = result {
+                    return Some(err.to_string());
+                }
+                stats.topics.store(wanted.len() as u64, Ordering::Relaxed);
+            }
+            _ = ping.tick() => {
+                // A subscribed connection answers PING with an array, so take any value.
+                match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => return Some(err.to_string()),
+                    Err(_) => return Some("Redis stopped answering pings".into()),
+                }
+            }
+        }
+    }
+}
+
+/// Hands a message from Redis to this node's workers, waiting while a worker's inbox is
+/// full rather than dropping it.
+async fn fan_out(hub: &Hub, topic: &str, message: Message) {
+    loop {
+        match hub.fan_out(topic, message.clone()) {
+            Err(PublishError::Overloaded) => tokio::time::sleep(Duration::from_millis(1)).await,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_redis_urls_are_accepted() {
+        assert!(client("redis://127.0.0.1:6379/0").is_ok());
+        assert!(client("http://127.0.0.1:6379").is_err());
+        assert!(client("rediss://127.0.0.1:6379").is_err());
+    }
+
+    #[test]
+    fn messages_from_redis_are_decoded_or_rejected() {
+        assert_eq!(
+            decode("stratus:a/b", b"Thi"),
+            Some(("a/b", Message::text("hi")))
+        );
+        assert_eq!(
+            decode("stratus:t", b"B\xff\x00"),
+            Some(("t", Message::Binary(Bytes::from_static(b"\xff\x00"))))
+        );
+        assert_eq!(decode("stratus:t", b"T\xff"), None, "text must be UTF-8");
+        assert_eq!(decode("stratus:t", b"Xhi"), None, "unknown kind");
+        assert_eq!(decode("stratus:t", b""), None, "no kind byte");
+        assert_eq!(decode("other:t", b"Thi"), None, "not our channel");
+    }
+}

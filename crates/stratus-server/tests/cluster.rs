@@ -1,0 +1,394 @@
+//! Several nodes sharing topics through a real Redis: three `stratus serve` processes with
+//! `--broker`, subscribers on each, publishes on each. Needs `redis-server` on the PATH
+//! (`scripts/test.sh` installs it); each test starts its own on a free loopback port and
+//! fails if it cannot.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Peer, admin, free_addr, sample, signal, spawn_server};
+use stratus_proto::{CloseCode, Message};
+use stratus_server::{Config, PublishError, Reach, Server};
+
+/// A `redis-server` on a loopback port, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        Self::start_on(free_addr().port())
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server (install it): {e}"));
+        let redis = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.connection().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// How many connections are subscribed to `topic`'s channel.
+    fn subscribers(&self, topic: &str) -> usize {
+        let mut conn = self.connection().unwrap();
+        let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("stratus:{topic}"))
+            .query(&mut conn)
+            .unwrap();
+        counts[0].1
+    }
+
+    /// Waits until `count` connections are subscribed to `topic`'s channel.
+    fn wait_subscribers(&self, topic: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.subscribers(topic) != count {
+            assert!(
+                Instant::now() < deadline,
+                "{topic} never had {count} subscribers"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A new client on `ws`, subscribed to `topic` at the upgrade.
+fn subscriber(ws: SocketAddr, topic: &str) -> Peer {
+    let mut peer = Peer::connect(ws);
+    peer.send(common::upgrade_request(&format!("/ws?topic={topic}")).as_bytes());
+    let head = peer.read_head();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    peer
+}
+
+/// A `stratus serve` node with the broker, killed when dropped.
+struct Node {
+    child: Child,
+    ws: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Node {
+    fn start(redis: &Redis) -> Self {
+        let (child, ws, admin) = spawn_server(&[
+            "serve",
+            "--workers",
+            "2",
+            "--broker",
+            &redis.url(),
+            "--log-level",
+            "warn",
+        ]);
+        let node = Self { child, ws, admin };
+        node.wait_ready(true);
+        node
+    }
+
+    fn subscriber(&self, topic: &str) -> Peer {
+        subscriber(self.ws, topic)
+    }
+
+    /// Publishes through the admin API: the status and the body.
+    fn publish(&self, topic: &str, text: &str) -> (u16, String) {
+        admin(
+            self.admin,
+            &format!(
+                "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            ),
+        )
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        admin(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        sample(&self.get("/metrics").1, name)
+    }
+
+    /// Waits until `/readyz` says `ready`.
+    fn wait_ready(&self, ready: bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = self.get("/readyz");
+            if (status == 200) == ready {
+                let broker = if ready { "up" } else { "down" };
+                assert!(body.contains(&format!("\"broker\":\"{broker}\"")), "{body}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readiness did not become {ready}: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until this node is subscribed in Redis to `topics` topics.
+    fn wait_topics(&self, topics: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metric("stratus_broker_topics") != topics {
+            assert!(
+                Instant::now() < deadline,
+                "broker topics never reached {topics}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each node publishes `count` messages `"{node}:{seq}:{tag}"` to `topic`, all three at
+/// once (one thread per node, each waiting for every answer before the next publish);
+/// each publish must reach `nodes` nodes.
+fn publish_from_every_node(nodes: &[Node], topic: &str, count: usize, tag: &str, reach: usize) {
+    std::thread::scope(|scope| {
+        for (index, node) in nodes.iter().enumerate() {
+            scope.spawn(move || {
+                for seq in 0..count {
+                    let (status, body) = node.publish(topic, &format!("{index}:{seq}:{tag}"));
+                    assert_eq!(status, 200, "{body}");
+                    assert_eq!(body, format!("{{\"nodes\":{reach}}}"));
+                }
+            });
+        }
+    });
+}
+
+/// Reads `publishers * count` messages tagged `tag` from `peer` and checks that each
+/// publisher's arrived exactly once and in order.
+fn expect_in_order(peer: &mut Peer, publishers: usize, count: usize, tag: &str) {
+    let mut next = vec![0; publishers];
+    for _ in 0..publishers * count {
+        let Some(Message::Text(text)) = peer.recv() else {
+            panic!("a subscriber stopped receiving; got so far {next:?}");
+        };
+        let text = std::str::from_utf8(&text).unwrap();
+        let mut parts = text.split(':');
+        let (node, seq, got_tag) = (
+            parts.next().unwrap().parse::<usize>().unwrap(),
+            parts.next().unwrap().parse::<usize>().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert_eq!(got_tag, tag, "{text}");
+        assert_eq!(
+            seq, next[node],
+            "node {node}'s messages out of order: {text}"
+        );
+        next[node] += 1;
+    }
+    assert_eq!(next, vec![count; publishers]);
+}
+
+/// Publishes a marker and checks it is the next message: nothing extra arrived before.
+fn expect_nothing_more(nodes: &[Node], topic: &str, peers: &mut [Peer]) {
+    let (status, _) = nodes[0].publish(topic, "end");
+    assert_eq!(status, 200);
+    for peer in peers {
+        assert_eq!(
+            peer.recv(),
+            Some(Message::text("end")),
+            "a duplicate arrived"
+        );
+    }
+}
+
+#[test]
+fn publishes_on_every_node_reach_every_subscriber_on_every_node_once_and_in_order() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis)).collect();
+    let mut peers: Vec<Peer> = nodes
+        .iter()
+        .flat_map(|node| [node.subscriber("orders"), node.subscriber("orders")])
+        .collect();
+    let mut solo = nodes[1].subscriber("solo");
+    for node in &nodes {
+        node.wait_topics(if node.ws == nodes[1].ws { 2 } else { 1 });
+    }
+    assert_eq!(
+        redis.subscribers("orders"),
+        3,
+        "one Redis subscription per node"
+    );
+    assert_eq!(
+        redis.subscribers("solo"),
+        1,
+        "only the node with a subscriber"
+    );
+
+    publish_from_every_node(&nodes, "orders", 200, "a", 3);
+    for peer in &mut peers {
+        expect_in_order(peer, 3, 200, "a");
+    }
+    expect_nothing_more(&nodes, "orders", &mut peers);
+
+    // A topic with subscribers on one node reaches only that node, and only its
+    // subscribers.
+    let (status, body) = nodes[2].publish("solo", "just one");
+    assert_eq!((status, body.as_str()), (200, "{\"nodes\":1}"));
+    assert_eq!(solo.recv(), Some(Message::text("just one")));
+
+    // The last subscriber leaving unsubscribes the node in Redis.
+    drop(solo);
+    nodes[1].wait_topics(1);
+    assert_eq!(redis.subscribers("solo"), 0);
+    let (status, body) = nodes[0].publish("solo", "nobody");
+    assert_eq!((status, body.as_str()), (200, "{\"nodes\":0}"));
+
+    // A node that dies does not disturb the others.
+    let mut nodes = nodes;
+    drop(nodes.pop());
+    let mut survivors: Vec<Peer> = peers.drain(..4).collect();
+    redis.wait_subscribers("orders", 2);
+    publish_from_every_node(&nodes, "orders", 50, "b", 2);
+    for peer in &mut survivors {
+        expect_in_order(peer, 2, 50, "b");
+    }
+    for node in &nodes {
+        assert_eq!(node.metric("stratus_broker_up"), 1);
+        assert_eq!(node.metric("stratus_broker_disconnects_total"), 0);
+    }
+}
+
+#[test]
+fn a_redis_outage_gives_503s_and_full_delivery_after_it() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis)).collect();
+    let mut peers: Vec<Peer> = nodes.iter().map(|n| n.subscriber("feed")).collect();
+    for node in &nodes {
+        node.wait_topics(1);
+    }
+    publish_from_every_node(&nodes, "feed", 20, "before", 3);
+    for peer in &mut peers {
+        expect_in_order(peer, 3, 20, "before");
+    }
+
+    let port = redis.stop();
+    for node in &nodes {
+        node.wait_ready(false);
+        let (status, body) = node.publish("feed", "lost?");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("broker is unavailable"), "{body}");
+        assert_eq!(node.metric("stratus_broker_up"), 0);
+        assert!(node.metric("stratus_broker_publish_errors_total") >= 1);
+        assert_eq!(node.metric("stratus_broker_disconnects_total"), 1);
+    }
+    // Subscriptions made during the outage are kept and made in Redis when it returns.
+    let mut late = nodes[0].subscriber("late");
+
+    let redis = Redis::start_on(port);
+    for node in &nodes {
+        node.wait_ready(true);
+    }
+    assert_eq!(redis.subscribers("feed"), 3, "every node resubscribed");
+    assert_eq!(redis.subscribers("late"), 1);
+    publish_from_every_node(&nodes, "feed", 50, "after", 3);
+    for peer in &mut peers {
+        expect_in_order(peer, 3, 50, "after");
+    }
+    expect_nothing_more(&nodes, "feed", &mut peers);
+    let (status, _) = nodes[2].publish("late", "welcome");
+    assert_eq!(status, 200);
+    assert_eq!(late.recv(), Some(Message::text("welcome")));
+}
+
+#[test]
+fn the_library_api_publishes_through_redis_and_fails_fast_without_it() {
+    let redis = Redis::start();
+    let start = |url: String| {
+        Server::start(Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: None,
+            workers: 2,
+            broker: Some(url),
+            ..Config::default()
+        })
+        .unwrap()
+    };
+    let server = start(redis.url());
+    let mut peer = subscriber(server.local_addr(), "lib");
+    redis.wait_subscribers("lib", 1);
+    let reach = server
+        .publish("lib", Message::text("hello"))
+        .unwrap()
+        .wait();
+    assert_eq!(reach, Ok(Reach::Nodes(1)));
+    assert_eq!(peer.recv(), Some(Message::text("hello")));
+    drop(peer);
+    server.stop().unwrap();
+
+    // Nothing listens on the stopped Redis's port: publishing is refused, not dropped.
+    let url = format!("redis://127.0.0.1:{}/0", redis.stop());
+    let server = start(url);
+    assert_eq!(
+        server.publish("lib", Message::text("x")).unwrap_err(),
+        PublishError::BrokerUnavailable
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn sigterm_on_a_node_with_a_broker_exits_0() {
+    let redis = Redis::start();
+    let mut node = Node::start(&redis);
+    let mut peer = node.subscriber("t");
+    node.wait_topics(1);
+    signal(&node.child, "TERM");
+    match peer.recv() {
+        Some(Message::Close(Some(frame))) => assert_eq!(frame.code(), CloseCode::GOING_AWAY),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    peer.send(&common::frame(true, 0, 0x8, &1001u16.to_be_bytes()));
+    peer.expect_eof();
+    drop(peer);
+    let status = common::wait_exit(&mut node.child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+}
