@@ -241,17 +241,22 @@ impl Conn {
     }
 
     /// Moves the session's outgoing frames to the send queue, and notes a close in
-    /// progress: FIN once the Close handshake is done, and a deadline for it.
+    /// progress: FIN once the Close handshake is done, and a deadline for it. Once both
+    /// Closes are exchanged the peer has at most `close_deadline` to close TCP, even if an
+    /// earlier, longer deadline (a drain's) was set.
     pub(crate) fn transmit(&mut self, close_deadline: Instant) {
         let Phase::Open(session) = &mut self.phase else {
             return;
         };
         queue_transmit(session, &mut self.queue);
-        if session.close_sent() {
-            self.deadline.get_or_insert(close_deadline);
-        }
         if session.is_closed() {
             self.io.fin_after_flush = true;
+            self.deadline = Some(
+                self.deadline
+                    .map_or(close_deadline, |d| d.min(close_deadline)),
+            );
+        } else if session.close_sent() {
+            self.deadline.get_or_insert(close_deadline);
         }
     }
 

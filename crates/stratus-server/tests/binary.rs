@@ -51,6 +51,27 @@ fn sigterm_sends_1001_to_every_client_and_exits_0() {
 }
 
 #[test]
+fn a_client_that_answers_close_but_keeps_tcp_open_holds_a_drain_only_the_close_timeout() {
+    let (mut child, ws, _) =
+        spawn_server(&["serve", "--drain-timeout", "60", "--close-timeout", "1"]);
+    let mut peer = Peer::connect(ws);
+    peer.send(upgrade_request("/ws?topic=t").as_bytes());
+    assert!(peer.read_head().starts_with("HTTP/1.1 101 "));
+    signal(&child, "TERM");
+    match peer.recv() {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code(), CloseCode::GOING_AWAY),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    peer.send(&common::frame(true, 0, 0x8, &1001u16.to_be_bytes()));
+    peer.expect_eof();
+    // The peer never closes its side; the server stops after the 1 s close timeout, not
+    // the 60 s drain timeout.
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    drop(peer);
+}
+
+#[test]
 fn sigint_on_an_idle_server_exits_0() {
     let (mut child, _, _) = spawn_server(&[]);
     signal(&child, "INT");
