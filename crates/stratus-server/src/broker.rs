@@ -15,7 +15,8 @@
 //! When Redis is unreachable the node says so instead of dropping anything: publishes fail
 //! with [`PublishError::BrokerUnavailable`] (503), readiness turns false, and the thread
 //! reconnects with exponential backoff and resubscribes every topic it still needs.
-//! Messages published elsewhere during the outage are not replayed.
+//! Messages published elsewhere during the outage are not replayed: the node's
+//! subscribers of each topic get a gap notice instead (see `commands`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use stratus_proto::Message;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::commands;
 use crate::hub::{Hub, PublishError};
 use crate::metrics;
 
@@ -192,6 +194,9 @@ impl BrokerTask {
             let mut wanted = HashSet::new();
             let mut backoff = MIN_BACKOFF;
             let mut reported = false;
+            // Whether the node has been without Redis (a failed attempt or a lost
+            // session) since it was last connected.
+            let mut cut_off = false;
             loop {
                 if !self.take_changes(&mut wanted) {
                     return;
@@ -202,6 +207,12 @@ impl BrokerTask {
                         info!(topics = wanted.len(), "connected to the broker");
                         backoff = MIN_BACKOFF;
                         reported = false;
+                        if cut_off {
+                            for topic in &wanted {
+                                let notice = Message::text(commands::gap_notice(topic));
+                                fan_out(&hub, topic, notice).await;
+                            }
+                        }
                         let lost = self.serve(session, &hub, &mut wanted).await;
                         self.stats.up.store(false, Ordering::Release);
                         self.stats.topics.store(0, Ordering::Relaxed);
@@ -219,6 +230,7 @@ impl BrokerTask {
                     }
                     Err(_) => {}
                 }
+                cut_off = true;
                 if !self.wait(backoff, &mut wanted).await {
                     return;
                 }

@@ -3,7 +3,12 @@
 //! `{"op":"subscribe","topic":"x"}` and `{"op":"unsubscribe","topic":"x"}`; the reply
 //! repeats `op` and `topic` with `"ok":true`, or `"ok":false` and an `error` saying what
 //! was wrong. Published messages are delivered as they were published, without an
-//! envelope; replies are the only messages with an `op` field the server generates.
+//! envelope; replies and gap notices are the only messages with an `op` field the server
+//! generates.
+//!
+//! A gap notice, `{"op":"gap","topic":"x","reason":...}`, tells a subscriber that messages
+//! on the topic may be missing: the node lost its broker and has just reconnected, and
+//! what was published elsewhere meanwhile did not reach it.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -47,6 +52,11 @@ pub(crate) fn ok_reply(op: &str, topic: &str) -> String {
 }
 
 /// The reply to a refused command.
+/// The notice a subscriber of `topic` gets after its node was cut off from the broker.
+pub(crate) fn gap_notice(topic: &str) -> String {
+    json!({"op": "gap", "topic": topic, "reason": "the node was cut off from the broker; messages published meanwhile may be missing"}).to_string()
+}
+
 pub(crate) fn error_reply(op: Option<&str>, topic: Option<&str>, error: &str) -> String {
     json!({"op": op, "topic": topic, "ok": false, "error": error}).to_string()
 }

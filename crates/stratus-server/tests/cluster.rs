@@ -1,5 +1,5 @@
 //! Several nodes sharing topics through a real Redis: three `stratus serve` processes with
-//! `--broker`, subscribers on each, publishes on each. Needs `redis-server` on the PATH
+//! `--broker`, subscribers on each, publishes on each, Redis stopped and restarted. Needs `redis-server` on the PATH
 //! (`scripts/test.sh` installs it); each test starts its own on a free loopback port and
 //! fails if it cannot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -330,6 +330,21 @@ fn a_redis_outage_gives_503s_and_full_delivery_after_it() {
     }
     assert_eq!(redis.subscribers("feed"), 3, "every node resubscribed");
     assert_eq!(redis.subscribers("late"), 1);
+    // Each subscriber is told that it may have missed messages.
+    for (peer, topic) in peers
+        .iter_mut()
+        .map(|p| (p, "feed"))
+        .chain([(&mut late, "late")])
+    {
+        let Some(Message::Text(notice)) = peer.recv() else {
+            panic!("expected a gap notice");
+        };
+        let notice: serde_json::Value = serde_json::from_slice(&notice).unwrap();
+        assert_eq!(
+            (notice["op"].as_str(), notice["topic"].as_str()),
+            (Some("gap"), Some(topic))
+        );
+    }
     publish_from_every_node(&nodes, "feed", 50, "after", 3);
     for peer in &mut peers {
         expect_in_order(peer, 3, 50, "after");
