@@ -1,6 +1,8 @@
 //! `fanout`: N subscribers on one topic of a Stratus server (or any server with the same
 //! publish API), a publisher posting S-byte messages at a fixed rate or flat out. Each
 //! message carries its publish time; subscribers record publish-to-receive latency.
+//! Given several nodes of a cluster (sharing topics through a broker), subscribers and
+//! publishers are spread over them, so most deliveries cross from one node to another.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,12 +23,14 @@ use crate::report::{self, Latency};
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct FanoutArgs {
-    /// The server's WebSocket URL (the topic is added as `?topic=`).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
-    /// The server's admin listener, for publishing.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    admin: SocketAddr,
+    /// The server's WebSocket URL (the topic is added as `?topic=`); several,
+    /// comma-separated, spread the subscribers over the nodes of a cluster in turn.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080/ws")]
+    url: Vec<String>,
+    /// The server's admin listener, for publishing; several, comma-separated, spread
+    /// the publishers over them in turn.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9090")]
+    admin: Vec<SocketAddr>,
     /// Subscribers (connections from this process; keep under 19,000 here).
     #[arg(short = 'n', long, default_value_t = 1000)]
     subscribers: usize,
@@ -92,7 +96,8 @@ impl Publisher {
         })
     }
 
-    fn publish(&mut self, body: &str) -> anyhow::Result<()> {
+    /// Publishes `body`; the answer's JSON body.
+    fn publish(&mut self, body: &str) -> anyhow::Result<serde_json::Value> {
         write!(
             self.writer,
             "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -117,18 +122,45 @@ impl Publisher {
         }
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body)?;
-        Ok(())
+        Ok(serde_json::from_slice(&body)?)
+    }
+}
+
+/// With a broker, a node subscribes in Redis shortly after its first subscriber arrives:
+/// publishes unstamped probes until every node with subscribers (`nodes`) has subscribed.
+/// Without one (the answer has no `nodes`) there is nothing to wait for.
+fn wait_for_nodes(publisher: &mut Publisher, nodes: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = publisher.publish("{\"probe\":true}")?;
+        match answer.get("nodes").and_then(serde_json::Value::as_u64) {
+            Some(n) if (n as usize) < nodes => {}
+            _ => return Ok(()),
+        }
+        if Instant::now() > deadline {
+            bail!("only {answer} of {nodes} nodes subscribed within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(args.duration)?;
-    let url = format!("{}?topic={}", args.url, args.topic);
     let config = ClientConfig {
         deflate: args.deflate,
         ..ClientConfig::default()
     };
-    let handoffs = connect_many(&url, &config, args.subscribers)?;
+    let mut handoffs = Vec::with_capacity(args.subscribers);
+    for (i, url) in args.url.iter().enumerate() {
+        let count = (args.subscribers + args.url.len() - 1 - i) / args.url.len();
+        let url = format!("{url}?topic={}", args.topic);
+        handoffs.extend(connect_many(&url, &config, count)?);
+    }
+    let admins = args.admin.clone();
+    let Some(&first) = admins.first() else {
+        bail!("--admin needs at least one address");
+    };
+    wait_for_nodes(&mut Publisher::connect(first, &args.topic)?, args.url.len())?;
     let mut driver = Driver::new(handoffs)?;
     let count = Arc::new(AtomicU64::new(0));
     let mut hist = report::histogram()?;
@@ -146,15 +178,16 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let ticker = Ticker::start(duration, count.clone());
     let server_watch = args.common.watch_cpu.map(CpuWatch::start).transpose()?;
     let publishers: Vec<_> = (0..args.publishers.max(1))
-        .map(|_| {
+        .map(|i| {
             let args = args.clone();
+            let admin = admins[i % admins.len()];
             let rate = args.rate / args.publishers.max(1) as f64;
             std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut publisher = Publisher::connect(args.admin, &args.topic)?;
+                let mut publisher = Publisher::connect(admin, &args.topic)?;
                 let started = Instant::now();
                 let mut sent = 0u64;
                 while started.elapsed() < duration {
-                    publisher.publish(&stamped(args.size))?;
+                    let _ = publisher.publish(&stamped(args.size))?;
                     sent += 1;
                     if rate > 0.0 {
                         let due = Duration::from_secs_f64(sent as f64 / rate);
@@ -185,7 +218,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let expected = published * args.subscribers as u64;
     report::finish(
         "fanout",
-        json!({"url": args.url, "subscribers": args.subscribers, "size": args.size,
+        json!({"url": args.url, "admin": args.admin, "subscribers": args.subscribers, "size": args.size,
                "rate": args.rate, "publishers": args.publishers, "duration_s": secs, "deflate": args.deflate}),
         json!({"published": published,
                "deliveries": deliveries,

@@ -64,6 +64,77 @@ fn fanout_delivers_every_publish_to_every_subscriber() {
     s.stop().unwrap();
 }
 
+/// Two nodes sharing topics through a real `redis-server` (`scripts/install-redis.sh`
+/// installs it): subscribers and publishers spread over both, every publish reaches every
+/// subscriber on both nodes.
+#[test]
+fn fanout_spreads_over_the_nodes_of_a_cluster() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/install-redis.sh)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let nodes: Vec<Server> = (0..2)
+        .map(|_| {
+            Server::start(Config {
+                broker: Some(format!("redis://127.0.0.1:{port}/0")),
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                workers: 1,
+                ..Config::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("ws://{}/ws", n.local_addr()))
+        .collect();
+    let admins: Vec<String> = nodes
+        .iter()
+        .map(|n| n.admin_addr().unwrap().to_string())
+        .collect();
+    let r = run(&[
+        "fanout",
+        "--url",
+        &urls.join(","),
+        "--admin",
+        &admins.join(","),
+        "-n",
+        "40",
+        "-P",
+        "2",
+        "-r",
+        "200",
+        "-d",
+        "1",
+    ]);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 0);
+    assert_eq!(r["deliveries"].as_u64().unwrap(), published * 40);
+    assert_eq!(r["missing"].as_u64().unwrap(), 0);
+    for node in nodes {
+        node.stop().unwrap();
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
 #[test]
 fn connections_reports_handshake_rate_and_memory() {
     let s = server(App::PubSub);
