@@ -146,7 +146,7 @@ impl BrokerLink {
         payload.extend_from_slice(body);
         let (reply, rx) = oneshot::channel();
         let outgoing = Outgoing {
-            channel: format!("{CHANNEL_PREFIX}{topic}"),
+            channel: channel(topic),
             payload,
             reply,
         };
@@ -256,12 +256,17 @@ impl BrokerTask {
 
     /// Connects both connections and subscribes to every topic in `wanted`.
     async fn connect(&self, wanted: &HashSet<Arc<str>>) -> redis::RedisResult<Session> {
-        let publisher = self.client.get_multiplexed_async_connection().await?;
-        let connect = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.get_async_pubsub());
-        let (mut sink, stream) = connect.await.map_err(|_| redis_timeout())??.split();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let publisher = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let (mut sink, stream) = within(self.client.get_async_pubsub()).await?.split();
         let channels: Vec<String> = wanted.iter().map(|t| channel(t)).collect();
         for chunk in channels.chunks(MAX_BATCH) {
-            sink.subscribe(chunk).await?;
+            within(sink.subscribe(chunk)).await?;
         }
         self.stats
             .topics
@@ -315,8 +320,11 @@ impl BrokerTask {
     }
 }
 
-fn redis_timeout() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+/// Runs a Redis request, failing it if Redis has not answered within the response timeout.
+async fn within<T>(request: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    tokio::time::timeout(RESPONSE_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
 }
 
 fn channel(topic: &str) -> String {
@@ -367,19 +375,16 @@ async fn publish_loop(
         for p in &batch {
             pipe.cmd("PUBLISH").arg(&p.channel).arg(&p.payload[..]);
         }
-        let answer =
-            tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async::<Vec<usize>>(&mut conn));
-        let failure = match answer.await {
-            Ok(Ok(counts)) if counts.len() == batch.len() => {
+        let failure = match pipe.query_async::<Vec<usize>>(&mut conn).await {
+            Ok(counts) if counts.len() == batch.len() => {
                 metrics::add(&stats.published, counts.len() as u64);
                 for (p, nodes) in batch.drain(..).zip(counts) {
                     let _ = p.reply.send(Ok(nodes));
                 }
                 continue;
             }
-            Ok(Ok(_)) => "Redis answered a publish batch with the wrong count".to_owned(),
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => "a publish got no answer in time".to_owned(),
+            Ok(_) => "Redis answered a publish batch with the wrong count".to_owned(),
+            Err(err) => err.to_string(),
         };
         metrics::add(&stats.publish_errors, batch.len() as u64);
         for p in batch.drain(..) {
@@ -417,10 +422,10 @@ async fn receive_loop(
             change = interest.recv() => {
                 let result = match change {
                     Some(Interest::Add(topic)) if wanted.insert(topic.clone()) => {
-                        sink.subscribe(channel(&topic)).await
+                        within(sink.subscribe(channel(&topic))).await
                     }
                     Some(Interest::Remove(topic)) if wanted.remove(&topic) => {
-                        sink.unsubscribe(channel(&topic)).await
+                        within(sink.unsubscribe(channel(&topic))).await
                     }
                     Some(Interest::Stop) | None => return None,
                     Some(_) => Ok(()),
@@ -432,10 +437,8 @@ async fn receive_loop(
             }
             _ = ping.tick() => {
                 // A subscribed connection answers PING with an array, so take any value.
-                match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(err)) => return Some(err.to_string()),
-                    Err(_) => return Some("Redis stopped answering pings".into()),
+                if let Err(err) = within(sink.ping::<redis::Value>()).await {
+                    return Some(format!("ping: {err}"));
                 }
             }
         }

@@ -356,6 +356,27 @@ fn a_redis_outage_gives_503s_and_full_delivery_after_it() {
 }
 
 #[test]
+fn a_redis_that_stops_answering_is_noticed_by_the_ping_and_rejoined() {
+    let redis = Redis::start();
+    let node = Node::start(&redis);
+    let mut peer = node.subscriber("hung");
+    node.wait_topics(1);
+    signal(&redis.child, "STOP");
+    node.wait_ready(false);
+    let (status, body) = node.publish("hung", "lost?");
+    assert_eq!(status, 503, "{body}");
+    signal(&redis.child, "CONT");
+    node.wait_ready(true);
+    let Some(Message::Text(notice)) = peer.recv() else {
+        panic!("expected a gap notice");
+    };
+    assert!(notice.starts_with(b"{\"op\":\"gap\""), "{notice:?}");
+    assert_eq!(node.publish("hung", "back").0, 200);
+    assert_eq!(peer.recv(), Some(Message::text("back")));
+    assert_eq!(node.metric("stratus_broker_disconnects_total"), 1);
+}
+
+#[test]
 fn the_library_api_publishes_through_redis_and_fails_fast_without_it() {
     let redis = Redis::start();
     let start = |url: String| {
