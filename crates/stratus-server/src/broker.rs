@@ -18,7 +18,7 @@
 //! Messages published elsewhere during the outage are not replayed: the node's
 //! subscribers of each topic get a gap notice instead (see `commands`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -60,7 +60,9 @@ pub(crate) struct Outgoing {
 
 /// A change in the topics the node needs from Redis.
 pub(crate) enum Interest {
-    Add(Arc<str>),
+    /// The topic's first subscriber on the node, and which arrival of the topic this is
+    /// (handed back to [`Hub::confirm`]).
+    Add(Arc<str>, u64),
     Remove(Arc<str>),
     /// The server has stopped: end the thread.
     Stop,
@@ -191,7 +193,7 @@ impl BrokerTask {
             }
         };
         runtime.block_on(async move {
-            let mut wanted = HashSet::new();
+            let mut wanted = Wanted::new();
             let mut backoff = MIN_BACKOFF;
             let mut reported = false;
             // Whether the node has been without Redis (a failed attempt or a lost
@@ -207,8 +209,11 @@ impl BrokerTask {
                         info!(topics = wanted.len(), "connected to the broker");
                         backoff = MIN_BACKOFF;
                         reported = false;
+                        for (topic, &arrival) in &wanted {
+                            hub.confirm(topic, arrival);
+                        }
                         if cut_off {
-                            for topic in &wanted {
+                            for topic in wanted.keys() {
                                 let notice = Message::text(commands::gap_notice(topic));
                                 fan_out(&hub, topic, notice).await;
                             }
@@ -216,6 +221,7 @@ impl BrokerTask {
                         let lost = self.serve(session, &hub, &mut wanted).await;
                         self.stats.up.store(false, Ordering::Release);
                         self.stats.topics.store(0, Ordering::Relaxed);
+                        hub.unconfirm_all();
                         match lost {
                             None => return,
                             Some(reason) => {
@@ -240,7 +246,7 @@ impl BrokerTask {
     }
 
     /// Takes in the interest changes waiting; `false` if the server stopped.
-    fn take_changes(&mut self, wanted: &mut HashSet<Arc<str>>) -> bool {
+    fn take_changes(&mut self, wanted: &mut Wanted) -> bool {
         loop {
             match self.interest.try_recv() {
                 Ok(change) => {
@@ -255,7 +261,7 @@ impl BrokerTask {
     }
 
     /// Connects both connections and subscribes to every topic in `wanted`.
-    async fn connect(&self, wanted: &HashSet<Arc<str>>) -> redis::RedisResult<Session> {
+    async fn connect(&self, wanted: &Wanted) -> redis::RedisResult<Session> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -264,7 +270,7 @@ impl BrokerTask {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         let (mut sink, stream) = within(self.client.get_async_pubsub()).await?.split();
-        let channels: Vec<String> = wanted.iter().map(|t| channel(t)).collect();
+        let channels: Vec<String> = wanted.keys().map(|t| channel(t)).collect();
         for chunk in channels.chunks(MAX_BATCH) {
             within(sink.subscribe(chunk)).await?;
         }
@@ -280,12 +286,7 @@ impl BrokerTask {
 
     /// Serves a connected session until it breaks (`Some(reason)`) or the server stops
     /// (`None`).
-    async fn serve(
-        &mut self,
-        session: Session,
-        hub: &Hub,
-        wanted: &mut HashSet<Arc<str>>,
-    ) -> Option<String> {
+    async fn serve(&mut self, session: Session, hub: &Hub, wanted: &mut Wanted) -> Option<String> {
         let Session {
             publisher,
             sink,
@@ -300,7 +301,7 @@ impl BrokerTask {
 
     /// Waits `backoff` while disconnected: publishes that were already queued fail,
     /// interest changes are kept. `false` if the server stopped.
-    async fn wait(&mut self, backoff: Duration, wanted: &mut HashSet<Arc<str>>) -> bool {
+    async fn wait(&mut self, backoff: Duration, wanted: &mut Wanted) -> bool {
         let sleep = tokio::time::sleep(backoff);
         tokio::pin!(sleep);
         loop {
@@ -332,10 +333,10 @@ fn channel(topic: &str) -> String {
 }
 
 /// Applies an interest change to the set; `false` for [`Interest::Stop`].
-fn apply(wanted: &mut HashSet<Arc<str>>, change: Interest) -> bool {
+fn apply(wanted: &mut Wanted, change: Interest) -> bool {
     match change {
-        Interest::Add(topic) => {
-            wanted.insert(topic);
+        Interest::Add(topic, arrival) => {
+            wanted.insert(topic, arrival);
         }
         Interest::Remove(topic) => {
             wanted.remove(&topic);
@@ -344,6 +345,9 @@ fn apply(wanted: &mut HashSet<Arc<str>>, change: Interest) -> bool {
     }
     true
 }
+
+/// The topics the node needs from Redis, each with its arrival number.
+type Wanted = HashMap<Arc<str>, u64>;
 
 /// A live connection to Redis.
 struct Session {
@@ -398,7 +402,7 @@ async fn publish_loop(
 /// pings. Returns why it stopped (`None`: the server stopped).
 async fn receive_loop(
     interest: &mut mpsc::UnboundedReceiver<Interest>,
-    wanted: &mut HashSet<Arc<str>>,
+    wanted: &mut Wanted,
     mut sink: PubSubSink,
     mut stream: PubSubStream,
     hub: &Hub,
@@ -421,14 +425,20 @@ async fn receive_loop(
             }
             change = interest.recv() => {
                 let result = match change {
-                    Some(Interest::Add(topic)) if wanted.insert(topic.clone()) => {
-                        within(sink.subscribe(channel(&topic))).await
+                    Some(Interest::Add(topic, arrival)) => {
+                        let subscribed = match wanted.insert(topic.clone(), arrival) {
+                            None => within(sink.subscribe(channel(&topic))).await,
+                            Some(_) => Ok(()),
+                        };
+                        // Confirmed before the stream is read again, so the workers get
+                        // the confirmation before any message on the topic.
+                        subscribed.map(|()| hub.confirm(&topic, arrival))
                     }
-                    Some(Interest::Remove(topic)) if wanted.remove(&topic) => {
+                    Some(Interest::Remove(topic)) if wanted.remove(&topic).is_some() => {
                         within(sink.unsubscribe(channel(&topic))).await
                     }
+                    Some(Interest::Remove(_)) => Ok(()),
                     Some(Interest::Stop) | None => return None,
-                    Some(_) => Ok(()),
                 };
                 if let Err(err) = result {
                     return Some(err.to_string());

@@ -2,7 +2,9 @@
 //!
 //! `{"op":"subscribe","topic":"x"}` and `{"op":"unsubscribe","topic":"x"}`; the reply
 //! repeats `op` and `topic` with `"ok":true`, or `"ok":false` and an `error` saying what
-//! was wrong. Published messages are delivered as they were published, without an
+//! was wrong. With a broker, the reply to a subscribe waits until Redis has confirmed the
+//! node's subscription, so what is published after it reaches the client. Published
+//! messages are delivered as they were published, without an
 //! envelope; replies and gap notices are the only messages with an `op` field the server
 //! generates.
 //!

@@ -29,6 +29,9 @@ pub(crate) enum WorkerMsg {
         broadcast: Arc<Broadcast>,
         ack: oneshot::Sender<usize>,
     },
+    /// The node is now subscribed to `topic` in the broker: answer the subscribe
+    /// commands that were waiting for it.
+    Confirmed(Arc<str>),
     /// Close every connection with 1001 and stop.
     Drain,
 }
@@ -88,6 +91,17 @@ pub struct Stats {
     pub connections: AtomicU64,
 }
 
+/// A topic with subscribers on this node.
+struct TopicState {
+    /// Bitmask of the workers with at least one subscriber.
+    workers: u64,
+    /// Which arrival of the topic on the node this is (see `Hub::arrivals`).
+    arrival: u64,
+    /// Whether publishes anywhere reach the node's subscribers: at once with the local
+    /// broker, once Redis confirms the subscription with one.
+    confirmed: bool,
+}
+
 /// Why an upgrade was refused for the connection caps: the HTTP status and the reason.
 pub(crate) type OverCap = (u16, &'static str);
 
@@ -98,8 +112,11 @@ pub(crate) struct Hub {
     pub(crate) workers: Vec<WorkerStats>,
     /// Open WebSocket connections per client address (kept only with a per-IP cap).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Topic -> bitmask of workers with at least one subscriber.
-    interest: Mutex<HashMap<Arc<str>, u64>>,
+    /// Topic -> which workers have subscribers, and whether the broker has it.
+    interest: Mutex<HashMap<Arc<str>, TopicState>>,
+    /// Numbers each topic's arrival on the node, so a broker confirmation meant for an
+    /// earlier arrival (since left and come back) is not taken for the current one.
+    arrivals: AtomicU64,
     pub(crate) stats: Stats,
     /// The Redis broker, when nodes share topics through one.
     pub(crate) broker: Option<BrokerLink>,
@@ -185,38 +202,79 @@ impl Hub {
             links,
             per_ip: Mutex::default(),
             interest: Mutex::default(),
+            arrivals: AtomicU64::new(0),
             stats: Stats::default(),
             draining: AtomicBool::new(false),
             max_pending: MAX_PENDING_PUBLISHES,
         }
     }
 
-    fn interest(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u64>> {
+    fn interest(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, TopicState>> {
         self.interest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records that `worker` has (or no longer has) subscribers for `topic`, and tells
     /// the broker when the node's first subscriber comes or its last one leaves (under
-    /// the lock, so the broker sees the changes in order).
-    pub(crate) fn set_interest(&self, topic: &Arc<str>, worker: usize, subscribed: bool) {
+    /// the lock, so the broker sees the changes in order). Returns whether the topic is
+    /// confirmed (see [`Hub::is_confirmed`]).
+    pub(crate) fn set_interest(&self, topic: &Arc<str>, worker: usize, subscribed: bool) -> bool {
         let mut interest = self.interest();
         let bit = 1u64 << worker;
         if subscribed {
-            let mask = interest.entry(topic.clone()).or_insert(0);
-            if *mask == 0
-                && let Some(broker) = &self.broker
-            {
-                broker.interest(Interest::Add(topic.clone()));
-            }
-            *mask |= bit;
-        } else if let Some(mask) = interest.get_mut(topic) {
-            *mask &= !bit;
-            if *mask == 0 {
+            let state = interest.entry(topic.clone()).or_insert_with(|| {
+                let arrival = self.arrivals.fetch_add(1, Ordering::Relaxed);
+                if let Some(broker) = &self.broker {
+                    broker.interest(Interest::Add(topic.clone(), arrival));
+                }
+                TopicState {
+                    workers: 0,
+                    arrival,
+                    confirmed: self.broker.is_none(),
+                }
+            });
+            state.workers |= bit;
+            return state.confirmed;
+        }
+        if let Some(state) = interest.get_mut(topic) {
+            state.workers &= !bit;
+            if state.workers == 0 {
                 interest.remove(topic);
                 if let Some(broker) = &self.broker {
                     broker.interest(Interest::Remove(topic.clone()));
                 }
             }
+        }
+        false
+    }
+
+    /// Whether a publish anywhere now reaches this node's subscribers of `topic`: always
+    /// with the local broker; with Redis, once it has confirmed the node's subscription.
+    pub(crate) fn is_confirmed(&self, topic: &str) -> bool {
+        self.interest().get(topic).is_some_and(|s| s.confirmed)
+    }
+
+    /// The broker has subscribed the node to `topic` for its `arrival`: the workers with
+    /// subscribers answer the subscribe commands waiting for it.
+    pub(crate) fn confirm(&self, topic: &Arc<str>, arrival: u64) {
+        let mut interest = self.interest();
+        let Some(state) = interest.get_mut(topic) else {
+            return;
+        };
+        if state.arrival != arrival || state.confirmed {
+            return;
+        }
+        state.confirmed = true;
+        for (w, link) in self.links.iter().enumerate() {
+            if state.workers & (1 << w) != 0 {
+                link.send(WorkerMsg::Confirmed(topic.clone()));
+            }
+        }
+    }
+
+    /// The broker lost Redis: no topic is confirmed until it has resubscribed.
+    pub(crate) fn unconfirm_all(&self) {
+        for state in self.interest().values_mut() {
+            state.confirmed = false;
         }
     }
 
@@ -307,7 +365,7 @@ impl Hub {
         if self.is_draining() {
             return Err(PublishError::Draining);
         }
-        let mask = self.interest().get(topic).copied().unwrap_or(0);
+        let mask = self.interest().get(topic).map_or(0, |s| s.workers);
         let workers = (0..self.links.len()).filter(|w| mask & (1 << w) != 0);
         if workers
             .clone()

@@ -101,30 +101,33 @@ struct Subscriptions<'a> {
 
 impl Subscriptions<'_> {
     /// Subscribes connection `slot` (whose topics are `mine`, and whose token grants
-    /// `grant`) to `name` (idempotent), or says why not.
+    /// `grant`) to `name` (idempotent), or says why not. `Ok(Some(name))`: the
+    /// subscription waits for the broker's confirmation (the reply goes out with it).
     fn subscribe(
         &mut self,
         mine: &mut Vec<Arc<str>>,
         grant: Option<&Grant>,
         slot: usize,
         name: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Arc<str>>, String> {
         topic::validate(name).map_err(|e| e.to_string())?;
         if grant.is_some_and(|g| !g.allows(name)) {
             return Err("the token does not allow this topic".into());
         }
-        if mine.iter().any(|t| &**t == name) {
-            return Ok(());
+        if let Some(name) = mine.iter().find(|t| &***t == name) {
+            return Ok((!self.hub.is_confirmed(name)).then(|| name.clone()));
         }
         if mine.len() >= self.max {
             return Err(format!("at most {} topics per connection", self.max));
         }
         let (name, first) = self.table.subscribe(name, slot);
-        if first {
-            self.hub.set_interest(&name, self.worker, true);
-        }
-        mine.push(name);
-        Ok(())
+        let confirmed = if first {
+            self.hub.set_interest(&name, self.worker, true)
+        } else {
+            self.hub.is_confirmed(&name)
+        };
+        mine.push(name.clone());
+        Ok((!confirmed).then_some(name))
     }
 
     /// Unsubscribes connection `slot` from `name`, or says why not.
@@ -163,6 +166,8 @@ pub(crate) struct Worker {
     accepting: bool,
     conns: Conns,
     topics: TopicTable,
+    /// Subscribe commands waiting for the broker's confirmation: connection and topic.
+    awaiting: Vec<(u64, Arc<str>)>,
     generation: u64,
     /// The read buffer lent to a connection that has no partial frame of its own.
     scratch: BytesMut,
@@ -197,6 +202,7 @@ impl Worker {
             accepting: false,
             conns: Conns::default(),
             topics: TopicTable::default(),
+            awaiting: Vec::new(),
             generation: 0,
             scratch: BytesMut::new(),
             spare_batches: Vec::new(),
@@ -458,6 +464,7 @@ impl Worker {
             grant,
             ..
         } = conn;
+        let awaiting = &mut self.awaiting;
         let Phase::Open(session) = phase else {
             buf.clear();
             return;
@@ -475,7 +482,11 @@ impl Worker {
                     metrics::add(&counters.messages_in, 1);
                     metrics::add(&counters.bytes_in, message.payload_len() as u64);
                     let grant = grant.as_deref();
-                    on_message(config.app, session, message, &mut subs, (mine, grant), slot);
+                    let conn = (&mut *mine, grant);
+                    if let Some(t) = on_message(config.app, session, message, &mut subs, conn, slot)
+                    {
+                        awaiting.push((*token, t));
+                    }
                     // Answer each message before decoding the next: every ping of a burst
                     // gets its pong (only an unread backlog is coalesced).
                     queue_transmit(session, queue);
@@ -591,6 +602,9 @@ impl Worker {
     /// Forgets a connection whose operations have all finished, closing its socket.
     fn free(&mut self, slot: usize) {
         let conn = self.conns.slab.remove(slot);
+        if !self.awaiting.is_empty() {
+            self.awaiting.retain(|(token, _)| *token != conn.token);
+        }
         let mut subs = Subscriptions {
             table: &mut self.topics,
             hub: &self.hub,
@@ -625,9 +639,31 @@ impl Worker {
                         .fetch_sub(1, Ordering::Relaxed);
                     let _ = ack.send(self.fanout(&topic, &broadcast));
                 }
+                WorkerMsg::Confirmed(topic) => self.confirmed(&topic),
                 WorkerMsg::Drain => self.start_drain(),
             }
         }
+    }
+
+    /// The broker confirmed `topic`: answers the subscribe commands that waited for it (a
+    /// connection that has left, or unsubscribed meanwhile, gets no reply).
+    fn confirmed(&mut self, topic: &Arc<str>) {
+        let close_deadline = Instant::now() + self.config.close_timeout;
+        let Conns { slab, dirty } = &mut self.conns;
+        self.awaiting.retain(|(token, t)| {
+            if t != topic {
+                return true;
+            }
+            if let Some(conn) = find(slab, *token)
+                && conn.topics.contains(t)
+                && let Some(session) = conn.session()
+            {
+                let _ = session.send(&Message::text(commands::ok_reply("subscribe", t)));
+                conn.transmit(close_deadline);
+                Conns::mark(dirty, conn);
+            }
+            false
+        });
     }
 
     /// Queues a broadcast on every local subscriber of `topic`; returns how many got it.
@@ -764,6 +800,7 @@ impl Drop for Worker {
 }
 
 /// What the application does with a message: echo it, or run a subscription command.
+/// Returns a topic whose subscribe reply waits for the broker's confirmation.
 fn on_message(
     app: App,
     session: &mut Session,
@@ -771,15 +808,16 @@ fn on_message(
     subs: &mut Subscriptions<'_>,
     (mine, grant): (&mut Vec<Arc<str>>, Option<&Grant>),
     slot: usize,
-) {
+) -> Option<Arc<str>> {
     let reply = match (app, &message) {
         (App::Echo, m) if m.is_data() => {
             let _ = session.send(&message);
-            return;
+            return None;
         }
         (App::PubSub, Message::Text(text)) => match commands::parse(text) {
             Ok(Command::Subscribe(t)) => match subs.subscribe(mine, grant, slot, &t) {
-                Ok(()) => commands::ok_reply("subscribe", &t),
+                Ok(None) => commands::ok_reply("subscribe", &t),
+                Ok(Some(pending)) => return Some(pending),
                 Err(e) => commands::error_reply(Some("subscribe"), Some(&t), &e),
             },
             Ok(Command::Unsubscribe(t)) => match subs.unsubscribe(mine, slot, &t) {
@@ -791,9 +829,10 @@ fn on_message(
         (App::PubSub, Message::Binary(_)) => {
             commands::error_reply(None, None, "binary messages are not commands")
         }
-        _ => return,
+        _ => return None,
     };
     let _ = session.send(&Message::text(reply));
+    None
 }
 
 /// How often the sweep runs: a quarter of the shortest timeout it enforces.

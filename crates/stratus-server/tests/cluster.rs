@@ -356,6 +356,55 @@ fn a_redis_outage_gives_503s_and_full_delivery_after_it() {
 }
 
 #[test]
+fn an_in_band_subscribe_is_answered_once_redis_has_the_subscription() {
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis), Node::start(&redis));
+    let mut peer = Peer::connect(a.ws);
+    peer.send(common::upgrade_request("/ws").as_bytes());
+    assert!(peer.read_head().starts_with("HTTP/1.1 101 "));
+
+    // While Redis is stopped it cannot confirm, so no reply may come.
+    signal(&redis.child, "STOP");
+    let command = br#"{"op":"subscribe","topic":"fresh"}"#;
+    peer.send(&common::frame(true, 0, 0x1, command));
+    peer.stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = peer.stream.peek(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a reply came before Redis confirmed: {early:?}"
+    );
+    peer.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    signal(&redis.child, "CONT");
+    assert_eq!(
+        peer.recv(),
+        Some(Message::text(
+            r#"{"ok":true,"op":"subscribe","topic":"fresh"}"#
+        ))
+    );
+    // After the reply, a publish on any node reaches the subscriber.
+    let (status, body) = b.publish("fresh", "first");
+    assert_eq!((status, body.as_str()), (200, "{\"nodes\":1}"));
+    assert_eq!(peer.recv(), Some(Message::text("first")));
+
+    // A second subscribe to a confirmed topic is answered at once.
+    let mut second = Peer::connect(a.ws);
+    second.send(common::upgrade_request("/ws").as_bytes());
+    assert!(second.read_head().starts_with("HTTP/1.1 101 "));
+    second.send(&common::frame(true, 0, 0x1, command));
+    assert_eq!(
+        second.recv(),
+        Some(Message::text(
+            r#"{"ok":true,"op":"subscribe","topic":"fresh"}"#
+        ))
+    );
+}
+
+#[test]
 fn a_redis_that_stops_answering_is_noticed_by_the_ping_and_rejoined() {
     let redis = Redis::start();
     let node = Node::start(&redis);
