@@ -9,6 +9,7 @@ use bytes::Bytes;
 use stratus_proto::frame::RSV1;
 use stratus_proto::{Encoder, Message, OpCode};
 
+use crate::history::{self, Offset};
 use crate::metrics::{self, WorkerStats};
 
 /// A published message and its frames.
@@ -19,18 +20,33 @@ pub(crate) struct Broadcast {
     compressed: OnceLock<Option<Bytes>>,
     /// When it was published (for the publish-to-send latency).
     pub(crate) published: Instant,
+    /// Its offset in the topic's history (with a broker keeping one).
+    pub(crate) offset: Option<Offset>,
+    /// The offset notice that precedes it on subscriptions with offsets, framed once.
+    offset_frame: OnceLock<Bytes>,
 }
 
 impl Broadcast {
     /// Frames `message` (a Text or Binary message) once.
-    pub(crate) fn new(message: Message) -> Self {
+    pub(crate) fn new(message: Message, offset: Option<Offset>) -> Self {
         let plain = Encoder::server().message(&message);
         Self {
             message,
             plain,
             compressed: OnceLock::new(),
             published: Instant::now(),
+            offset,
+            offset_frame: OnceLock::new(),
         }
+    }
+
+    /// The framed offset notice for this message on `topic`, if it has an offset.
+    pub(crate) fn offset_frame(&self, topic: &str) -> Option<&Bytes> {
+        let offset = self.offset?;
+        Some(self.offset_frame.get_or_init(|| {
+            let notice = Message::text(history::offset_notice(topic, offset));
+            Encoder::server().message(&notice)
+        }))
     }
 
     fn payload(&self) -> &[u8] {

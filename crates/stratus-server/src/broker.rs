@@ -12,6 +12,9 @@
 //! a channel's messages on in the order it executed the PUBLISHes, so every node sees a
 //! topic in one order.
 //!
+//! With a history (`history`), a publish is an XADD and a PUBLISH in one Lua call, and
+//! this thread also fetches the missed messages of connections that resume.
+//!
 //! When Redis is unreachable the node says so instead of dropping anything: publishes fail
 //! with [`PublishError::BrokerUnavailable`] (503), readiness turns false, and the thread
 //! reconnects with exponential backoff and resubscribes every topic it still needs.
@@ -31,7 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::commands;
-use crate::hub::{Hub, PublishError};
+use crate::history::{self, Offset};
+use crate::hub::{Hub, PublishError, WorkerMsg};
 use crate::metrics;
 
 /// Redis channel names are the topic with this prefix: pub/sub channels are shared by all
@@ -46,14 +50,18 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 1024;
-/// The first payload byte says what kind of message follows.
+/// The gap notice's reason after the node was cut off from Redis.
+const CUT_OFF: &str =
+    "the node was cut off from the broker; messages published meanwhile may be missing";
+/// The first payload byte says what kind of message follows (in lower case: an offset
+/// and a space come before the body).
 const TEXT: u8 = b'T';
 const BINARY: u8 = b'B';
 
 /// A publish on its way to Redis, and where its answer goes: how many nodes Redis passed
 /// it to.
 pub(crate) struct Outgoing {
-    channel: String,
+    topic: String,
     payload: Vec<u8>,
     reply: oneshot::Sender<Result<usize, PublishError>>,
 }
@@ -64,6 +72,14 @@ pub(crate) enum Interest {
     /// (handed back to [`Hub::confirm`]).
     Add(Arc<str>, u64),
     Remove(Arc<str>),
+    /// A connection's missed messages on `topic` after `after`, for worker `worker`
+    /// (asked for after the subscription, so nothing falls between history and live).
+    History {
+        topic: Arc<str>,
+        after: Offset,
+        worker: usize,
+        token: u64,
+    },
     /// The server has stopped: end the thread.
     Stop,
 }
@@ -82,6 +98,8 @@ pub(crate) struct BrokerStats {
 
 /// The hub's side of the broker: where publishes and interest changes go.
 pub(crate) struct BrokerLink {
+    /// Messages kept per topic in Redis (0: none).
+    history: usize,
     publishes: mpsc::UnboundedSender<Outgoing>,
     interest: mpsc::UnboundedSender<Interest>,
     pub(crate) stats: Arc<BrokerStats>,
@@ -90,6 +108,8 @@ pub(crate) struct BrokerLink {
 /// The broker thread's side.
 pub(crate) struct BrokerTask {
     client: redis::Client,
+    /// Messages kept per topic in Redis for recovery (0: none).
+    history: usize,
     publishes: mpsc::UnboundedReceiver<Outgoing>,
     interest: mpsc::UnboundedReceiver<Interest>,
     stats: Arc<BrokerStats>,
@@ -103,18 +123,20 @@ pub(crate) fn client(url: &str) -> Result<redis::Client, String> {
     redis::Client::open(url).map_err(|e| format!("broker {url:?}: {e}"))
 }
 
-/// The two ends of a broker for `client`.
-pub(crate) fn link(client: redis::Client) -> (BrokerLink, BrokerTask) {
+/// The two ends of a broker for `client`, keeping `history` messages per topic.
+pub(crate) fn link(client: redis::Client, history: usize) -> (BrokerLink, BrokerTask) {
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
     let (interest_tx, interest_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(BrokerStats::default());
     let link = BrokerLink {
+        history,
         publishes: publish_tx,
         interest: interest_tx,
         stats: stats.clone(),
     };
     let task = BrokerTask {
         client,
+        history,
         publishes: publish_rx,
         interest: interest_rx,
         stats,
@@ -123,6 +145,11 @@ pub(crate) fn link(client: redis::Client) -> (BrokerLink, BrokerTask) {
 }
 
 impl BrokerLink {
+    /// Whether Redis keeps a history per topic (recovery with `since`).
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.history > 0
+    }
+
     /// Whether the node is connected to Redis (readiness).
     pub(crate) fn is_up(&self) -> bool {
         self.stats.up.load(Ordering::Acquire)
@@ -148,7 +175,7 @@ impl BrokerLink {
         payload.extend_from_slice(body);
         let (reply, rx) = oneshot::channel();
         let outgoing = Outgoing {
-            channel: channel(topic),
+            topic: topic.to_owned(),
             payload,
             reply,
         };
@@ -164,18 +191,73 @@ impl BrokerLink {
     }
 }
 
-/// Decodes a message from Redis (its channel and payload): its topic and message, or
-/// `None` if it is not one a node published.
-fn decode<'a>(channel: &'a str, payload: &[u8]) -> Option<(&'a str, Message)> {
+/// Decodes a message from Redis (its channel and payload): its topic, message and offset
+/// in the topic's history (if kept), or `None` if it is not one a node published.
+fn decode<'a>(channel: &'a str, payload: &[u8]) -> Option<(&'a str, Message, Option<Offset>)> {
     let topic = channel.strip_prefix(CHANNEL_PREFIX)?;
-    let (&kind, body) = payload.split_first()?;
+    let (&kind, rest) = payload.split_first()?;
+    if kind.is_ascii_lowercase() {
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let offset = Offset::parse(std::str::from_utf8(&rest[..space]).ok()?)?;
+        let message = message(kind.to_ascii_uppercase(), &rest[space + 1..])?;
+        return Some((topic, message, Some(offset)));
+    }
+    Some((topic, message(kind, rest)?, None))
+}
+
+/// The message of a kind byte and body, or `None` for an unknown kind or text that is not
+/// UTF-8.
+fn message(kind: u8, body: &[u8]) -> Option<Message> {
     let body = Bytes::copy_from_slice(body);
-    let message = match kind {
-        TEXT if simdutf8::basic::from_utf8(&body).is_ok() => Message::Text(body),
-        BINARY => Message::Binary(body),
-        _ => return None,
+    match kind {
+        TEXT if simdutf8::basic::from_utf8(&body).is_ok() => Some(Message::Text(body)),
+        BINARY => Some(Message::Binary(body)),
+        _ => None,
+    }
+}
+
+/// A stream entry as Redis sends it: the id, and the fields and values (`m`, payload).
+type RawEntry = (String, Vec<Vec<u8>>);
+
+/// What came after `after` in `topic`'s history, oldest first, and why some may be
+/// missing. Redis trims the oldest entries first, so while the entry at `after` is still
+/// there nothing after it was trimmed; once it is gone, some may have been.
+async fn fetch_history(
+    conn: &mut MultiplexedConnection,
+    topic: &str,
+    after: Offset,
+    limit: usize,
+) -> redis::RedisResult<(Vec<(Offset, Message)>, Option<&'static str>)> {
+    let key = history::key(topic);
+    let (entries, exists): (Vec<RawEntry>, bool) = redis::pipe()
+        .cmd("XRANGE")
+        .arg(&key)
+        .arg(after.to_string())
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit + 1)
+        .cmd("EXISTS")
+        .arg(&key)
+        .query_async(conn)
+        .await?;
+    let mut entries: Vec<(Offset, Message)> = entries
+        .into_iter()
+        .filter_map(|(id, fields)| {
+            let offset = Offset::parse(&id)?;
+            let (&kind, body) = fields.get(1)?.split_first()?;
+            Some((offset, message(kind, body)?))
+        })
+        .collect();
+    let gap = match entries.first() {
+        Some((first, _)) if *first == after => {
+            entries.remove(0);
+            None
+        }
+        Some(_) => Some("the history no longer reaches back to this offset"),
+        None if exists => None,
+        None => Some("no history is kept for this topic any more"),
     };
-    Some((topic, message))
+    Ok((entries, gap))
 }
 
 impl BrokerTask {
@@ -200,7 +282,7 @@ impl BrokerTask {
             // session) since it was last connected.
             let mut cut_off = false;
             loop {
-                if !self.take_changes(&mut wanted) {
+                if !self.take_changes(&mut wanted, &hub) {
                     return;
                 }
                 match self.connect(&wanted).await {
@@ -214,8 +296,8 @@ impl BrokerTask {
                         }
                         if cut_off {
                             for topic in wanted.keys() {
-                                let notice = Message::text(commands::gap_notice(topic));
-                                fan_out(&hub, topic, notice).await;
+                                let notice = commands::gap_notice(topic, CUT_OFF);
+                                fan_out(&hub, topic, Message::text(notice), None).await;
                             }
                         }
                         let lost = self.serve(session, &hub, &mut wanted).await;
@@ -237,7 +319,7 @@ impl BrokerTask {
                     Err(_) => {}
                 }
                 cut_off = true;
-                if !self.wait(backoff, &mut wanted).await {
+                if !self.wait(backoff, &mut wanted, &hub).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -246,11 +328,11 @@ impl BrokerTask {
     }
 
     /// Takes in the interest changes waiting; `false` if the server stopped.
-    fn take_changes(&mut self, wanted: &mut Wanted) -> bool {
+    fn take_changes(&mut self, wanted: &mut Wanted, hub: &Hub) -> bool {
         loop {
             match self.interest.try_recv() {
                 Ok(change) => {
-                    if !apply(wanted, change) {
+                    if !apply(wanted, change, hub) {
                         return false;
                     }
                 }
@@ -293,15 +375,16 @@ impl BrokerTask {
             stream,
         } = session;
         let stats = self.stats.clone();
+        let history = (publisher.clone(), self.history);
         tokio::select! {
-            lost = publish_loop(&mut self.publishes, publisher, &stats) => Some(lost),
-            lost = receive_loop(&mut self.interest, wanted, sink, stream, hub, &stats) => lost,
+            lost = publish_loop(&mut self.publishes, publisher, self.history, &stats) => Some(lost),
+            lost = receive_loop(&mut self.interest, wanted, (sink, stream), history, hub, &stats) => lost,
         }
     }
 
     /// Waits `backoff` while disconnected: publishes that were already queued fail,
     /// interest changes are kept. `false` if the server stopped.
-    async fn wait(&mut self, backoff: Duration, wanted: &mut Wanted) -> bool {
+    async fn wait(&mut self, backoff: Duration, wanted: &mut Wanted, hub: &Hub) -> bool {
         let sleep = tokio::time::sleep(backoff);
         tokio::pin!(sleep);
         loop {
@@ -312,7 +395,7 @@ impl BrokerTask {
                     let _ = outgoing.reply.send(Err(PublishError::BrokerUnavailable));
                 }
                 change = self.interest.recv() => {
-                    if !change.is_some_and(|change| apply(wanted, change)) {
+                    if !change.is_some_and(|change| apply(wanted, change, hub)) {
                         return false;
                     }
                 }
@@ -332,9 +415,16 @@ fn channel(topic: &str) -> String {
     format!("{CHANNEL_PREFIX}{topic}")
 }
 
-/// Applies an interest change to the set; `false` for [`Interest::Stop`].
-fn apply(wanted: &mut Wanted, change: Interest) -> bool {
+/// Applies an interest change to the set while disconnected (a history request is
+/// answered with a gap at once); `false` for [`Interest::Stop`].
+fn apply(wanted: &mut Wanted, change: Interest, hub: &Hub) -> bool {
     match change {
+        Interest::History {
+            topic,
+            worker,
+            token,
+            ..
+        } => unavailable_history(hub, worker, token, topic),
         Interest::Add(topic, arrival) => {
             wanted.insert(topic, arrival);
         }
@@ -349,6 +439,21 @@ fn apply(wanted: &mut Wanted, change: Interest) -> bool {
 /// The topics the node needs from Redis, each with its arrival number.
 type Wanted = HashMap<Arc<str>, u64>;
 
+/// Answers a history request that cannot be served: nothing, and a gap.
+fn unavailable_history(hub: &Hub, worker: usize, token: u64, topic: Arc<str>) {
+    let gap = Some("the broker is unavailable; messages published meanwhile may be missing");
+    let entries = Vec::new();
+    hub.to_worker(
+        worker,
+        WorkerMsg::History {
+            token,
+            topic,
+            entries,
+            gap,
+        },
+    );
+}
+
 /// A live connection to Redis.
 struct Session {
     publisher: MultiplexedConnection,
@@ -361,6 +466,7 @@ struct Session {
 async fn publish_loop(
     publishes: &mut mpsc::UnboundedReceiver<Outgoing>,
     mut conn: MultiplexedConnection,
+    history: usize,
     stats: &BrokerStats,
 ) -> String {
     let mut batch = Vec::new();
@@ -377,7 +483,19 @@ async fn publish_loop(
         }
         let mut pipe = redis::pipe();
         for p in &batch {
-            pipe.cmd("PUBLISH").arg(&p.channel).arg(&p.payload[..]);
+            if history > 0 {
+                pipe.cmd("EVAL")
+                    .arg(history::PUBLISH_SCRIPT)
+                    .arg(2)
+                    .arg(history::key(&p.topic))
+                    .arg(channel(&p.topic))
+                    .arg(history)
+                    .arg(&p.payload[..]);
+            } else {
+                pipe.cmd("PUBLISH")
+                    .arg(channel(&p.topic))
+                    .arg(&p.payload[..]);
+            }
         }
         let failure = match pipe.query_async::<Vec<usize>>(&mut conn).await {
             Ok(counts) if counts.len() == batch.len() => {
@@ -403,8 +521,8 @@ async fn publish_loop(
 async fn receive_loop(
     interest: &mut mpsc::UnboundedReceiver<Interest>,
     wanted: &mut Wanted,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
+    (mut sink, mut stream): (PubSubSink, PubSubStream),
+    (mut history_conn, history): (MultiplexedConnection, usize),
     hub: &Hub,
     stats: &BrokerStats,
 ) -> Option<String> {
@@ -416,9 +534,9 @@ async fn receive_loop(
                     return Some("the pub/sub connection closed".into());
                 };
                 match decode(msg.get_channel_name(), msg.get_payload_bytes()) {
-                    Some((topic, message)) => {
+                    Some((topic, message, offset)) => {
                         metrics::add(&stats.received, 1);
-                        fan_out(hub, topic, message).await;
+                        fan_out(hub, topic, message, offset).await;
                     }
                     None => metrics::add(&stats.rejected, 1),
                 }
@@ -438,6 +556,21 @@ async fn receive_loop(
                         within(sink.unsubscribe(channel(&topic))).await
                     }
                     Some(Interest::Remove(_)) => Ok(()),
+                    Some(Interest::History { topic, after, worker, token }) => {
+                        // Room for what MAXLEN ~ may keep beyond the bound.
+                        let limit = history + 1000;
+                        match within(fetch_history(&mut history_conn, &topic, after, limit)).await {
+                            Ok((entries, gap)) => {
+                                let msg = WorkerMsg::History { token, topic, entries, gap };
+                                hub.to_worker(worker, msg);
+                                Ok(())
+                            }
+                            Err(err) => {
+                                unavailable_history(hub, worker, token, topic);
+                                Err(err)
+                            }
+                        }
+                    }
                     Some(Interest::Stop) | None => return None,
                 };
                 if let Err(err) = result {
@@ -457,9 +590,9 @@ async fn receive_loop(
 
 /// Hands a message from Redis to this node's workers, waiting while a worker's inbox is
 /// full rather than dropping it.
-async fn fan_out(hub: &Hub, topic: &str, message: Message) {
+async fn fan_out(hub: &Hub, topic: &str, message: Message, offset: Option<Offset>) {
     loop {
-        match hub.fan_out(topic, message.clone()) {
+        match hub.fan_out(topic, message.clone(), offset) {
             Err(PublishError::Overloaded) => tokio::time::sleep(Duration::from_millis(1)).await,
             _ => return,
         }
@@ -481,12 +614,22 @@ mod tests {
     fn messages_from_redis_are_decoded_or_rejected() {
         assert_eq!(
             decode("stratus:a/b", b"Thi"),
-            Some(("a/b", Message::text("hi")))
+            Some(("a/b", Message::text("hi"), None))
         );
         assert_eq!(
             decode("stratus:t", b"B\xff\x00"),
-            Some(("t", Message::Binary(Bytes::from_static(b"\xff\x00"))))
+            Some(("t", Message::Binary(Bytes::from_static(b"\xff\x00")), None))
         );
+        assert_eq!(
+            decode("stratus:t", b"t17-2 hi there"),
+            Some(("t", Message::text("hi there"), Offset::parse("17-2")))
+        );
+        assert_eq!(
+            decode("stratus:t", b"t17-2hi"),
+            None,
+            "no space after the offset"
+        );
+        assert_eq!(decode("stratus:t", b"tx-2 hi"), None, "not an offset");
         assert_eq!(decode("stratus:t", b"T\xff"), None, "text must be UTF-8");
         assert_eq!(decode("stratus:t", b"Xhi"), None, "unknown kind");
         assert_eq!(decode("stratus:t", b""), None, "no kind byte");

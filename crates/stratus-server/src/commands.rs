@@ -15,10 +15,16 @@
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::history::Since;
+
 /// A command a client sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
-    Subscribe(String),
+    /// Subscribe; with `since`, with offsets (and first what came after it).
+    Subscribe {
+        topic: String,
+        since: Option<Since>,
+    },
     Unsubscribe(String),
 }
 
@@ -26,6 +32,7 @@ pub(crate) enum Command {
 struct Wire {
     op: String,
     topic: Option<String>,
+    since: Option<String>,
 }
 
 /// Parses a command, or explains what is wrong with it (as the error reply to send).
@@ -41,8 +48,16 @@ pub(crate) fn parse(text: &[u8]) -> Result<Command, String> {
     let topic = wire
         .topic
         .ok_or_else(|| error_reply(Some(op), None, "missing \"topic\""))?;
+    let since = match wire.since.as_deref().map(Since::parse) {
+        Some(None) => {
+            let why = "\"since\" must be \"$\" or an offset such as \"1732000000000-0\"";
+            return Err(error_reply(Some(op), Some(&topic), why));
+        }
+        Some(since) => since,
+        None => None,
+    };
     match op {
-        "subscribe" => Ok(Command::Subscribe(topic)),
+        "subscribe" => Ok(Command::Subscribe { topic, since }),
         "unsubscribe" => Ok(Command::Unsubscribe(topic)),
         _ => Err(error_reply(Some(op), Some(&topic), "unknown op")),
     }
@@ -53,12 +68,12 @@ pub(crate) fn ok_reply(op: &str, topic: &str) -> String {
     json!({"op": op, "topic": topic, "ok": true}).to_string()
 }
 
-/// The reply to a refused command.
-/// The notice a subscriber of `topic` gets after its node was cut off from the broker.
-pub(crate) fn gap_notice(topic: &str) -> String {
-    json!({"op": "gap", "topic": topic, "reason": "the node was cut off from the broker; messages published meanwhile may be missing"}).to_string()
+/// The notice that messages on `topic` may be missing, and why.
+pub(crate) fn gap_notice(topic: &str, reason: &str) -> String {
+    json!({"op": "gap", "topic": topic, "reason": reason}).to_string()
 }
 
+/// The reply to a refused command.
 pub(crate) fn error_reply(op: Option<&str>, topic: Option<&str>, error: &str) -> String {
     json!({"op": op, "topic": topic, "ok": false, "error": error}).to_string()
 }
@@ -71,7 +86,10 @@ mod tests {
     fn commands_parse() {
         assert_eq!(
             parse(br#"{"op":"subscribe","topic":"a"}"#),
-            Ok(Command::Subscribe("a".into()))
+            Ok(Command::Subscribe {
+                topic: "a".into(),
+                since: None
+            })
         );
         assert_eq!(
             parse(br#"{"topic":"a","op":"unsubscribe","extra":1}"#),
@@ -87,5 +105,25 @@ mod tests {
         assert!(unknown.contains("unknown op"), "{unknown}");
         let garbage = parse(b"hello").unwrap_err();
         assert!(garbage.contains("\"ok\":false"), "{garbage}");
+        let since = parse(br#"{"op":"subscribe","topic":"a","since":"yesterday"}"#).unwrap_err();
+        assert!(since.contains("must be"), "{since}");
+    }
+
+    #[test]
+    fn since_asks_for_offsets() {
+        assert_eq!(
+            parse(br#"{"op":"subscribe","topic":"a","since":"$"}"#),
+            Ok(Command::Subscribe {
+                topic: "a".into(),
+                since: Some(Since::Now)
+            })
+        );
+        assert!(matches!(
+            parse(br#"{"op":"subscribe","topic":"a","since":"17-3"}"#),
+            Ok(Command::Subscribe {
+                since: Some(Since::After(_)),
+                ..
+            })
+        ));
     }
 }

@@ -96,6 +96,9 @@ pub struct Config {
     /// every publish goes through Redis and reaches the subscribers on every server.
     /// `None`: this server alone (the embedded local broker).
     pub broker: Option<String>,
+    /// With a broker: messages kept per topic in Redis (about; trimmed in blocks), so a
+    /// subscriber can resume from the last offset it saw. 0 keeps none.
+    pub history: usize,
 }
 
 impl Default for Config {
@@ -131,6 +134,7 @@ impl Default for Config {
             tls: None,
             admin_tls: None,
             broker: None,
+            history: 0,
         }
     }
 }
@@ -165,6 +169,9 @@ impl Config {
             .map_err(|e| format!("admin tls: {e}"))?;
         if let Some(url) = &self.broker {
             crate::broker::client(url)?;
+        }
+        if self.history > 0 && self.broker.is_none() {
+            return Err("history needs a broker (it is kept in Redis)".into());
         }
         Ok(())
     }

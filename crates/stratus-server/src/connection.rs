@@ -25,6 +25,7 @@ use tracing::debug;
 use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
+use crate::history::Recovery;
 use crate::metrics::{self, WorkerStats};
 use crate::tls_conn::TlsConn;
 use crate::upgrade::{Refusal, Upgrade, refusal};
@@ -93,6 +94,11 @@ pub(crate) struct Conn {
     pub(crate) io: IoState,
     /// TLS, on a `wss://` listener: the queue holds plaintext, sealed when sent.
     pub(crate) tls: Option<Box<TlsConn>>,
+    /// Recoveries in progress, one per topic: live messages on their topics go through
+    /// them.
+    pub(crate) recoveries: Vec<Recovery>,
+    /// Whether each message comes with its offset notice (asked for with `since`).
+    pub(crate) offsets: bool,
 }
 
 /// What is in flight and what is finished, for the worker.
@@ -143,6 +149,8 @@ impl Conn {
             deadline: Some(deadline),
             io: IoState::default(),
             tls,
+            recoveries: Vec::new(),
+            offsets: false,
         }
     }
 
@@ -287,11 +295,31 @@ impl Conn {
         !self.io.dead && self.session().is_some_and(|s| !s.close_sent())
     }
 
-    /// Queues a broadcast, applying the slow-consumer policy when the queue would pass
-    /// `cap` bytes.
+    /// Queues a broadcast on `topic` (after its offset notice, if the connection asked
+    /// for offsets), applying the slow-consumer policy when the queue would pass `cap`
+    /// bytes; while the topic is being recovered, holds it instead.
     pub(crate) fn deliver(
         &mut self,
-        broadcast: &Broadcast,
+        topic: &str,
+        broadcast: &Arc<Broadcast>,
+        (cap, policy): (usize, SlowConsumer),
+        close_deadline: Instant,
+        stats: &WorkerStats,
+    ) -> Delivered {
+        if let Some(at) = self.recoveries.iter().position(|r| *r.topic == *topic) {
+            if self.recoveries[at].absorb(broadcast) {
+                return Delivered::Queued;
+            }
+            self.recoveries.swap_remove(at);
+        }
+        self.push_broadcast(topic, broadcast, (cap, policy), close_deadline, stats)
+    }
+
+    /// Queues a broadcast as [`Conn::deliver`] does, past any recovery.
+    pub(crate) fn push_broadcast(
+        &mut self,
+        topic: &str,
+        broadcast: &Arc<Broadcast>,
         (cap, policy): (usize, SlowConsumer),
         close_deadline: Instant,
         stats: &WorkerStats,
@@ -304,7 +332,12 @@ impl Conn {
             FrameChoice::Shared { threshold } => Some(broadcast.shared_frame(threshold, stats)),
             FrameChoice::PerConnection => None,
         };
-        let len = frame.map_or(broadcast.plain.len(), Bytes::len);
+        let offset = if self.offsets {
+            broadcast.offset_frame(topic)
+        } else {
+            None
+        };
+        let len = frame.map_or(broadcast.plain.len(), Bytes::len) + offset.map_or(0, Bytes::len);
         if self.queued_bytes() + len > cap {
             return match policy {
                 SlowConsumer::Drop => Delivered::Dropped,
@@ -314,6 +347,9 @@ impl Conn {
                     Delivered::ClosedSlow
                 }
             };
+        }
+        if let Some(offset) = offset {
+            self.queue.push(offset.clone());
         }
         match frame {
             Some(frame) => self.queue.push(frame.clone()),

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::broadcast::Broadcast;
 use crate::broker::{BrokerLink, Interest};
+use crate::history::Offset;
 use crate::metrics::WorkerStats;
 use crate::topic::{self, TopicError};
 
@@ -32,6 +33,14 @@ pub(crate) enum WorkerMsg {
     /// The node is now subscribed to `topic` in the broker: answer the subscribe
     /// commands that were waiting for it.
     Confirmed(Arc<str>),
+    /// A connection's missed messages on `topic`, oldest first, and why some may be
+    /// missing (`None`: the history reached back to the connection's offset).
+    History {
+        token: u64,
+        topic: Arc<str>,
+        entries: Vec<(Offset, Message)>,
+        gap: Option<&'static str>,
+    },
     /// Close every connection with 1001 and stop.
     Drain,
 }
@@ -271,6 +280,13 @@ impl Hub {
         }
     }
 
+    /// Sends `msg` to worker `worker`.
+    pub(crate) fn to_worker(&self, worker: usize, msg: WorkerMsg) {
+        if let Some(link) = self.links.get(worker) {
+            link.send(msg);
+        }
+    }
+
     /// The broker lost Redis: no topic is confirmed until it has resubscribed.
     pub(crate) fn unconfirm_all(&self) {
         for state in self.interest().values_mut() {
@@ -353,15 +369,21 @@ impl Hub {
                 Ok(Delivery(Pending::Broker(rx)))
             }
             None => {
-                let delivery = self.fan_out(topic, message)?;
+                let delivery = self.fan_out(topic, message, None)?;
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
                 Ok(delivery)
             }
         }
     }
 
-    /// Frames `message` once and sends it to every worker with subscribers for `topic`.
-    pub(crate) fn fan_out(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
+    /// Frames `message` (at `offset` in the topic's history, if kept) once and sends it to
+    /// every worker with subscribers for `topic`.
+    pub(crate) fn fan_out(
+        &self,
+        topic: &str,
+        message: Message,
+        offset: Option<Offset>,
+    ) -> Result<Delivery, PublishError> {
         if self.is_draining() {
             return Err(PublishError::Draining);
         }
@@ -374,7 +396,7 @@ impl Hub {
             return Err(PublishError::Overloaded);
         }
         let topic: Arc<str> = Arc::from(topic);
-        let broadcast = Arc::new(Broadcast::new(message));
+        let broadcast = Arc::new(Broadcast::new(message, offset));
         let mut acks = Vec::new();
         for w in workers {
             let (ack, rx) = oneshot::channel();

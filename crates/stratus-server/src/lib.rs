@@ -18,6 +18,7 @@ mod broker;
 mod commands;
 mod config;
 mod connection;
+mod history;
 mod hub;
 mod metrics;
 mod server;

@@ -80,7 +80,8 @@ impl Server {
             .unzip();
         let (broker, broker_task) = match &config.broker {
             Some(url) => {
-                let (link, task) = broker::link(broker::client(url).map_err(invalid)?);
+                let client = broker::client(url).map_err(invalid)?;
+                let (link, task) = broker::link(client, config.history);
                 (Some(link), Some(task))
             }
             None => (None, None),

@@ -28,9 +28,11 @@ use tracing::{debug, warn};
 
 use crate::auth::Grant;
 use crate::broadcast::Broadcast;
+use crate::broker::Interest;
 use crate::commands::{self, Command};
 use crate::config::{App, Config};
 use crate::connection::{Conn, Delivered, Phase, queue_transmit};
+use crate::history::{Offset, Recovery, Since};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
 use crate::status_page;
@@ -459,9 +461,11 @@ impl Worker {
         let Conn {
             phase,
             queue,
-            topics: mine,
+            topics,
             token,
             grant,
+            recoveries,
+            offsets,
             ..
         } = conn;
         let awaiting = &mut self.awaiting;
@@ -481,9 +485,15 @@ impl Worker {
                 Ok(Some(message)) => {
                     metrics::add(&counters.messages_in, 1);
                     metrics::add(&counters.bytes_in, message.payload_len() as u64);
-                    let grant = grant.as_deref();
-                    let conn = (&mut *mine, grant);
-                    if let Some(t) = on_message(config.app, session, message, &mut subs, conn, slot)
+                    let subscriber = Subscriber {
+                        topics: &mut *topics,
+                        grant: grant.as_deref(),
+                        recoveries: &mut *recoveries,
+                        offsets: &mut *offsets,
+                        token: *token,
+                        slot,
+                    };
+                    if let Some(t) = on_message(config.app, session, message, &mut subs, subscriber)
                     {
                         awaiting.push((*token, t));
                     }
@@ -640,6 +650,12 @@ impl Worker {
                     let _ = ack.send(self.fanout(&topic, &broadcast));
                 }
                 WorkerMsg::Confirmed(topic) => self.confirmed(&topic),
+                WorkerMsg::History {
+                    token,
+                    topic,
+                    entries,
+                    gap,
+                } => self.recovered(token, &topic, entries, gap),
                 WorkerMsg::Drain => self.start_drain(),
             }
         }
@@ -666,8 +682,71 @@ impl Worker {
         });
     }
 
+    /// A connection's history is in: sends a gap notice if some is missing, the missed
+    /// messages, then the live ones held meanwhile that the history did not have.
+    fn recovered(
+        &mut self,
+        token: u64,
+        topic: &Arc<str>,
+        entries: Vec<(Offset, Message)>,
+        gap: Option<&'static str>,
+    ) {
+        let config = &self.config;
+        let cap = (config.max_send_queue, config.slow_consumer);
+        let deadline = Instant::now() + config.close_timeout;
+        let counters = &self.hub.workers[self.index];
+        let Conns { slab, dirty } = &mut self.conns;
+        let Some(conn) = find(slab, token) else {
+            return;
+        };
+        let Some(at) = conn
+            .recoveries
+            .iter()
+            .position(|r| r.topic == *topic && r.sent_to.is_none())
+        else {
+            return;
+        };
+        if !conn.topics.contains(topic) {
+            conn.recoveries.swap_remove(at);
+            return;
+        }
+        let recovery = &mut conn.recoveries[at];
+        let held = std::mem::take(&mut recovery.held);
+        let (after, overflowed) = (recovery.after, recovery.overflowed);
+        let notice = |conn: &mut Conn, reason: &str| {
+            if let Some(session) = conn.session() {
+                let _ = session.send(&Message::text(commands::gap_notice(topic, reason)));
+            }
+            conn.transmit(deadline);
+        };
+        if let Some(reason) = gap {
+            notice(conn, reason);
+        }
+        // The history, then the held live messages it did not have, each once.
+        let mut last = after;
+        let missed = entries
+            .into_iter()
+            .map(|(offset, message)| Arc::new(Broadcast::new(message, Some(offset))));
+        for broadcast in missed.chain(held) {
+            match broadcast.offset {
+                Some(offset) if offset <= last => continue,
+                Some(offset) => last = offset,
+                None => {}
+            }
+            conn.push_broadcast(topic, &broadcast, cap, deadline, counters);
+        }
+        conn.recoveries[at].sent_to = Some(last);
+        if overflowed {
+            notice(
+                conn,
+                "more live messages came during the recovery than can be held",
+            );
+        }
+        Conns::mark(dirty, conn);
+    }
+
     /// Queues a broadcast on every local subscriber of `topic`; returns how many got it.
-    fn fanout(&mut self, topic: &str, broadcast: &Broadcast) -> usize {
+    fn fanout(&mut self, topic: &str, broadcast: &Arc<Broadcast>) -> usize {
         let Some(subscribers) = self.topics.subscribers(topic) else {
             return 0;
         };
@@ -681,7 +760,7 @@ impl Worker {
                 continue;
             };
             let cap = (config.max_send_queue, config.slow_consumer);
-            match conn.deliver(broadcast, cap, deadline, counters) {
+            match conn.deliver(topic, broadcast, cap, deadline, counters) {
                 Delivered::Queued => queued += 1,
                 Delivered::Dropped => dropped += 1,
                 Delivered::ClosedSlow => closed += 1,
@@ -799,6 +878,50 @@ impl Drop for Worker {
     }
 }
 
+/// The parts of a connection a subscription command works on.
+struct Subscriber<'a> {
+    topics: &'a mut Vec<Arc<str>>,
+    grant: Option<&'a Grant>,
+    recoveries: &'a mut Vec<Recovery>,
+    offsets: &'a mut bool,
+    token: u64,
+    slot: usize,
+}
+
+/// Subscribes with `since`: offsets from now on, and first what came after the given
+/// offset (asked of the broker after the subscription, so nothing falls between).
+fn subscribe_since(
+    subs: &mut Subscriptions<'_>,
+    conn: Subscriber<'_>,
+    topic: &str,
+    since: Since,
+) -> Result<Option<Arc<str>>, String> {
+    let Some(broker) = subs.hub.broker.as_ref().filter(|b| b.keeps_history()) else {
+        return Err("no history is kept (the nodes need --broker and --history)".into());
+    };
+    if let Since::After(_) = since {
+        let fetching = |r: &Recovery| *r.topic == *topic && r.sent_to.is_none();
+        if conn.recoveries.iter().any(fetching) {
+            return Err("this topic's missed messages are being fetched already".into());
+        }
+        conn.recoveries.retain(|r| *r.topic != *topic);
+    }
+    let pending = subs.subscribe(conn.topics, conn.grant, conn.slot, topic)?;
+    *conn.offsets = true;
+    if let Since::After(after) = since
+        && let Some(name) = conn.topics.iter().find(|t| &***t == topic)
+    {
+        conn.recoveries.push(Recovery::new(name.clone(), after));
+        broker.interest(Interest::History {
+            topic: name.clone(),
+            after,
+            worker: subs.worker,
+            token: conn.token,
+        });
+    }
+    Ok(pending)
+}
+
 /// What the application does with a message: echo it, or run a subscription command.
 /// Returns a topic whose subscribe reply waits for the broker's confirmation.
 fn on_message(
@@ -806,8 +929,7 @@ fn on_message(
     session: &mut Session,
     message: Message,
     subs: &mut Subscriptions<'_>,
-    (mine, grant): (&mut Vec<Arc<str>>, Option<&Grant>),
-    slot: usize,
+    conn: Subscriber<'_>,
 ) -> Option<Arc<str>> {
     let reply = match (app, &message) {
         (App::Echo, m) if m.is_data() => {
@@ -815,12 +937,18 @@ fn on_message(
             return None;
         }
         (App::PubSub, Message::Text(text)) => match commands::parse(text) {
-            Ok(Command::Subscribe(t)) => match subs.subscribe(mine, grant, slot, &t) {
-                Ok(None) => commands::ok_reply("subscribe", &t),
-                Ok(Some(pending)) => return Some(pending),
-                Err(e) => commands::error_reply(Some("subscribe"), Some(&t), &e),
-            },
-            Ok(Command::Unsubscribe(t)) => match subs.unsubscribe(mine, slot, &t) {
+            Ok(Command::Subscribe { topic: t, since }) => {
+                let subscribed = match since {
+                    None => subs.subscribe(conn.topics, conn.grant, conn.slot, &t),
+                    Some(since) => subscribe_since(subs, conn, &t, since),
+                };
+                match subscribed {
+                    Ok(None) => commands::ok_reply("subscribe", &t),
+                    Ok(Some(pending)) => return Some(pending),
+                    Err(e) => commands::error_reply(Some("subscribe"), Some(&t), &e),
+                }
+            }
+            Ok(Command::Unsubscribe(t)) => match subs.unsubscribe(conn.topics, conn.slot, &t) {
                 Ok(()) => commands::ok_reply("unsubscribe", &t),
                 Err(e) => commands::error_reply(Some("unsubscribe"), Some(&t), &e),
             },

@@ -21,24 +21,39 @@ struct Redis {
 }
 
 impl Redis {
+    /// A redis-server on a free port (another, if a concurrent test took that one).
     fn start() -> Self {
-        Self::start_on(free_addr().port())
+        (0..5)
+            .find_map(|_| Self::try_start(free_addr().port()))
+            .expect("redis-server did not start on any of 5 free ports")
     }
 
     fn start_on(port: u16) -> Self {
+        Self::try_start(port).expect("redis-server could not take its port again")
+    }
+
+    /// `None` if the server that answers on `port` is not the one started here.
+    fn try_start(port: u16) -> Option<Self> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server (install it): {e}"));
-        let redis = Self { child, port };
+        let mut redis = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.connection().is_err() {
+        loop {
+            if let Ok(mut conn) = redis.connection() {
+                let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
+                let ours = format!("process_id:{}", redis.child.id());
+                return info.lines().any(|l| l.trim() == ours).then_some(redis);
+            }
+            if redis.child.try_wait().unwrap().is_some() {
+                return None;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        redis
     }
 
     fn url(&self) -> String {
@@ -107,15 +122,16 @@ struct Node {
 
 impl Node {
     fn start(redis: &Redis) -> Self {
-        let (child, ws, admin) = spawn_server(&[
-            "serve",
-            "--workers",
-            "2",
-            "--broker",
-            &redis.url(),
-            "--log-level",
-            "warn",
-        ]);
+        Self::start_with(redis, &[])
+    }
+
+    /// A node with more flags.
+    fn start_with(redis: &Redis, extra: &[&str]) -> Self {
+        let url = redis.url();
+        let mut args = vec!["serve", "--workers", "2", "--broker", &url];
+        args.extend_from_slice(&["--log-level", "warn"]);
+        args.extend_from_slice(extra);
+        let (child, ws, admin) = spawn_server(&args);
         let node = Self { child, ws, admin };
         node.wait_ready(true);
         node
@@ -402,6 +418,168 @@ fn an_in_band_subscribe_is_answered_once_redis_has_the_subscription() {
             r#"{"ok":true,"op":"subscribe","topic":"fresh"}"#
         ))
     );
+}
+
+/// A client that upgrades with no topic and sends `command`.
+fn commanding(ws: SocketAddr, command: &str) -> Peer {
+    let mut peer = Peer::connect(ws);
+    peer.send(common::upgrade_request("/ws").as_bytes());
+    assert!(peer.read_head().starts_with("HTTP/1.1 101 "));
+    peer.send(&common::frame(true, 0, 0x1, command.as_bytes()));
+    peer
+}
+
+/// The next message as JSON.
+fn recv_json(peer: &mut Peer) -> serde_json::Value {
+    let Some(Message::Text(text)) = peer.recv() else {
+        panic!("expected a text message");
+    };
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// The next offset notice for `topic` and the message after it: (offset, text).
+fn recv_with_offset(peer: &mut Peer, topic: &str) -> (String, String) {
+    let notice = recv_json(peer);
+    assert_eq!(notice["op"], "offset", "{notice}");
+    assert_eq!(notice["topic"], topic, "{notice}");
+    let Some(Message::Text(text)) = peer.recv() else {
+        panic!("expected the message after {notice}");
+    };
+    let offset = notice["offset"].as_str().unwrap().to_owned();
+    (offset, String::from_utf8(text.to_vec()).unwrap())
+}
+
+fn subscribe_since(topic: &str, since: &str) -> String {
+    format!(r#"{{"op":"subscribe","topic":"{topic}","since":"{since}"}}"#)
+}
+
+#[test]
+fn a_subscriber_resuming_from_its_last_offset_gets_what_it_missed_once_and_in_order() {
+    let redis = Redis::start();
+    let a = Node::start_with(&redis, &["--history", "100"]);
+    let b = Node::start_with(&redis, &["--history", "100"]);
+    let mut first = commanding(a.ws, &subscribe_since("orders", "$"));
+    assert_eq!(recv_json(&mut first)["ok"], true);
+    for i in 0..5 {
+        assert_eq!(b.publish("orders", &format!("m{i}")).0, 200);
+    }
+    let seen: Vec<(String, String)> = (0..5)
+        .map(|_| recv_with_offset(&mut first, "orders"))
+        .collect();
+    let texts: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"]);
+    drop(first);
+
+    // Published while the client is away (no node has a subscriber: the history keeps them).
+    a.wait_topics(0);
+    for i in 5..10 {
+        let (status, body) = b.publish("orders", &format!("m{i}"));
+        assert_eq!((status, body.as_str()), (200, "{\"nodes\":0}"));
+    }
+    let mut back = commanding(a.ws, &subscribe_since("orders", &seen[2].0));
+    assert_eq!(recv_json(&mut back)["ok"], true);
+    let mut offsets = vec![seen[2].0.clone()];
+    for i in 3..10 {
+        let (offset, text) = recv_with_offset(&mut back, "orders");
+        assert_eq!(
+            text,
+            format!("m{i}"),
+            "missed messages in order, none twice"
+        );
+        if let Some((before, _)) = seen.get(i) {
+            assert_eq!(&offset, before, "the same offsets as the first time");
+        }
+        offsets.push(offset);
+    }
+    assert_eq!(b.publish("orders", "live").0, 200);
+    let (offset, text) = recv_with_offset(&mut back, "orders");
+    assert_eq!(text, "live");
+    offsets.push(offset);
+    let parsed: Vec<(u64, u64)> = offsets
+        .iter()
+        .map(|o| {
+            let (ms, seq) = o.split_once('-').unwrap();
+            (ms.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+
+    // Without a history, `since` is refused with the reason.
+    let plain = Node::start(&redis);
+    let mut refused = commanding(plain.ws, &subscribe_since("orders", "$"));
+    let reply = recv_json(&mut refused);
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"].as_str().unwrap().contains("--history"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_resume_while_messages_keep_coming_misses_none_and_repeats_none() {
+    let redis = Redis::start();
+    let a = Node::start_with(&redis, &["--history", "1000"]);
+    let b = Node::start_with(&redis, &["--history", "1000"]);
+    // Keeps the topic subscribed on `a`, so live messages reach it during the recovery.
+    let mut watcher = commanding(a.ws, &subscribe_since("busy", "$"));
+    assert_eq!(recv_json(&mut watcher)["ok"], true);
+    assert_eq!(b.publish("busy", "m0").0, 200);
+    let (start, _) = recv_with_offset(&mut watcher, "busy");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 1..300 {
+                assert_eq!(b.publish("busy", &format!("m{i}")).0, 200);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // Part of what it missed is history, the rest arrives live while that is fetched.
+        let mut back = commanding(a.ws, &subscribe_since("busy", &start));
+        assert_eq!(recv_json(&mut back)["ok"], true);
+        for i in 1..300 {
+            let (_, text) = recv_with_offset(&mut back, "busy");
+            assert_eq!(text, format!("m{i}"));
+        }
+    });
+    for i in 1..300 {
+        assert_eq!(recv_with_offset(&mut watcher, "busy").1, format!("m{i}"));
+    }
+}
+
+#[test]
+fn a_resume_from_before_the_kept_history_gets_a_gap_notice_first() {
+    let redis = Redis::start();
+    let node = Node::start_with(&redis, &["--history", "10"]);
+    let mut first = commanding(node.ws, &subscribe_since("ticks", "$"));
+    assert_eq!(recv_json(&mut first)["ok"], true);
+    assert_eq!(node.publish("ticks", "t0").0, 200);
+    let (oldest, _) = recv_with_offset(&mut first, "ticks");
+    drop(first);
+    // Redis trims in blocks of about 100 entries, so publish well past them.
+    for i in 1..300 {
+        assert_eq!(node.publish("ticks", &format!("t{i}")).0, 200);
+    }
+    let mut back = commanding(node.ws, &subscribe_since("ticks", &oldest));
+    assert_eq!(recv_json(&mut back)["ok"], true);
+    let gap = recv_json(&mut back);
+    assert_eq!(gap["op"], "gap", "{gap}");
+    assert!(
+        gap["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no longer reaches"),
+        "{gap}"
+    );
+    // What the history kept: the newest messages, in order, ending with the last one.
+    let mut last = 0;
+    loop {
+        let (_, text) = recv_with_offset(&mut back, "ticks");
+        let n: usize = text[1..].parse().unwrap();
+        assert!(n > last, "in order: {n} after {last}");
+        last = n;
+        if n == 299 {
+            break;
+        }
+    }
 }
 
 #[test]

@@ -133,6 +133,10 @@ pub(crate) struct Settings {
     /// publish on any node reaches the subscribers on every node [none: this node alone].
     #[arg(long, env = "STRATUS_BROKER")]
     broker: Option<String>,
+    /// With a broker: messages kept per topic in Redis, so a subscriber can resume from
+    /// the last offset it saw [0: none].
+    #[arg(long, env = "STRATUS_HISTORY")]
+    history: Option<usize>,
 }
 
 #[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +230,8 @@ impl Settings {
             tls_key,
             admin_tls_cert,
             admin_tls_key,
-            broker
+            broker,
+            history
         ))
     }
 
@@ -286,6 +291,7 @@ impl Settings {
             admin_tls_cert: config.admin_tls.as_ref().map(|t| t.cert.clone()),
             admin_tls_key: config.admin_tls.as_ref().map(|t| t.key.clone()),
             broker: config.broker.as_deref().map(without_password),
+            history: Some(config.history),
         }
     }
 
@@ -372,6 +378,7 @@ impl Settings {
             admin_tls: pair(self.admin_tls_cert, self.admin_tls_key, "admin-tls")?
                 .or(base.admin_tls),
             broker: self.broker.or(base.broker),
+            history: self.history.unwrap_or(base.history),
             ..base
         })
     }
@@ -490,6 +497,9 @@ mod tests {
         let bad = Cli::parse_from(["stratus", "--broker", "http://127.0.0.1:6379"]);
         let config = bad.settings.apply(Config::default()).unwrap();
         assert!(config.validate().unwrap_err().contains("redis://"));
+        let alone = Cli::parse_from(["stratus", "--history", "100"]);
+        let config = alone.settings.apply(Config::default()).unwrap();
+        assert!(config.validate().unwrap_err().contains("needs a broker"));
     }
 
     #[test]

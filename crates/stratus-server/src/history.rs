@@ -1,0 +1,156 @@
+//! Message recovery with a broker: a bounded history per topic in Redis, and a subscriber
+//! that resumes from the last offset it saw.
+//!
+//! With `history` set, every publish is appended to the stream `stratus:history:{topic}`
+//! (trimmed to about that many entries) and published in the same Lua call, so the
+//! stream's order is the channel's order; the entry's id is the message's offset and
+//! travels with it. A subscriber opts in with `"since"` on its subscribe command: `"$"`
+//! for offsets from now on, or the last offset it saw to first get what it missed. Each
+//! message on such a subscription is preceded by `{"op":"offset",...}`. While the missed
+//! messages are fetched, live ones for the connection wait in a bounded buffer, and are
+//! sent after the history without repeating any; when the history no longer reaches back
+//! to the offset (Redis trimmed what came after it), a gap notice comes first.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::broadcast::Broadcast;
+
+/// A Redis stream entry id, `<milliseconds>-<sequence>`: a message's offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Offset(u64, u64);
+
+impl Offset {
+    /// Parses `<ms>-<seq>`.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return None;
+        }
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// Where a subscription with offsets starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Since {
+    /// Offsets from now on, nothing replayed (`"$"`).
+    Now,
+    /// Replay what came after this offset first.
+    After(Offset),
+}
+
+impl Since {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        if text == "$" {
+            return Some(Self::Now);
+        }
+        Offset::parse(text).map(Self::After)
+    }
+}
+
+/// The Redis key of a topic's history.
+pub(crate) fn key(topic: &str) -> String {
+    format!("stratus:history:{topic}")
+}
+
+/// Appends to the history and publishes, in one step: KEYS = history, channel; ARGV =
+/// the bound, the payload (kind byte and body). The published payload is the kind byte in
+/// lower case (saying an offset follows), the entry id, a space, and the body. Returns
+/// PUBLISH's count of subscribed nodes.
+pub(crate) const PUBLISH_SCRIPT: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+local kind = string.lower(string.sub(ARGV[2], 1, 1))
+return redis.call('PUBLISH', KEYS[2], kind .. id .. ' ' .. string.sub(ARGV[2], 2))
+";
+
+/// The notice that precedes each message on a subscription with offsets.
+pub(crate) fn offset_notice(topic: &str, offset: Offset) -> String {
+    json!({"op": "offset", "topic": topic, "offset": offset.to_string()}).to_string()
+}
+
+/// Most live messages held for one connection while its history is fetched; beyond, they
+/// are dropped and the connection gets a gap notice.
+pub(crate) const MAX_HELD: usize = 10_000;
+
+/// A connection's recovery on one topic.
+///
+/// While the history is fetched, live messages are held. Once it is sent, live messages
+/// that Redis published before it read the history can still be on their way (the
+/// history and the live messages come over different connections), so those up to the
+/// last one sent are skipped; the first newer one ends the recovery.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    pub(crate) topic: Arc<str>,
+    pub(crate) after: Offset,
+    /// Live messages that arrived while the history was fetched.
+    pub(crate) held: Vec<Arc<Broadcast>>,
+    /// More than [`MAX_HELD`] arrived: some were dropped.
+    pub(crate) overflowed: bool,
+    /// The newest offset sent, once the history is in.
+    pub(crate) sent_to: Option<Offset>,
+}
+
+impl Recovery {
+    pub(crate) fn new(topic: Arc<str>, after: Offset) -> Self {
+        Self {
+            topic,
+            after,
+            held: Vec::new(),
+            overflowed: false,
+            sent_to: None,
+        }
+    }
+
+    /// Takes a live message on the topic: `true` if it is held, or skipped as one already
+    /// sent; `false` if it is newer than everything sent, which ends the recovery.
+    pub(crate) fn absorb(&mut self, broadcast: &Arc<Broadcast>) -> bool {
+        let Some(sent_to) = self.sent_to else {
+            if self.held.len() < MAX_HELD {
+                self.held.push(broadcast.clone());
+            } else {
+                self.overflowed = true;
+            }
+            return true;
+        };
+        broadcast.offset.is_some_and(|offset| offset <= sent_to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_parse_and_order_as_stream_ids() {
+        let a = Offset::parse("1732000000000-0").unwrap();
+        let b = Offset::parse("1732000000000-12").unwrap();
+        let c = Offset::parse("1732000000001-0").unwrap();
+        assert!(a < b && b < c, "ordered by milliseconds, then sequence");
+        assert_eq!(b.to_string(), "1732000000000-12");
+        for bad in [
+            "",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-1-1",
+            "1 -1",
+            "+1-0",
+            "99999999999999999999-0",
+        ] {
+            assert_eq!(Offset::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(Since::parse("$"), Some(Since::Now));
+        assert_eq!(Since::parse("5-1"), Some(Since::After(Offset(5, 1))));
+    }
+}
