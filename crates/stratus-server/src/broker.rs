@@ -66,8 +66,9 @@ pub(crate) struct Outgoing {
     reply: oneshot::Sender<Result<usize, PublishError>>,
 }
 
-/// A change in the topics the node needs from Redis.
-pub(crate) enum Interest {
+/// What the hub and the workers ask of the broker thread, in order: a change in the
+/// topics the node needs from Redis, a history fetch, or the end.
+pub(crate) enum BrokerRequest {
     /// The topic's first subscriber on the node, and which arrival of the topic this is
     /// (handed back to [`Hub::confirm`]).
     Add(Arc<str>, u64),
@@ -96,12 +97,12 @@ pub(crate) struct BrokerStats {
     pub(crate) topics: AtomicU64,
 }
 
-/// The hub's side of the broker: where publishes and interest changes go.
+/// The hub's side of the broker: where publishes and requests go.
 pub(crate) struct BrokerLink {
     /// Messages kept per topic in Redis (0: none).
     history: usize,
     publishes: mpsc::UnboundedSender<Outgoing>,
-    interest: mpsc::UnboundedSender<Interest>,
+    requests: mpsc::UnboundedSender<BrokerRequest>,
     pub(crate) stats: Arc<BrokerStats>,
 }
 
@@ -111,7 +112,7 @@ pub(crate) struct BrokerTask {
     /// Messages kept per topic in Redis for recovery (0: none).
     history: usize,
     publishes: mpsc::UnboundedReceiver<Outgoing>,
-    interest: mpsc::UnboundedReceiver<Interest>,
+    requests: mpsc::UnboundedReceiver<BrokerRequest>,
     stats: Arc<BrokerStats>,
 }
 
@@ -126,19 +127,19 @@ pub(crate) fn client(url: &str) -> Result<redis::Client, String> {
 /// The two ends of a broker for `client`, keeping `history` messages per topic.
 pub(crate) fn link(client: redis::Client, history: usize) -> (BrokerLink, BrokerTask) {
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
-    let (interest_tx, interest_rx) = mpsc::unbounded_channel();
+    let (request_tx, request_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(BrokerStats::default());
     let link = BrokerLink {
         history,
         publishes: publish_tx,
-        interest: interest_tx,
+        requests: request_tx,
         stats: stats.clone(),
     };
     let task = BrokerTask {
         client,
         history,
         publishes: publish_rx,
-        interest: interest_rx,
+        requests: request_rx,
         stats,
     };
     (link, task)
@@ -185,9 +186,9 @@ impl BrokerLink {
         Ok(rx)
     }
 
-    /// Reports that the node now has (or no longer has) subscribers for `topic`.
-    pub(crate) fn interest(&self, change: Interest) {
-        let _ = self.interest.send(change);
+    /// Sends `request` to the broker thread, after those sent before it.
+    pub(crate) fn request(&self, request: BrokerRequest) {
+        let _ = self.requests.send(request);
     }
 }
 
@@ -219,25 +220,51 @@ fn message(kind: u8, body: &[u8]) -> Option<Message> {
 /// A stream entry as Redis sends it: the id, and the fields and values (`m`, payload).
 type RawEntry = (String, Vec<Vec<u8>>);
 
-/// What came after `after` in `topic`'s history, oldest first, and why some may be
-/// missing. Redis trims the oldest entries first, so while the entry at `after` is still
-/// there nothing after it was trimmed; once it is gone, some may have been.
+/// What a history fetch found for a connection.
+pub(crate) struct Recovered {
+    /// The missed messages, oldest first.
+    pub(crate) entries: Vec<(Offset, Message)>,
+    /// Why some may be missing (`None`: the history reached back).
+    pub(crate) gap: Option<&'static str>,
+    /// Live messages up to this offset are in `entries` or came before the client's
+    /// offset: the client's offset, or the newest in the history if that is older.
+    pub(crate) floor: Offset,
+}
+
+impl Recovered {
+    /// Nothing could be fetched: the client gets a gap notice and every live message.
+    pub(crate) fn unavailable(why: &'static str) -> Self {
+        Self {
+            entries: Vec::new(),
+            gap: Some(why),
+            floor: Offset::ZERO,
+        }
+    }
+}
+
+/// What came after `after` in `topic`'s history (at most `limit` entries). Redis trims
+/// the oldest entries first, so while the entry at `after` is still there nothing after
+/// it was trimmed; once it is gone, some may have been.
 async fn fetch_history(
     conn: &mut MultiplexedConnection,
     topic: &str,
     after: Offset,
     limit: usize,
-) -> redis::RedisResult<(Vec<(Offset, Message)>, Option<&'static str>)> {
+) -> redis::RedisResult<Recovered> {
     let key = history::key(topic);
-    let (entries, exists): (Vec<RawEntry>, bool) = redis::pipe()
+    let (entries, newest): (Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
         .cmd("XRANGE")
         .arg(&key)
         .arg(after.to_string())
         .arg("+")
         .arg("COUNT")
-        .arg(limit + 1)
-        .cmd("EXISTS")
+        .arg(limit.saturating_add(1))
+        .cmd("XREVRANGE")
         .arg(&key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
         .query_async(conn)
         .await?;
     let mut entries: Vec<(Offset, Message)> = entries
@@ -248,32 +275,40 @@ async fn fetch_history(
             Some((offset, message(kind, body)?))
         })
         .collect();
-    let gap = match entries.first() {
+    let Some(newest) = newest.first().and_then(|(id, _)| Offset::parse(id)) else {
+        return Ok(Recovered::unavailable(
+            "no history is kept for this topic any more",
+        ));
+    };
+    if after > newest {
+        return Ok(Recovered {
+            entries: Vec::new(),
+            gap: Some("the offset is newer than anything in the topic's history"),
+            floor: newest,
+        });
+    }
+    let mut gap = match entries.first() {
         Some((first, _)) if *first == after => {
             entries.remove(0);
             None
         }
-        Some(_) => Some("the history no longer reaches back to this offset"),
-        None if exists => None,
-        None => Some("no history is kept for this topic any more"),
+        _ => Some("the history no longer reaches back to this offset"),
     };
-    Ok((entries, gap))
+    if entries.len() > limit {
+        entries.truncate(limit);
+        gap = Some("the history holds more than this node fetches (a larger --history elsewhere)");
+    }
+    Ok(Recovered {
+        entries,
+        gap,
+        floor: after,
+    })
 }
 
 impl BrokerTask {
-    /// Runs the broker until the server stops: connect, serve, and on a loss reconnect
-    /// with backoff, failing publishes meanwhile.
-    pub(crate) fn run(mut self, hub: Arc<Hub>) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                warn!(error = %err, "cannot start the broker runtime; publishing stays unavailable");
-                return;
-            }
-        };
+    /// Runs the broker on `runtime` until the server stops: connect, serve, and on a
+    /// loss reconnect with backoff, failing publishes meanwhile.
+    pub(crate) fn run(mut self, runtime: tokio::runtime::Runtime, hub: Arc<Hub>) {
         runtime.block_on(async move {
             let mut wanted = Wanted::new();
             let mut backoff = MIN_BACKOFF;
@@ -330,7 +365,7 @@ impl BrokerTask {
     /// Takes in the interest changes waiting; `false` if the server stopped.
     fn take_changes(&mut self, wanted: &mut Wanted, hub: &Hub) -> bool {
         loop {
-            match self.interest.try_recv() {
+            match self.requests.try_recv() {
                 Ok(change) => {
                     if !apply(wanted, change, hub) {
                         return false;
@@ -375,10 +410,10 @@ impl BrokerTask {
             stream,
         } = session;
         let stats = self.stats.clone();
-        let history = (publisher.clone(), self.history);
+        let history_conn = (publisher.clone(), self.history);
         tokio::select! {
             lost = publish_loop(&mut self.publishes, publisher, self.history, &stats) => Some(lost),
-            lost = receive_loop(&mut self.interest, wanted, (sink, stream), history, hub, &stats) => lost,
+            lost = receive_loop(&mut self.requests, wanted, (sink, stream), history_conn, hub, &stats) => lost,
         }
     }
 
@@ -394,7 +429,7 @@ impl BrokerTask {
                     metrics::add(&self.stats.publish_errors, 1);
                     let _ = outgoing.reply.send(Err(PublishError::BrokerUnavailable));
                 }
-                change = self.interest.recv() => {
+                change = self.requests.recv() => {
                     if !change.is_some_and(|change| apply(wanted, change, hub)) {
                         return false;
                     }
@@ -416,22 +451,22 @@ fn channel(topic: &str) -> String {
 }
 
 /// Applies an interest change to the set while disconnected (a history request is
-/// answered with a gap at once); `false` for [`Interest::Stop`].
-fn apply(wanted: &mut Wanted, change: Interest, hub: &Hub) -> bool {
+/// answered with a gap at once); `false` for [`BrokerRequest::Stop`].
+fn apply(wanted: &mut Wanted, change: BrokerRequest, hub: &Hub) -> bool {
     match change {
-        Interest::History {
+        BrokerRequest::History {
             topic,
             worker,
             token,
             ..
         } => unavailable_history(hub, worker, token, topic),
-        Interest::Add(topic, arrival) => {
+        BrokerRequest::Add(topic, arrival) => {
             wanted.insert(topic, arrival);
         }
-        Interest::Remove(topic) => {
+        BrokerRequest::Remove(topic) => {
             wanted.remove(&topic);
         }
-        Interest::Stop => return false,
+        BrokerRequest::Stop => return false,
     }
     true
 }
@@ -441,17 +476,43 @@ type Wanted = HashMap<Arc<str>, u64>;
 
 /// Answers a history request that cannot be served: nothing, and a gap.
 fn unavailable_history(hub: &Hub, worker: usize, token: u64, topic: Arc<str>) {
-    let gap = Some("the broker is unavailable; messages published meanwhile may be missing");
-    let entries = Vec::new();
+    let recovered = Recovered::unavailable("the history could not be read from the broker");
     hub.to_worker(
         worker,
         WorkerMsg::History {
             token,
             topic,
-            entries,
-            gap,
+            recovered,
         },
     );
+}
+
+/// A history request being served: if it is dropped unanswered (the session ended while
+/// Redis was being asked), the connection still gets its answer, a gap.
+struct HistoryReply<'a> {
+    hub: &'a Hub,
+    to: Option<(usize, u64, Arc<str>)>,
+}
+
+impl HistoryReply<'_> {
+    fn send(mut self, recovered: Recovered) {
+        if let Some((worker, token, topic)) = self.to.take() {
+            let msg = WorkerMsg::History {
+                token,
+                topic,
+                recovered,
+            };
+            self.hub.to_worker(worker, msg);
+        }
+    }
+}
+
+impl Drop for HistoryReply<'_> {
+    fn drop(&mut self) {
+        if let Some((worker, token, topic)) = self.to.take() {
+            unavailable_history(self.hub, worker, token, topic);
+        }
+    }
 }
 
 /// A live connection to Redis.
@@ -497,11 +558,23 @@ async fn publish_loop(
                     .arg(&p.payload[..]);
             }
         }
-        let failure = match pipe.query_async::<Vec<usize>>(&mut conn).await {
-            Ok(counts) if counts.len() == batch.len() => {
-                metrics::add(&stats.published, counts.len() as u64);
-                for (p, nodes) in batch.drain(..).zip(counts) {
-                    let _ = p.reply.send(Ok(nodes));
+        // Each publish gets its own answer: an error reply (out of memory, say) fails that
+        // publish only; a broken connection fails the batch and ends the session.
+        let answers = pipe
+            .ignore_errors()
+            .query_async::<Vec<redis::RedisResult<usize>>>(&mut conn);
+        let failure = match answers.await {
+            Ok(answers) if answers.len() == batch.len() => {
+                for (p, answer) in batch.drain(..).zip(answers) {
+                    let reply = answer.map_err(|err| {
+                        warn!(error = %err, "Redis refused a publish");
+                        metrics::add(&stats.publish_errors, 1);
+                        PublishError::BrokerUnavailable
+                    });
+                    if reply.is_ok() {
+                        metrics::add(&stats.published, 1);
+                    }
+                    let _ = p.reply.send(reply);
                 }
                 continue;
             }
@@ -519,7 +592,7 @@ async fn publish_loop(
 /// Fans out what Redis sends, mirrors interest changes into Redis subscriptions, and
 /// pings. Returns why it stopped (`None`: the server stopped).
 async fn receive_loop(
-    interest: &mut mpsc::UnboundedReceiver<Interest>,
+    requests: &mut mpsc::UnboundedReceiver<BrokerRequest>,
     wanted: &mut Wanted,
     (mut sink, mut stream): (PubSubSink, PubSubStream),
     (mut history_conn, history): (MultiplexedConnection, usize),
@@ -541,9 +614,9 @@ async fn receive_loop(
                     None => metrics::add(&stats.rejected, 1),
                 }
             }
-            change = interest.recv() => {
+            change = requests.recv() => {
                 let result = match change {
-                    Some(Interest::Add(topic, arrival)) => {
+                    Some(BrokerRequest::Add(topic, arrival)) => {
                         let subscribed = match wanted.insert(topic.clone(), arrival) {
                             None => within(sink.subscribe(channel(&topic))).await,
                             Some(_) => Ok(()),
@@ -552,26 +625,30 @@ async fn receive_loop(
                         // the confirmation before any message on the topic.
                         subscribed.map(|()| hub.confirm(&topic, arrival))
                     }
-                    Some(Interest::Remove(topic)) if wanted.remove(&topic).is_some() => {
+                    Some(BrokerRequest::Remove(topic)) if wanted.remove(&topic).is_some() => {
                         within(sink.unsubscribe(channel(&topic))).await
                     }
-                    Some(Interest::Remove(_)) => Ok(()),
-                    Some(Interest::History { topic, after, worker, token }) => {
+                    Some(BrokerRequest::Remove(_)) => Ok(()),
+                    Some(BrokerRequest::History { topic, after, worker, token }) => {
+                        let reply = HistoryReply { hub, to: Some((worker, token, topic.clone())) };
                         // Room for what MAXLEN ~ may keep beyond the bound.
-                        let limit = history + 1000;
+                        let limit = history.saturating_add(1000);
                         match within(fetch_history(&mut history_conn, &topic, after, limit)).await {
-                            Ok((entries, gap)) => {
-                                let msg = WorkerMsg::History { token, topic, entries, gap };
-                                hub.to_worker(worker, msg);
+                            Ok(recovered) => {
+                                reply.send(recovered);
                                 Ok(())
                             }
-                            Err(err) => {
-                                unavailable_history(hub, worker, token, topic);
-                                Err(err)
+                            // An error reply (a wrong type, out of memory) fails this fetch
+                            // only (the reply's drop answers with a gap); a broken
+                            // connection ends the session.
+                            Err(err) if !err.is_unrecoverable_error() && !err.is_timeout() => {
+                                warn!(%topic, error = %err, "history fetch failed");
+                                Ok(())
                             }
+                            Err(err) => Err(err),
                         }
                     }
-                    Some(Interest::Stop) | None => return None,
+                    Some(BrokerRequest::Stop) | None => return None,
                 };
                 if let Err(err) = result {
                     return Some(err.to_string());

@@ -9,8 +9,10 @@
 //! generates.
 //!
 //! A gap notice, `{"op":"gap","topic":"x","reason":...}`, tells a subscriber that messages
-//! on the topic may be missing: the node lost its broker and has just reconnected, and
-//! what was published elsewhere meanwhile did not reach it.
+//! on the topic may be missing, and why: the node lost its broker and has just
+//! reconnected (what was published elsewhere meanwhile did not reach it), or a recovery
+//! (see `history`) could not give everything: the history was trimmed past the client's
+//! offset, is gone or unreadable, or more arrived meanwhile than could be held.
 
 use serde::Deserialize;
 use serde_json::json;

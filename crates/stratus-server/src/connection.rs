@@ -25,7 +25,7 @@ use tracing::debug;
 use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
-use crate::history::Recovery;
+use crate::history::{Live, Recovery};
 use crate::metrics::{self, WorkerStats};
 use crate::tls_conn::TlsConn;
 use crate::upgrade::{Refusal, Upgrade, refusal};
@@ -307,10 +307,13 @@ impl Conn {
         stats: &WorkerStats,
     ) -> Delivered {
         if let Some(at) = self.recoveries.iter().position(|r| *r.topic == *topic) {
-            if self.recoveries[at].absorb(broadcast) {
-                return Delivered::Queued;
+            match self.recoveries[at].absorb(broadcast) {
+                Live::Absorbed => return Delivered::Queued,
+                Live::SendAndEnd => {
+                    self.recoveries.swap_remove(at);
+                }
+                Live::Send => {}
             }
-            self.recoveries.swap_remove(at);
         }
         self.push_broadcast(topic, broadcast, (cap, policy), close_deadline, stats)
     }

@@ -5,8 +5,8 @@
 //! (trimmed to about that many entries) and published in the same Lua call, so the
 //! stream's order is the channel's order; the entry's id is the message's offset and
 //! travels with it. A subscriber opts in with `"since"` on its subscribe command: `"$"`
-//! for offsets from now on, or the last offset it saw to first get what it missed. Each
-//! message on such a subscription is preceded by `{"op":"offset",...}`. While the missed
+//! for offsets from now on, or the last offset it saw to first get what it missed. From
+//! then on, each message on the connection is preceded by `{"op":"offset",...}`. While the missed
 //! messages are fetched, live ones for the connection wait in a bounded buffer, and are
 //! sent after the history without repeating any; when the history no longer reaches back
 //! to the offset (Redis trimmed what came after it), a gap notice comes first.
@@ -23,6 +23,9 @@ use crate::broadcast::Broadcast;
 pub(crate) struct Offset(u64, u64);
 
 impl Offset {
+    /// Before every entry.
+    pub(crate) const ZERO: Self = Self(0, 0);
+
     /// Parses `<ms>-<seq>`.
     pub(crate) fn parse(text: &str) -> Option<Self> {
         let (ms, seq) = text.split_once('-')?;
@@ -78,9 +81,22 @@ pub(crate) fn offset_notice(topic: &str, offset: Offset) -> String {
     json!({"op": "offset", "topic": topic, "offset": offset.to_string()}).to_string()
 }
 
-/// Most live messages held for one connection while its history is fetched; beyond, they
-/// are dropped and the connection gets a gap notice.
-pub(crate) const MAX_HELD: usize = 10_000;
+/// Most live messages, and most bytes of them, held for one connection while its history
+/// is fetched; beyond, they are dropped and the connection gets a gap notice.
+const MAX_HELD: usize = 10_000;
+const MAX_HELD_BYTES: usize = 16 << 20;
+
+/// What a recovery does with a live message on its topic.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// Held, or skipped as one already sent: nothing goes out now.
+    Absorbed,
+    /// Goes out, and the recovery goes on (a message without an offset, published by a
+    /// node without a history, cannot be placed).
+    Send,
+    /// Goes out, and ends the recovery: it is newer than everything sent.
+    SendAndEnd,
+}
 
 /// A connection's recovery on one topic.
 ///
@@ -91,38 +107,48 @@ pub(crate) const MAX_HELD: usize = 10_000;
 #[derive(Debug)]
 pub(crate) struct Recovery {
     pub(crate) topic: Arc<str>,
-    pub(crate) after: Offset,
     /// Live messages that arrived while the history was fetched.
     pub(crate) held: Vec<Arc<Broadcast>>,
-    /// More than [`MAX_HELD`] arrived: some were dropped.
+    held_bytes: usize,
+    /// More than [`MAX_HELD`] (or [`MAX_HELD_BYTES`]) arrived: some were dropped.
     pub(crate) overflowed: bool,
     /// The newest offset sent, once the history is in.
     pub(crate) sent_to: Option<Offset>,
 }
 
 impl Recovery {
-    pub(crate) fn new(topic: Arc<str>, after: Offset) -> Self {
+    pub(crate) fn new(topic: Arc<str>) -> Self {
         Self {
             topic,
-            after,
             held: Vec::new(),
+            held_bytes: 0,
             overflowed: false,
             sent_to: None,
         }
     }
 
-    /// Takes a live message on the topic: `true` if it is held, or skipped as one already
-    /// sent; `false` if it is newer than everything sent, which ends the recovery.
-    pub(crate) fn absorb(&mut self, broadcast: &Arc<Broadcast>) -> bool {
+    /// Whether the history is still being fetched.
+    pub(crate) fn is_fetching(&self) -> bool {
+        self.sent_to.is_none()
+    }
+
+    /// Takes a live message on the topic.
+    pub(crate) fn absorb(&mut self, broadcast: &Arc<Broadcast>) -> Live {
         let Some(sent_to) = self.sent_to else {
-            if self.held.len() < MAX_HELD {
+            let bytes = broadcast.plain.len();
+            if self.held.len() < MAX_HELD && self.held_bytes + bytes <= MAX_HELD_BYTES {
                 self.held.push(broadcast.clone());
+                self.held_bytes += bytes;
             } else {
                 self.overflowed = true;
             }
-            return true;
+            return Live::Absorbed;
         };
-        broadcast.offset.is_some_and(|offset| offset <= sent_to)
+        match broadcast.offset {
+            Some(offset) if offset <= sent_to => Live::Absorbed,
+            Some(_) => Live::SendAndEnd,
+            None => Live::Send,
+        }
     }
 }
 
@@ -152,5 +178,40 @@ mod tests {
         }
         assert_eq!(Since::parse("$"), Some(Since::Now));
         assert_eq!(Since::parse("5-1"), Some(Since::After(Offset(5, 1))));
+    }
+
+    fn live(offset: Option<Offset>) -> Arc<Broadcast> {
+        Arc::new(Broadcast::new(stratus_proto::Message::text("x"), offset))
+    }
+
+    #[test]
+    fn a_recovery_holds_then_skips_what_was_sent_then_ends() {
+        let mut recovery = Recovery::new(Arc::from("t"));
+        assert!(recovery.is_fetching());
+        assert_eq!(recovery.absorb(&live(Some(Offset(5, 0)))), Live::Absorbed);
+        assert_eq!(recovery.held.len(), 1, "held while the history is fetched");
+        recovery.sent_to = Some(Offset(5, 0));
+        assert_eq!(
+            recovery.absorb(&live(Some(Offset(4, 9)))),
+            Live::Absorbed,
+            "already sent"
+        );
+        assert_eq!(
+            recovery.absorb(&live(Some(Offset(5, 0)))),
+            Live::Absorbed,
+            "already sent"
+        );
+        assert_eq!(recovery.absorb(&live(None)), Live::Send, "cannot be placed");
+        assert_eq!(recovery.absorb(&live(Some(Offset(5, 1)))), Live::SendAndEnd);
+    }
+
+    #[test]
+    fn held_messages_are_bounded_and_overflow_is_remembered() {
+        let mut recovery = Recovery::new(Arc::from("t"));
+        for _ in 0..MAX_HELD + 5 {
+            assert_eq!(recovery.absorb(&live(Some(Offset(1, 0)))), Live::Absorbed);
+        }
+        assert_eq!(recovery.held.len(), MAX_HELD);
+        assert!(recovery.overflowed);
     }
 }

@@ -17,7 +17,7 @@ use stratus_uring::Wake;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broadcast::Broadcast;
-use crate::broker::{BrokerLink, Interest};
+use crate::broker::{BrokerLink, BrokerRequest, Recovered};
 use crate::history::Offset;
 use crate::metrics::WorkerStats;
 use crate::topic::{self, TopicError};
@@ -33,13 +33,11 @@ pub(crate) enum WorkerMsg {
     /// The node is now subscribed to `topic` in the broker: answer the subscribe
     /// commands that were waiting for it.
     Confirmed(Arc<str>),
-    /// A connection's missed messages on `topic`, oldest first, and why some may be
-    /// missing (`None`: the history reached back to the connection's offset).
+    /// What the broker found in `topic`'s history for connection `token`.
     History {
         token: u64,
         topic: Arc<str>,
-        entries: Vec<(Offset, Message)>,
-        gap: Option<&'static str>,
+        recovered: Recovered,
     },
     /// Close every connection with 1001 and stop.
     Drain,
@@ -224,8 +222,9 @@ impl Hub {
 
     /// Records that `worker` has (or no longer has) subscribers for `topic`, and tells
     /// the broker when the node's first subscriber comes or its last one leaves (under
-    /// the lock, so the broker sees the changes in order). Returns whether the topic is
-    /// confirmed (see [`Hub::is_confirmed`]).
+    /// the lock, so the broker sees the changes in order). For a subscribe, returns
+    /// whether the topic is confirmed (see [`Hub::is_confirmed`]); an unsubscribe returns
+    /// `false`.
     pub(crate) fn set_interest(&self, topic: &Arc<str>, worker: usize, subscribed: bool) -> bool {
         let mut interest = self.interest();
         let bit = 1u64 << worker;
@@ -233,7 +232,7 @@ impl Hub {
             let state = interest.entry(topic.clone()).or_insert_with(|| {
                 let arrival = self.arrivals.fetch_add(1, Ordering::Relaxed);
                 if let Some(broker) = &self.broker {
-                    broker.interest(Interest::Add(topic.clone(), arrival));
+                    broker.request(BrokerRequest::Add(topic.clone(), arrival));
                 }
                 TopicState {
                     workers: 0,
@@ -249,7 +248,7 @@ impl Hub {
             if state.workers == 0 {
                 interest.remove(topic);
                 if let Some(broker) = &self.broker {
-                    broker.interest(Interest::Remove(topic.clone()));
+                    broker.request(BrokerRequest::Remove(topic.clone()));
                 }
             }
         }

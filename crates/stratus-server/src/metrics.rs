@@ -100,7 +100,6 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
     }
 }
 
-/// The whole page.
 /// The broker's rows (only on a node with a broker).
 fn broker_metrics(out: &mut String, stats: &BrokerStats) {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -119,6 +118,7 @@ fn broker_metrics(out: &mut String, stats: &BrokerStats) {
     }
 }
 
+/// The whole page.
 pub(crate) fn render(hub: &Hub) -> String {
     let sum = |f: fn(&WorkerStats) -> &AtomicU64| -> u64 {
         hub.workers

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::admin::{self, Admin};
-use crate::broker::{self, Interest};
+use crate::broker::{self, BrokerRequest};
 use crate::config::Config;
 use crate::hub::{Delivery, Hub, PublishError, Stats, WorkerLink};
 use crate::worker::Worker;
@@ -89,10 +89,13 @@ impl Server {
         let hub = Arc::new(Hub::new(links, broker));
         let broker = broker_task
             .map(|task| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 let hub = hub.clone();
                 std::thread::Builder::new()
                     .name("stratus-broker".into())
-                    .spawn(move || task.run(hub))
+                    .spawn(move || task.run(runtime, hub))
             })
             .transpose()?;
         let config = Arc::new(config);
@@ -168,27 +171,30 @@ impl Server {
         self.join()
     }
 
-    /// Waits until every worker has ended, then stops the admin API.
+    /// Waits until every worker has ended, then stops the admin API and the broker (also
+    /// when a worker failed).
     pub fn join(self) -> io::Result<()> {
         let joined = |thread: JoinHandle<io::Result<()>>| {
             thread
                 .join()
                 .map_err(|_| io::Error::other("server thread panicked"))?
         };
+        let mut result = Ok(());
         for worker in self.workers {
-            joined(worker)?;
+            result = result.and(joined(worker));
         }
         if let Some((thread, control)) = self.admin {
             let _ = control.shutdown(std::net::Shutdown::Both);
-            joined(thread)?;
+            result = result.and(joined(thread));
         }
         if let (Some(thread), Some(link)) = (self.broker, &self.hub.broker) {
-            link.interest(Interest::Stop);
-            thread
+            link.request(BrokerRequest::Stop);
+            let stopped = thread
                 .join()
-                .map_err(|_| io::Error::other("broker thread panicked"))?;
+                .map_err(|_| io::Error::other("broker thread panicked"));
+            result = result.and(stopped);
         }
-        Ok(())
+        result
     }
 
     /// Connections open now.

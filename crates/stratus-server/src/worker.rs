@@ -28,11 +28,11 @@ use tracing::{debug, warn};
 
 use crate::auth::Grant;
 use crate::broadcast::Broadcast;
-use crate::broker::Interest;
+use crate::broker::{BrokerRequest, Recovered};
 use crate::commands::{self, Command};
 use crate::config::{App, Config};
 use crate::connection::{Conn, Delivered, Phase, queue_transmit};
-use crate::history::{Offset, Recovery, Since};
+use crate::history::{Recovery, Since};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
 use crate::status_page;
@@ -495,6 +495,8 @@ impl Worker {
                     };
                     if let Some(t) = on_message(config.app, session, message, &mut subs, subscriber)
                     {
+                        // One waiting reply per topic the connection is still subscribed to.
+                        awaiting.retain(|(k, w)| *k != *token || (*w != t && topics.contains(w)));
                         awaiting.push((*token, t));
                     }
                     // Answer each message before decoding the next: every ping of a burst
@@ -653,9 +655,8 @@ impl Worker {
                 WorkerMsg::History {
                     token,
                     topic,
-                    entries,
-                    gap,
-                } => self.recovered(token, &topic, entries, gap),
+                    recovered,
+                } => self.recovered(token, &topic, recovered),
                 WorkerMsg::Drain => self.start_drain(),
             }
         }
@@ -664,6 +665,11 @@ impl Worker {
     /// The broker confirmed `topic`: answers the subscribe commands that waited for it (a
     /// connection that has left, or unsubscribed meanwhile, gets no reply).
     fn confirmed(&mut self, topic: &Arc<str>) {
+        // A confirmation from before an outage, or for an earlier arrival of the topic,
+        // may still be in the inbox: only the hub's current state counts.
+        if !self.hub.is_confirmed(topic) {
+            return;
+        }
         let close_deadline = Instant::now() + self.config.close_timeout;
         let Conns { slab, dirty } = &mut self.conns;
         self.awaiting.retain(|(token, t)| {
@@ -683,14 +689,10 @@ impl Worker {
     }
 
     /// A connection's history is in: sends a gap notice if some is missing, the missed
-    /// messages, then the live ones held meanwhile that the history did not have.
-    fn recovered(
-        &mut self,
-        token: u64,
-        topic: &Arc<str>,
-        entries: Vec<(Offset, Message)>,
-        gap: Option<&'static str>,
-    ) {
+    /// messages, then the live ones held meanwhile that the history did not have. A
+    /// replay that passes the send-queue cap stops there: with the `close` policy the
+    /// connection is closed as a slow consumer, with `drop` it gets a gap notice.
+    fn recovered(&mut self, token: u64, topic: &Arc<str>, recovered: Recovered) {
         let config = &self.config;
         let cap = (config.max_send_queue, config.slow_consumer);
         let deadline = Instant::now() + config.close_timeout;
@@ -702,29 +704,26 @@ impl Worker {
         let Some(at) = conn
             .recoveries
             .iter()
-            .position(|r| r.topic == *topic && r.sent_to.is_none())
+            .position(|r| r.topic == *topic && r.is_fetching())
         else {
             return;
         };
-        if !conn.topics.contains(topic) {
-            conn.recoveries.swap_remove(at);
-            return;
-        }
         let recovery = &mut conn.recoveries[at];
         let held = std::mem::take(&mut recovery.held);
-        let (after, overflowed) = (recovery.after, recovery.overflowed);
+        let mut overflowed = recovery.overflowed;
         let notice = |conn: &mut Conn, reason: &str| {
             if let Some(session) = conn.session() {
                 let _ = session.send(&Message::text(commands::gap_notice(topic, reason)));
             }
             conn.transmit(deadline);
         };
-        if let Some(reason) = gap {
+        if let Some(reason) = recovered.gap {
             notice(conn, reason);
         }
         // The history, then the held live messages it did not have, each once.
-        let mut last = after;
-        let missed = entries
+        let mut last = recovered.floor;
+        let missed = recovered
+            .entries
             .into_iter()
             .map(|(offset, message)| Arc::new(Broadcast::new(message, Some(offset))));
         for broadcast in missed.chain(held) {
@@ -733,14 +732,23 @@ impl Worker {
                 Some(offset) => last = offset,
                 None => {}
             }
-            conn.push_broadcast(topic, &broadcast, cap, deadline, counters);
+            match conn.push_broadcast(topic, &broadcast, cap, deadline, counters) {
+                Delivered::Queued | Delivered::Skipped => {}
+                Delivered::Dropped => {
+                    overflowed = true;
+                    break;
+                }
+                Delivered::ClosedSlow => {
+                    conn.recoveries.clear();
+                    Conns::mark(dirty, conn);
+                    return;
+                }
+            }
         }
         conn.recoveries[at].sent_to = Some(last);
         if overflowed {
-            notice(
-                conn,
-                "more live messages came during the recovery than can be held",
-            );
+            let why = "more came during the recovery than can be held or queued";
+            notice(conn, why);
         }
         Conns::mark(dirty, conn);
     }
@@ -900,7 +908,7 @@ fn subscribe_since(
         return Err("no history is kept (the nodes need --broker and --history)".into());
     };
     if let Since::After(_) = since {
-        let fetching = |r: &Recovery| *r.topic == *topic && r.sent_to.is_none();
+        let fetching = |r: &Recovery| *r.topic == *topic && r.is_fetching();
         if conn.recoveries.iter().any(fetching) {
             return Err("this topic's missed messages are being fetched already".into());
         }
@@ -911,8 +919,8 @@ fn subscribe_since(
     if let Since::After(after) = since
         && let Some(name) = conn.topics.iter().find(|t| &***t == topic)
     {
-        conn.recoveries.push(Recovery::new(name.clone(), after));
-        broker.interest(Interest::History {
+        conn.recoveries.push(Recovery::new(name.clone()));
+        broker.request(BrokerRequest::History {
             topic: name.clone(),
             after,
             worker: subs.worker,
@@ -949,7 +957,10 @@ fn on_message(
                 }
             }
             Ok(Command::Unsubscribe(t)) => match subs.unsubscribe(conn.topics, conn.slot, &t) {
-                Ok(()) => commands::ok_reply("unsubscribe", &t),
+                Ok(()) => {
+                    conn.recoveries.retain(|r| *r.topic != *t);
+                    commands::ok_reply("unsubscribe", &t)
+                }
                 Err(e) => commands::error_reply(Some("unsubscribe"), Some(&t), &e),
             },
             Err(reply) => reply,

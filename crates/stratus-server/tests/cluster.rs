@@ -546,6 +546,21 @@ fn a_resume_while_messages_keep_coming_misses_none_and_repeats_none() {
 }
 
 #[test]
+fn a_resume_from_an_offset_newer_than_the_history_gets_a_gap_and_every_live_message() {
+    let redis = Redis::start();
+    let node = Node::start_with(&redis, &["--history", "100"]);
+    assert_eq!(node.publish("news", "old").0, 200);
+    // An offset from the future (another Redis, say): nothing live may be swallowed.
+    let mut peer = commanding(node.ws, &subscribe_since("news", "99999999999999-0"));
+    assert_eq!(recv_json(&mut peer)["ok"], true);
+    let gap = recv_json(&mut peer);
+    assert_eq!(gap["op"], "gap", "{gap}");
+    assert!(gap["reason"].as_str().unwrap().contains("newer"), "{gap}");
+    assert_eq!(node.publish("news", "fresh").0, 200);
+    assert_eq!(recv_with_offset(&mut peer, "news").1, "fresh");
+}
+
+#[test]
 fn a_resume_from_before_the_kept_history_gets_a_gap_notice_first() {
     let redis = Redis::start();
     let node = Node::start_with(&redis, &["--history", "10"]);

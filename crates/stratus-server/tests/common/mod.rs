@@ -225,14 +225,6 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-pub fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "server did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &child.id().to_string()])
@@ -256,19 +248,41 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
 }
 
 /// Starts `stratus` with `args` (a subcommand and flags, or none) on free loopback ports;
-/// waits until it listens.
+/// waits until it listens. A port found free can be taken by a concurrent test before
+/// the server binds it (the server then exits): it is started again on other ports.
 pub fn spawn_server(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
-    let (ws, admin) = (free_addr(), free_addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args(extra)
-        .args([
-            "--listen",
-            &ws.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .spawn()
-        .unwrap();
-    wait_listening(ws);
-    (child, ws, admin)
+    for _ in 0..5 {
+        let (ws, admin) = (free_addr(), free_addr());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args(extra)
+            .args([
+                "--listen",
+                &ws.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .spawn()
+            .unwrap();
+        if listens(&mut child, ws) {
+            return (child, ws, admin);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("stratus did not start on any of 5 pairs of free ports");
+}
+
+/// Whether `child` is listening on `ws` (and still running a moment later, so the
+/// listener is its own and it bound every address it was given).
+fn listens(child: &mut Child, ws: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(ws).is_err() {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "server did not listen on {ws}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    child.try_wait().unwrap().is_none()
 }
