@@ -4,12 +4,19 @@
 //! parsed with httparse; bodies need a Content-Length and are capped at `max_publish`.
 //!
 //! With `admin_tls` configured the listener speaks HTTPS: the TLS handshake comes first
-//! (bounded by the idle timeout), then the same HTTP code runs over the TLS stream.
+//! (bounded by the request timeout), then the same HTTP code runs over the TLS stream.
 //!
 //! With an admin token configured, publishing and metrics need `Authorization: Bearer
 //! <token>` (401 otherwise); without one, the server refuses to bind the admin listener to
 //! anything but loopback, so publishing stays a local privilege.
+//!
+//! What a peer can hold here is bounded: at most `admin_max_connections` connections (one
+//! more gets 503 and is closed); each request, from its first byte to its last, and its
+//! response have `admin_request_timeout` (408 when the request is late); the route and
+//! the token are decided on the head, so a request that will be refused never gets its
+//! body read (the connection closes after the refusal instead).
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +26,7 @@ use serde_json::json;
 use stratus_proto::Message;
 use stratus_proto::handshake::{HandshakeLimits, HeadScanner, reason_phrase};
 use stratus_uring::{self as uring, Listener, Stream};
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::hub::{Hub, PublishError, Reach};
@@ -28,6 +36,9 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 /// An idle keep-alive connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(30);
+/// How long a response may take to write when no request deadline leaves room for it:
+/// a 408 for a late request, a 503 for a connection over the cap.
+const WRITE_GRACE: Duration = Duration::from_secs(1);
 
 /// What the admin API works on.
 pub(crate) struct Admin {
@@ -35,6 +46,22 @@ pub(crate) struct Admin {
     pub(crate) config: Arc<Config>,
     /// The listener's TLS settings (HTTPS).
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Connections being served or refused; each holds one slot until it ends.
+struct Slot(Rc<Cell<usize>>);
+
+impl Slot {
+    fn take(open: &Rc<Cell<usize>>) -> Self {
+        open.set(open.get() + 1);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// Accepts admin connections until the listener is shut down.
@@ -47,10 +74,19 @@ pub(crate) async fn serve(admin: Admin, listener: std::net::TcpListener) {
         }
     };
     let admin = Rc::new(admin);
+    let open = Rc::new(Cell::new(0));
+    let cap = admin.config.admin_max_connections;
     loop {
         match listener.accept().await {
+            // Over the cap: a short 503 while the refusals themselves stay within the cap
+            // again, else closed at once.
+            Ok((stream, _)) if open.get() >= cap.saturating_mul(2) => drop(stream),
+            Ok((stream, _)) if open.get() >= cap => {
+                crate::metrics::add(&admin.hub.stats.admin_refused, 1);
+                uring::spawn(refuse_busy(Slot::take(&open), stream));
+            }
             Ok((stream, _)) => {
-                uring::spawn(connection(admin.clone(), stream));
+                uring::spawn(connection(admin.clone(), Slot::take(&open), stream));
             }
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return,
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -58,7 +94,20 @@ pub(crate) async fn serve(admin: Admin, listener: std::net::TcpListener) {
     }
 }
 
-/// A parsed request: what the router needs.
+async fn refuse_busy(_slot: Slot, mut stream: Stream) {
+    let response = Response {
+        extra: "Retry-After: 1\r\n",
+        ..error(503, "too many admin connections")
+    };
+    if write(&mut stream, &response, true, Instant::now())
+        .await
+        .is_ok()
+    {
+        stream.shutdown_write().await;
+    }
+}
+
+/// A parsed request head: what the router needs.
 struct Request {
     method: String,
     path: String,
@@ -67,6 +116,13 @@ struct Request {
     content_length: Option<usize>,
     chunked: bool,
     close: bool,
+}
+
+impl Request {
+    /// Whether a body follows the head (which a refusal leaves unread).
+    fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
 }
 
 /// A response: status, body (JSON unless said otherwise), extra header lines.
@@ -90,13 +146,14 @@ fn error(status: u16, message: &str) -> Response {
     respond(status, json!({ "error": message }))
 }
 
-async fn connection(admin: Rc<Admin>, mut stream: Stream) {
+async fn connection(admin: Rc<Admin>, _slot: Slot, mut stream: Stream) {
+    let timeout = admin.config.admin_request_timeout;
     if let Some(tls) = &admin.tls {
         let handshake = async {
             let conn = rustls::ServerConnection::new(tls.clone()).map_err(std::io::Error::other)?;
             stream.handshake_tls(conn).await
         };
-        if let Err(err) = tokio::time::timeout(IDLE, handshake)
+        if let Err(err) = tokio::time::timeout(timeout, handshake)
             .await
             .unwrap_or_else(|e| Err(e.into()))
         {
@@ -106,26 +163,76 @@ async fn connection(admin: Rc<Admin>, mut stream: Stream) {
     }
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let max = admin.config.max_publish;
-        let (request, body) = match read_request(&mut stream, &mut buf, max).await {
-            Ok(Some(parsed)) => parsed,
+        // Keep-alive: an idle connection may wait for its next request; once a request
+        // has begun, all of it (and its response) must be done by the deadline.
+        if buf.is_empty()
+            && !matches!(
+                read_more(&mut stream, &mut buf, Instant::now() + IDLE).await,
+                Read::More
+            )
+        {
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        let (response, close) = match exchange(&admin, &mut stream, &mut buf, deadline).await {
+            Ok(Some(answered)) => answered,
             Ok(None) => return,
-            Err(response) => {
-                if write(&mut stream, &response, true).await.is_ok() {
-                    stream.shutdown_write().await;
-                }
-                return;
-            }
+            Err(response) => (response, true),
         };
-        let response = route(&admin, &request, body).await;
-        if write(&mut stream, &response, request.close).await.is_err() || request.close {
+        if write(&mut stream, &response, close, deadline)
+            .await
+            .is_err()
+            || close
+        {
             stream.shutdown_write().await;
             return;
         }
     }
 }
 
-async fn write(stream: &mut Stream, response: &Response, close: bool) -> std::io::Result<()> {
+/// Reads one request and answers it: the response and whether the connection closes
+/// after it. `Ok(None)`: the client closed or went quiet mid-request with nothing to
+/// answer; `Err`: a response after which the connection closes (a bad or late request).
+async fn exchange(
+    admin: &Admin,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<Option<(Response, bool)>, Response> {
+    let Some(request) = read_head(stream, buf, deadline).await? else {
+        return Ok(None);
+    };
+    let endpoint = match route(admin, &request) {
+        Ok(endpoint) => endpoint,
+        // Refused on the head: whatever body was announced stays unread, so the
+        // connection cannot carry another request.
+        Err(response) => return Ok(Some((response, request.close || request.has_body()))),
+    };
+    let body = match endpoint {
+        Endpoint::Publish(_) => {
+            let Some(body) =
+                read_body(stream, buf, &request, admin.config.max_publish, deadline).await?
+            else {
+                return Ok(None);
+            };
+            body
+        }
+        _ if request.has_body() => return Err(error(400, "this endpoint takes no body")),
+        _ => Bytes::new(),
+    };
+    let response = tokio::time::timeout_at(deadline, answer(admin, endpoint, &request, body))
+        .await
+        .unwrap_or_else(|_| error(503, "the request timed out"));
+    Ok(Some((response, request.close)))
+}
+
+async fn write(
+    stream: &mut Stream,
+    response: &Response,
+    close: bool,
+    deadline: Instant,
+) -> std::io::Result<()> {
+    let deadline = deadline.max(Instant::now() + WRITE_GRACE);
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: {}\r\n\r\n{}",
         response.status,
@@ -136,15 +243,17 @@ async fn write(stream: &mut Stream, response: &Response, close: bool) -> std::io
         if close { "close" } else { "keep-alive" },
         response.body,
     );
-    stream.write_all(head.into_bytes()).await
+    tokio::time::timeout_at(deadline, stream.write_all(head.into_bytes()))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// Reads one request head and its body. `Ok(None)`: the client closed or went idle.
-async fn read_request(
+/// Reads one request head (its bytes leave `buf`). `Ok(None)`: the client closed.
+async fn read_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    max_body: usize,
-) -> Result<Option<(Request, Bytes)>, Response> {
+    deadline: Instant,
+) -> Result<Option<Request>, Response> {
     let mut scanner = HeadScanner::new(HandshakeLimits {
         max_head: MAX_HEAD,
         max_headers: MAX_HEADERS,
@@ -155,16 +264,28 @@ async fn read_request(
             Ok(None) => {}
             Err(_) => return Err(error(431, "request head over 8 KiB")),
         }
-        if !read_more(stream, buf).await {
-            return Ok(None);
+        match read_more(stream, buf, deadline).await {
+            Read::More => {}
+            read => return unanswered(read),
         }
     };
     let request = parse_head(&buf[..head_len])?;
     let _ = buf.split_to(head_len);
-    if request.chunked {
-        return Err(error(411, "a Content-Length is required"));
-    }
-    let length = request.content_length.unwrap_or(0);
+    Ok(Some(request))
+}
+
+/// Reads a publish's body: it needs a Content-Length within `max_body`.
+async fn read_body(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    request: &Request,
+    max_body: usize,
+    deadline: Instant,
+) -> Result<Option<Bytes>, Response> {
+    let length = match request.content_length {
+        Some(length) if !request.chunked => length,
+        _ => return Err(error(411, "a Content-Length is required")),
+    };
     if length > max_body {
         return Err(error(
             413,
@@ -172,22 +293,56 @@ async fn read_request(
         ));
     }
     while buf.len() < length {
-        if !read_more(stream, buf).await {
-            return Ok(None);
+        match read_more(stream, buf, deadline).await {
+            Read::More => {}
+            read => return unanswered(read),
         }
     }
-    Ok(Some((request, buf.split_to(length).freeze())))
+    Ok(Some(buf.split_to(length).freeze()))
 }
 
-async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
+/// What a read into a request's buffer came to.
+enum Read {
+    /// Some bytes arrived.
+    More,
+    /// The peer closed, or the socket failed.
+    Gone,
+    /// The deadline passed first.
+    Late,
+}
+
+/// Reads more into `buf`, until `deadline`.
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut, deadline: Instant) -> Read {
     let taken = std::mem::take(buf);
-    match tokio::time::timeout(IDLE, stream.read_into(taken, READ_CHUNK)).await {
-        Ok((Ok(n), returned)) => {
+    match tokio::time::timeout_at(deadline, stream.read_into(taken, READ_CHUNK)).await {
+        Ok((Ok(n), returned)) if n > 0 => {
             *buf = returned;
-            n > 0
+            Read::More
         }
-        _ => false,
+        Ok(_) => Read::Gone,
+        Err(_) => Read::Late,
     }
+}
+
+/// What a read that brought nothing means for the request: 408 when late, else the
+/// client is gone and nothing is answered.
+fn unanswered<T>(read: Read) -> Result<Option<T>, Response> {
+    match read {
+        Read::Late => Err(error(
+            408,
+            "the request was not complete within the admin request timeout",
+        )),
+        Read::More | Read::Gone => Ok(None),
+    }
+}
+
+/// A Content-Length value: digits only (RFC 9110 §8.6), so a value a proxy might read
+/// differently (`+5`, `5,5`, ` 5 5`) is refused rather than guessed at.
+fn content_length(value: &str) -> Option<usize> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 fn parse_head(head: &[u8]) -> Result<Request, Response> {
@@ -214,9 +369,8 @@ fn parse_head(head: &[u8]) -> Result<Request, Response> {
             "authorization" => request.authorization = Some(value.to_owned()),
             "content-type" => request.content_type = value.to_ascii_lowercase(),
             "content-length" => {
-                let n = value
-                    .parse()
-                    .map_err(|_| error(400, "bad Content-Length"))?;
+                let n = content_length(value)
+                    .ok_or_else(|| error(400, "Content-Length must be plain digits"))?;
                 if request
                     .content_length
                     .replace(n)
@@ -257,32 +411,55 @@ fn unauthorized() -> Response {
     }
 }
 
-async fn route(admin: &Admin, request: &Request, body: Bytes) -> Response {
+/// What a request asks for, decided on its head.
+enum Endpoint {
+    Health,
+    Ready,
+    Metrics,
+    Publish(String),
+}
+
+/// The endpoint a request head names, or the refusal (unknown path, wrong method, no
+/// token) to answer before reading any body.
+fn route(admin: &Admin, request: &Request) -> Result<Endpoint, Response> {
     let path = request.path.split('?').next().unwrap_or_default();
-    match (request.method.as_str(), path) {
-        ("GET", "/healthz") => respond(200, json!({ "status": "ok" })),
-        ("GET", "/readyz") => readiness(&admin.hub),
-        ("GET", "/metrics") if !authorized(admin, request) => unauthorized(),
-        ("GET", "/metrics") => Response {
+    let endpoint = match (request.method.as_str(), path) {
+        ("GET", "/healthz") => return Ok(Endpoint::Health),
+        ("GET", "/readyz") => return Ok(Endpoint::Ready),
+        ("GET", "/metrics") => Endpoint::Metrics,
+        ("POST", p) if p.starts_with("/publish/") => {
+            Endpoint::Publish(p["/publish/".len()..].to_owned())
+        }
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            return Err(Response {
+                extra: "Allow: GET\r\n",
+                ..error(405, "use GET")
+            });
+        }
+        (_, p) if p.starts_with("/publish/") => {
+            return Err(Response {
+                extra: "Allow: POST\r\n",
+                ..error(405, "use POST")
+            });
+        }
+        _ => return Err(error(404, "no such endpoint")),
+    };
+    if !authorized(admin, request) {
+        return Err(unauthorized());
+    }
+    Ok(endpoint)
+}
+
+async fn answer(admin: &Admin, endpoint: Endpoint, request: &Request, body: Bytes) -> Response {
+    match endpoint {
+        Endpoint::Health => respond(200, json!({ "status": "ok" })),
+        Endpoint::Ready => readiness(&admin.hub),
+        Endpoint::Metrics => Response {
             body: crate::metrics::render(&admin.hub),
             content_type: "text/plain; version=0.0.4",
             ..respond(200, json!(null))
         },
-        ("POST", p) if p.starts_with("/publish/") => {
-            if !authorized(admin, request) {
-                return unauthorized();
-            }
-            publish(admin, &p["/publish/".len()..], &request.content_type, body).await
-        }
-        (_, "/healthz" | "/readyz" | "/metrics") => Response {
-            extra: "Allow: GET\r\n",
-            ..error(405, "use GET")
-        },
-        (_, p) if p.starts_with("/publish/") => Response {
-            extra: "Allow: POST\r\n",
-            ..error(405, "use POST")
-        },
-        _ => error(404, "no such endpoint"),
+        Endpoint::Publish(topic) => publish(admin, &topic, &request.content_type, body).await,
     }
 }
 
@@ -327,7 +504,25 @@ fn readiness(hub: &Hub) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::{content_length, same};
+
+    #[test]
+    fn content_length_is_plain_digits() {
+        assert_eq!(content_length("5"), Some(5));
+        assert_eq!(content_length("0"), Some(0));
+        for bad in [
+            "+5",
+            "-5",
+            "5,5",
+            "5 5",
+            "",
+            "0x5",
+            "5.0",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn token_comparison() {

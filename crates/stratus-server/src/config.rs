@@ -75,6 +75,11 @@ pub struct Config {
     pub auth: Option<Auth>,
     /// Largest message the admin API accepts for publishing.
     pub max_publish: usize,
+    /// Most admin API connections at once; one more gets 503 and is closed.
+    pub admin_max_connections: usize,
+    /// How long an admin request may take, from its first byte to the end of its
+    /// response (408 when the request is not in by then).
+    pub admin_request_timeout: Duration,
     /// A connection silent for this long gets a ping.
     pub ping_interval: Duration,
     /// A ping unanswered for this long closes the connection.
@@ -126,6 +131,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             auth: None,
             max_publish: 1 << 20,
+            admin_max_connections: 64,
+            admin_request_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),

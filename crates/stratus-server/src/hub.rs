@@ -96,6 +96,8 @@ pub struct Stats {
     pub slow_consumer_closes: AtomicU64,
     /// Connections open now.
     pub connections: AtomicU64,
+    /// Admin connections refused for the admin connection cap.
+    pub admin_refused: AtomicU64,
 }
 
 /// A topic with subscribers on this node.

@@ -131,7 +131,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 15] = [
+    let single: [(&str, &str, &str, u64); 16] = [
         ("stratus_connections", "gauge", "Open WebSocket connections.", load(&stats.connections)),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
@@ -147,6 +147,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         ("stratus_send_queue_bytes", "gauge", "Bytes waiting in send queues (as of each worker's last sweep, at most a second old).", sum(|w| &w.queued_bytes)),
         ("stratus_deflate_in_bytes_total", "counter", "Payload bytes of outgoing messages compressed (a shared broadcast counts once).", sum(|w| &w.deflate_in)),
         ("stratus_deflate_out_bytes_total", "counter", "Frame bytes those compressions made.", sum(|w| &w.deflate_out)),
+        ("stratus_admin_refused_total", "counter", "Admin API connections refused (503) for the admin connection cap.", load(&stats.admin_refused)),
     ];
     for (name, kind, help, value) in single {
         metric(&mut out, name, kind, help, &[("", value)]);

@@ -79,6 +79,13 @@ pub(crate) struct Settings {
     /// Largest message the admin API publishes, in bytes [1048576].
     #[arg(long, env = "STRATUS_MAX_PUBLISH")]
     max_publish: Option<usize>,
+    /// Most admin API connections at once; one more gets 503 [64].
+    #[arg(long, env = "STRATUS_ADMIN_MAX_CONNECTIONS")]
+    admin_max_connections: Option<usize>,
+    /// Seconds an admin request may take from its first byte to its response; a late one
+    /// gets 408 [10].
+    #[arg(long, env = "STRATUS_ADMIN_REQUEST_TIMEOUT")]
+    admin_request_timeout: Option<f64>,
     /// What to do with a subscriber whose queue is full [close].
     #[arg(long, value_enum, env = "STRATUS_SLOW_CONSUMER")]
     slow_consumer: Option<SlowConsumerArg>,
@@ -215,6 +222,8 @@ impl Settings {
             auth_audience,
             max_send_queue,
             max_publish,
+            admin_max_connections,
+            admin_request_timeout,
             slow_consumer,
             handshake_timeout,
             close_timeout,
@@ -270,6 +279,8 @@ impl Settings {
             auth_audience: self.auth_audience.clone(),
             max_send_queue: Some(config.max_send_queue),
             max_publish: Some(config.max_publish),
+            admin_max_connections: Some(config.admin_max_connections),
+            admin_request_timeout: Some(config.admin_request_timeout.as_secs_f64()),
             slow_consumer: Some(match config.slow_consumer {
                 SlowConsumer::Close => SlowConsumerArg::Close,
                 SlowConsumer::Drop => SlowConsumerArg::Drop,
@@ -356,6 +367,14 @@ impl Settings {
             auth: auth.or(base.auth),
             max_send_queue: self.max_send_queue.unwrap_or(base.max_send_queue),
             max_publish: self.max_publish.unwrap_or(base.max_publish),
+            admin_max_connections: self
+                .admin_max_connections
+                .unwrap_or(base.admin_max_connections),
+            admin_request_timeout: seconds(
+                self.admin_request_timeout,
+                "admin-request-timeout",
+                base.admin_request_timeout,
+            )?,
             slow_consumer: match self.slow_consumer {
                 None => base.slow_consumer,
                 Some(SlowConsumerArg::Close) => SlowConsumer::Close,
