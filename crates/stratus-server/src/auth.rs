@@ -13,7 +13,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -60,8 +59,10 @@ pub(crate) struct Grant {
     pub(crate) subject: String,
     /// Topic patterns the connection may subscribe to.
     topics: Box<[String]>,
-    /// When the token expires (the connection is closed then).
-    pub(crate) expires: SystemTime,
+    /// When the token expires, in seconds since the Unix epoch (the connection is closed
+    /// then). Kept as the claim's number: `exp` near `u64::MAX` is far past what a
+    /// `SystemTime` holds, and must not overflow anything.
+    pub(crate) expires: u64,
 }
 
 #[derive(Deserialize)]
@@ -132,12 +133,17 @@ impl Auth {
         Ok(Grant {
             subject: claims.sub,
             topics: claims.topics.into_boxed_slice(),
-            expires: UNIX_EPOCH + Duration::from_secs(claims.exp),
+            expires: claims.exp,
         })
     }
 }
 
 impl Grant {
+    /// Whether the token has expired at `now` (seconds since the Unix epoch).
+    pub(crate) fn is_expired(&self, now: u64) -> bool {
+        self.expires <= now
+    }
+
     /// Whether the token lets its connection subscribe to `topic`.
     pub(crate) fn allows(&self, topic: &str) -> bool {
         self.topics
@@ -201,7 +207,7 @@ mod tests {
         Grant {
             subject: "u".into(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-            expires: UNIX_EPOCH,
+            expires: 0,
         }
     }
 

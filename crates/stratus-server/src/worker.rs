@@ -795,7 +795,9 @@ impl Worker {
         let hard_stop = self
             .draining
             .map(|deadline| deadline + config.close_timeout);
-        let wall_clock = SystemTime::now();
+        let wall_clock = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut queued_bytes = 0;
         let Conns { slab, dirty } = &mut self.conns;
         for (_, conn) in slab.iter_mut() {
@@ -815,7 +817,11 @@ impl Worker {
             if conn.deadline.is_some() {
                 continue;
             }
-            if conn.grant.as_ref().is_some_and(|g| g.expires <= wall_clock) {
+            if conn
+                .grant
+                .as_ref()
+                .is_some_and(|g| g.is_expired(wall_clock))
+            {
                 let deadline = now + config.close_timeout;
                 conn.close(CloseCode::POLICY, "token expired", deadline, false);
                 Conns::mark(dirty, conn);

@@ -242,3 +242,43 @@ fn a_connection_is_closed_with_1008_when_its_token_expires() {
     peer.expect_close(CloseCode::POLICY);
     server.stop().unwrap();
 }
+
+#[test]
+fn extreme_claims_are_refused_or_accepted_without_a_panic() {
+    let server = hs256_server();
+    let signing = EncodingKey::from_secret(SECRET);
+    let sign = |claims: Value| jsonwebtoken::encode(&Header::default(), &claims, &signing).unwrap();
+    // Expiring at the end of time: a valid token, and the worker that checks it lives on.
+    let forever = sign(json!({"sub": "alice", "exp": u64::MAX, "topics": ["news"]}));
+    let (mut peer, head) = upgrade(
+        &server,
+        "/ws?topic=news",
+        &format!("Authorization: Bearer {forever}\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // Not valid before the end of time: refused.
+    let later = sign(json!({"sub": "alice", "exp": u64::MAX, "nbf": u64::MAX - 1}));
+    let (_, head) = upgrade(
+        &server,
+        "/ws",
+        &format!("Authorization: Bearer {later}\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    // A topics claim as long as the request head allows costs what the head costs.
+    let many: Vec<String> = (0..500).map(|i| format!("t{i}")).collect();
+    let big = sign(json!({"sub": "alice", "exp": now() + 60, "topics": many}));
+    let (_, head) = upgrade(
+        &server,
+        "/ws?topic=t499",
+        &format!("Authorization: Bearer {big}\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // Every worker still serves: a publish reaches the first connection.
+    let reach = server
+        .publish("news", Message::text("still here"))
+        .unwrap()
+        .wait();
+    assert_eq!(reach, Ok(Reach::Subscribers(1)));
+    assert_eq!(peer.recv(), Some(Message::text("still here")));
+    server.stop().unwrap();
+}
