@@ -66,9 +66,11 @@ pub struct Config {
     /// upgrade beyond it gets 429 with Retry-After.
     pub max_connections_per_ip: usize,
     /// Origins allowed to open WebSocket connections, as `scheme://host[:port]` (ASCII
-    /// case does not matter). Empty allows any. A request without an Origin header (not
-    /// from a browser) is allowed: the list guards browsers against cross-site use, and
-    /// other clients can send any Origin they like.
+    /// case does not matter), or `*` for any. Empty allows only the server's own origin
+    /// (the request's Host), so a web page elsewhere cannot use a visitor's browser to
+    /// reach a server on localhost or an intranet (cross-site WebSocket hijacking). A
+    /// request without an Origin header (not from a browser) is allowed: the check guards
+    /// browsers against cross-site use, and other clients can send any Origin they like.
     pub allowed_origins: Vec<String>,
     /// Token auth at the upgrade (`None`: off). With it, an upgrade without a valid token
     /// gets 401, and a connection may subscribe only to the topics its token lists.

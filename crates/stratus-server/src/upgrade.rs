@@ -39,13 +39,17 @@ pub(crate) fn upgrade(
         return Err((503, response, "draining".into()));
     }
     if let Some(origin) = &request.origin
-        && !config.allowed_origins.is_empty()
-        && !config
-            .allowed_origins
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        && !origin_allowed(origin, &request.host, &config.allowed_origins)
     {
-        let why = format!("origin {origin} is not allowed");
+        let why = if config.allowed_origins.is_empty() {
+            format!(
+                "origin {origin} is not this server's ({}); allow other origins with \
+                 --allowed-origins (or '*' for any)",
+                request.host
+            )
+        } else {
+            format!("origin {origin} is not in --allowed-origins")
+        };
         return Err((403, http_error(403, "", &why), why));
     }
     let (path, query) = request
@@ -108,6 +112,34 @@ pub(crate) fn upgrade(
     })
 }
 
+/// Whether a browser on `origin` may open a WebSocket to this server, reached as `host`:
+/// with no allow-list only from the server's own origin (so a page elsewhere cannot
+/// use a visitor's browser to reach a server on localhost or an intranet), with `*` from
+/// anywhere, else from the listed origins (ASCII case ignored).
+fn origin_allowed(origin: &str, host: &str, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return origin.split_once("://").is_some_and(|(scheme, authority)| {
+            authority_without_default_port(scheme, authority)
+                .eq_ignore_ascii_case(authority_without_default_port(scheme, host))
+        });
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
+/// `authority` without the port its scheme implies (`:80` for http and ws, `:443` for
+/// https and wss): a browser leaves the default port out of one header and may keep it
+/// in the other.
+fn authority_without_default_port<'a>(scheme: &str, authority: &'a str) -> &'a str {
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => ":80",
+        "https" | "wss" => ":443",
+        _ => return authority,
+    };
+    authority.strip_suffix(default).unwrap_or(authority)
+}
+
 /// The topics a push client asks for at the upgrade (`/ws?topic=a&topic=b`), or the
 /// HTTP status and reason to refuse it with.
 fn subscriptions(
@@ -135,4 +167,62 @@ fn subscriptions(
         return Err((400, format!("at most {max} topics per connection")));
     }
     Ok(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn without_an_allow_list_only_the_servers_own_origin_may_connect() {
+        let none: &[String] = &[];
+        assert!(origin_allowed(
+            "http://127.0.0.1:8080",
+            "127.0.0.1:8080",
+            none
+        ));
+        assert!(origin_allowed(
+            "https://Push.Example",
+            "push.example:443",
+            none
+        ));
+        assert!(origin_allowed(
+            "http://push.example:80",
+            "push.example",
+            none
+        ));
+        assert!(!origin_allowed(
+            "http://evil.example",
+            "127.0.0.1:8080",
+            none
+        ));
+        assert!(!origin_allowed(
+            "http://127.0.0.1:9999",
+            "127.0.0.1:8080",
+            none
+        ));
+        assert!(!origin_allowed("null", "127.0.0.1:8080", none));
+        assert!(!origin_allowed(
+            "https://push.example:80",
+            "push.example",
+            none
+        ));
+    }
+
+    #[test]
+    fn a_star_allows_any_origin_and_a_list_only_its_own() {
+        let any = ["*".to_owned()];
+        assert!(origin_allowed(
+            "http://evil.example",
+            "127.0.0.1:8080",
+            &any
+        ));
+        let list = ["https://app.example".to_owned()];
+        assert!(origin_allowed("https://APP.example", "push.example", &list));
+        assert!(!origin_allowed(
+            "https://push.example",
+            "push.example",
+            &list
+        ));
+    }
 }

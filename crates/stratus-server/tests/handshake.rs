@@ -176,6 +176,33 @@ fn origin_outside_the_allow_list_gets_403() {
 }
 
 #[test]
+fn by_default_a_browser_from_another_origin_gets_403_naming_the_option() {
+    let server = start_server();
+    let addr = server.local_addr();
+    // The request's Host is `localhost`: a page on another origin is refused.
+    let head = upgrade(&mut Peer::connect(addr), "Origin: https://evil.example\r\n");
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let mut peer = Peer::connect(addr);
+    let head = upgrade(&mut peer, "Origin: null\r\n");
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let body = peer.read_to_end();
+    assert!(body.contains("--allowed-origins"), "{body}");
+    let head = upgrade(&mut Peer::connect(addr), "Origin: http://localhost\r\n");
+    assert!(
+        head.starts_with("HTTP/1.1 101 "),
+        "the server's own origin: {head}"
+    );
+    server.stop().unwrap();
+    let any = start_with(|c| c.allowed_origins = vec!["*".into()]);
+    let head = upgrade(
+        &mut Peer::connect(any.local_addr()),
+        "Origin: https://evil.example\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 101 "), "'*' allows any: {head}");
+    any.stop().unwrap();
+}
+
+#[test]
 fn connection_cap_gives_503_with_retry_after_and_frees_on_close() {
     let server = start_with(|c| c.max_connections = 2);
     let addr = server.local_addr();

@@ -52,8 +52,8 @@ pub(crate) struct Settings {
     /// Most WebSocket connections at once from one IP address; beyond, 429 [0: no limit].
     #[arg(long, env = "STRATUS_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
-    /// Origins allowed to connect, comma-separated `scheme://host[:port]`; others get
-    /// 403 [any].
+    /// Origins allowed to connect from a browser, comma-separated `scheme://host[:port]`,
+    /// or `*` for any; others get 403 [the server's own origin only].
     #[arg(long, value_delimiter = ',', env = "STRATUS_ALLOWED_ORIGINS")]
     allowed_origins: Option<Vec<String>>,
     /// Token auth at the upgrade: off, or the JWT algorithm every token must be signed
