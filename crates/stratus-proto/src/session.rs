@@ -216,6 +216,19 @@ impl Session {
         Some((head, true))
     }
 
+    /// The pong answering the latest ping, if one waits, apart from the other frames: a
+    /// driver whose peer has not taken its earlier frames may let it replace a pong it
+    /// still holds (RFC 6455 5.5.3 allows answering only the most recent ping). `None`
+    /// while the payload of a frame begun is still to be polled: the pong must not split
+    /// it. Otherwise [`poll_transmit_part`](Self::poll_transmit_part) hands the pong out
+    /// first, as a whole frame.
+    pub fn poll_pong(&mut self) -> Option<Bytes> {
+        if self.rest.is_some() {
+            return None;
+        }
+        self.pong.take()
+    }
+
     /// A Close was sent.
     pub fn close_sent(&self) -> bool {
         self.close_sent
@@ -344,6 +357,26 @@ mod tests {
             server_view(&out[0]),
             Message::Pong(Bytes::from_static(b"999"))
         );
+    }
+
+    #[test]
+    fn the_pong_is_polled_apart_but_never_inside_a_frame() {
+        let mut s = Session::server(Limits::default());
+        let payload = Bytes::from(vec![7u8; SHARE_PAYLOAD_MIN]);
+        s.send(&Message::Binary(payload)).unwrap();
+        let _head = s.poll_transmit().unwrap();
+        let mut buf = client_frames(&[Message::Ping(Bytes::from_static(b"p"))]);
+        assert!(s.handle_read(&mut buf).unwrap().is_some());
+        assert_eq!(
+            s.poll_pong(),
+            None,
+            "the payload of the frame begun comes first"
+        );
+        let _body = s.poll_transmit().unwrap();
+        let pong = s.poll_pong().unwrap();
+        assert_eq!(server_view(&pong), Message::Pong(Bytes::from_static(b"p")));
+        assert_eq!(s.poll_pong(), None);
+        assert!(drain(&mut s).is_empty(), "taken once");
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub struct Config {
     /// sleeps: under load the next ones come within microseconds, and a sleep and wake-up
     /// for each costs more than the poll (zero: sleep at once).
     pub busy_poll: Duration,
+    /// Each worker's io_uring: submission entries (the completion queue gets four times
+    /// as many), and the pool of receive buffers the kernel fills, shared by the worker's
+    /// connections (at most `recv_buffers` of `recv_buffer_size` bytes; it grows on
+    /// demand, so this is what a burst of senders can make resident).
+    pub ring: stratus_uring::RingConfig,
     /// permessage-deflate: `None` declines every offer.
     pub deflate: Option<DeflateConfig>,
     /// TLS on the WebSocket listener (`wss://`); `None` serves plain `ws://`.
@@ -139,6 +144,7 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             busy_poll: Duration::ZERO,
+            ring: stratus_uring::RingConfig::default(),
             deflate: Some(DeflateConfig::default()),
             tls: None,
             admin_tls: None,
@@ -162,6 +168,13 @@ impl Config {
         }
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
+        }
+        let buffers = self.ring.recv_buffers;
+        if !buffers.is_power_of_two() || buffers > 1 << 15 || self.ring.recv_buffer_size == 0 {
+            return Err(format!(
+                "recv-buffers ({buffers}) must be a power of two up to 32768, and \
+                 recv-buffer-size more than 0"
+            ));
         }
         if self.admin_tls.is_some() && self.admin_listen.is_none() {
             return Err("admin TLS is configured but there is no admin listener".into());

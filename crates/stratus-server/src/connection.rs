@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use stratus_proto::handshake::{Request, RequestReader};
-use stratus_proto::{CloseCode, Session};
-use stratus_uring::SendQueue;
+use stratus_proto::{CloseCode, Message, Session};
+use stratus_uring::{ENTRY_OVERHEAD, SendQueue};
 use tracing::debug;
 
 use crate::auth::Grant;
@@ -30,11 +30,19 @@ use crate::metrics::{self, WorkerStats};
 use crate::tls_conn::TlsConn;
 use crate::upgrade::{Refusal, Upgrade, refusal};
 
-/// Moves `session`'s outgoing bytes to `queue`, frame boundaries marked.
-pub(crate) fn queue_transmit(session: &mut Session, queue: &mut SendQueue) {
+/// Moves `session`'s outgoing bytes to `queue`, frame boundaries marked (a pong as a
+/// pong, which a later one may replace); returns how many bytes that was.
+pub(crate) fn queue_transmit(session: &mut Session, queue: &mut SendQueue) -> usize {
+    let mut moved = 0;
+    if let Some(pong) = session.poll_pong() {
+        moved += pong.len();
+        queue.push_pong(pong);
+    }
     while let Some((part, starts_frame)) = session.poll_transmit_part() {
+        moved += part.len();
         queue.push_part(part, starts_frame);
     }
+    moved
 }
 
 /// Which frame of a broadcast a connection gets.
@@ -119,6 +127,9 @@ pub(crate) struct IoState {
     pub(crate) dead: bool,
     /// Queued for the worker's end-of-tick pass.
     pub(crate) dirty: bool,
+    /// Decoding stopped with the queue at its cap: the rest of the input (in the read
+    /// buffer) waits for it to drain.
+    pub(crate) input_waiting: bool,
     /// Counted in the server's open connections.
     pub(crate) counted: bool,
 }
@@ -158,6 +169,54 @@ impl Conn {
     /// written (what the cap and read backpressure act on).
     pub(crate) fn queued_bytes(&self) -> usize {
         self.queue.queued_bytes() + self.tls.as_ref().map_or(0, |t| t.out.queued_bytes())
+    }
+
+    /// Whether the queue is at its cap: the client's own input waits (reading pauses, and
+    /// what was read stays undecoded) until it drains.
+    pub(crate) fn is_backlogged(&self, cap: usize) -> bool {
+        self.queued_bytes() >= cap
+    }
+
+    /// Whether `bytes` more, in `entries` queue entries, fit under `cap`. An empty queue
+    /// takes anything: one message larger than the cap still goes out (messages have
+    /// limits of their own); the cap bounds what piles up behind it.
+    fn has_room(&self, bytes: usize, entries: usize, cap: usize) -> bool {
+        let queued = self.queued_bytes();
+        queued == 0 || queued + bytes + entries * ENTRY_OVERHEAD <= cap
+    }
+
+    /// Applies the slow-consumer policy to a frame that does not fit under the cap.
+    fn overflow(&mut self, policy: SlowConsumer, close_deadline: Instant) -> Delivered {
+        match policy {
+            SlowConsumer::Drop => Delivered::Dropped,
+            SlowConsumer::Close => {
+                debug!(conn = self.token, "slow consumer");
+                self.close(CloseCode::POLICY, "slow consumer", close_deadline, true);
+                Delivered::ClosedSlow
+            }
+        }
+    }
+
+    /// Queues a notice the server makes on its own (a gap notice, say) under the cap, as
+    /// a broadcast is: past it, the slow-consumer policy applies.
+    pub(crate) fn push_notice(
+        &mut self,
+        text: String,
+        (cap, policy): (usize, SlowConsumer),
+        close_deadline: Instant,
+    ) -> Delivered {
+        if !self.accepts_broadcasts() {
+            return Delivered::Skipped;
+        }
+        // The frame's header is at most 10 bytes (and the text is seldom compressed).
+        if !self.has_room(text.len() + 10, 1, cap) {
+            return self.overflow(policy, close_deadline);
+        }
+        if let Some(session) = self.session() {
+            let _ = session.send(&Message::text(text));
+        }
+        self.transmit(close_deadline);
+        Delivered::Queued
     }
 
     /// Whether anything waits to be sent (on TLS: records rustls has to send, and the
@@ -341,15 +400,8 @@ impl Conn {
             None
         };
         let len = frame.map_or(broadcast.plain.len(), Bytes::len) + offset.map_or(0, Bytes::len);
-        if self.queued_bytes() + len > cap {
-            return match policy {
-                SlowConsumer::Drop => Delivered::Dropped,
-                SlowConsumer::Close => {
-                    debug!(conn = self.token, "slow consumer");
-                    self.close(CloseCode::POLICY, "slow consumer", close_deadline, true);
-                    Delivered::ClosedSlow
-                }
-            };
+        if !self.has_room(len, 1 + usize::from(offset.is_some()), cap) {
+            return self.overflow(policy, close_deadline);
         }
         if let Some(offset) = offset {
             self.queue.push(offset.clone());
@@ -357,17 +409,12 @@ impl Conn {
         match frame {
             Some(frame) => self.queue.push(frame.clone()),
             None => {
-                let before = self.queue.queued_bytes();
-                if let Some(session) = self.session() {
+                if let Phase::Open(session) = &mut self.phase {
                     let _ = session.send(&broadcast.message);
+                    let out = queue_transmit(session, &mut self.queue);
+                    metrics::add(&stats.deflate_in, broadcast.message.payload_len() as u64);
+                    metrics::add(&stats.deflate_out, out as u64);
                 }
-                self.transmit(close_deadline);
-                let payload = broadcast.message.payload_len() as u64;
-                metrics::add(&stats.deflate_in, payload);
-                metrics::add(
-                    &stats.deflate_out,
-                    (self.queue.queued_bytes() - before) as u64,
-                );
             }
         }
         Delivered::Queued

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use stratus_proto::{CloseCode, Message, Session};
-use stratus_uring::{Event, Ring, RingConfig, Wake};
+use stratus_uring::{Event, Ring, Wake};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -193,11 +193,12 @@ impl Worker {
         wake: Arc<Wake>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<Self> {
+        let ring = Ring::new(config.ring)?;
         Ok(Self {
             index,
             hub,
             config,
-            ring: Ring::new(RingConfig::default())?,
+            ring,
             wake,
             inbox,
             listener,
@@ -223,7 +224,7 @@ impl Worker {
         let mut last_busy = Instant::now();
         loop {
             let now = Instant::now();
-            let wait = if now - last_busy < self.config.busy_poll {
+            let wait = if now - last_busy < self.config.busy_poll || !self.conns.dirty.is_empty() {
                 Duration::ZERO
             } else {
                 next_sweep.saturating_duration_since(now)
@@ -453,11 +454,18 @@ impl Worker {
         self.decode(slot, buf);
     }
 
-    /// The WebSocket phase: decode, answer, act.
+    /// The WebSocket phase: decode, answer, act. Stops while the connection's queue is at
+    /// its cap: what the client's messages make the server send (pongs, echoes, replies)
+    /// waits in that queue, so the rest of its input waits in `buf` (and reading pauses)
+    /// until the queue drains; see [`Worker::resume_input`].
     fn decode(&mut self, slot: usize, buf: &mut BytesMut) {
         let config = &self.config;
         let close_deadline = Instant::now() + config.close_timeout;
         let conn: &mut Conn = &mut self.conns.slab[slot];
+        if conn.is_backlogged(config.max_send_queue) {
+            conn.io.input_waiting = true;
+            return;
+        }
         let Conn {
             phase,
             queue,
@@ -466,6 +474,8 @@ impl Worker {
             grant,
             recoveries,
             offsets,
+            tls,
+            io,
             ..
         } = conn;
         let awaiting = &mut self.awaiting;
@@ -481,6 +491,11 @@ impl Worker {
             max: config.max_topics_per_connection,
         };
         loop {
+            let queued = queue.queued_bytes() + tls.as_ref().map_or(0, |t| t.out.queued_bytes());
+            if queued >= config.max_send_queue {
+                io.input_waiting = true;
+                break;
+            }
             match session.handle_read(buf) {
                 Ok(Some(message)) => {
                     metrics::add(&counters.messages_in, 1);
@@ -500,7 +515,7 @@ impl Worker {
                         awaiting.push((*token, t));
                     }
                     // Answer each message before decoding the next: every ping of a burst
-                    // gets its pong (only an unread backlog is coalesced).
+                    // gets its pong (up to a few waiting; past them, the latest ping's).
                     queue_transmit(session, queue);
                 }
                 Ok(None) => break,
@@ -511,6 +526,17 @@ impl Worker {
             }
         }
         conn.transmit(close_deadline);
+    }
+
+    /// Decodes the input that waited for connection `slot`'s queue to drain.
+    fn resume_input(&mut self, slot: usize) {
+        let conn = &mut self.conns.slab[slot];
+        conn.io.input_waiting = false;
+        let mut buf = std::mem::take(&mut conn.read_buf);
+        self.decode(slot, &mut buf);
+        let conn = &mut self.conns.slab[slot];
+        conn.read_buf = if buf.is_empty() { BytesMut::new() } else { buf };
+        Conns::mark(&mut self.conns.dirty, conn);
     }
 
     fn on_sent(&mut self, token: u64, result: io::Result<usize>, mut frames: Vec<Bytes>) {
@@ -600,7 +626,11 @@ impl Worker {
             }
             return started;
         }
-        let backlog = conn.queued_bytes() >= cap;
+        let backlog = conn.is_backlogged(cap);
+        if conn.io.input_waiting && !backlog {
+            self.resume_input(slot(token));
+            return started;
+        }
         if !conn.io.receiving && !conn.io.peer_done && !backlog {
             self.ring.recv_multishot(fd, token);
             conn.io.receiving = true;
@@ -712,13 +742,14 @@ impl Worker {
         let held = std::mem::take(&mut recovery.held);
         let mut overflowed = recovery.overflowed;
         let notice = |conn: &mut Conn, reason: &str| {
-            if let Some(session) = conn.session() {
-                let _ = session.send(&Message::text(commands::gap_notice(topic, reason)));
-            }
-            conn.transmit(deadline);
+            conn.push_notice(commands::gap_notice(topic, reason), cap, deadline)
         };
-        if let Some(reason) = recovered.gap {
-            notice(conn, reason);
+        if let Some(reason) = recovered.gap
+            && notice(conn, reason) == Delivered::ClosedSlow
+        {
+            conn.recoveries.clear();
+            Conns::mark(dirty, conn);
+            return;
         }
         // The history, then the held live messages it did not have, each once.
         let mut last = recovered.floor;
@@ -748,7 +779,7 @@ impl Worker {
         conn.recoveries[at].sent_to = Some(last);
         if overflowed {
             let why = "more came during the recovery than can be held or queued";
-            notice(conn, why);
+            let _ = notice(conn, why);
         }
         Conns::mark(dirty, conn);
     }

@@ -175,3 +175,134 @@ fn admin_connections_beyond_the_cap_get_503_and_the_rest_keep_working() {
     }
     server.stop().unwrap();
 }
+
+// Send queues.
+
+/// Resident bytes of process `pid`.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Kills the server when the test ends, passing or not.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An upgraded connection that reads (almost) nothing: its receive buffer is as small as
+/// the kernel allows, and the test never reads it.
+fn deaf_peer(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(common::upgrade_request(path).as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    stream
+}
+
+#[test]
+fn a_ping_flood_that_never_reads_holds_a_bounded_queue() {
+    const PEERS: usize = 8;
+    const PINGS: usize = 1_500_000;
+    // One worker with a small receive pool, so what the pool may take (4 MiB) is small
+    // beside what the queues took before entries were charged their cost (about 35 MiB
+    // for each peer: a 2-byte pong per slot of a 1 MiB cap of bytes).
+    let (child, ws, admin_addr) =
+        common::spawn_server(&["serve", "--workers", "1", "--recv-buffers", "64"]);
+    let child = Child(child);
+    let pid = child.0.id();
+    let mut peers: Vec<TcpStream> = (0..PEERS).map(|_| deaf_peer(ws, "/ws")).collect();
+    let baseline = rss(pid);
+    let pings: Vec<u8> = common::frame(true, 0, 0x9, b"").repeat(100_000);
+    for peer in &peers {
+        peer.set_nonblocking(true).unwrap();
+    }
+    let mut sent = vec![0usize; PEERS];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent.iter().any(|&n| n < PINGS * 6) && Instant::now() < deadline {
+        for (peer, sent) in peers.iter_mut().zip(&mut sent) {
+            if *sent < PINGS * 6 {
+                // Resume where the last partial write ended: frames stay whole.
+                match peer.write(&pings[*sent % pings.len()..]) {
+                    Ok(n) => *sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("write failed: {e}"),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Everything sent has been read: the server answered (or coalesced) every ping.
+    let page_received = |page: &str| common::sample(page, "stratus_messages_received_total");
+    let settle = Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        let (_, page) = admin(
+            admin_addr,
+            "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        if page_received(&page) as usize >= PEERS * PINGS || Instant::now() > settle {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let grown = rss(pid).saturating_sub(baseline);
+    let queued = common::sample(&page, "stratus_send_queue_bytes");
+    assert!(
+        page_received(&page) as usize >= PEERS * PINGS,
+        "the server read every ping ({} of {})",
+        page_received(&page),
+        PEERS * PINGS
+    );
+    // A few pongs wait per peer (the newest ones answering the latest pings).
+    assert!(queued < (PEERS * 64 * 1024) as u64, "{queued} bytes queued");
+    // The pool (4 MiB) and the allocator's slack; nothing per ping.
+    assert!(grown < 32 << 20, "RSS grew by {} MiB", grown >> 20);
+}
+
+#[test]
+fn echo_replies_past_the_cap_make_the_client_wait_and_none_is_lost() {
+    let server = common::start_with(|c| c.max_send_queue = 16 << 10);
+    let mut peer = common::Peer::open(server.local_addr());
+    // 2,000 x 1 KiB asked for without reading: far past the cap and the kernel's
+    // buffers. The server stops taking input at its cap instead of queueing the replies.
+    let writer = peer.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut writer = writer;
+        for i in 0..2000u32 {
+            let text = format!("{i:04}{}", "e".repeat(1020));
+            writer
+                .write_all(&common::frame(true, 0, 0x1, text.as_bytes()))
+                .unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..2000u32 {
+        match peer.recv() {
+            Some(stratus_proto::Message::Text(t)) => {
+                assert_eq!(&t[..4], format!("{i:04}").as_bytes(), "in order, none lost");
+            }
+            other => panic!("echo {i}: {other:?}"),
+        }
+    }
+    sender.join().unwrap();
+    server.stop().unwrap();
+}

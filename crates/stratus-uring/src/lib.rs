@@ -19,7 +19,7 @@ mod stream;
 mod wake;
 
 pub use ring::{Event, Ring, RingConfig};
-pub use send_queue::SendQueue;
+pub use send_queue::{ENTRY_OVERHEAD, SendQueue};
 pub use stream::Stream;
 pub use wake::Wake;
 

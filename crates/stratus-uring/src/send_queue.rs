@@ -14,12 +14,39 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+/// What one queued entry costs beyond its bytes, charged against the cap with them: its
+/// slot in the queue (a `Bytes` and two flags, 40 bytes) and the allocator's share of the
+/// small allocation a frame made for one connection (a pong, a reply) has of its own.
+/// Without it, a peer that makes the server queue empty frames (pings it never reads the
+/// pongs of) could hold hundreds of thousands of entries under a cap of bytes.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// Pongs that may wait in a queue, each answering its own ping; past them, a new pong
+/// replaces the newest one waiting (RFC 6455 5.5.3 lets an endpoint answer only the most
+/// recent of several pings). A peer that reads gets every pong of a burst of pings (as
+/// Autobahn's case 2.10 checks for ten); one that pings without reading holds a few.
+pub(crate) const MAX_WAITING_PONGS: u8 = 16;
+
+/// One queued piece of a frame.
+struct Entry {
+    bytes: Bytes,
+    /// It starts a frame (a discard may drop it unless it has begun going out).
+    starts_frame: bool,
+    /// It is a whole pong, which a later pong may replace.
+    pong: bool,
+}
+
 /// Outgoing frames of one connection.
 #[derive(Default)]
 pub struct SendQueue {
-    /// Bytes to send, and whether each starts a frame.
-    frames: VecDeque<(Bytes, bool)>,
+    frames: VecDeque<Entry>,
+    /// Bytes queued or in flight.
     bytes: usize,
+    /// Entries queued or in flight (u32: the queue is kept small, see the size test of
+    /// the server's connection).
+    entries: u32,
+    /// Pongs queued and not yet taken for sending (at most [`MAX_WAITING_PONGS`]).
+    waiting_pongs: u8,
 }
 
 impl SendQueue {
@@ -30,13 +57,41 @@ impl SendQueue {
 
     /// Queues part of a frame: its start, or what continues the part queued before.
     pub fn push_part(&mut self, part: Bytes, starts_frame: bool) {
-        self.bytes += part.len();
-        self.frames.push_back((part, starts_frame));
+        self.push_entry(Entry {
+            bytes: part,
+            starts_frame,
+            pong: false,
+        });
     }
 
-    /// Bytes queued or in flight.
+    /// Queues a pong; past [`MAX_WAITING_PONGS`] waiting, it replaces the newest one
+    /// still at the back of the queue.
+    pub fn push_pong(&mut self, pong: Bytes) {
+        if self.waiting_pongs >= MAX_WAITING_PONGS
+            && let Some(last) = self.frames.back_mut().filter(|e| e.pong)
+        {
+            self.bytes = self.bytes - last.bytes.len() + pong.len();
+            last.bytes = pong;
+            return;
+        }
+        self.waiting_pongs += 1;
+        self.push_entry(Entry {
+            bytes: pong,
+            starts_frame: true,
+            pong: true,
+        });
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        self.bytes += entry.bytes.len();
+        self.entries += 1;
+        self.frames.push_back(entry);
+    }
+
+    /// What the frames queued or in flight cost: their bytes, plus [`ENTRY_OVERHEAD`]
+    /// for each (what the cap, read backpressure and `/metrics` count).
     pub fn queued_bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.entries as usize * ENTRY_OVERHEAD
     }
 
     /// Whether frames wait to be sent.
@@ -47,15 +102,21 @@ impl SendQueue {
     /// Drops the frames not yet begun (the connection is being closed as a slow
     /// consumer: its Close must go next); the rest of a frame already begun stays.
     pub fn discard_pending(&mut self) {
-        let begun = self.frames.iter().take_while(|(_, starts)| !starts).count();
-        let pending: usize = self.frames.drain(begun..).map(|(b, _)| b.len()).sum();
-        self.bytes -= pending;
+        let begun = self.frames.iter().take_while(|e| !e.starts_frame).count();
+        for entry in self.frames.drain(begun..) {
+            self.bytes -= entry.bytes.len();
+            self.entries -= 1;
+            self.waiting_pongs -= u8::from(entry.pong);
+        }
     }
 
     /// Moves up to `max` frames, oldest first, into `batch`.
     pub fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
         let n = self.frames.len().min(max);
-        batch.extend(self.frames.drain(..n).map(|(b, _)| b));
+        for entry in self.frames.drain(..n) {
+            self.waiting_pongs -= u8::from(entry.pong);
+            batch.push(entry.bytes);
+        }
     }
 
     /// Records that the first `written` bytes of `batch` reached the socket and puts the
@@ -70,12 +131,17 @@ impl SendQueue {
                 break;
             }
             written -= frame.len();
+            self.entries -= 1;
         }
         unsent.extend(frames);
         // Put back as begun (kept by a discard): the first may be the rest of a frame,
         // and any may be the first half of one.
         for frame in unsent.into_iter().rev() {
-            self.frames.push_front((frame, false));
+            self.frames.push_front(Entry {
+                bytes: frame,
+                starts_frame: false,
+                pong: false,
+            });
         }
         // A drained queue gives its memory back: most connections are idle most of the
         // time, and an idle one should hold nothing.
@@ -102,11 +168,15 @@ mod tests {
         let mut q = queue(&[b"abc", b"defg", b"hi"]);
         let mut batch = Vec::new();
         q.take_batch(&mut batch, 8);
-        assert_eq!(q.queued_bytes(), 9, "bytes in flight still count");
+        assert_eq!(
+            q.queued_bytes(),
+            9 + 3 * ENTRY_OVERHEAD,
+            "frames in flight still count"
+        );
         q.push(Bytes::from_static(b"jk"));
         q.sent(&mut batch, 5);
         assert!(batch.is_empty());
-        assert_eq!(q.queued_bytes(), 6);
+        assert_eq!(q.queued_bytes(), 6 + 3 * ENTRY_OVERHEAD, "abc went out");
         let mut rest = Vec::new();
         q.take_batch(&mut rest, 8);
         assert_eq!(rest, [&b"fg"[..], b"hi", b"jk"]);
@@ -121,7 +191,7 @@ mod tests {
         q.take_batch(&mut batch, 1);
         // The header went out; the payload of its frame must follow it.
         q.discard_pending();
-        assert_eq!(q.queued_bytes(), 4 + 7);
+        assert_eq!(q.queued_bytes(), 4 + 7 + 2 * ENTRY_OVERHEAD);
         q.sent(&mut batch, 2);
         q.push(Bytes::from_static(b"close"));
         q.discard_pending();
@@ -140,9 +210,62 @@ mod tests {
         let mut batch = Vec::new();
         q.take_batch(&mut batch, 1);
         q.discard_pending();
-        assert_eq!(q.queued_bytes(), 3);
+        assert_eq!(q.queued_bytes(), 3 + ENTRY_OVERHEAD);
         assert!(!q.has_pending());
         q.sent(&mut batch, 3);
         assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn empty_frames_are_charged_their_overhead() {
+        let mut q = SendQueue::default();
+        let mut pushed = 0;
+        while q.queued_bytes() < 1 << 20 {
+            q.push(Bytes::from_static(b"\x8a\x00"));
+            pushed += 1;
+        }
+        assert_eq!(pushed, (1 << 20) / (2 + ENTRY_OVERHEAD) + 1);
+        assert!(pushed < 20_000, "a 1 MiB cap holds {pushed} empty frames");
+    }
+
+    #[test]
+    fn past_the_waiting_pongs_a_pong_replaces_the_newest() {
+        let mut q = SendQueue::default();
+        let pong = |i: usize| Bytes::from(format!("p{i}"));
+        let max = usize::from(MAX_WAITING_PONGS);
+        for i in 0..max + 100 {
+            q.push_pong(pong(i));
+        }
+        let mut batch = Vec::new();
+        q.take_batch(&mut batch, 1000);
+        assert_eq!(
+            batch.len(),
+            max,
+            "a burst answered one by one, then one"
+        );
+        assert_eq!(
+            batch[..max - 1],
+            (0..max - 1).map(pong).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(
+            batch[max - 1],
+            pong(max + 99),
+            "the latest"
+        );
+        // Taken for sending, they no longer count: the next burst is answered again.
+        q.push_pong(pong(1));
+        q.push(Bytes::from_static(b"data"));
+        for i in 2..max + 5 {
+            q.push_pong(pong(i));
+        }
+        let mut rest = Vec::new();
+        q.take_batch(&mut rest, 1000);
+        assert_eq!(rest.len(), max + 1, "{rest:?}");
+        assert_eq!(
+            rest[1],
+            Bytes::from_static(b"data"),
+            "a data frame is never replaced"
+        );
+        assert_eq!(rest[max], pong(max + 4));
     }
 }

@@ -108,6 +108,17 @@ pub(crate) struct Settings {
     /// sleeps (0: sleep at once) [0].
     #[arg(long, env = "STRATUS_BUSY_POLL_US")]
     busy_poll_us: Option<u64>,
+    /// Submission queue entries of each worker's io_uring (the completion queue gets four
+    /// times as many) [4096].
+    #[arg(long, env = "STRATUS_RING_ENTRIES")]
+    ring_entries: Option<u32>,
+    /// Most receive buffers in each worker's pool, a power of two up to 32768 (the pool
+    /// grows to it under bursts of input) [1024].
+    #[arg(long, env = "STRATUS_RECV_BUFFERS")]
+    recv_buffers: Option<u16>,
+    /// Bytes per receive buffer [65536].
+    #[arg(long, env = "STRATUS_RECV_BUFFER_SIZE")]
+    recv_buffer_size: Option<usize>,
     /// permessage-deflate: off, shared (no context takeover, compress a broadcast once)
     /// or dedicated (context takeover per connection) [shared].
     #[arg(long, value_enum, env = "STRATUS_DEFLATE")]
@@ -231,6 +242,9 @@ impl Settings {
             pong_timeout,
             drain_timeout,
             busy_poll_us,
+            ring_entries,
+            recv_buffers,
+            recv_buffer_size,
             log_level,
             log_format,
             deflate,
@@ -291,6 +305,9 @@ impl Settings {
             pong_timeout: Some(config.pong_timeout.as_secs_f64()),
             drain_timeout: Some(config.drain_timeout.as_secs_f64()),
             busy_poll_us: Some(config.busy_poll.as_micros() as u64),
+            ring_entries: Some(config.ring.entries),
+            recv_buffers: Some(config.ring.recv_buffers),
+            recv_buffer_size: Some(config.ring.recv_buffer_size),
             deflate: Some(match config.deflate {
                 None => DeflateArg::Off,
                 Some(d) if d.mode == Mode::Shared => DeflateArg::Shared,
@@ -392,6 +409,11 @@ impl Settings {
             busy_poll: self
                 .busy_poll_us
                 .map_or(base.busy_poll, Duration::from_micros),
+            ring: stratus_uring::RingConfig {
+                entries: self.ring_entries.unwrap_or(base.ring.entries),
+                recv_buffers: self.recv_buffers.unwrap_or(base.ring.recv_buffers),
+                recv_buffer_size: self.recv_buffer_size.unwrap_or(base.ring.recv_buffer_size),
+            },
             deflate,
             tls: pair(self.tls_cert, self.tls_key, "tls")?.or(base.tls),
             admin_tls: pair(self.admin_tls_cert, self.admin_tls_key, "admin-tls")?
