@@ -21,6 +21,7 @@ mod connection;
 mod history;
 mod hub;
 mod metrics;
+mod pending_replies;
 mod server;
 mod status_page;
 mod tls;

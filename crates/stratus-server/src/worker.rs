@@ -35,6 +35,7 @@ use crate::connection::{Conn, Delivered, Phase, queue_transmit};
 use crate::history::{Recovery, Since};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
+use crate::pending_replies::PendingReplies;
 use crate::status_page;
 use crate::tls_conn::TlsConn;
 use crate::topic::{self, TopicTable};
@@ -93,9 +94,11 @@ impl Conns {
     }
 }
 
-/// The worker's topic table and the hub's view of it, kept in step.
+/// The worker's topic table and the hub's view of it, kept in step, with the subscribe
+/// replies waiting for the broker.
 struct Subscriptions<'a> {
     table: &'a mut TopicTable,
+    pending: &'a mut PendingReplies,
     hub: &'a Hub,
     worker: usize,
     max: usize,
@@ -136,7 +139,7 @@ impl Subscriptions<'_> {
     fn unsubscribe(
         &mut self,
         mine: &mut Vec<Arc<str>>,
-        slot: usize,
+        (slot, token): (usize, u64),
         name: &str,
     ) -> Result<(), String> {
         topic::validate(name).map_err(|e| e.to_string())?;
@@ -144,11 +147,13 @@ impl Subscriptions<'_> {
             return Err("not subscribed".into());
         };
         let t = mine.swap_remove(at);
-        self.remove(&t, slot);
+        self.remove(&t, slot, token);
         Ok(())
     }
 
-    fn remove(&mut self, name: &Arc<str>, slot: usize) {
+    /// Takes connection `slot` (`token`) off `name`, and its reply off the waiting ones.
+    fn remove(&mut self, name: &Arc<str>, slot: usize, token: u64) {
+        self.pending.forget(name, token);
         if self.table.unsubscribe(name, slot) {
             self.hub.set_interest(name, self.worker, false);
         }
@@ -168,8 +173,8 @@ pub(crate) struct Worker {
     accepting: bool,
     conns: Conns,
     topics: TopicTable,
-    /// Subscribe commands waiting for the broker's confirmation: connection and topic.
-    awaiting: Vec<(u64, Arc<str>)>,
+    /// Subscribe replies waiting for the broker's confirmation.
+    pending: PendingReplies,
     generation: u64,
     /// The read buffer lent to a connection that has no partial frame of its own.
     scratch: BytesMut,
@@ -205,7 +210,7 @@ impl Worker {
             accepting: false,
             conns: Conns::default(),
             topics: TopicTable::default(),
-            awaiting: Vec::new(),
+            pending: PendingReplies::default(),
             generation: 0,
             scratch: BytesMut::new(),
             spare_batches: Vec::new(),
@@ -443,6 +448,7 @@ impl Worker {
         metrics::add(&counters.opened, 1);
         let mut subs = Subscriptions {
             table: &mut self.topics,
+            pending: &mut self.pending,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -478,7 +484,6 @@ impl Worker {
             io,
             ..
         } = conn;
-        let awaiting = &mut self.awaiting;
         let Phase::Open(session) = phase else {
             buf.clear();
             return;
@@ -486,6 +491,7 @@ impl Worker {
         let counters = &self.hub.workers[self.index];
         let mut subs = Subscriptions {
             table: &mut self.topics,
+            pending: &mut self.pending,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -510,9 +516,7 @@ impl Worker {
                     };
                     if let Some(t) = on_message(config.app, session, message, &mut subs, subscriber)
                     {
-                        // One waiting reply per topic the connection is still subscribed to.
-                        awaiting.retain(|(k, w)| *k != *token || (*w != t && topics.contains(w)));
-                        awaiting.push((*token, t));
+                        subs.pending.wait(t, *token);
                     }
                     // Answer each message before decoding the next: every ping of a burst
                     // gets its pong (up to a few waiting; past them, the latest ping's).
@@ -644,17 +648,15 @@ impl Worker {
     /// Forgets a connection whose operations have all finished, closing its socket.
     fn free(&mut self, slot: usize) {
         let conn = self.conns.slab.remove(slot);
-        if !self.awaiting.is_empty() {
-            self.awaiting.retain(|(token, _)| *token != conn.token);
-        }
         let mut subs = Subscriptions {
             table: &mut self.topics,
+            pending: &mut self.pending,
             hub: &self.hub,
             worker: self.index,
             max: 0,
         };
         for t in &conn.topics {
-            subs.remove(t, slot);
+            subs.remove(t, slot, conn.token);
         }
         if conn.io.counted {
             self.hub
@@ -702,20 +704,15 @@ impl Worker {
         }
         let close_deadline = Instant::now() + self.config.close_timeout;
         let Conns { slab, dirty } = &mut self.conns;
-        self.awaiting.retain(|(token, t)| {
-            if t != topic {
-                return true;
-            }
-            if let Some(conn) = find(slab, *token)
-                && conn.topics.contains(t)
+        for token in self.pending.take(topic) {
+            if let Some(conn) = find(slab, token)
                 && let Some(session) = conn.session()
             {
-                let _ = session.send(&Message::text(commands::ok_reply("subscribe", t)));
+                let _ = session.send(&Message::text(commands::ok_reply("subscribe", topic)));
                 conn.transmit(close_deadline);
                 Conns::mark(dirty, conn);
             }
-            false
-        });
+        }
     }
 
     /// A connection's history is in: sends a gap notice if some is missing, the missed
@@ -993,13 +990,15 @@ fn on_message(
                     Err(e) => commands::error_reply(Some("subscribe"), Some(&t), &e),
                 }
             }
-            Ok(Command::Unsubscribe(t)) => match subs.unsubscribe(conn.topics, conn.slot, &t) {
-                Ok(()) => {
-                    conn.recoveries.retain(|r| *r.topic != *t);
-                    commands::ok_reply("unsubscribe", &t)
+            Ok(Command::Unsubscribe(t)) => {
+                match subs.unsubscribe(conn.topics, (conn.slot, conn.token), &t) {
+                    Ok(()) => {
+                        conn.recoveries.retain(|r| *r.topic != *t);
+                        commands::ok_reply("unsubscribe", &t)
+                    }
+                    Err(e) => commands::error_reply(Some("unsubscribe"), Some(&t), &e),
                 }
-                Err(e) => commands::error_reply(Some("unsubscribe"), Some(&t), &e),
-            },
+            }
             Err(reply) => reply,
         },
         (App::PubSub, Message::Binary(_)) => {

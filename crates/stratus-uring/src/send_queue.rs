@@ -238,20 +238,12 @@ mod tests {
         }
         let mut batch = Vec::new();
         q.take_batch(&mut batch, 1000);
-        assert_eq!(
-            batch.len(),
-            max,
-            "a burst answered one by one, then one"
-        );
+        assert_eq!(batch.len(), max, "a burst answered one by one, then one");
         assert_eq!(
             batch[..max - 1],
             (0..max - 1).map(pong).collect::<Vec<_>>()[..]
         );
-        assert_eq!(
-            batch[max - 1],
-            pong(max + 99),
-            "the latest"
-        );
+        assert_eq!(batch[max - 1], pong(max + 99), "the latest");
         // Taken for sending, they no longer count: the next burst is answered again.
         q.push_pong(pong(1));
         q.push(Bytes::from_static(b"data"));
