@@ -15,7 +15,10 @@ use crate::zlib::Zlib;
 pub enum Mode {
     /// No context takeover in either direction, libdeflate on both: nothing kept per
     /// connection between messages, and a broadcast is compressed once for everyone.
-    /// A client that requires a smaller server window gets a streaming engine.
+    /// A client that requires a smaller server window than the shared frames use is
+    /// answered as it asked, and the server sends it every message uncompressed (see
+    /// [`Negotiated::inflate_only`]): no client can opt itself into a compressor of its
+    /// own.
     Shared,
     /// Context takeover wherever the client allows it (better ratios, state kept per
     /// connection): the streaming engine.
@@ -90,6 +93,30 @@ impl Negotiated {
         announced && bits == 15
     }
 
+    /// The inflater for what the peer sends: libdeflate, statelessly, where the peer
+    /// resets its context after every message; the streaming engine with context
+    /// elsewhere.
+    fn inflater(&self) -> Box<dyn Engine> {
+        if self.peer_resets() {
+            Box::new(Libdeflate)
+        } else {
+            Box::new(Zlib::new(15, false))
+        }
+    }
+
+    /// The connection's compression for a side that sends every message uncompressed
+    /// (RFC 7692 lets any message go without RSV1) and only inflates what it receives.
+    /// A shared-mode server gives this to a connection that cannot take the shared
+    /// frames, instead of a per-connection compressor (about 130 KiB of zlib state for
+    /// the connection's life, and a compression per broadcast per connection).
+    pub fn inflate_only(&self) -> PerMessageDeflate {
+        PerMessageDeflate {
+            outgoing: None,
+            incoming: self.inflater(),
+            threshold: usize::MAX,
+        }
+    }
+
     /// The connection's compression. Outgoing: libdeflate where the peer knows we keep no
     /// context (its inflater resets, so libdeflate's final block is fine) and the full
     /// window is allowed; the streaming engine, sync-flushed, elsewhere; nothing for an
@@ -102,11 +129,7 @@ impl Negotiated {
             15 if announced => Some(Box::new(Libdeflate)),
             bits => Some(Box::new(Zlib::new(bits, resets))),
         };
-        let incoming: Box<dyn Engine> = if self.peer_resets() {
-            Box::new(Libdeflate)
-        } else {
-            Box::new(Zlib::new(15, false))
-        };
+        let incoming = self.inflater();
         PerMessageDeflate {
             outgoing,
             incoming,

@@ -2,6 +2,7 @@
 //! answer it with: the drain, the origin, the token, the endpoint and its topics,
 //! permessage-deflate.
 
+use stratus_deflate::Mode;
 use stratus_proto::Session;
 use stratus_proto::handshake::{HandshakeError, UpgradeRequest, http_error};
 
@@ -94,12 +95,18 @@ pub(crate) fn upgrade(
             "Sec-WebSocket-Extensions: {}\r\n",
             agreed.response()
         ));
-        session.set_compression(Box::new(agreed.compression(deflate.threshold)));
+        // Shared mode: a connection takes the broadcast's one compressed frame, or goes
+        // uncompressed; it never gets a compressor of its own.
         frames = if agreed.shares_frames() {
+            session.set_compression(Box::new(agreed.compression(deflate.threshold)));
             FrameChoice::Shared {
                 threshold: deflate.threshold,
             }
+        } else if deflate.mode == Mode::Shared {
+            session.set_compression(Box::new(agreed.inflate_only()));
+            FrameChoice::Plain
         } else {
+            session.set_compression(Box::new(agreed.compression(deflate.threshold)));
             FrameChoice::PerConnection
         };
     }

@@ -306,3 +306,54 @@ fn echo_replies_past_the_cap_make_the_client_wait_and_none_is_lost() {
     sender.join().unwrap();
     server.stop().unwrap();
 }
+
+// Compression.
+
+#[test]
+fn a_client_asking_for_a_smaller_window_in_shared_mode_gets_no_compressor_of_its_own() {
+    const PEERS: usize = 300;
+    let (child, ws, admin_addr) = common::spawn_server(&["serve", "--workers", "1"]);
+    let child = Child(child);
+    let pid = child.0.id();
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n";
+    let baseline = rss(pid);
+    let mut peers = Vec::new();
+    for _ in 0..PEERS {
+        let mut peer = common::Peer::connect(ws);
+        peer.send(common::upgrade_request_with("/ws?topic=z", offer).as_bytes());
+        let head = peer.read_head();
+        assert!(
+            head.contains("server_max_window_bits=9"),
+            "answered as asked: {head}"
+        );
+        peers.push(peer);
+    }
+    let message = "compressible text ".repeat(200);
+    let post = format!(
+        "POST /publish/z HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{message}",
+        message.len()
+    );
+    assert_eq!(admin(admin_addr, &post).0, 200);
+    for peer in &mut peers {
+        let (rsv, payload) = peer.recv_raw().unwrap();
+        assert_eq!(rsv, 0, "sent uncompressed");
+        assert_eq!(payload, message.as_bytes());
+    }
+    let grown = rss(pid).saturating_sub(baseline);
+    // A private zlib compressor is about 130 KiB: 300 of them would be 38 MiB.
+    assert!(
+        grown < (PEERS as u64) * (16 << 10),
+        "RSS grew by {} KiB for {PEERS} connections",
+        grown >> 10
+    );
+    let (_, page) = admin(
+        admin_addr,
+        "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        common::sample(&page, "stratus_deflate_in_bytes_total"),
+        0,
+        "nothing compressed"
+    );
+}

@@ -80,7 +80,7 @@ fn offers_across_several_headers_are_considered_in_order() {
 }
 
 #[test]
-fn smaller_server_window_gets_a_streaming_engine_in_shared_mode() {
+fn a_smaller_server_window_is_answered_as_asked() {
     let n = server(&["permessage-deflate; server_max_window_bits=9"]).unwrap();
     assert_eq!(
         n.response(),
@@ -89,6 +89,13 @@ fn smaller_server_window_gets_a_streaming_engine_in_shared_mode() {
     );
     assert!(!n.shares_frames());
     assert!(format!("{:?}", n.compression(0)).contains("Zlib { window_bits: 9"));
+    // What a shared-mode server gives it instead: no compressor, a stateless inflater.
+    let inflate_only = format!("{:?}", n.inflate_only());
+    assert!(inflate_only.contains("outgoing: None"), "{inflate_only}");
+    assert!(
+        inflate_only.contains("incoming: Libdeflate"),
+        "{inflate_only}"
+    );
 }
 
 #[test]
