@@ -96,8 +96,9 @@ impl Publisher {
         })
     }
 
-    /// Publishes `body`; the answer's JSON body.
-    fn publish(&mut self, body: &str) -> anyhow::Result<serde_json::Value> {
+    /// Publishes `body`; the answer's JSON body, or `None` when the node refused it as
+    /// overloaded (503).
+    fn publish(&mut self, body: &str) -> anyhow::Result<Option<serde_json::Value>> {
         write!(
             self.writer,
             "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -106,7 +107,8 @@ impl Publisher {
         )?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
-        if !line.starts_with("HTTP/1.1 200") {
+        let refused = line.starts_with("HTTP/1.1 503");
+        if !refused && !line.starts_with("HTTP/1.1 200") {
             bail!("publish answered {}", line.trim());
         }
         let mut length = 0;
@@ -122,7 +124,10 @@ impl Publisher {
         }
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body)?;
-        Ok(serde_json::from_slice(&body)?)
+        if refused {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_slice(&body)?))
     }
 }
 
@@ -132,7 +137,7 @@ impl Publisher {
 fn wait_for_nodes(publisher: &mut Publisher, nodes: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let answer = publisher.publish("{\"probe\":true}")?;
+        let answer = publisher.publish("{\"probe\":true}")?.unwrap_or_default();
         match answer.get("nodes").and_then(serde_json::Value::as_u64) {
             Some(n) if (n as usize) < nodes => {}
             _ => return Ok(()),
@@ -182,12 +187,18 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
             let args = args.clone();
             let admin = admins[i % admins.len()];
             let rate = args.rate / args.publishers.max(1) as f64;
-            std::thread::spawn(move || -> anyhow::Result<u64> {
+            std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
                 let mut publisher = Publisher::connect(admin, &args.topic)?;
                 let started = Instant::now();
-                let mut sent = 0u64;
+                let (mut sent, mut refused) = (0u64, 0u64);
                 while started.elapsed() < duration {
-                    let _ = publisher.publish(&stamped(args.size))?;
+                    if publisher.publish(&stamped(args.size))?.is_none() {
+                        // The node is overloaded: come back shortly (the Retry-After of a
+                        // second is for clients with less at stake than a load test).
+                        refused += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
                     sent += 1;
                     if rate > 0.0 {
                         let due = Duration::from_secs_f64(sent as f64 / rate);
@@ -196,7 +207,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
-                Ok(sent)
+                Ok((sent, refused))
             })
         })
         .collect();
@@ -207,11 +218,13 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     // Let the last messages arrive.
     driver.run(Instant::now() + Duration::from_millis(500), &mut on)?;
     ticker.finish();
-    let mut published = 0;
+    let (mut published, mut refused) = (0, 0);
     for publisher in publishers {
-        published += publisher
+        let (sent, overloaded) = publisher
             .join()
             .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+        published += sent;
+        refused += overloaded;
     }
     driver.close_all(Duration::from_secs(2))?;
     let secs = duration.as_secs_f64();
@@ -221,6 +234,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         json!({"url": args.url, "admin": args.admin, "subscribers": args.subscribers, "size": args.size,
                "rate": args.rate, "publishers": args.publishers, "duration_s": secs, "deflate": args.deflate}),
         json!({"published": published,
+               "refused": refused,
                "deliveries": deliveries,
                "missing": expected.saturating_sub(deliveries),
                "deliveries_per_s": (deliveries as f64 / secs).round(),

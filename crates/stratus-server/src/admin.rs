@@ -40,6 +40,10 @@ const IDLE: Duration = Duration::from_secs(30);
 /// a 408 for a late request, a 503 for a connection over the cap.
 const WRITE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a publish waits for room while the node is overloaded before it is refused
+/// with 503.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(1);
+
 /// What the admin API works on.
 pub(crate) struct Admin {
     pub(crate) hub: Arc<Hub>,
@@ -473,7 +477,11 @@ async fn publish(admin: &Admin, topic: &str, content_type: &str, body: Bytes) ->
     } else {
         Message::Binary(body)
     };
-    let reach = match admin.hub.publish(topic, message) {
+    let reach = match admin
+        .hub
+        .publish_paced(topic, message, PUBLISH_PATIENCE)
+        .await
+    {
         Ok(delivery) => delivery.reach().await,
         Err(e) => Err(e),
     };

@@ -40,6 +40,11 @@ impl Broadcast {
         }
     }
 
+    /// What it holds while it waits for a worker: the message, its frame and itself.
+    pub(crate) fn cost(&self) -> usize {
+        size_of::<Self>() + self.message.payload_len() + self.plain.len()
+    }
+
     /// The framed offset notice for this message on `topic`, if it has an offset.
     pub(crate) fn offset_frame(&self, topic: &str) -> Option<&Bytes> {
         let offset = self.offset?;

@@ -60,10 +60,50 @@ const BINARY: u8 = b'B';
 
 /// A publish on its way to Redis, and where its answer goes: how many nodes Redis passed
 /// it to.
+/// Counted in [`BrokerStats::backlog`] from the moment it is made until it is answered or
+/// dropped (a session lost mid-batch drops its publishes, and their publishers get 503).
 pub(crate) struct Outgoing {
     topic: String,
     payload: Vec<u8>,
-    reply: oneshot::Sender<Result<usize, PublishError>>,
+    reply: Option<oneshot::Sender<Result<usize, PublishError>>>,
+    stats: Arc<BrokerStats>,
+}
+
+impl Outgoing {
+    fn new(
+        topic: String,
+        payload: Vec<u8>,
+        stats: Arc<BrokerStats>,
+    ) -> (Self, oneshot::Receiver<Result<usize, PublishError>>) {
+        let (reply, rx) = oneshot::channel();
+        let outgoing = Self {
+            topic,
+            payload,
+            reply: Some(reply),
+            stats,
+        };
+        let cost = outgoing.cost();
+        outgoing.stats.backlog.fetch_add(cost, Ordering::Relaxed);
+        (outgoing, rx)
+    }
+
+    /// What it holds until answered.
+    fn cost(&self) -> u64 {
+        (size_of::<Self>() + self.topic.len() + self.payload.len()) as u64
+    }
+
+    /// Answers the publisher.
+    fn answer(mut self, result: Result<usize, PublishError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.stats.backlog.fetch_sub(self.cost(), Ordering::Relaxed);
+    }
 }
 
 /// What the hub and the workers ask of the broker thread, in order: a change in the
@@ -95,6 +135,8 @@ pub(crate) struct BrokerStats {
     pub(crate) received: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) topics: AtomicU64,
+    /// Bytes of publishes handed to the broker thread and not yet answered by Redis.
+    pub(crate) backlog: AtomicU64,
 }
 
 /// The hub's side of the broker: where publishes and requests go.
@@ -157,10 +199,13 @@ impl BrokerLink {
     }
 
     /// Sends `message` to Redis for `topic`; the receiver gets how many nodes took it.
+    /// While `max_backlog` bytes of publishes already wait for Redis's answer, the node
+    /// takes no more ([`PublishError::Overloaded`]).
     pub(crate) fn publish(
         &self,
         topic: &str,
         message: &Message,
+        max_backlog: usize,
     ) -> Result<oneshot::Receiver<Result<usize, PublishError>>, PublishError> {
         let (kind, body) = match message {
             Message::Text(b) => (TEXT, b),
@@ -171,15 +216,13 @@ impl BrokerLink {
             metrics::add(&self.stats.publish_errors, 1);
             return Err(PublishError::BrokerUnavailable);
         }
+        if self.stats.backlog.load(Ordering::Relaxed) >= max_backlog as u64 {
+            return Err(PublishError::Overloaded);
+        }
         let mut payload = Vec::with_capacity(1 + body.len());
         payload.push(kind);
         payload.extend_from_slice(body);
-        let (reply, rx) = oneshot::channel();
-        let outgoing = Outgoing {
-            topic: topic.to_owned(),
-            payload,
-            reply,
-        };
+        let (outgoing, rx) = Outgoing::new(topic.to_owned(), payload, self.stats.clone());
         self.publishes
             .send(outgoing)
             .map_err(|_| PublishError::BrokerUnavailable)?;
@@ -427,7 +470,7 @@ impl BrokerTask {
                 () = &mut sleep => return true,
                 Some(outgoing) = self.publishes.recv() => {
                     metrics::add(&self.stats.publish_errors, 1);
-                    let _ = outgoing.reply.send(Err(PublishError::BrokerUnavailable));
+                    outgoing.answer(Err(PublishError::BrokerUnavailable));
                 }
                 change = self.requests.recv() => {
                     if !change.is_some_and(|change| apply(wanted, change, hub)) {
@@ -574,7 +617,7 @@ async fn publish_loop(
                     if reply.is_ok() {
                         metrics::add(&stats.published, 1);
                     }
-                    let _ = p.reply.send(reply);
+                    p.answer(reply);
                 }
                 continue;
             }
@@ -583,7 +626,7 @@ async fn publish_loop(
         };
         metrics::add(&stats.publish_errors, batch.len() as u64);
         for p in batch.drain(..) {
-            let _ = p.reply.send(Err(PublishError::BrokerUnavailable));
+            p.answer(Err(PublishError::BrokerUnavailable));
         }
         return failure;
     }

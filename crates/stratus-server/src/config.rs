@@ -77,6 +77,11 @@ pub struct Config {
     pub auth: Option<Auth>,
     /// Largest message the admin API accepts for publishing.
     pub max_publish: usize,
+    /// Bytes of publishes that may wait for one worker (each counted with its frame) before
+    /// the node refuses publishes with 503 (overloaded): when the node cannot fan out as
+    /// fast as it is published to, publishers are told to come back instead of
+    /// subscribers' queues filling up.
+    pub max_publish_backlog: usize,
     /// Most admin API connections at once; one more gets 503 and is closed.
     pub admin_max_connections: usize,
     /// How long an admin request may take, from its first byte to the end of its
@@ -138,6 +143,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             auth: None,
             max_publish: 1 << 20,
+            max_publish_backlog: 16 << 20,
             admin_max_connections: 64,
             admin_request_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::broadcast::Broadcast;
 use crate::broker::{BrokerLink, BrokerRequest, Recovered};
 use crate::history::Offset;
-use crate::metrics::WorkerStats;
+use crate::metrics::{self, WorkerStats};
 use crate::topic::{self, TopicError};
 
 /// Work sent to a worker.
@@ -43,11 +43,12 @@ pub(crate) enum WorkerMsg {
     Drain,
 }
 
-/// A worker's inbox, its wake-up, and how many publishes wait in it.
+/// A worker's inbox, its wake-up, and what the publishes waiting in it hold.
 pub(crate) struct WorkerLink {
     pub(crate) tx: mpsc::UnboundedSender<WorkerMsg>,
     pub(crate) wake: Arc<Wake>,
-    pub(crate) pending: AtomicUsize,
+    /// Bytes of the publishes waiting in the inbox ([`Broadcast::cost`] each).
+    pub(crate) backlog: AtomicUsize,
 }
 
 impl WorkerLink {
@@ -74,8 +75,9 @@ pub enum PublishError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     Draining,
-    /// A worker has too many publishes waiting: try again later.
-    #[error("too many publishes waiting")]
+    /// The node cannot keep up: publishes it has taken wait for its workers (or its
+    /// broker) beyond the publish backlog limit. Try again later.
+    #[error("the node is overloaded: too many publishes waiting")]
     Overloaded,
     /// The broker (Redis) is unreachable, or lost the connection before confirming the
     /// publish: it may or may not have gone out. Try again later.
@@ -98,6 +100,10 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Admin connections refused for the admin connection cap.
     pub admin_refused: AtomicU64,
+    /// Publishes refused because the node was overloaded (its publish backlog full).
+    pub overloaded: AtomicU64,
+    /// Publishes that waited for room in the node's publish backlog (admin API).
+    pub paced: AtomicU64,
 }
 
 /// A topic with subscribers on this node.
@@ -130,11 +136,13 @@ pub(crate) struct Hub {
     /// The Redis broker, when nodes share topics through one.
     pub(crate) broker: Option<BrokerLink>,
     draining: AtomicBool,
-    max_pending: usize,
+    /// Bytes of publishes that may wait in one worker's inbox before publishing answers
+    /// "overloaded".
+    max_backlog: usize,
 }
 
-/// Publishes waiting in one worker's inbox before publishing answers "overloaded".
-const MAX_PENDING_PUBLISHES: usize = 1 << 16;
+/// How often a paced publish checks for room.
+const PACE_STEP: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The outcome of a publish, once it has been handed on.
 #[derive(Debug)]
@@ -204,7 +212,11 @@ impl Delivery {
 }
 
 impl Hub {
-    pub(crate) fn new(links: Vec<WorkerLink>, broker: Option<BrokerLink>) -> Self {
+    pub(crate) fn new(
+        links: Vec<WorkerLink>,
+        broker: Option<BrokerLink>,
+        max_backlog: usize,
+    ) -> Self {
         Self {
             broker,
             workers: links.iter().map(|_| WorkerStats::default()).collect(),
@@ -214,7 +226,7 @@ impl Hub {
             arrivals: AtomicU64::new(0),
             stats: Stats::default(),
             draining: AtomicBool::new(false),
-            max_pending: MAX_PENDING_PUBLISHES,
+            max_backlog,
         }
     }
 
@@ -336,6 +348,29 @@ impl Hub {
         }
     }
 
+    /// Whether worker `w`'s inbox holds the publish backlog limit or more.
+    fn is_behind(&self, w: usize) -> bool {
+        self.links[w].backlog.load(Ordering::Relaxed) >= self.max_backlog
+    }
+
+    /// Bytes of publishes waiting in the workers' inboxes.
+    pub(crate) fn backlog(&self) -> usize {
+        self.links
+            .iter()
+            .map(|l| l.backlog.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether any worker is behind (see [`Hub::is_behind`]).
+    pub(crate) fn is_overloaded(&self) -> bool {
+        (0..self.links.len()).any(|w| self.is_behind(w))
+    }
+
+    /// Worker `w` has taken a publish of `cost` bytes from its inbox.
+    pub(crate) fn taken(&self, w: usize, cost: usize) {
+        self.links[w].backlog.fetch_sub(cost, Ordering::Relaxed);
+    }
+
     /// Topics with subscribers anywhere.
     pub(crate) fn topic_count(&self) -> usize {
         self.interest().len()
@@ -354,8 +389,53 @@ impl Hub {
     }
 
     /// Publishes `message` to `topic`: through the broker when there is one, else
-    /// straight to this node's workers.
+    /// straight to this node's workers. While the node is overloaded (its publish backlog
+    /// full) it is refused at once with [`PublishError::Overloaded`].
     pub(crate) fn publish(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
+        let delivery = self.offer(topic, message);
+        self.count(&delivery, false);
+        delivery
+    }
+
+    /// As [`Hub::publish`], but while the node is overloaded the publish waits for room,
+    /// up to `patience`, before it is refused: a publisher flat out is paced by what the
+    /// node can fan out.
+    pub(crate) async fn publish_paced(
+        &self,
+        topic: &str,
+        message: Message,
+        patience: std::time::Duration,
+    ) -> Result<Delivery, PublishError> {
+        let until = tokio::time::Instant::now() + patience;
+        let mut paced = false;
+        loop {
+            match self.offer(topic, message.clone()) {
+                Err(PublishError::Overloaded) if tokio::time::Instant::now() < until => {
+                    paced = true;
+                    tokio::time::sleep(PACE_STEP).await;
+                }
+                delivery => {
+                    self.count(&delivery, paced);
+                    return delivery;
+                }
+            }
+        }
+    }
+
+    /// Counts a publish's outcome (and whether it waited for room).
+    fn count(&self, delivery: &Result<Delivery, PublishError>, paced: bool) {
+        match delivery {
+            Ok(_) => metrics::add(&self.stats.published, 1),
+            Err(PublishError::Overloaded) => metrics::add(&self.stats.overloaded, 1),
+            Err(_) => {}
+        }
+        if paced {
+            metrics::add(&self.stats.paced, 1);
+        }
+    }
+
+    /// Hands a publish on, or says why not.
+    fn offer(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
         topic::validate(topic)?;
         if !message.is_data() {
             return Err(PublishError::NotData);
@@ -364,16 +444,14 @@ impl Hub {
             return Err(PublishError::Draining);
         }
         match &self.broker {
-            Some(broker) => {
-                let rx = broker.publish(topic, &message)?;
-                self.stats.published.fetch_add(1, Ordering::Relaxed);
-                Ok(Delivery(Pending::Broker(rx)))
-            }
-            None => {
-                let delivery = self.fan_out(topic, message, None)?;
-                self.stats.published.fetch_add(1, Ordering::Relaxed);
-                Ok(delivery)
-            }
+            // Every publish from Redis reaches this node's workers through one stream:
+            // while any of them is behind, the node takes no more (the publisher waits or
+            // is told to come back, and no prompt subscriber is closed).
+            Some(_) if self.is_overloaded() => Err(PublishError::Overloaded),
+            Some(broker) => broker
+                .publish(topic, &message, self.max_backlog)
+                .map(|rx| Delivery(Pending::Broker(rx))),
+            None => self.fan_out(topic, message, None),
         }
     }
 
@@ -390,19 +468,17 @@ impl Hub {
         }
         let mask = self.interest().get(topic).map_or(0, |s| s.workers);
         let workers = (0..self.links.len()).filter(|w| mask & (1 << w) != 0);
-        if workers
-            .clone()
-            .any(|w| self.links[w].pending.load(Ordering::Relaxed) >= self.max_pending)
-        {
+        if workers.clone().any(|w| self.is_behind(w)) {
             return Err(PublishError::Overloaded);
         }
         let topic: Arc<str> = Arc::from(topic);
         let broadcast = Arc::new(Broadcast::new(message, offset));
+        let cost = broadcast.cost();
         let mut acks = Vec::new();
         for w in workers {
             let (ack, rx) = oneshot::channel();
             let link = &self.links[w];
-            link.pending.fetch_add(1, Ordering::Relaxed);
+            link.backlog.fetch_add(cost, Ordering::Relaxed);
             let msg = WorkerMsg::Publish {
                 topic: topic.clone(),
                 broadcast: broadcast.clone(),
@@ -411,9 +487,57 @@ impl Hub {
             if link.send(msg) {
                 acks.push(rx);
             } else {
-                link.pending.fetch_sub(1, Ordering::Relaxed);
+                link.backlog.fetch_sub(cost, Ordering::Relaxed);
             }
         }
         Ok(Delivery(Pending::Local(acks)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub over `workers` inboxes that nobody reads, and those inboxes.
+    fn hub(workers: usize, max_backlog: usize) -> (Hub, Vec<mpsc::UnboundedReceiver<WorkerMsg>>) {
+        let (links, inboxes) = (0..workers)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let wake = Arc::new(Wake::new().expect("eventfd"));
+                let backlog = AtomicUsize::new(0);
+                (WorkerLink { tx, wake, backlog }, rx)
+            })
+            .unzip();
+        (Hub::new(links, None, max_backlog), inboxes)
+    }
+
+    #[test]
+    fn the_publish_backlog_counts_bytes_and_refuses_past_its_limit() {
+        let (hub, mut inboxes) = hub(1, 8 << 20);
+        let topic: Arc<str> = Arc::from("t");
+        hub.set_interest(&topic, 0, true);
+        let big = Message::Binary(bytes::Bytes::from(vec![0u8; 1 << 20]));
+        let mut accepted = 0;
+        while hub.publish("t", big.clone()).is_ok() {
+            accepted += 1;
+            assert!(accepted < 100, "never refused");
+        }
+        // Each waiting publish holds its payload and its frame: 2 MiB, so four fit.
+        assert_eq!(accepted, 4);
+        assert_eq!(
+            hub.publish("t", big.clone()).err(),
+            Some(PublishError::Overloaded)
+        );
+        assert_eq!(hub.stats.overloaded.load(Ordering::Relaxed), 2);
+        assert!(hub.backlog() >= 8 << 20);
+        // The worker takes one: there is room again.
+        let Ok(WorkerMsg::Publish { broadcast, .. }) = inboxes[0].try_recv() else {
+            panic!("a publish waits");
+        };
+        hub.taken(0, broadcast.cost());
+        assert!(hub.publish("t", big).is_ok());
+        // A topic whose workers are not behind is not held back by one that is.
+        let small = hub.publish("elsewhere", Message::text("x"));
+        assert!(small.is_ok(), "no subscribers, nothing waits: {small:?}");
     }
 }

@@ -104,13 +104,14 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 fn broker_metrics(out: &mut String, stats: &BrokerStats) {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     #[rustfmt::skip]
-    let rows: [(&str, &str, &str, u64); 7] = [
+    let rows: [(&str, &str, &str, u64); 8] = [
         ("stratus_broker_up", "gauge", "1 while connected to the Redis broker (publishing answers 503 otherwise).", u64::from(stats.up.load(Ordering::Relaxed))),
         ("stratus_broker_disconnects_total", "counter", "Connections to the broker lost.", load(&stats.disconnects)),
         ("stratus_broker_topics", "gauge", "Topics this node is subscribed to in the broker.", load(&stats.topics)),
         ("stratus_broker_published_total", "counter", "Publishes the broker confirmed.", load(&stats.published)),
         ("stratus_broker_publish_errors_total", "counter", "Publishes refused (503) because the broker was unreachable or did not confirm.", load(&stats.publish_errors)),
         ("stratus_broker_received_total", "counter", "Messages received from the broker and fanned out here.", load(&stats.received)),
+        ("stratus_broker_publish_backlog_bytes", "gauge", "Bytes of publishes sent to the broker and not yet answered.", load(&stats.backlog)),
         ("stratus_broker_rejected_total", "counter", "Messages from the broker that were not Stratus messages (ignored).", load(&stats.rejected)),
     ];
     for (name, kind, help, value) in rows {
@@ -131,7 +132,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 16] = [
+    let single: [(&str, &str, &str, u64); 19] = [
         ("stratus_connections", "gauge", "Open WebSocket connections.", load(&stats.connections)),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
@@ -147,6 +148,9 @@ pub(crate) fn render(hub: &Hub) -> String {
         ("stratus_send_queue_bytes", "gauge", "Bytes waiting in send queues (as of each worker's last sweep, at most a second old).", sum(|w| &w.queued_bytes)),
         ("stratus_deflate_in_bytes_total", "counter", "Payload bytes of outgoing messages compressed (a shared broadcast counts once).", sum(|w| &w.deflate_in)),
         ("stratus_deflate_out_bytes_total", "counter", "Frame bytes those compressions made.", sum(|w| &w.deflate_out)),
+        ("stratus_publish_backlog_bytes", "gauge", "Bytes of publishes waiting for the workers to fan them out.", hub.backlog() as u64),
+        ("stratus_publishes_overloaded_total", "counter", "Publishes refused with 503 because the node's publish backlog was full (--max-publish-backlog).", load(&stats.overloaded)),
+        ("stratus_publishes_paced_total", "counter", "Admin API publishes that waited for room in the node's publish backlog.", load(&stats.paced)),
         ("stratus_admin_refused_total", "counter", "Admin API connections refused (503) for the admin connection cap.", load(&stats.admin_refused)),
     ];
     for (name, kind, help, value) in single {

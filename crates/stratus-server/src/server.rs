@@ -71,7 +71,7 @@ impl Server {
                 let link = WorkerLink {
                     tx,
                     wake: wake.clone(),
-                    pending: AtomicUsize::new(0),
+                    backlog: AtomicUsize::new(0),
                 };
                 Ok((link, (rx, wake)))
             })
@@ -86,7 +86,7 @@ impl Server {
             }
             None => (None, None),
         };
-        let hub = Arc::new(Hub::new(links, broker));
+        let hub = Arc::new(Hub::new(links, broker, config.max_publish_backlog));
         let broker = broker_task
             .map(|task| {
                 let runtime = tokio::runtime::Builder::new_current_thread()

@@ -48,6 +48,8 @@ const MAX_IOV: usize = 512;
 const PARTIAL_RESERVE: usize = 64 << 10;
 /// Sends submitted at a time when a turn has many.
 const SETTLE_CHUNK: usize = 1024;
+/// Most publishes a worker fans out in one turn before it sends (see `read_inbox`).
+const MAX_PUBLISHES_PER_TURN: usize = 256;
 /// Emptied send batches kept for reuse.
 const SPARE_BATCHES: usize = 256;
 /// The listener's token (no connection slot reaches it).
@@ -175,6 +177,8 @@ pub(crate) struct Worker {
     topics: TopicTable,
     /// Subscribe replies waiting for the broker's confirmation.
     pending: PendingReplies,
+    /// The inbox holds more than the last turn took: read it again without waiting.
+    inbox_waiting: bool,
     generation: u64,
     /// The read buffer lent to a connection that has no partial frame of its own.
     scratch: BytesMut,
@@ -211,6 +215,7 @@ impl Worker {
             conns: Conns::default(),
             topics: TopicTable::default(),
             pending: PendingReplies::default(),
+            inbox_waiting: false,
             generation: 0,
             scratch: BytesMut::new(),
             spare_batches: Vec::new(),
@@ -229,7 +234,8 @@ impl Worker {
         let mut last_busy = Instant::now();
         loop {
             let now = Instant::now();
-            let wait = if now - last_busy < self.config.busy_poll || !self.conns.dirty.is_empty() {
+            let pending_work = !self.conns.dirty.is_empty() || self.inbox_waiting;
+            let wait = if now - last_busy < self.config.busy_poll || pending_work {
                 Duration::ZERO
             } else {
                 next_sweep.saturating_duration_since(now)
@@ -255,6 +261,9 @@ impl Worker {
             if now >= next_sweep {
                 self.sweep(now);
                 next_sweep = now + period;
+            }
+            if self.inbox_waiting {
+                self.read_inbox();
             }
             self.settle()?;
             if self.finished(now) {
@@ -669,8 +678,16 @@ impl Worker {
         }
     }
 
-    /// Publishes to fan out, and the drain order.
+    /// Publishes to fan out, and the drain order. Takes at most a turn's worth of
+    /// publishes ([`MAX_PUBLISHES_PER_TURN`], or a quarter of the send-queue cap in bytes);
+    /// the rest stay in the inbox for the next turn, after this one's sends. So a worker
+    /// that cannot keep up lets publishes pile up in its inbox, where they count against
+    /// the publish backlog (and publishers are refused), never in its subscribers' queues,
+    /// where a prompt reader would be closed as a slow consumer.
     fn read_inbox(&mut self) {
+        let budget = self.config.max_send_queue / 4;
+        let (mut taken, mut bytes) = (0, 0);
+        self.inbox_waiting = false;
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
                 WorkerMsg::Publish {
@@ -678,10 +695,14 @@ impl Worker {
                     broadcast,
                     ack,
                 } => {
-                    self.hub.links[self.index]
-                        .pending
-                        .fetch_sub(1, Ordering::Relaxed);
+                    self.hub.taken(self.index, broadcast.cost());
                     let _ = ack.send(self.fanout(&topic, &broadcast));
+                    taken += 1;
+                    bytes += broadcast.plain.len();
+                    if taken >= MAX_PUBLISHES_PER_TURN || bytes >= budget {
+                        self.inbox_waiting = true;
+                        return;
+                    }
                 }
                 WorkerMsg::Confirmed(topic) => self.confirmed(&topic),
                 WorkerMsg::History {

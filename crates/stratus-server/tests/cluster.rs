@@ -670,3 +670,110 @@ fn sigterm_on_a_node_with_a_broker_exits_0() {
     let status = common::wait_exit(&mut node.child, Duration::from_secs(10));
     assert!(status.success(), "{status}");
 }
+
+/// A keep-alive admin connection that publishes `text` to `topic`; the status.
+fn publish_keep_alive(stream: &mut std::net::TcpStream, topic: &str, text: &str) -> u16 {
+    use std::io::{BufRead, Read, Write};
+    let request = format!(
+        "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(&*stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    assert!(reader.buffer().is_empty(), "one response per request");
+    status_line[9..12].parse().unwrap()
+}
+
+#[test]
+fn a_publisher_flat_out_through_redis_is_refused_while_prompt_subscribers_get_everything() {
+    const PUBLISHERS: usize = 6;
+    const SUBSCRIBERS: usize = 200;
+    let redis = Redis::start();
+    // A small backlog, so the node's limit is reached within the run.
+    let node = Node::start_with(&redis, &["--max-publish-backlog", "65536"]);
+    let mut peers: Vec<Peer> = (0..SUBSCRIBERS).map(|_| node.subscriber("flat")).collect();
+    node.wait_topics(1);
+    let pad = "x".repeat(200);
+    // Each publisher publishes as fast as answers come for two seconds, and keeps the
+    // sequence numbers that were accepted; then an end marker, retried until accepted.
+    let accepted: Vec<(Vec<usize>, usize)> = std::thread::scope(|scope| {
+        let publishers: Vec<_> = (0..PUBLISHERS)
+            .map(|p| {
+                let (admin_addr, pad) = (node.admin, &pad);
+                scope.spawn(move || {
+                    let mut stream = std::net::TcpStream::connect(admin_addr).unwrap();
+                    let (mut accepted, mut refused) = (Vec::new(), 0);
+                    let until = Instant::now() + Duration::from_secs(2);
+                    let mut seq = 0;
+                    while Instant::now() < until {
+                        match publish_keep_alive(&mut stream, "flat", &format!("{p}:{seq}:{pad}")) {
+                            200 => accepted.push(seq),
+                            503 => refused += 1,
+                            other => panic!("publish answered {other}"),
+                        }
+                        seq += 1;
+                    }
+                    while publish_keep_alive(&mut stream, "flat", &format!("{p}:end")) != 200 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    (accepted, refused)
+                })
+            })
+            .collect();
+        publishers.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    // Every subscriber gets exactly the accepted messages, each publisher's in order.
+    std::thread::scope(|scope| {
+        for peer in &mut peers {
+            let accepted = &accepted;
+            scope.spawn(move || {
+                let mut got: Vec<Vec<usize>> = vec![Vec::new(); PUBLISHERS];
+                let mut ended = 0;
+                while ended < PUBLISHERS {
+                    let Some(Message::Text(text)) = peer.recv() else {
+                        panic!("a prompt subscriber lost its connection");
+                    };
+                    let text = std::str::from_utf8(&text).unwrap();
+                    let mut parts = text.split(':');
+                    let p: usize = parts.next().unwrap().parse().unwrap();
+                    match parts.next().unwrap() {
+                        "end" => ended += 1,
+                        seq => got[p].push(seq.parse().unwrap()),
+                    }
+                }
+                for (p, (sent, _)) in accepted.iter().enumerate() {
+                    assert_eq!(
+                        &got[p], sent,
+                        "publisher {p}: every accepted message, in order"
+                    );
+                }
+            });
+        }
+    });
+    let refused: usize = accepted.iter().map(|(_, r)| r).sum();
+    assert_eq!(node.metric("stratus_slow_consumer_closes_total"), 0);
+    assert_eq!(
+        node.metric("stratus_publishes_overloaded_total"),
+        refused as u64
+    );
+    eprintln!(
+        "accepted {}, refused {refused}",
+        accepted.iter().map(|(a, _)| a.len()).sum::<usize>()
+    );
+}

@@ -79,6 +79,10 @@ pub(crate) struct Settings {
     /// Largest message the admin API publishes, in bytes [1048576].
     #[arg(long, env = "STRATUS_MAX_PUBLISH")]
     max_publish: Option<usize>,
+    /// Bytes of publishes that may wait for one worker before publishing answers 503
+    /// (the node is overloaded) [16777216].
+    #[arg(long, env = "STRATUS_MAX_PUBLISH_BACKLOG")]
+    max_publish_backlog: Option<usize>,
     /// Most admin API connections at once; one more gets 503 [64].
     #[arg(long, env = "STRATUS_ADMIN_MAX_CONNECTIONS")]
     admin_max_connections: Option<usize>,
@@ -233,6 +237,7 @@ impl Settings {
             auth_audience,
             max_send_queue,
             max_publish,
+            max_publish_backlog,
             admin_max_connections,
             admin_request_timeout,
             slow_consumer,
@@ -293,6 +298,7 @@ impl Settings {
             auth_audience: self.auth_audience.clone(),
             max_send_queue: Some(config.max_send_queue),
             max_publish: Some(config.max_publish),
+            max_publish_backlog: Some(config.max_publish_backlog),
             admin_max_connections: Some(config.admin_max_connections),
             admin_request_timeout: Some(config.admin_request_timeout.as_secs_f64()),
             slow_consumer: Some(match config.slow_consumer {
@@ -384,6 +390,7 @@ impl Settings {
             auth: auth.or(base.auth),
             max_send_queue: self.max_send_queue.unwrap_or(base.max_send_queue),
             max_publish: self.max_publish.unwrap_or(base.max_publish),
+            max_publish_backlog: self.max_publish_backlog.unwrap_or(base.max_publish_backlog),
             admin_max_connections: self
                 .admin_max_connections
                 .unwrap_or(base.admin_max_connections),
