@@ -21,20 +21,22 @@
 //! Messages published elsewhere during the outage are not replayed: the node's
 //! subscribers of each topic get a gap notice instead (see `commands`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use stratus_proto::Message;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::commands;
-use crate::history::{self, Offset};
+use crate::history::{self, HistoryDest, Offset};
 use crate::hub::{Hub, PublishError, WorkerMsg};
 use crate::metrics;
 
@@ -46,6 +48,14 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long Redis has to answer a publish batch or a ping before the node calls it lost.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a history read may take; past it, its reader gets a gap notice.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+/// History reads in flight at once on a node; more wait in line.
+const MAX_FETCHES: usize = 16;
+/// History reads that may wait in line; past them, a resume gets a gap notice at once.
+const MAX_QUEUED_FETCHES: usize = 1024;
+/// Entries a recovery reads beyond `--history`, for what `MAXLEN ~` keeps beyond it.
+const HISTORY_SLACK: usize = 1000;
 /// How often the pub/sub connection is pinged, to notice a Redis that stopped answering.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Most publishes sent in one pipeline.
@@ -113,16 +123,28 @@ pub(crate) enum BrokerRequest {
     /// (handed back to [`Hub::confirm`]).
     Add(Arc<str>, u64),
     Remove(Arc<str>),
-    /// A connection's missed messages on `topic` after `after`, for worker `worker`
-    /// (asked for after the subscription, so nothing falls between history and live).
+    /// A page of a connection's missed messages on `topic` (asked for after the
+    /// subscription, so nothing falls between history and live).
     History {
         topic: Arc<str>,
-        after: Offset,
-        worker: usize,
-        token: u64,
+        read: HistoryRead,
     },
     /// The server has stopped: end the thread.
     Stop,
+}
+
+/// A read of one page of a connection's missed messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistoryRead {
+    /// The page starts after this offset.
+    pub(crate) after: Offset,
+    /// Where the page goes.
+    pub(crate) to: HistoryDest,
+    /// Bytes of messages the page may hold: what the connection's send queue has room
+    /// for (at least one message comes, so the replay always moves on).
+    pub(crate) budget: usize,
+    /// Entries of the history this recovery has already been sent.
+    pub(crate) fetched: usize,
 }
 
 /// The broker's counters and state, for readiness and `/metrics`.
@@ -137,6 +159,10 @@ pub(crate) struct BrokerStats {
     pub(crate) topics: AtomicU64,
     /// Bytes of publishes handed to the broker thread and not yet answered by Redis.
     pub(crate) backlog: AtomicU64,
+    /// History reads answered with a gap because too many were in line.
+    pub(crate) history_refused: AtomicU64,
+    /// History reads that failed or timed out (each answered with a gap).
+    pub(crate) history_errors: AtomicU64,
 }
 
 /// The hub's side of the broker: where publishes and requests go.
@@ -263,45 +289,55 @@ fn message(kind: u8, body: &[u8]) -> Option<Message> {
 /// A stream entry as Redis sends it: the id, and the fields and values (`m`, payload).
 type RawEntry = (String, Vec<Vec<u8>>);
 
-/// What a history fetch found for a connection.
+/// A page of what a connection missed.
 pub(crate) struct Recovered {
     /// The missed messages, oldest first.
     pub(crate) entries: Vec<(Offset, Message)>,
     /// Why some may be missing (`None`: the history reached back).
     pub(crate) gap: Option<&'static str>,
-    /// Live messages up to this offset are in `entries` or came before the client's
-    /// offset: the client's offset, or the newest in the history if that is older.
+    /// Live messages up to this offset are in `entries` or came before the page: the
+    /// offset the page starts after, or the newest in the history if that is older.
     pub(crate) floor: Offset,
+    /// More of the history follows the page's last entry.
+    pub(crate) more: bool,
 }
 
 impl Recovered {
-    /// Nothing could be fetched: the client gets a gap notice and every live message.
+    /// Nothing could be read: the client gets a gap notice and every live message.
     pub(crate) fn unavailable(why: &'static str) -> Self {
         Self {
             entries: Vec::new(),
             gap: Some(why),
             floor: Offset::ZERO,
+            more: false,
         }
     }
 }
 
-/// What came after `after` in `topic`'s history (at most `limit` entries). Redis trims
-/// the oldest entries first, so while the entry at `after` is still there nothing after
-/// it was trimmed; once it is gone, some may have been.
+/// Most entries read for one page (a page is also cut to the reader's send-queue budget).
+const PAGE: usize = 512;
+
+/// One page of what came after `read.after` in `topic`'s history: at most [`PAGE`]
+/// entries, and no more bytes than `read.budget` (but at least one entry), and at most
+/// `limit` entries over the whole recovery. Redis trims the oldest entries first, so
+/// while the entry at `after` is still there nothing after it was trimmed; once it is
+/// gone, some may have been.
 async fn fetch_history(
     conn: &mut MultiplexedConnection,
     topic: &str,
-    after: Offset,
+    read: HistoryRead,
     limit: usize,
 ) -> redis::RedisResult<Recovered> {
+    let after = read.after;
     let key = history::key(topic);
+    let count = PAGE.min(limit.saturating_sub(read.fetched)).max(1);
     let (entries, newest): (Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
         .cmd("XRANGE")
         .arg(&key)
         .arg(after.to_string())
         .arg("+")
         .arg("COUNT")
-        .arg(limit.saturating_add(1))
+        .arg(count + 1)
         .cmd("XREVRANGE")
         .arg(&key)
         .arg("+")
@@ -328,6 +364,7 @@ async fn fetch_history(
             entries: Vec::new(),
             gap: Some("the offset is newer than anything in the topic's history"),
             floor: newest,
+            more: false,
         });
     }
     let mut gap = match entries.first() {
@@ -335,16 +372,29 @@ async fn fetch_history(
             entries.remove(0);
             None
         }
+        _ if read.fetched > 0 => Some("the history was trimmed while it was being replayed"),
         _ => Some("the history no longer reaches back to this offset"),
     };
-    if entries.len() > limit {
-        entries.truncate(limit);
+    entries.truncate(count);
+    let mut bytes = 0;
+    let within_budget = entries
+        .iter()
+        .take_while(|(_, m)| {
+            bytes += m.payload_len();
+            bytes <= read.budget
+        })
+        .count();
+    entries.truncate(within_budget.max(1));
+    let mut more = entries.last().is_some_and(|(last, _)| *last < newest);
+    if more && read.fetched + entries.len() >= limit {
+        more = false;
         gap = Some("the history holds more than this node fetches (a larger --history elsewhere)");
     }
     Ok(Recovered {
         entries,
         gap,
         floor: after,
+        more,
     })
 }
 
@@ -420,7 +470,8 @@ impl BrokerTask {
         }
     }
 
-    /// Connects both connections and subscribes to every topic in `wanted`.
+    /// Connects the three connections (publishing, history reads, pub/sub) and
+    /// subscribes to every topic in `wanted`.
     async fn connect(&self, wanted: &Wanted) -> redis::RedisResult<Session> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -429,6 +480,19 @@ impl BrokerTask {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        // History reads have a connection of their own: a long read delays neither
+        // publishes nor, since Redis answers a connection's requests in order, other
+        // connections' requests queued behind it.
+        let reader = if self.history > 0 {
+            let config = config.set_response_timeout(Some(HISTORY_TIMEOUT));
+            Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let (mut sink, stream) = within(self.client.get_async_pubsub()).await?.split();
         let channels: Vec<String> = wanted.keys().map(|t| channel(t)).collect();
         for chunk in channels.chunks(MAX_BATCH) {
@@ -439,6 +503,7 @@ impl BrokerTask {
             .store(wanted.len() as u64, Ordering::Relaxed);
         Ok(Session {
             publisher,
+            reader,
             sink,
             stream,
         })
@@ -449,14 +514,25 @@ impl BrokerTask {
     async fn serve(&mut self, session: Session, hub: &Hub, wanted: &mut Wanted) -> Option<String> {
         let Session {
             publisher,
+            reader,
             sink,
             stream,
         } = session;
         let stats = self.stats.clone();
-        let history_conn = (publisher.clone(), self.history);
+        let receiving = Receiving {
+            hub,
+            stats: &stats,
+            reader,
+            limit: self.history.saturating_add(HISTORY_SLACK),
+            sink,
+            subscribed: HashSet::new(),
+            confirmed: HashSet::new(),
+            fetches: FuturesUnordered::new(),
+            queued: VecDeque::new(),
+        };
         tokio::select! {
             lost = publish_loop(&mut self.publishes, publisher, self.history, &stats) => Some(lost),
-            lost = receive_loop(&mut self.requests, wanted, (sink, stream), history_conn, hub, &stats) => lost,
+            lost = receiving.run(&mut self.requests, wanted, stream) => lost,
         }
     }
 
@@ -497,12 +573,9 @@ fn channel(topic: &str) -> String {
 /// answered with a gap at once); `false` for [`BrokerRequest::Stop`].
 fn apply(wanted: &mut Wanted, change: BrokerRequest, hub: &Hub) -> bool {
     match change {
-        BrokerRequest::History {
-            topic,
-            worker,
-            token,
-            ..
-        } => unavailable_history(hub, worker, token, topic),
+        BrokerRequest::History { topic, read } => HistoryReply::new(hub, topic, read.to).send(
+            Recovered::unavailable("the history could not be read from the broker"),
+        ),
         BrokerRequest::Add(topic, arrival) => {
             wanted.insert(topic, arrival);
         }
@@ -517,43 +590,38 @@ fn apply(wanted: &mut Wanted, change: BrokerRequest, hub: &Hub) -> bool {
 /// The topics the node needs from Redis, each with its arrival number.
 type Wanted = HashMap<Arc<str>, u64>;
 
-/// Answers a history request that cannot be served: nothing, and a gap.
-fn unavailable_history(hub: &Hub, worker: usize, token: u64, topic: Arc<str>) {
-    let recovered = Recovered::unavailable("the history could not be read from the broker");
-    hub.to_worker(
-        worker,
-        WorkerMsg::History {
-            token,
-            topic,
-            recovered,
-        },
-    );
-}
-
-/// A history request being served: if it is dropped unanswered (the session ended while
+/// A history read being served: if it is dropped unanswered (the session ended while
 /// Redis was being asked), the connection still gets its answer, a gap.
 struct HistoryReply<'a> {
     hub: &'a Hub,
-    to: Option<(usize, u64, Arc<str>)>,
+    to: Option<(HistoryDest, Arc<str>)>,
 }
 
-impl HistoryReply<'_> {
+impl<'a> HistoryReply<'a> {
+    fn new(hub: &'a Hub, topic: Arc<str>, to: HistoryDest) -> Self {
+        Self {
+            hub,
+            to: Some((to, topic)),
+        }
+    }
+
     fn send(mut self, recovered: Recovered) {
-        if let Some((worker, token, topic)) = self.to.take() {
+        if let Some((to, topic)) = self.to.take() {
             let msg = WorkerMsg::History {
-                token,
+                to,
                 topic,
                 recovered,
             };
-            self.hub.to_worker(worker, msg);
+            self.hub.to_worker(to.worker, msg);
         }
     }
 }
 
 impl Drop for HistoryReply<'_> {
     fn drop(&mut self) {
-        if let Some((worker, token, topic)) = self.to.take() {
-            unavailable_history(self.hub, worker, token, topic);
+        if let Some((to, topic)) = self.to.take() {
+            let why = "the history could not be read from the broker";
+            Self::new(self.hub, topic, to).send(Recovered::unavailable(why));
         }
     }
 }
@@ -561,6 +629,8 @@ impl Drop for HistoryReply<'_> {
 /// A live connection to Redis.
 struct Session {
     publisher: MultiplexedConnection,
+    /// For history reads (with `--history`).
+    reader: Option<MultiplexedConnection>,
     sink: PubSubSink,
     stream: PubSubStream,
 }
@@ -632,79 +702,231 @@ async fn publish_loop(
     }
 }
 
-/// Fans out what Redis sends, mirrors interest changes into Redis subscriptions, and
-/// pings. Returns why it stopped (`None`: the server stopped).
-async fn receive_loop(
-    requests: &mut mpsc::UnboundedReceiver<BrokerRequest>,
-    wanted: &mut Wanted,
-    (mut sink, mut stream): (PubSubSink, PubSubStream),
-    (mut history_conn, history): (MultiplexedConnection, usize),
-    hub: &Hub,
-    stats: &BrokerStats,
-) -> Option<String> {
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    loop {
-        tokio::select! {
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    return Some("the pub/sub connection closed".into());
-                };
-                match decode(msg.get_channel_name(), msg.get_payload_bytes()) {
-                    Some((topic, message, offset)) => {
-                        metrics::add(&stats.received, 1);
-                        fan_out(hub, topic, message, offset).await;
-                    }
-                    None => metrics::add(&stats.rejected, 1),
+/// A change of the node's Redis subscriptions on its way: the topics subscribed and
+/// unsubscribed in one round trip each.
+type Change<'a> = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Arc<str>>>> + 'a>>;
+
+/// The receiving side of a session: it fans out what Redis sends, mirrors the node's
+/// interest into Redis subscriptions, serves history reads, and pings. None of these
+/// waits in line with the stream: subscription changes go in batches, one round trip in
+/// flight, while the stream is read; history reads run beside it on their own
+/// connection, a bounded number at once, each failing on its own (a gap for that reader,
+/// never the end of the session). Only the node's own workers, when behind, hold the
+/// stream up (and then the node refuses publishes: see `Hub::publish`).
+struct Receiving<'a> {
+    hub: &'a Hub,
+    stats: &'a BrokerStats,
+    /// The connection for history reads (with a history).
+    reader: Option<MultiplexedConnection>,
+    /// Most history entries one recovery reads.
+    limit: usize,
+    sink: PubSubSink,
+    /// The topics Redis has confirmed, or is confirming, for the node.
+    subscribed: HashSet<Arc<str>>,
+    /// The topics Redis has confirmed: a history read waits for its topic to be here,
+    /// so that whatever is published after the read reaches the node live.
+    confirmed: HashSet<Arc<str>>,
+    /// History reads in flight.
+    fetches: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + 'a>>>,
+    /// History reads waiting for one in flight to end.
+    queued: VecDeque<(Arc<str>, HistoryRead)>,
+}
+
+impl<'a> Receiving<'a> {
+    /// Runs until the session breaks (`Some(reason)`) or the server stops (`None`).
+    async fn run(
+        mut self,
+        requests: &mut mpsc::UnboundedReceiver<BrokerRequest>,
+        wanted: &mut Wanted,
+        mut stream: PubSubStream,
+    ) -> Option<String> {
+        self.subscribed = wanted.keys().cloned().collect();
+        self.confirmed = self.subscribed.clone();
+        let mut change: Option<Change<'a>> = None;
+        let mut ping: Option<Pin<Box<dyn Future<Output = redis::RedisResult<()>> + 'a>>> = None;
+        let mut ticks = tokio::time::interval(PING_INTERVAL);
+        loop {
+            // A subscription confirmed goes to the workers before the stream is read
+            // again: they hear of it before any message on the topic.
+            if let Some(done) = change.as_mut().and_then(|c| c.as_mut().now_or_never()) {
+                change = None;
+                if let Err(lost) = self.changed(done, wanted) {
+                    return Some(lost);
                 }
             }
-            change = requests.recv() => {
-                let result = match change {
+            if change.is_none() {
+                change = self.next_change(wanted);
+            }
+            self.start_fetches(wanted);
+            tokio::select! {
+                Some(done) = async { change.as_mut()?.await.into() }, if change.is_some() => {
+                    change = None;
+                    if let Err(lost) = self.changed(done, wanted) {
+                        return Some(lost);
+                    }
+                }
+                Some(()) = self.fetches.next(), if !self.fetches.is_empty() => {}
+                request = requests.recv() => match request {
                     Some(BrokerRequest::Add(topic, arrival)) => {
-                        let subscribed = match wanted.insert(topic.clone(), arrival) {
-                            None => within(sink.subscribe(channel(&topic))).await,
-                            Some(_) => Ok(()),
-                        };
-                        // Confirmed before the stream is read again, so the workers get
-                        // the confirmation before any message on the topic.
-                        subscribed.map(|()| hub.confirm(&topic, arrival))
+                        wanted.insert(topic, arrival);
                     }
-                    Some(BrokerRequest::Remove(topic)) if wanted.remove(&topic).is_some() => {
-                        within(sink.unsubscribe(channel(&topic))).await
+                    Some(BrokerRequest::Remove(topic)) => {
+                        wanted.remove(&topic);
                     }
-                    Some(BrokerRequest::Remove(_)) => Ok(()),
-                    Some(BrokerRequest::History { topic, after, worker, token }) => {
-                        let reply = HistoryReply { hub, to: Some((worker, token, topic.clone())) };
-                        // Room for what MAXLEN ~ may keep beyond the bound.
-                        let limit = history.saturating_add(1000);
-                        match within(fetch_history(&mut history_conn, &topic, after, limit)).await {
-                            Ok(recovered) => {
-                                reply.send(recovered);
-                                Ok(())
-                            }
-                            // An error reply (a wrong type, out of memory) fails this fetch
-                            // only (the reply's drop answers with a gap); a broken
-                            // connection ends the session.
-                            Err(err) if !err.is_unrecoverable_error() && !err.is_timeout() => {
-                                warn!(%topic, error = %err, "history fetch failed");
-                                Ok(())
-                            }
-                            Err(err) => Err(err),
-                        }
-                    }
+                    Some(BrokerRequest::History { topic, read }) => self.queue_fetch(topic, read),
                     Some(BrokerRequest::Stop) | None => return None,
-                };
-                if let Err(err) = result {
-                    return Some(err.to_string());
+                },
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return Some("the pub/sub connection closed".into());
+                    };
+                    match decode(msg.get_channel_name(), msg.get_payload_bytes()) {
+                        Some((topic, message, offset)) => {
+                            metrics::add(&self.stats.received, 1);
+                            fan_out(self.hub, topic, message, offset).await;
+                        }
+                        None => metrics::add(&self.stats.rejected, 1),
+                    }
                 }
-                stats.topics.store(wanted.len() as u64, Ordering::Relaxed);
-            }
-            _ = ping.tick() => {
-                // A subscribed connection answers PING with an array, so take any value.
-                if let Err(err) = within(sink.ping::<redis::Value>()).await {
-                    return Some(format!("ping: {err}"));
+                _ = ticks.tick(), if ping.is_none() => {
+                    let mut sink = self.sink.clone();
+                    // A subscribed connection answers PING with an array: take any value.
+                    ping = Some(Box::pin(async move {
+                        within(sink.ping::<redis::Value>()).await.map(drop)
+                    }));
+                }
+                Some(pinged) = async { ping.as_mut()?.await.into() }, if ping.is_some() => {
+                    ping = None;
+                    if let Err(err) = pinged {
+                        return Some(format!("ping: {err}"));
+                    }
                 }
             }
         }
+    }
+
+    /// The round trip that brings Redis's subscriptions to `wanted`, if they differ:
+    /// everything wanted and not subscribed in one SUBSCRIBE, everything subscribed and
+    /// no longer wanted in one UNSUBSCRIBE (each in chunks). However fast topics come and
+    /// go, one change is in flight and the next one takes all that came meanwhile.
+    fn next_change(&mut self, wanted: &Wanted) -> Option<Change<'a>> {
+        let add: Vec<Arc<str>> = wanted
+            .keys()
+            .filter(|t| !self.subscribed.contains(*t))
+            .cloned()
+            .collect();
+        let remove: Vec<Arc<str>> = self
+            .subscribed
+            .iter()
+            .filter(|t| !wanted.contains_key(*t))
+            .cloned()
+            .collect();
+        if add.is_empty() && remove.is_empty() {
+            return None;
+        }
+        for t in &remove {
+            self.subscribed.remove(t);
+            self.confirmed.remove(t);
+        }
+        self.subscribed.extend(add.iter().cloned());
+        let mut sink = self.sink.clone();
+        Some(Box::pin(async move {
+            let names = |topics: &[Arc<str>]| topics.iter().map(|t| channel(t)).collect::<Vec<_>>();
+            for chunk in remove.chunks(MAX_BATCH) {
+                within(sink.unsubscribe(names(chunk))).await?;
+            }
+            for chunk in add.chunks(MAX_BATCH) {
+                within(sink.subscribe(names(chunk))).await?;
+            }
+            Ok(add)
+        }))
+    }
+
+    /// A change came back: the topics it subscribed are confirmed to the workers (each
+    /// for its current arrival), or the session is lost.
+    fn changed(
+        &mut self,
+        done: redis::RedisResult<Vec<Arc<str>>>,
+        wanted: &Wanted,
+    ) -> Result<(), String> {
+        let added = done.map_err(|err| err.to_string())?;
+        for topic in added {
+            if let Some(&arrival) = wanted.get(&topic) {
+                self.hub.confirm(&topic, arrival);
+            }
+            // Unless it was unsubscribed meanwhile (then a later change drops it).
+            if self.subscribed.contains(&topic) {
+                self.confirmed.insert(topic);
+            }
+        }
+        self.stats
+            .topics
+            .store(self.subscribed.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts a history read in line (or answers it with a gap if the line is full).
+    fn queue_fetch(&mut self, topic: Arc<str>, read: HistoryRead) {
+        if self.queued.len() >= MAX_QUEUED_FETCHES {
+            metrics::add(&self.stats.history_refused, 1);
+            let why = "too many histories are being read on this node; resume again shortly";
+            HistoryReply::new(self.hub, topic, read.to).send(Recovered::unavailable(why));
+            return;
+        }
+        self.queued.push_back((topic, read));
+    }
+
+    /// Starts the history reads in line whose topics Redis has confirmed, while fewer
+    /// than [`MAX_FETCHES`] are in flight; a read whose topic is no longer subscribed is
+    /// answered with a gap (its connection has moved on).
+    fn start_fetches(&mut self, wanted: &Wanted) {
+        let mut at = 0;
+        while self.fetches.len() < MAX_FETCHES && at < self.queued.len() {
+            let topic = &self.queued[at].0;
+            if !wanted.contains_key(topic) {
+                if let Some((topic, read)) = self.queued.remove(at) {
+                    let why = "the topic was unsubscribed before its history was read";
+                    HistoryReply::new(self.hub, topic, read.to).send(Recovered::unavailable(why));
+                }
+            } else if self.confirmed.contains(topic) {
+                if let Some((topic, read)) = self.queued.remove(at) {
+                    self.start_fetch(topic, read);
+                }
+            } else {
+                at += 1;
+            }
+        }
+    }
+
+    /// Starts a history read; it answers its connection whatever happens.
+    fn start_fetch(&mut self, topic: Arc<str>, read: HistoryRead) {
+        let (hub, stats, limit) = (self.hub, self.stats, self.limit);
+        let Some(mut conn) = self.reader.clone() else {
+            let why = "no history is kept (the nodes need --broker and --history)";
+            HistoryReply::new(hub, topic, read.to).send(Recovered::unavailable(why));
+            return;
+        };
+        self.fetches.push(Box::pin(async move {
+            let reply = HistoryReply::new(hub, topic.clone(), read.to);
+            let fetched = tokio::time::timeout(
+                HISTORY_TIMEOUT,
+                fetch_history(&mut conn, &topic, read, limit),
+            )
+            .await;
+            match fetched {
+                Ok(Ok(recovered)) => reply.send(recovered),
+                // A read that fails or takes too long answers its reader with a gap (the
+                // reply's drop); the session and every other reader carry on.
+                Ok(Err(err)) => {
+                    metrics::add(&stats.history_errors, 1);
+                    warn!(%topic, error = %err, "history read failed");
+                }
+                Err(_) => {
+                    metrics::add(&stats.history_errors, 1);
+                    warn!(%topic, "history read timed out");
+                }
+            }
+        }));
     }
 }
 

@@ -59,6 +59,10 @@ pub struct Config {
     pub slow_consumer: SlowConsumer,
     /// Most topics one connection may subscribe to.
     pub max_topics_per_connection: usize,
+    /// Commands (subscribe, unsubscribe) one connection may send a second, in bursts as
+    /// large; past it a command gets an error reply. Each may cost a broker round trip
+    /// and a history read, so a client cannot spend the node's broker on churn.
+    pub command_rate: u32,
     /// Most WebSocket connections open at once over all workers (0: no limit); an upgrade
     /// beyond it gets 503 with Retry-After.
     pub max_connections: usize,
@@ -138,6 +142,7 @@ impl Default for Config {
             max_send_queue: 1 << 20,
             slow_consumer: SlowConsumer::Close,
             max_topics_per_connection: 64,
+            command_rate: 100,
             max_connections: 0,
             max_connections_per_ip: 0,
             allowed_origins: Vec::new(),

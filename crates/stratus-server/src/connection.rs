@@ -27,6 +27,7 @@ use crate::broadcast::Broadcast;
 use crate::config::SlowConsumer;
 use crate::history::{Live, Recovery};
 use crate::metrics::{self, WorkerStats};
+use crate::rate::TokenBucket;
 use crate::tls_conn::TlsConn;
 use crate::upgrade::{Refusal, Upgrade, refusal};
 
@@ -51,7 +52,8 @@ pub(crate) enum FrameChoice {
     /// No compression negotiated: the plain frame.
     Plain,
     /// Shared-mode compression: the broadcast's compressed frame (made once).
-    Shared { threshold: usize },
+    /// (`threshold` as u32 keeps the choice in 8 bytes of every connection.)
+    Shared { threshold: u32 },
     /// A per-connection compressor (context takeover or a smaller window): compressed
     /// for this connection alone.
     PerConnection,
@@ -107,6 +109,8 @@ pub(crate) struct Conn {
     pub(crate) recoveries: Vec<Recovery>,
     /// Whether each message comes with its offset notice (asked for with `since`).
     pub(crate) offsets: bool,
+    /// The commands it may still send (refilled at the command rate).
+    pub(crate) commands: TokenBucket,
 }
 
 /// What is in flight and what is finished, for the worker.
@@ -162,6 +166,7 @@ impl Conn {
             tls,
             recoveries: Vec::new(),
             offsets: false,
+            commands: TokenBucket::full(0, 0),
         }
     }
 
@@ -284,8 +289,10 @@ impl Conn {
         }
     }
 
-    /// Upgrades to WebSocket with the 101 response queued first.
-    pub(crate) fn open(&mut self, upgrade: Upgrade) {
+    /// Upgrades to WebSocket with the 101 response queued first; `commands` is its
+    /// command budget, full.
+    pub(crate) fn open(&mut self, upgrade: Upgrade, commands: TokenBucket) {
+        self.commands = commands;
         self.phase = Phase::Open(upgrade.session);
         self.frames = upgrade.frames;
         self.grant = upgrade.grant.map(Box::new);
@@ -391,7 +398,9 @@ impl Conn {
         }
         let frame: Option<&Bytes> = match self.frames {
             FrameChoice::Plain => Some(&broadcast.plain),
-            FrameChoice::Shared { threshold } => Some(broadcast.shared_frame(threshold, stats)),
+            FrameChoice::Shared { threshold } => {
+                Some(broadcast.shared_frame(threshold as usize, stats))
+            }
             FrameChoice::PerConnection => None,
         };
         let offset = if self.offsets {

@@ -98,43 +98,68 @@ pub(crate) enum Live {
     SendAndEnd,
 }
 
+/// Where a connection's history read is going back to: the worker, the connection, and
+/// the read (a reply for an earlier read of the same connection is stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HistoryDest {
+    pub(crate) worker: usize,
+    pub(crate) token: u64,
+    pub(crate) request: u64,
+}
+
+/// Where a recovery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// A page of the history is being read (request `request`).
+    Fetching { request: u64 },
+    /// A page has been queued; the next, after `after`, is read once the connection's
+    /// send queue has room for it (the replay goes at the reader's pace, a page at a time).
+    Paused { after: Offset },
+    /// The history is sent, up to `sent_to`: live messages up to it are skipped as
+    /// already sent; the first newer one ends the recovery.
+    Live { sent_to: Offset },
+}
+
 /// A connection's recovery on one topic.
 ///
-/// While the history is fetched, live messages are held. Once it is sent, live messages
-/// that Redis published before it read the history can still be on their way (the
-/// history and the live messages come over different connections), so those up to the
-/// last one sent are skipped; the first newer one ends the recovery.
+/// While the history is read, a page at a time, live messages are held. Once it is all
+/// sent, live messages that Redis published before it read the history can still be on
+/// their way (the history and the live messages come over different connections), so
+/// those up to the last one sent are skipped; the first newer one ends the recovery.
 #[derive(Debug)]
 pub(crate) struct Recovery {
     pub(crate) topic: Arc<str>,
-    /// Live messages that arrived while the history was fetched.
+    pub(crate) phase: Phase,
+    /// History entries sent so far.
+    pub(crate) fetched: usize,
+    /// Live messages that arrived while the history was read.
     pub(crate) held: Vec<Arc<Broadcast>>,
     held_bytes: usize,
     /// More than [`MAX_HELD`] (or [`MAX_HELD_BYTES`]) arrived: some were dropped.
     pub(crate) overflowed: bool,
-    /// The newest offset sent, once the history is in.
-    pub(crate) sent_to: Option<Offset>,
 }
 
 impl Recovery {
-    pub(crate) fn new(topic: Arc<str>) -> Self {
+    /// A recovery whose first page is read by `request`.
+    pub(crate) fn new(topic: Arc<str>, request: u64) -> Self {
         Self {
             topic,
+            phase: Phase::Fetching { request },
+            fetched: 0,
             held: Vec::new(),
             held_bytes: 0,
             overflowed: false,
-            sent_to: None,
         }
     }
 
-    /// Whether the history is still being fetched.
-    pub(crate) fn is_fetching(&self) -> bool {
-        self.sent_to.is_none()
+    /// Whether `request` is the read this recovery waits for.
+    pub(crate) fn awaits(&self, request: u64) -> bool {
+        self.phase == Phase::Fetching { request }
     }
 
     /// Takes a live message on the topic.
     pub(crate) fn absorb(&mut self, broadcast: &Arc<Broadcast>) -> Live {
-        let Some(sent_to) = self.sent_to else {
+        let Phase::Live { sent_to } = self.phase else {
             let bytes = broadcast.plain.len();
             if self.held.len() < MAX_HELD && self.held_bytes + bytes <= MAX_HELD_BYTES {
                 self.held.push(broadcast.clone());
@@ -149,6 +174,12 @@ impl Recovery {
             Some(_) => Live::SendAndEnd,
             None => Live::Send,
         }
+    }
+
+    /// The held live messages, which no longer count against the bound.
+    pub(crate) fn take_held(&mut self) -> Vec<Arc<Broadcast>> {
+        self.held_bytes = 0;
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -186,11 +217,25 @@ mod tests {
 
     #[test]
     fn a_recovery_holds_then_skips_what_was_sent_then_ends() {
-        let mut recovery = Recovery::new(Arc::from("t"));
-        assert!(recovery.is_fetching());
+        let mut recovery = Recovery::new(Arc::from("t"), 7);
+        assert!(
+            recovery.awaits(7) && !recovery.awaits(6),
+            "only its own read"
+        );
         assert_eq!(recovery.absorb(&live(Some(Offset(5, 0)))), Live::Absorbed);
-        assert_eq!(recovery.held.len(), 1, "held while the history is fetched");
-        recovery.sent_to = Some(Offset(5, 0));
+        recovery.phase = Phase::Paused {
+            after: Offset(4, 0),
+        };
+        assert!(!recovery.awaits(7), "between pages it waits for no read");
+        assert_eq!(recovery.absorb(&live(Some(Offset(5, 1)))), Live::Absorbed);
+        assert_eq!(
+            recovery.take_held().len(),
+            2,
+            "held while the history is read"
+        );
+        recovery.phase = Phase::Live {
+            sent_to: Offset(5, 0),
+        };
         assert_eq!(
             recovery.absorb(&live(Some(Offset(4, 9)))),
             Live::Absorbed,
@@ -207,7 +252,7 @@ mod tests {
 
     #[test]
     fn held_messages_are_bounded_and_overflow_is_remembered() {
-        let mut recovery = Recovery::new(Arc::from("t"));
+        let mut recovery = Recovery::new(Arc::from("t"), 0);
         for _ in 0..MAX_HELD + 5 {
             assert_eq!(recovery.absorb(&live(Some(Offset(1, 0)))), Live::Absorbed);
         }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::broadcast::Broadcast;
 use crate::broker::{BrokerLink, BrokerRequest, Recovered};
-use crate::history::Offset;
+use crate::history::{HistoryDest, Offset};
 use crate::metrics::{self, WorkerStats};
 use crate::topic::{self, TopicError};
 
@@ -33,9 +33,9 @@ pub(crate) enum WorkerMsg {
     /// The node is now subscribed to `topic` in the broker: answer the subscribe
     /// commands that were waiting for it.
     Confirmed(Arc<str>),
-    /// What the broker found in `topic`'s history for connection `token`.
+    /// A page of `topic`'s history for a connection's recovery.
     History {
-        token: u64,
+        to: HistoryDest,
         topic: Arc<str>,
         recovered: Recovered,
     },

@@ -22,6 +22,7 @@ mod history;
 mod hub;
 mod metrics;
 mod pending_replies;
+mod rate;
 mod server;
 mod status_page;
 mod tls;

@@ -56,6 +56,8 @@ pub(crate) struct WorkerStats {
     pub(crate) tls_errors: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
     pub(crate) messages_in: AtomicU64,
+    /// Commands refused for the per-connection command rate.
+    pub(crate) commands_limited: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     /// Bytes waiting in this worker's send queues, as of its last sweep.
@@ -104,7 +106,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 fn broker_metrics(out: &mut String, stats: &BrokerStats) {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     #[rustfmt::skip]
-    let rows: [(&str, &str, &str, u64); 8] = [
+    let rows: [(&str, &str, &str, u64); 10] = [
         ("stratus_broker_up", "gauge", "1 while connected to the Redis broker (publishing answers 503 otherwise).", u64::from(stats.up.load(Ordering::Relaxed))),
         ("stratus_broker_disconnects_total", "counter", "Connections to the broker lost.", load(&stats.disconnects)),
         ("stratus_broker_topics", "gauge", "Topics this node is subscribed to in the broker.", load(&stats.topics)),
@@ -112,6 +114,8 @@ fn broker_metrics(out: &mut String, stats: &BrokerStats) {
         ("stratus_broker_publish_errors_total", "counter", "Publishes refused (503) because the broker was unreachable or did not confirm.", load(&stats.publish_errors)),
         ("stratus_broker_received_total", "counter", "Messages received from the broker and fanned out here.", load(&stats.received)),
         ("stratus_broker_publish_backlog_bytes", "gauge", "Bytes of publishes sent to the broker and not yet answered.", load(&stats.backlog)),
+        ("stratus_broker_history_errors_total", "counter", "History reads that failed or timed out (each answered with a gap notice).", load(&stats.history_errors)),
+        ("stratus_broker_history_refused_total", "counter", "History reads answered with a gap at once because too many were waiting.", load(&stats.history_refused)),
         ("stratus_broker_rejected_total", "counter", "Messages from the broker that were not Stratus messages (ignored).", load(&stats.rejected)),
     ];
     for (name, kind, help, value) in rows {
@@ -132,12 +136,13 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 19] = [
+    let single: [(&str, &str, &str, u64); 20] = [
         ("stratus_connections", "gauge", "Open WebSocket connections.", load(&stats.connections)),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
         ("stratus_tls_errors_total", "counter", "Connections closed for a failed TLS handshake or a bad TLS record (plain HTTP on the TLS port, say).", sum(|w| &w.tls_errors)),
         ("stratus_messages_received_total", "counter", "Messages received from clients (data and control).", sum(|w| &w.messages_in)),
+        ("stratus_commands_limited_total", "counter", "Commands refused for the per-connection command rate (--command-rate).", sum(|w| &w.commands_limited)),
         ("stratus_received_bytes_total", "counter", "Payload bytes of the messages received from clients.", sum(|w| &w.bytes_in)),
         ("stratus_sent_bytes_total", "counter", "Bytes written to client sockets (frames and HTTP responses).", sum(|w| &w.bytes_out)),
         ("stratus_publishes_total", "counter", "Publishes accepted.", load(&stats.published)),

@@ -24,14 +24,17 @@ impl PendingReplies {
         self.topics.entry(topic).or_default().insert(token);
     }
 
-    /// Connection `token` no longer waits for `topic` (it unsubscribed, or left).
-    pub(crate) fn forget(&mut self, topic: &str, token: u64) {
-        if let Some(waiting) = self.topics.get_mut(topic) {
-            waiting.swap_remove(&token);
-            if waiting.is_empty() {
-                self.topics.remove(topic);
-            }
+    /// Connection `token` no longer waits for `topic` (it unsubscribed, or left);
+    /// `true` if it was waiting.
+    pub(crate) fn forget(&mut self, topic: &str, token: u64) -> bool {
+        let Some(waiting) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        let was = waiting.swap_remove(&token);
+        if waiting.is_empty() {
+            self.topics.remove(topic);
         }
+        was
     }
 
     /// The connections waiting for `topic`, which no longer wait.
@@ -72,12 +75,13 @@ mod tests {
             pending.wait(Arc::from("t"), token);
         }
         for token in 0..9_999 {
-            pending.forget("t", token);
+            assert!(pending.forget("t", token));
         }
-        pending.forget("other", 1);
+        assert!(!pending.forget("t", 0), "once");
+        assert!(!pending.forget("other", 1));
         assert_eq!(pending.take("t").into_iter().collect::<Vec<_>>(), [9_999]);
         pending.wait(Arc::from("u"), 3);
-        pending.forget("u", 3);
+        assert!(pending.forget("u", 3));
         assert_eq!(pending.len(), 0);
         assert!(pending.topics.is_empty(), "no empty sets left behind");
     }

@@ -100,7 +100,7 @@ pub(crate) fn upgrade(
         frames = if agreed.shares_frames() {
             session.set_compression(Box::new(agreed.compression(deflate.threshold)));
             FrameChoice::Shared {
-                threshold: deflate.threshold,
+                threshold: u32::try_from(deflate.threshold).unwrap_or(u32::MAX),
             }
         } else if deflate.mode == Mode::Shared {
             session.set_compression(Box::new(agreed.inflate_only()));

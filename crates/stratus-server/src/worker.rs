@@ -28,14 +28,15 @@ use tracing::{debug, warn};
 
 use crate::auth::Grant;
 use crate::broadcast::Broadcast;
-use crate::broker::{BrokerRequest, Recovered};
+use crate::broker::{BrokerRequest, HistoryRead, Recovered};
 use crate::commands::{self, Command};
 use crate::config::{App, Config};
 use crate::connection::{Conn, Delivered, Phase, queue_transmit};
-use crate::history::{Recovery, Since};
+use crate::history::{HistoryDest, Phase as RecoveryPhase, Recovery, Since};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
 use crate::pending_replies::PendingReplies;
+use crate::rate::TokenBucket;
 use crate::status_page;
 use crate::tls_conn::TlsConn;
 use crate::topic::{self, TopicTable};
@@ -97,10 +98,14 @@ impl Conns {
 }
 
 /// The worker's topic table and the hub's view of it, kept in step, with the subscribe
-/// replies waiting for the broker.
+/// replies waiting for the broker, and the number of the worker's last history read.
 struct Subscriptions<'a> {
     table: &'a mut TopicTable,
     pending: &'a mut PendingReplies,
+    requests: &'a mut u64,
+    /// Now, in milliseconds on the worker's clock, and the commands allowed a second.
+    clock_ms: u32,
+    rate: u32,
     hub: &'a Hub,
     worker: usize,
     max: usize,
@@ -137,28 +142,30 @@ impl Subscriptions<'_> {
         Ok((!confirmed).then_some(name))
     }
 
-    /// Unsubscribes connection `slot` from `name`, or says why not.
+    /// Unsubscribes connection `slot` from `name`, or says why not. `Ok(true)`: its
+    /// subscribe reply was still waiting for the broker (it is due now, before this one's).
     fn unsubscribe(
         &mut self,
         mine: &mut Vec<Arc<str>>,
         (slot, token): (usize, u64),
         name: &str,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         topic::validate(name).map_err(|e| e.to_string())?;
         let Some(at) = mine.iter().position(|t| &**t == name) else {
             return Err("not subscribed".into());
         };
         let t = mine.swap_remove(at);
-        self.remove(&t, slot, token);
-        Ok(())
+        Ok(self.remove(&t, slot, token))
     }
 
-    /// Takes connection `slot` (`token`) off `name`, and its reply off the waiting ones.
-    fn remove(&mut self, name: &Arc<str>, slot: usize, token: u64) {
-        self.pending.forget(name, token);
+    /// Takes connection `slot` (`token`) off `name`, and its reply off the waiting ones;
+    /// `true` if one was waiting.
+    fn remove(&mut self, name: &Arc<str>, slot: usize, token: u64) -> bool {
+        let waited = self.pending.forget(name, token);
         if self.table.unsubscribe(name, slot) {
             self.hub.set_interest(name, self.worker, false);
         }
+        waited
     }
 }
 
@@ -179,6 +186,10 @@ pub(crate) struct Worker {
     pending: PendingReplies,
     /// The inbox holds more than the last turn took: read it again without waiting.
     inbox_waiting: bool,
+    /// Numbers the worker's history reads (see `HistoryDest`).
+    next_request: u64,
+    /// Where the worker's millisecond clock starts (see [`clock_ms`]).
+    epoch: Instant,
     generation: u64,
     /// The read buffer lent to a connection that has no partial frame of its own.
     scratch: BytesMut,
@@ -216,6 +227,8 @@ impl Worker {
             topics: TopicTable::default(),
             pending: PendingReplies::default(),
             inbox_waiting: false,
+            next_request: 0,
+            epoch: Instant::now(),
             generation: 0,
             scratch: BytesMut::new(),
             spare_batches: Vec::new(),
@@ -449,7 +462,11 @@ impl Worker {
             }
         };
         let topics = std::mem::take(&mut accepted.topics);
-        conn.open(accepted);
+        let rate = config.command_rate;
+        conn.open(
+            accepted,
+            TokenBucket::full(rate, clock_ms(self.epoch, Instant::now())),
+        );
         if let Some(grant) = &conn.grant {
             debug!(conn = conn.token, subject = %grant.subject, "token accepted");
         }
@@ -458,6 +475,9 @@ impl Worker {
         let mut subs = Subscriptions {
             table: &mut self.topics,
             pending: &mut self.pending,
+            requests: &mut self.next_request,
+            clock_ms: clock_ms(self.epoch, Instant::now()),
+            rate: self.config.command_rate,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -491,6 +511,7 @@ impl Worker {
             offsets,
             tls,
             io,
+            commands,
             ..
         } = conn;
         let Phase::Open(session) = phase else {
@@ -501,6 +522,9 @@ impl Worker {
         let mut subs = Subscriptions {
             table: &mut self.topics,
             pending: &mut self.pending,
+            requests: &mut self.next_request,
+            clock_ms: clock_ms(self.epoch, Instant::now()),
+            rate: self.config.command_rate,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -522,6 +546,8 @@ impl Worker {
                         offsets: &mut *offsets,
                         token: *token,
                         slot,
+                        room: config.max_send_queue.saturating_sub(queued),
+                        commands: &mut *commands,
                     };
                     if let Some(t) = on_message(config.app, session, message, &mut subs, subscriber)
                     {
@@ -554,7 +580,12 @@ impl Worker {
 
     fn on_sent(&mut self, token: u64, result: io::Result<usize>, mut frames: Vec<Bytes>) {
         let Conns { slab, dirty } = &mut self.conns;
+        let mut paused = false;
         if let Some(conn) = find(slab, token) {
+            paused = conn
+                .recoveries
+                .iter()
+                .any(|r| matches!(r.phase, RecoveryPhase::Paused { .. }));
             conn.io.sending = false;
             match result {
                 Ok(n) => {
@@ -571,6 +602,9 @@ impl Worker {
         frames.clear();
         if self.spare_batches.len() < SPARE_BATCHES {
             self.spare_batches.push(frames);
+        }
+        if paused {
+            self.read_next_pages(token);
         }
     }
 
@@ -660,12 +694,15 @@ impl Worker {
         let mut subs = Subscriptions {
             table: &mut self.topics,
             pending: &mut self.pending,
+            requests: &mut self.next_request,
+            clock_ms: clock_ms(self.epoch, Instant::now()),
+            rate: self.config.command_rate,
             hub: &self.hub,
             worker: self.index,
             max: 0,
         };
         for t in &conn.topics {
-            subs.remove(t, slot, conn.token);
+            let _ = subs.remove(t, slot, conn.token);
         }
         if conn.io.counted {
             self.hub
@@ -706,10 +743,10 @@ impl Worker {
                 }
                 WorkerMsg::Confirmed(topic) => self.confirmed(&topic),
                 WorkerMsg::History {
-                    token,
+                    to,
                     topic,
                     recovered,
-                } => self.recovered(token, &topic, recovered),
+                } => self.recovered(to, &topic, recovered),
                 WorkerMsg::Drain => self.start_drain(),
             }
         }
@@ -736,70 +773,139 @@ impl Worker {
         }
     }
 
-    /// A connection's history is in: sends a gap notice if some is missing, the missed
-    /// messages, then the live ones held meanwhile that the history did not have. A
+    /// A page of a connection's history is in (a reply to an earlier read, since
+    /// replaced, is dropped): a gap notice if some is missing, then the missed messages.
+    /// With more to come, the next page is read once the connection's queue has room;
+    /// after the last, the live messages held meanwhile that the history did not have. A
     /// replay that passes the send-queue cap stops there: with the `close` policy the
     /// connection is closed as a slow consumer, with `drop` it gets a gap notice.
-    fn recovered(&mut self, token: u64, topic: &Arc<str>, recovered: Recovered) {
+    fn recovered(&mut self, to: HistoryDest, topic: &Arc<str>, page: Recovered) {
         let config = &self.config;
         let cap = (config.max_send_queue, config.slow_consumer);
         let deadline = Instant::now() + config.close_timeout;
         let counters = &self.hub.workers[self.index];
         let Conns { slab, dirty } = &mut self.conns;
-        let Some(conn) = find(slab, token) else {
+        let Some(conn) = find(slab, to.token) else {
             return;
         };
         let Some(at) = conn
             .recoveries
             .iter()
-            .position(|r| r.topic == *topic && r.is_fetching())
+            .position(|r| r.topic == *topic && r.awaits(to.request))
         else {
             return;
         };
-        let recovery = &mut conn.recoveries[at];
-        let held = std::mem::take(&mut recovery.held);
-        let mut overflowed = recovery.overflowed;
         let notice = |conn: &mut Conn, reason: &str| {
             conn.push_notice(commands::gap_notice(topic, reason), cap, deadline)
         };
-        if let Some(reason) = recovered.gap
+        Conns::mark(dirty, conn);
+        if let Some(reason) = page.gap
             && notice(conn, reason) == Delivered::ClosedSlow
         {
             conn.recoveries.clear();
-            Conns::mark(dirty, conn);
             return;
         }
-        // The history, then the held live messages it did not have, each once.
-        let mut last = recovered.floor;
-        let missed = recovered
-            .entries
-            .into_iter()
-            .map(|(offset, message)| Arc::new(Broadcast::new(message, Some(offset))));
-        for broadcast in missed.chain(held) {
-            match broadcast.offset {
-                Some(offset) if offset <= last => continue,
-                Some(offset) => last = offset,
-                None => {}
+        let mut last = page.floor;
+        let mut cut_short = false;
+        // The page was cut to the queue's room when it was asked for; the queue may have
+        // filled since. What does not fit under half the cap waits for the next page.
+        let mut more = page.more;
+        for (offset, message) in page.entries {
+            if offset <= last {
+                continue;
             }
+            if conn.queued_bytes() >= config.max_send_queue / 2 {
+                more = true;
+                break;
+            }
+            last = offset;
+            conn.recoveries[at].fetched += 1;
+            let broadcast = Arc::new(Broadcast::new(message, Some(offset)));
             match conn.push_broadcast(topic, &broadcast, cap, deadline, counters) {
                 Delivered::Queued | Delivered::Skipped => {}
                 Delivered::Dropped => {
-                    overflowed = true;
+                    cut_short = true;
                     break;
                 }
                 Delivered::ClosedSlow => {
                     conn.recoveries.clear();
-                    Conns::mark(dirty, conn);
                     return;
                 }
             }
         }
-        conn.recoveries[at].sent_to = Some(last);
+        let recovery = &mut conn.recoveries[at];
+        if more && !cut_short {
+            recovery.phase = RecoveryPhase::Paused { after: last };
+            self.read_next_pages(to.token);
+            return;
+        }
+        // The held live messages the history did not have, each once.
+        let held = recovery.take_held();
+        let mut overflowed = recovery.overflowed || cut_short;
+        if !cut_short {
+            for broadcast in held {
+                match broadcast.offset {
+                    Some(offset) if offset <= last => continue,
+                    Some(offset) => last = offset,
+                    None => {}
+                }
+                match conn.push_broadcast(topic, &broadcast, cap, deadline, counters) {
+                    Delivered::Queued | Delivered::Skipped => {}
+                    Delivered::Dropped => {
+                        overflowed = true;
+                        break;
+                    }
+                    Delivered::ClosedSlow => {
+                        conn.recoveries.clear();
+                        return;
+                    }
+                }
+            }
+        }
+        conn.recoveries[at].phase = RecoveryPhase::Live { sent_to: last };
         if overflowed {
             let why = "more came during the recovery than can be held or queued";
             let _ = notice(conn, why);
         }
-        Conns::mark(dirty, conn);
+    }
+
+    /// Reads the next page of connection `token`'s paused recoveries, each once its
+    /// send queue has half its cap free: the replay goes at the reader's pace.
+    fn read_next_pages(&mut self, token: u64) {
+        let cap = self.config.max_send_queue;
+        let Some(broker) = &self.hub.broker else {
+            return;
+        };
+        let Some(conn) = find(&mut self.conns.slab, token) else {
+            return;
+        };
+        let room = cap.saturating_sub(conn.queued_bytes());
+        if room < cap / 2 {
+            return;
+        }
+        for recovery in &mut conn.recoveries {
+            let RecoveryPhase::Paused { after } = recovery.phase else {
+                continue;
+            };
+            self.next_request += 1;
+            let request = self.next_request;
+            recovery.phase = RecoveryPhase::Fetching { request };
+            let to = HistoryDest {
+                worker: self.index,
+                token,
+                request,
+            };
+            let read = HistoryRead {
+                after,
+                to,
+                budget: room,
+                fetched: recovery.fetched,
+            };
+            broker.request(BrokerRequest::History {
+                topic: recovery.topic.clone(),
+                read,
+            });
+        }
     }
 
     /// Queues a broadcast on every local subscriber of `topic`; returns how many got it.
@@ -949,10 +1055,15 @@ struct Subscriber<'a> {
     offsets: &'a mut bool,
     token: u64,
     slot: usize,
+    /// Bytes its send queue has room for.
+    room: usize,
+    /// Its command budget.
+    commands: &'a mut TokenBucket,
 }
 
 /// Subscribes with `since`: offsets from now on, and first what came after the given
-/// offset (asked of the broker after the subscription, so nothing falls between).
+/// offset (asked of the broker after the subscription, so nothing falls between). A
+/// recovery of the topic already under way is replaced: a reply to its read is stale.
 fn subscribe_since(
     subs: &mut Subscriptions<'_>,
     conn: Subscriber<'_>,
@@ -962,24 +1073,29 @@ fn subscribe_since(
     let Some(broker) = subs.hub.broker.as_ref().filter(|b| b.keeps_history()) else {
         return Err("no history is kept (the nodes need --broker and --history)".into());
     };
-    if let Since::After(_) = since {
-        let fetching = |r: &Recovery| *r.topic == *topic && r.is_fetching();
-        if conn.recoveries.iter().any(fetching) {
-            return Err("this topic's missed messages are being fetched already".into());
-        }
-        conn.recoveries.retain(|r| *r.topic != *topic);
-    }
     let pending = subs.subscribe(conn.topics, conn.grant, conn.slot, topic)?;
     *conn.offsets = true;
     if let Since::After(after) = since
         && let Some(name) = conn.topics.iter().find(|t| &***t == topic)
     {
-        conn.recoveries.push(Recovery::new(name.clone()));
-        broker.request(BrokerRequest::History {
-            topic: name.clone(),
-            after,
+        conn.recoveries.retain(|r| *r.topic != *topic);
+        *subs.requests += 1;
+        let to = HistoryDest {
             worker: subs.worker,
             token: conn.token,
+            request: *subs.requests,
+        };
+        conn.recoveries
+            .push(Recovery::new(name.clone(), to.request));
+        let read = HistoryRead {
+            after,
+            to,
+            budget: conn.room,
+            fetched: 0,
+        };
+        broker.request(BrokerRequest::History {
+            topic: name.clone(),
+            read,
         });
     }
     Ok(pending)
@@ -1000,6 +1116,17 @@ fn on_message(
             return None;
         }
         (App::PubSub, Message::Text(text)) => match commands::parse(text) {
+            // Each command may cost a broker round trip and a history read: a connection
+            // gets `command_rate` a second (bursts as large), and past it a refusal.
+            Ok(command) if !conn.commands.take(subs.clock_ms, subs.rate, subs.rate) => {
+                metrics::add(&subs.hub.workers[subs.worker].commands_limited, 1);
+                let (op, topic) = match &command {
+                    Command::Subscribe { topic, .. } => ("subscribe", topic),
+                    Command::Unsubscribe(topic) => ("unsubscribe", topic),
+                };
+                let why = format!("rate limited: at most {} commands a second", subs.rate);
+                commands::error_reply(Some(op), Some(topic), &why)
+            }
             Ok(Command::Subscribe { topic: t, since }) => {
                 let subscribed = match since {
                     None => subs.subscribe(conn.topics, conn.grant, conn.slot, &t),
@@ -1013,7 +1140,13 @@ fn on_message(
             }
             Ok(Command::Unsubscribe(t)) => {
                 match subs.unsubscribe(conn.topics, (conn.slot, conn.token), &t) {
-                    Ok(()) => {
+                    Ok(waited) => {
+                        // Every command gets its reply: a subscribe still waiting for the
+                        // broker is answered first (it held until this unsubscribe).
+                        if waited {
+                            let reply = commands::ok_reply("subscribe", &t);
+                            let _ = session.send(&Message::text(reply));
+                        }
                         conn.recoveries.retain(|r| *r.topic != *t);
                         commands::ok_reply("unsubscribe", &t)
                     }
@@ -1029,6 +1162,11 @@ fn on_message(
     };
     let _ = session.send(&Message::text(reply));
     None
+}
+
+/// Milliseconds from `epoch` to `now`, wrapping: the clock of connections' token buckets.
+fn clock_ms(epoch: Instant, now: Instant) -> u32 {
+    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 /// How often the sweep runs: a quarter of the shortest timeout it enforces.

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::proxy::{Faults, Proxy};
 use common::{Peer, admin, free_addr, sample, signal, spawn_server};
 use stratus_proto::{CloseCode, Message};
 use stratus_server::{Config, PublishError, Reach, Server};
@@ -127,8 +128,12 @@ impl Node {
 
     /// A node with more flags.
     fn start_with(redis: &Redis, extra: &[&str]) -> Self {
-        let url = redis.url();
-        let mut args = vec!["serve", "--workers", "2", "--broker", &url];
+        Self::start_on(&redis.url(), extra)
+    }
+
+    /// A node with the broker at `url` (a proxy before Redis, say).
+    fn start_on(url: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["serve", "--workers", "2", "--broker", url];
         args.extend_from_slice(&["--log-level", "warn"]);
         args.extend_from_slice(extra);
         let (child, ws, admin) = spawn_server(&args);
@@ -776,4 +781,214 @@ fn a_publisher_flat_out_through_redis_is_refused_while_prompt_subscribers_get_ev
         "accepted {}, refused {refused}",
         accepted.iter().map(|(a, _)| a.len()).sum::<usize>()
     );
+}
+
+#[test]
+fn a_history_reply_meant_for_an_earlier_resume_is_not_applied_to_a_later_one() {
+    let redis = Redis::start();
+    let node = Node::start_with(&redis, &["--history", "100"]);
+    let mut watcher = commanding(node.ws, &subscribe_since("feed", "$"));
+    assert_eq!(recv_json(&mut watcher)["ok"], true);
+    for i in 0..20 {
+        assert_eq!(node.publish("feed", &format!("m{i}")).0, 200);
+    }
+    let seen: Vec<(String, String)> = (0..20)
+        .map(|_| recv_with_offset(&mut watcher, "feed"))
+        .collect();
+    // Resume from m4, think better of it, resume from m14: all in one write.
+    let mut peer = commanding(node.ws, &subscribe_since("feed", &seen[4].0));
+    let rest = [
+        r#"{"op":"unsubscribe","topic":"feed"}"#.to_owned(),
+        subscribe_since("feed", &seen[14].0),
+    ];
+    let frames: Vec<u8> = rest
+        .iter()
+        .flat_map(|c| common::frame(true, 0, 0x1, c.as_bytes()))
+        .collect();
+    peer.send(&frames);
+    let mut replies = 0;
+    let mut texts = Vec::new();
+    while texts.len() < 5 {
+        let message = recv_json_or_text(&mut peer);
+        match message {
+            Ok(json) if json["op"] == "offset" => {}
+            Ok(json) => {
+                assert_eq!(json["ok"], true, "{json}");
+                replies += 1;
+            }
+            Err(text) => texts.push(text),
+        }
+    }
+    assert_eq!(replies, 3);
+    assert_eq!(
+        texts,
+        ["m15", "m16", "m17", "m18", "m19"],
+        "after m14, once, in order"
+    );
+    assert_eq!(node.publish("feed", "live").0, 200);
+    assert_eq!(
+        recv_with_offset(&mut peer, "feed").1,
+        "live",
+        "nothing else came first"
+    );
+}
+
+/// The next message: JSON (a reply or notice), or the text of a published one.
+fn recv_json_or_text(peer: &mut Peer) -> Result<serde_json::Value, String> {
+    let Some(Message::Text(text)) = peer.recv() else {
+        panic!("expected a text message");
+    };
+    serde_json::from_slice(&text).map_err(|_| String::from_utf8(text.to_vec()).unwrap())
+}
+
+#[test]
+fn subscription_churn_on_fresh_topics_neither_stalls_delivery_nor_the_broker() {
+    let redis = Redis::start();
+    // Every Redis round trip of this node takes 100 ms more each way: a node that waited
+    // for each SUBSCRIBE before reading on would hold every topic's delivery up.
+    let proxy = Proxy::start(
+        SocketAddr::from(([127, 0, 0, 1], redis.port)),
+        Faults {
+            latency: Duration::from_millis(100),
+            ..Faults::default()
+        },
+    );
+    let url = format!("redis://{}/0", proxy.addr);
+    let node = Node::start_on(&url, &["--command-rate", "50"]);
+    let publisher = Node::start(&redis);
+    let mut honest = node.subscriber("steady");
+    node.wait_topics(1);
+    // The churn: a client subscribing and unsubscribing fresh topics as fast as it can.
+    let mut churner = commanding(node.ws, r#"{"op":"subscribe","topic":"fresh-0"}"#);
+    let churn: Vec<u8> = (1..400)
+        .flat_map(|i| {
+            let op = if i % 2 == 0 {
+                "subscribe"
+            } else {
+                "unsubscribe"
+            };
+            let command = format!(r#"{{"op":"{op}","topic":"fresh-{}"}}"#, i / 2);
+            common::frame(true, 0, 0x1, command.as_bytes())
+        })
+        .collect();
+    churner.send(&churn);
+    // Meanwhile a message every 20 ms, each stamped with when it was published.
+    let started = Instant::now();
+    let published = std::thread::spawn(move || {
+        for i in 0..100 {
+            let stamp = started.elapsed().as_millis();
+            assert_eq!(publisher.publish("steady", &format!("{i}:{stamp}")).0, 200);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        publisher
+    });
+    let mut worst = Duration::ZERO;
+    for i in 0..100 {
+        let Some(Message::Text(text)) = honest.recv() else {
+            panic!("the honest subscriber stopped receiving at {i}");
+        };
+        let text = std::str::from_utf8(&text).unwrap();
+        let (seq, stamp) = text.split_once(':').unwrap();
+        assert_eq!(seq.parse::<usize>().unwrap(), i, "in order, none missing");
+        let late = started.elapsed() - Duration::from_millis(stamp.parse().unwrap());
+        worst = worst.max(late);
+    }
+    let _publisher = published.join().unwrap();
+    // 200 ms of proxy on the way, and room for a busy machine; waiting out the churn's
+    // round trips one by one would have taken 400 x 200 ms.
+    assert!(worst < Duration::from_secs(5), "a message waited {worst:?}");
+    let mut limited = 0;
+    for _ in 0..400 {
+        let reply = recv_json(&mut churner);
+        if reply["ok"] == false {
+            assert!(
+                reply["error"].as_str().unwrap().contains("rate limited"),
+                "{reply}"
+            );
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "the churn outran the command rate");
+    assert_eq!(node.metric("stratus_commands_limited_total"), limited);
+    assert_eq!(node.metric("stratus_broker_disconnects_total"), 0);
+    eprintln!("worst delivery {worst:?}, {limited} commands refused");
+}
+
+#[test]
+fn a_history_read_slower_than_the_timeouts_fails_only_its_reader() {
+    let redis = Redis::start();
+    // The connection that asks for a history read gets its answers 6 s late from then
+    // on: later than a response may take (2 s) and a history read (5 s).
+    let proxy = Proxy::start(
+        SocketAddr::from(([127, 0, 0, 1], redis.port)),
+        Faults {
+            slow_after: Some((b"XRANGE", Duration::from_secs(6))),
+            ..Faults::default()
+        },
+    );
+    let url = format!("redis://{}/0", proxy.addr);
+    let node = Node::start_on(&url, &["--history", "100"]);
+    let mut honest = commanding(node.ws, &subscribe_since("slow", "$"));
+    assert_eq!(recv_json(&mut honest)["ok"], true);
+    assert_eq!(node.publish("slow", "m0").0, 200);
+    let (offset, _) = recv_with_offset(&mut honest, "slow");
+    let mut resuming = commanding(node.ws, &subscribe_since("slow", &offset));
+    assert_eq!(recv_json(&mut resuming)["ok"], true);
+    // Live messages keep coming to everyone meanwhile.
+    for i in 1..=3 {
+        assert_eq!(node.publish("slow", &format!("m{i}")).0, 200);
+        assert_eq!(recv_with_offset(&mut honest, "slow").1, format!("m{i}"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let gap = recv_json(&mut resuming);
+    assert_eq!(gap["op"], "gap", "{gap}");
+    assert!(
+        gap["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{gap}"
+    );
+    // Then what it held meanwhile, and live.
+    for i in 1..=3 {
+        assert_eq!(recv_with_offset(&mut resuming, "slow").1, format!("m{i}"));
+    }
+    assert_eq!(node.metric("stratus_broker_disconnects_total"), 0);
+    assert_eq!(node.metric("stratus_broker_history_errors_total"), 1);
+    assert_eq!(node.publish("slow", "after").0, 200);
+    assert_eq!(
+        recv_with_offset(&mut honest, "slow").1,
+        "after",
+        "no gap for the others"
+    );
+}
+
+#[test]
+fn a_resume_larger_than_the_send_queue_comes_a_page_at_a_time_at_the_readers_pace() {
+    let redis = Redis::start();
+    let node = Node::start_with(&redis, &["--history", "5000", "--max-send-queue", "65536"]);
+    let mut first = commanding(node.ws, &subscribe_since("big", "$"));
+    assert_eq!(recv_json(&mut first)["ok"], true);
+    assert_eq!(node.publish("big", "m0").0, 200);
+    let (offset, _) = recv_with_offset(&mut first, "big");
+    drop(first);
+    node.wait_topics(0);
+    // About 1 MB missed: sixteen times what the connection may have queued.
+    let pad = "p".repeat(300);
+    for i in 1..=3000 {
+        assert_eq!(node.publish("big", &format!("m{i}:{pad}")).0, 200);
+    }
+    let mut back = commanding(node.ws, &subscribe_since("big", &offset));
+    assert_eq!(recv_json(&mut back)["ok"], true);
+    for i in 1..=3000 {
+        let (_, text) = recv_with_offset(&mut back, "big");
+        assert_eq!(text, format!("m{i}:{pad}"), "in order, none missing");
+        if i % 1000 == 0 {
+            // A slow reader: the replay waits for it rather than closing it.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    assert_eq!(node.publish("big", "live").0, 200);
+    assert_eq!(recv_with_offset(&mut back, "big").1, "live");
+    assert_eq!(node.metric("stratus_slow_consumer_closes_total"), 0);
 }

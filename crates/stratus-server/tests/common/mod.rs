@@ -286,3 +286,4 @@ fn listens(child: &mut Child, ws: SocketAddr) -> bool {
     std::thread::sleep(Duration::from_millis(100));
     child.try_wait().unwrap().is_none()
 }
+pub mod proxy;

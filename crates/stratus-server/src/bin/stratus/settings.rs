@@ -46,6 +46,10 @@ pub(crate) struct Settings {
     /// Most topics one connection may subscribe to [64].
     #[arg(long, env = "STRATUS_MAX_TOPICS")]
     max_topics: Option<usize>,
+    /// Commands (subscribe, unsubscribe) one connection may send a second, in bursts as
+    /// large; past it, an error reply [100].
+    #[arg(long, env = "STRATUS_COMMAND_RATE")]
+    command_rate: Option<u32>,
     /// Most WebSocket connections at once, over all workers; beyond, 503 [0: no limit].
     #[arg(long, env = "STRATUS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -227,6 +231,7 @@ impl Settings {
             max_frame,
             max_fragments,
             max_topics,
+            command_rate,
             max_connections,
             max_connections_per_ip,
             allowed_origins,
@@ -279,6 +284,7 @@ impl Settings {
             max_frame: Some(config.limits.max_frame),
             max_fragments: Some(config.limits.max_fragments),
             max_topics: Some(config.max_topics_per_connection),
+            command_rate: Some(config.command_rate),
             max_connections: Some(config.max_connections),
             max_connections_per_ip: Some(config.max_connections_per_ip),
             allowed_origins: Some(config.allowed_origins.clone()),
@@ -382,6 +388,7 @@ impl Settings {
             workers: self.workers.unwrap_or(base.workers),
             limits,
             max_topics_per_connection: self.max_topics.unwrap_or(base.max_topics_per_connection),
+            command_rate: self.command_rate.unwrap_or(base.command_rate),
             max_connections: self.max_connections.unwrap_or(base.max_connections),
             max_connections_per_ip: self
                 .max_connections_per_ip
