@@ -125,6 +125,11 @@ impl Decoder {
         self.frame.map_or(0, |f| f.header_len + f.payload_len)
     }
 
+    /// Whether a fragmented message has begun and not ended.
+    pub fn is_mid_message(&self) -> bool {
+        self.assembly.is_some()
+    }
+
     /// Decodes from the front of `buf`. `Ok(None)` means more bytes are needed; consumed
     /// frames are removed from `buf`. After an error the decoder must not be used again.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {

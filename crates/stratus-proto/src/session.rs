@@ -80,6 +80,12 @@ impl Session {
         self.decoder.frame_len()
     }
 
+    /// Whether a fragmented message has begun and not ended (a driver that wants every
+    /// message finished within a deadline times it from there, or from a partial frame).
+    pub fn is_mid_message(&self) -> bool {
+        self.decoder.is_mid_message()
+    }
+
     /// Turns on a negotiated per-message compression: RSV1 becomes legal on the first
     /// frame of a data message, and data messages are compressed as the extension decides.
     pub fn set_compression(&mut self, compression: Box<dyn MessageCompression>) {

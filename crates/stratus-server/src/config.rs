@@ -50,6 +50,10 @@ pub struct Config {
     pub handshake_limits: HandshakeLimits,
     /// How long a client has to complete the opening handshake.
     pub handshake_timeout: Duration,
+    /// How long a client has to finish a message once it has begun sending it (a frame
+    /// or a fragmented message in progress); then Close 1008. A peer trickling a frame
+    /// a byte at a time holds its partial frame no longer than this.
+    pub message_timeout: Duration,
     /// How long the server waits for the peer's Close (or FIN) after sending its Close.
     pub close_timeout: Duration,
     /// Bytes queued for one connection before the slow-consumer policy applies (and above
@@ -69,6 +73,13 @@ pub struct Config {
     /// Most WebSocket connections open at once from one IP address (0: no limit); an
     /// upgrade beyond it gets 429 with Retry-After.
     pub max_connections_per_ip: usize,
+    /// Most sockets that have not finished the upgrade (reading their request, or
+    /// answered and closing), over all workers (each takes its share); past it the oldest
+    /// is closed. 0: no limit.
+    pub max_unupgraded: usize,
+    /// Most such sockets from one address (each worker takes its share); past it a new
+    /// one is closed at once. 0: no limit.
+    pub max_unupgraded_per_ip: usize,
     /// Origins allowed to open WebSocket connections, as `scheme://host[:port]` (ASCII
     /// case does not matter), or `*` for any. Empty allows only the server's own origin
     /// (the request's Host), so a web page elsewhere cannot use a visitor's browser to
@@ -138,6 +149,7 @@ impl Default for Config {
             },
             handshake_limits: HandshakeLimits::default(),
             handshake_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(3),
             max_send_queue: 1 << 20,
             slow_consumer: SlowConsumer::Close,
@@ -145,6 +157,8 @@ impl Default for Config {
             command_rate: 100,
             max_connections: 0,
             max_connections_per_ip: 0,
+            max_unupgraded: 4096,
+            max_unupgraded_per_ip: 1024,
             allowed_origins: Vec::new(),
             auth: None,
             max_publish: 1 << 20,

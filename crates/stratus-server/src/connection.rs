@@ -12,7 +12,7 @@
 //! deadline. Closing with unread bytes would make the kernel send a reset, which can
 //! destroy the Close frame before the peer reads it.
 
-use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,7 +99,8 @@ pub(crate) struct Conn {
     pub(crate) grant: Option<Box<Grant>>,
     pub(crate) last_seen: Instant,
     pub(crate) ping_sent: Option<Instant>,
-    /// The handshake deadline, then the close deadline once closing starts.
+    /// The handshake deadline; while open, the deadline of a message begun (see
+    /// [`Conn::time_message`]); the close deadline once closing starts.
     pub(crate) deadline: Option<Instant>,
     pub(crate) io: IoState,
     /// TLS, on a `wss://` listener: the queue holds plaintext, sealed when sent.
@@ -111,6 +112,18 @@ pub(crate) struct Conn {
     pub(crate) offsets: bool,
     /// The commands it may still send (refilled at the command rate).
     pub(crate) commands: TokenBucket,
+}
+
+/// What a connection is counted in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    /// Nothing (not yet, or no longer: a socket shed mid-upgrade).
+    #[default]
+    Nothing,
+    /// The worker's sockets that have not finished the upgrade.
+    Unupgraded,
+    /// The server's open WebSocket connections (and its address's).
+    Open,
 }
 
 /// What is in flight and what is finished, for the worker.
@@ -134,21 +147,19 @@ pub(crate) struct IoState {
     /// Decoding stopped with the queue at its cap: the rest of the input (in the read
     /// buffer) waits for it to drain.
     pub(crate) input_waiting: bool,
-    /// Counted in the server's open connections.
-    pub(crate) counted: bool,
+    /// What the connection is counted in, to be released when it goes.
+    pub(crate) counted: Counted,
 }
 
 impl Conn {
     pub(crate) fn new(
         socket: TcpStream,
+        ip: IpAddr,
         token: u64,
         limits: stratus_proto::handshake::HandshakeLimits,
         deadline: Instant,
         tls: Option<Box<TlsConn>>,
     ) -> Self {
-        let ip = socket
-            .peer_addr()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         Self {
             socket,
             ip,
@@ -332,6 +343,30 @@ impl Conn {
         } else if session.close_sent() {
             self.deadline.get_or_insert(close_deadline);
         }
+    }
+
+    /// Times the message in progress: while one has begun (part of a frame, or of a
+    /// fragmented message, waits) it must be done by `deadline`, set when it began;
+    /// once none is, there is no deadline. A connection that is closing keeps its close
+    /// deadline.
+    pub(crate) fn time_message(&mut self, midway: bool, deadline: Instant) {
+        if !self.is_open_for_messages() {
+            return;
+        }
+        if midway {
+            self.deadline.get_or_insert(deadline);
+        } else {
+            self.deadline = None;
+        }
+    }
+
+    /// Whether the deadline set is a message's (the connection is open and not closing).
+    pub(crate) fn is_timing_message(&self) -> bool {
+        self.deadline.is_some() && self.is_open_for_messages()
+    }
+
+    fn is_open_for_messages(&self) -> bool {
+        matches!(&self.phase, Phase::Open(session) if !session.close_sent())
     }
 
     /// Starts a server-side close with `code`. With `discard`, frames not yet sent are

@@ -28,6 +28,7 @@ mod status_page;
 mod tls;
 mod tls_conn;
 pub mod topic;
+mod unupgraded;
 mod upgrade;
 mod worker;
 

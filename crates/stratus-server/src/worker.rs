@@ -13,7 +13,7 @@
 //! timer per worker instead of one per connection.
 
 use std::io;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,7 +31,7 @@ use crate::broadcast::Broadcast;
 use crate::broker::{BrokerRequest, HistoryRead, Recovered};
 use crate::commands::{self, Command};
 use crate::config::{App, Config};
-use crate::connection::{Conn, Delivered, Phase, queue_transmit};
+use crate::connection::{Conn, Counted, Delivered, Phase, queue_transmit};
 use crate::history::{HistoryDest, Phase as RecoveryPhase, Recovery, Since};
 use crate::hub::{Hub, WorkerMsg};
 use crate::metrics;
@@ -40,6 +40,7 @@ use crate::rate::TokenBucket;
 use crate::status_page;
 use crate::tls_conn::TlsConn;
 use crate::topic::{self, TopicTable};
+use crate::unupgraded::Unupgraded;
 use crate::upgrade::upgrade;
 use stratus_proto::handshake::{Request, http_error};
 
@@ -184,6 +185,8 @@ pub(crate) struct Worker {
     topics: TopicTable,
     /// Subscribe replies waiting for the broker's confirmation.
     pending: PendingReplies,
+    /// Sockets that have not finished the upgrade, capped.
+    unupgraded: Unupgraded,
     /// The inbox holds more than the last turn took: read it again without waiting.
     inbox_waiting: bool,
     /// Numbers the worker's history reads (see `HistoryDest`).
@@ -214,6 +217,12 @@ impl Worker {
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<Self> {
         let ring = Ring::new(config.ring)?;
+        // Each worker takes its share of the caps (connections spread over the workers).
+        let share = |cap: usize| cap.div_ceil(config.workers.max(1));
+        let unupgraded = Unupgraded::new(
+            share(config.max_unupgraded),
+            share(config.max_unupgraded_per_ip),
+        );
         Ok(Self {
             index,
             hub,
@@ -226,6 +235,7 @@ impl Worker {
             conns: Conns::default(),
             topics: TopicTable::default(),
             pending: PendingReplies::default(),
+            unupgraded,
             inbox_waiting: false,
             next_request: 0,
             epoch: Instant::now(),
@@ -324,23 +334,52 @@ impl Worker {
 
     fn admit(&mut self, fd: OwnedFd) {
         let socket = TcpStream::from(fd);
+        let ip = socket
+            .peer_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        self.generation += 1;
+        let token = token(self.conns.slab.vacant_key(), self.generation);
+        if self.unupgraded.admit(token, ip).is_err() {
+            // Past its address's share of sockets mid-upgrade: closed at once.
+            metrics::add(&self.hub.workers[self.index].unupgraded_refused, 1);
+            return;
+        }
         let _ = socket.set_nodelay(true);
         let tls = match self.tls.clone().map(TlsConn::new).transpose() {
             Ok(tls) => tls.map(Box::new),
             Err(err) => {
                 warn!(error = %err, "TLS connection setup failed");
+                self.unupgraded.finished(ip);
                 return;
             }
         };
-        self.generation += 1;
-        let entry = self.conns.slab.vacant_entry();
-        let token = token(entry.key(), self.generation);
         let deadline = Instant::now() + self.config.handshake_timeout;
         let limits = self.config.handshake_limits;
-        let mut conn = Conn::new(socket, token, limits, deadline, tls);
+        let mut conn = Conn::new(socket, ip, token, limits, deadline, tls);
         self.ring.recv_multishot(conn.socket.as_raw_fd(), token);
         conn.io.receiving = true;
-        entry.insert(Box::new(conn));
+        conn.io.counted = Counted::Unupgraded;
+        self.conns.slab.insert(Box::new(conn));
+        self.shed_unupgraded();
+    }
+
+    /// Past the cap on sockets mid-upgrade, closes the oldest of them.
+    fn shed_unupgraded(&mut self) {
+        let Conns { slab, dirty } = &mut self.conns;
+        let is_live = |slab: &Slab<Box<Conn>>, token| {
+            slab.get(slot(token))
+                .is_some_and(|c| c.token == token && c.io.counted == Counted::Unupgraded)
+        };
+        while let Some(token) = self.unupgraded.shed(|t| is_live(slab, t)) {
+            if let Some(conn) = find(slab, token) {
+                conn.io.counted = Counted::Nothing;
+                self.unupgraded.finished(conn.ip);
+                conn.kill();
+                Conns::mark(dirty, conn);
+                metrics::add(&self.hub.workers[self.index].unupgraded_shed, 1);
+            }
+        }
+        self.unupgraded.compact(|t| is_live(slab, t));
     }
 
     fn on_received(&mut self, token: u64, result: io::Result<usize>, more: bool) {
@@ -353,11 +392,7 @@ impl Worker {
         }
         match result {
             Ok(0) => conn.io.peer_done = true,
-            Ok(_) => {
-                conn.last_seen = Instant::now();
-                conn.ping_sent = None;
-                self.on_data(slot(token));
-            }
+            Ok(_) => self.on_data(slot(token)),
             // Out of buffers (the pool grew) or paused: re-armed when settled.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ECANCELED)) => {}
             Err(_) => {
@@ -462,6 +497,9 @@ impl Worker {
             }
         };
         let topics = std::mem::take(&mut accepted.topics);
+        if conn.io.counted == Counted::Unupgraded {
+            self.unupgraded.finished(conn.ip);
+        }
         let rate = config.command_rate;
         conn.open(
             accepted,
@@ -470,7 +508,7 @@ impl Worker {
         if let Some(grant) = &conn.grant {
             debug!(conn = conn.token, subject = %grant.subject, "token accepted");
         }
-        conn.io.counted = true;
+        conn.io.counted = Counted::Open;
         metrics::add(&counters.opened, 1);
         let mut subs = Subscriptions {
             table: &mut self.topics,
@@ -495,7 +533,8 @@ impl Worker {
     /// until the queue drains; see [`Worker::resume_input`].
     fn decode(&mut self, slot: usize, buf: &mut BytesMut) {
         let config = &self.config;
-        let close_deadline = Instant::now() + config.close_timeout;
+        let now = Instant::now();
+        let close_deadline = now + config.close_timeout;
         let conn: &mut Conn = &mut self.conns.slab[slot];
         if conn.is_backlogged(config.max_send_queue) {
             conn.io.input_waiting = true;
@@ -512,6 +551,8 @@ impl Worker {
             tls,
             io,
             commands,
+            last_seen,
+            ping_sent,
             ..
         } = conn;
         let Phase::Open(session) = phase else {
@@ -537,6 +578,10 @@ impl Worker {
             }
             match session.handle_read(buf) {
                 Ok(Some(message)) => {
+                    // Only whole messages count as signs of life: a peer that trickles
+                    // a frame a byte at a time still gets pinged.
+                    *last_seen = now;
+                    *ping_sent = None;
                     metrics::add(&counters.messages_in, 1);
                     metrics::add(&counters.bytes_in, message.payload_len() as u64);
                     let subscriber = Subscriber {
@@ -564,7 +609,9 @@ impl Worker {
                 }
             }
         }
+        let midway = !io.input_waiting && (!buf.is_empty() || session.is_mid_message());
         conn.transmit(close_deadline);
+        conn.time_message(midway, now + config.message_timeout);
     }
 
     /// Decodes the input that waited for connection `slot`'s queue to drain.
@@ -691,6 +738,9 @@ impl Worker {
     /// Forgets a connection whose operations have all finished, closing its socket.
     fn free(&mut self, slot: usize) {
         let conn = self.conns.slab.remove(slot);
+        if conn.io.counted == Counted::Unupgraded {
+            self.unupgraded.finished(conn.ip);
+        }
         let mut subs = Subscriptions {
             table: &mut self.topics,
             pending: &mut self.pending,
@@ -704,7 +754,7 @@ impl Worker {
         for t in &conn.topics {
             let _ = subs.remove(t, slot, conn.token);
         }
-        if conn.io.counted {
+        if conn.io.counted == Counted::Open {
             self.hub
                 .release(conn.ip, self.config.max_connections_per_ip);
             let code = match &conn.phase {
@@ -961,6 +1011,16 @@ impl Worker {
                 continue;
             }
             let past = |deadline: Instant| now >= deadline;
+            if conn.deadline.is_some_and(past) && conn.is_timing_message() {
+                conn.close(
+                    CloseCode::POLICY,
+                    "message not completed in time",
+                    now + config.close_timeout,
+                    false,
+                );
+                Conns::mark(dirty, conn);
+                continue;
+            }
             if conn.deadline.is_some_and(past) || hard_stop.is_some_and(past) {
                 if matches!(conn.phase, Phase::Handshake(_)) {
                     metrics::add(&self.hub.workers[self.index].handshake_timeouts, 1);
@@ -969,7 +1029,8 @@ impl Worker {
                 Conns::mark(dirty, conn);
                 continue;
             }
-            if conn.deadline.is_some() {
+            // Handshaking or closing: no pings. A message under way still gets pinged.
+            if conn.deadline.is_some() && !conn.is_timing_message() {
                 continue;
             }
             if conn
@@ -1002,6 +1063,8 @@ impl Worker {
         }
         let counters = &self.hub.workers[self.index];
         counters.queued_bytes.store(queued_bytes, Ordering::Relaxed);
+        let unupgraded = self.unupgraded.len() as u64;
+        counters.unupgraded.store(unupgraded, Ordering::Relaxed);
     }
 
     /// Stops accepting and closes every connection with 1001, to be done by the drain
@@ -1173,6 +1236,7 @@ fn clock_ms(epoch: Instant, now: Instant) -> u32 {
 fn sweep_period(config: &Config) -> Duration {
     [
         config.handshake_timeout,
+        config.message_timeout,
         config.ping_interval,
         config.pong_timeout,
         config.close_timeout,

@@ -131,8 +131,11 @@ fn slowloris_is_closed_at_handshake_timeout_and_does_not_delay_others() {
             p
         })
         .collect();
-    // A good handshake completes while two thousand incomplete ones are pending.
-    let mut good = Peer::open(addr);
+    // A good handshake (from another address: this one has used up its share of
+    // sockets mid-upgrade) completes while two thousand incomplete ones are pending.
+    let mut good = Peer::connect_from(addr, [127, 0, 0, 2].into());
+    good.send(common::upgrade_request("/").as_bytes());
+    assert!(good.read_head().starts_with("HTTP/1.1 101 "));
     good.send(&frame(true, 0, 1, b"hi"));
     assert_eq!(good.recv(), Some(Message::text("hi")));
     // The first slow socket is still open: the good handshake did not wait them out.

@@ -357,3 +357,173 @@ fn a_client_asking_for_a_smaller_window_in_shared_mode_gets_no_compressor_of_its
         "nothing compressed"
     );
 }
+
+// Slow peers.
+
+/// A connection that trickles one frame of 100 bytes, a byte every 200 ms, until the
+/// server closes; what it received.
+fn trickle_a_frame(server: &Server) -> Vec<stratus_proto::Message> {
+    let mut peer = common::Peer::open(server.local_addr());
+    let frame = common::frame(true, 0, 0x1, &[b'x'; 100]);
+    let writer = peer.stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let mut writer = writer;
+        for byte in frame {
+            if writer.write_all(&[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let mut got = Vec::new();
+    while let Some(message) = peer.recv() {
+        let close = matches!(message, stratus_proto::Message::Close(_));
+        got.push(message);
+        if close {
+            // Answer it, as a client does; the server then closes TCP.
+            let _ = peer
+                .stream
+                .write_all(&common::frame(true, 0, 0x8, &1008u16.to_be_bytes()));
+        }
+    }
+    drop(peer);
+    trickle.join().unwrap();
+    got
+}
+
+fn close_of(messages: &[stratus_proto::Message]) -> Option<(u16, String)> {
+    messages.iter().find_map(|m| match m {
+        stratus_proto::Message::Close(Some(f)) => Some((f.code().0, f.reason().to_owned())),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_frame_trickled_a_byte_at_a_time_is_closed_at_the_message_deadline() {
+    let server = common::start_with(|c| c.message_timeout = Duration::from_secs(1));
+    let started = Instant::now();
+    let got = trickle_a_frame(&server);
+    assert_eq!(
+        close_of(&got),
+        Some((1008, "message not completed in time".into()))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the 106-byte frame would have taken 21 s"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_trickled_frame_is_no_sign_of_life_the_connection_is_pinged_and_closed() {
+    let server = common::start_with(|c| {
+        c.message_timeout = Duration::from_secs(60);
+        c.ping_interval = Duration::from_millis(500);
+        c.pong_timeout = Duration::from_millis(500);
+    });
+    let got = trickle_a_frame(&server);
+    assert!(
+        got.iter()
+            .any(|m| matches!(m, stratus_proto::Message::Ping(_))),
+        "{got:?}"
+    );
+    // Its pong would sit behind the unfinished frame: the ping goes unanswered.
+    assert_eq!(close_of(&got), Some((1001, "pong timeout".into())));
+    server.stop().unwrap();
+}
+
+/// Open descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A TCP connection from `local` that sends nothing.
+fn idle_socket(addr: SocketAddr, local: [u8; 4]) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((local, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
+/// Whether the server has closed `stream` (EOF or a reset within a moment).
+fn closed_by_server(stream: &TcpStream) -> bool {
+    stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    match (&*stream).read(&mut [0u8; 1]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn idle_sockets_that_never_upgrade_are_capped_and_shed_and_a_real_client_gets_in() {
+    // Started with a soft limit of 256 descriptors, which the server raises to the hard
+    // limit; the idle sockets below would take them all otherwise.
+    let (ws, admin_addr) = (common::free_addr(), common::free_addr());
+    let child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_stratus"))
+        .args(["serve", "--workers", "1", "--log-level", "warn"])
+        .args(["--max-unupgraded", "100", "--max-unupgraded-per-ip", "40"])
+        .args([
+            "--listen",
+            &ws.to_string(),
+            "--admin-listen",
+            &admin_addr.to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    let child = Child(child);
+    let pid = child.0.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(ws).is_err() {
+        assert!(Instant::now() < deadline, "the server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[3], open_files[4],
+        "soft limit raised to the hard one: {limits}"
+    );
+    let baseline = fds(pid);
+    // One address past its cap: the ones past it are closed at once.
+    let one: Vec<TcpStream> = (0..60).map(|_| idle_socket(ws, [127, 0, 0, 2])).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = one.iter().filter(|s| closed_by_server(s)).count();
+    assert_eq!(closed, 20, "40 held, the rest closed");
+    // Many addresses past the overall cap: the oldest are shed.
+    let many: Vec<TcpStream> = (0..400)
+        .map(|i| idle_socket(ws, [127, 0, 1, (i % 20) as u8 + 1]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A real client still gets in, and is served.
+    let mut real = common::Peer::connect_from(ws, [127, 0, 2, 1].into());
+    real.send(common::upgrade_request("/ws?topic=real").as_bytes());
+    assert!(real.read_head().starts_with("HTTP/1.1 101 "));
+    let held = fds(pid);
+    assert!(
+        held <= baseline + 100 + 5,
+        "{held} descriptors held, from {baseline}: the cap is 100"
+    );
+    let (_, page) = admin(
+        admin_addr,
+        "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        common::sample(&page, "stratus_unupgraded_refused_total"),
+        20
+    );
+    // 440 idle and the real client arrived; 100 may wait.
+    assert_eq!(common::sample(&page, "stratus_unupgraded_shed_total"), 341);
+    drop((one, many));
+}

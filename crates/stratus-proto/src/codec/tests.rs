@@ -455,3 +455,21 @@ fn autobahn_9_3_1_fits_default_limits() {
     let out = decode_all(&mut server_decoder(), &bytes).unwrap();
     assert_eq!(out.len(), 1);
 }
+
+#[test]
+fn a_message_is_midway_from_its_first_fragment_to_its_last() {
+    let mut decoder = server_decoder();
+    assert!(!decoder.is_mid_message());
+    let first = masked(false, 0, 0x1, b"he");
+    assert!(decode_all(&mut decoder, &first).unwrap().is_empty());
+    assert!(decoder.is_mid_message());
+    // A control frame in between leaves it midway.
+    decode_all(&mut decoder, &masked(true, 0, 0x9, b"")).unwrap();
+    assert!(decoder.is_mid_message());
+    let last = masked(true, 0, 0x0, b"llo");
+    assert_eq!(
+        decode_all(&mut decoder, &last).unwrap(),
+        [data(true, b"hello")]
+    );
+    assert!(!decoder.is_mid_message());
+}

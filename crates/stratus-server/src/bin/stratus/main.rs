@@ -96,6 +96,32 @@ fn check(settings: Settings, echo: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit, and says so: every connection
+/// is a descriptor, and the usual soft limit (1,024) would make accepts fail long before
+/// the server is busy. The caps on connections and on sockets mid-upgrade are what bound
+/// the descriptors a peer can make the server hold.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if soft >= hard {
+        tracing::info!(limit = soft, "open-file limit");
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+        Err(err) => {
+            tracing::warn!(limit = soft, error = %err, "could not raise the open-file limit")
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // mimalloc asks for transparent huge pages: every 2 MiB region its heaps touch would
     // become resident whole, which costs more than the connections themselves (an idle
@@ -123,6 +149,7 @@ fn main() -> anyhow::Result<()> {
     };
     let settings = settings.resolve()?;
     init_logs(&settings)?;
+    raise_fd_limit();
     let config = settings.apply(base)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let server = Server::start(config)?;

@@ -56,6 +56,14 @@ pub(crate) struct Settings {
     /// Most WebSocket connections at once from one IP address; beyond, 429 [0: no limit].
     #[arg(long, env = "STRATUS_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
+    /// Most sockets that have not finished the upgrade, over all workers; past it the
+    /// oldest is closed [4096; 0: no limit].
+    #[arg(long, env = "STRATUS_MAX_UNUPGRADED")]
+    max_unupgraded: Option<usize>,
+    /// Most such sockets from one IP address; past it a new one is closed at once [1024;
+    /// 0: no limit].
+    #[arg(long, env = "STRATUS_MAX_UNUPGRADED_PER_IP")]
+    max_unupgraded_per_ip: Option<usize>,
     /// Origins allowed to connect from a browser, comma-separated `scheme://host[:port]`,
     /// or `*` for any; others get 403 [the server's own origin only].
     #[arg(long, value_delimiter = ',', env = "STRATUS_ALLOWED_ORIGINS")]
@@ -100,6 +108,9 @@ pub(crate) struct Settings {
     /// Seconds a client has to finish the opening handshake [10].
     #[arg(long, env = "STRATUS_HANDSHAKE_TIMEOUT")]
     handshake_timeout: Option<f64>,
+    /// Seconds a client has to finish a message it has begun sending; then Close 1008 [30].
+    #[arg(long, env = "STRATUS_MESSAGE_TIMEOUT")]
+    message_timeout: Option<f64>,
     /// Seconds to wait for the peer's Close or FIN after the server's Close [3].
     #[arg(long, env = "STRATUS_CLOSE_TIMEOUT")]
     close_timeout: Option<f64>,
@@ -234,6 +245,8 @@ impl Settings {
             command_rate,
             max_connections,
             max_connections_per_ip,
+            max_unupgraded,
+            max_unupgraded_per_ip,
             allowed_origins,
             auth,
             auth_secret,
@@ -247,6 +260,7 @@ impl Settings {
             admin_request_timeout,
             slow_consumer,
             handshake_timeout,
+            message_timeout,
             close_timeout,
             ping_interval,
             pong_timeout,
@@ -287,6 +301,8 @@ impl Settings {
             command_rate: Some(config.command_rate),
             max_connections: Some(config.max_connections),
             max_connections_per_ip: Some(config.max_connections_per_ip),
+            max_unupgraded: Some(config.max_unupgraded),
+            max_unupgraded_per_ip: Some(config.max_unupgraded_per_ip),
             allowed_origins: Some(config.allowed_origins.clone()),
             auth: Some(
                 config
@@ -312,6 +328,7 @@ impl Settings {
                 SlowConsumer::Drop => SlowConsumerArg::Drop,
             }),
             handshake_timeout: Some(config.handshake_timeout.as_secs_f64()),
+            message_timeout: Some(config.message_timeout.as_secs_f64()),
             close_timeout: Some(config.close_timeout.as_secs_f64()),
             ping_interval: Some(config.ping_interval.as_secs_f64()),
             pong_timeout: Some(config.pong_timeout.as_secs_f64()),
@@ -393,6 +410,10 @@ impl Settings {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(base.max_connections_per_ip),
+            max_unupgraded: self.max_unupgraded.unwrap_or(base.max_unupgraded),
+            max_unupgraded_per_ip: self
+                .max_unupgraded_per_ip
+                .unwrap_or(base.max_unupgraded_per_ip),
             allowed_origins: self.allowed_origins.unwrap_or(base.allowed_origins),
             auth: auth.or(base.auth),
             max_send_queue: self.max_send_queue.unwrap_or(base.max_send_queue),
@@ -415,6 +436,11 @@ impl Settings {
                 self.handshake_timeout,
                 "handshake-timeout",
                 base.handshake_timeout,
+            )?,
+            message_timeout: seconds(
+                self.message_timeout,
+                "message-timeout",
+                base.message_timeout,
             )?,
             close_timeout: seconds(self.close_timeout, "close-timeout", base.close_timeout)?,
             ping_interval: seconds(self.ping_interval, "ping-interval", base.ping_interval)?,
