@@ -53,6 +53,10 @@ pub(crate) struct WorkerStats {
     pub(crate) opened: AtomicU64,
     closed: [AtomicU64; CLOSE_CODES.len()],
     pub(crate) handshake_timeouts: AtomicU64,
+    /// Times the worker's completion queue overflowed into the kernel's backlog, and
+    /// completions the kernel lost (as of the last sweep).
+    pub(crate) ring_overflows: AtomicU64,
+    pub(crate) ring_lost: AtomicU64,
     /// Sockets that have not finished the upgrade, as of the last sweep.
     pub(crate) unupgraded: AtomicU64,
     /// The oldest of them closed for the cap (`max_unupgraded`).
@@ -142,13 +146,15 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 23] = [
+    let single: [(&str, &str, &str, u64); 25] = [
         ("stratus_connections", "gauge", "Open WebSocket connections.", load(&stats.connections)),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
         ("stratus_unupgraded", "gauge", "Sockets that have not finished the WebSocket upgrade (as of each worker's last sweep).", sum(|w| &w.unupgraded)),
         ("stratus_unupgraded_shed_total", "counter", "Sockets mid-upgrade closed, oldest first, for --max-unupgraded.", sum(|w| &w.unupgraded_shed)),
         ("stratus_unupgraded_refused_total", "counter", "New sockets closed at once for --max-unupgraded-per-ip.", sum(|w| &w.unupgraded_refused)),
+        ("stratus_ring_cq_overflows_total", "counter", "Times a worker's io_uring completion queue overflowed into the kernel's backlog (nothing lost; as of each worker's last sweep).", sum(|w| &w.ring_overflows)),
+        ("stratus_ring_completions_lost_total", "counter", "io_uring completions the kernel could not keep (as of each worker's last sweep).", sum(|w| &w.ring_lost)),
         ("stratus_tls_errors_total", "counter", "Connections closed for a failed TLS handshake or a bad TLS record (plain HTTP on the TLS port, say).", sum(|w| &w.tls_errors)),
         ("stratus_messages_received_total", "counter", "Messages received from clients (data and control).", sum(|w| &w.messages_in)),
         ("stratus_commands_limited_total", "counter", "Commands refused for the per-connection command rate (--command-rate).", sum(|w| &w.commands_limited)),

@@ -664,11 +664,16 @@ impl Worker {
     fn settle(&mut self) -> io::Result<()> {
         let dirty = std::mem::take(&mut self.conns.dirty);
         let mut sends = 0usize;
+        // Chunks well inside the completion queue: each chunk's completions are taken
+        // out of the kernel's queue before the next is submitted, so a fanout to more
+        // sockets than the queue holds never overflows it.
+        let chunk = SETTLE_CHUNK.min(self.ring.completion_capacity() / 4).max(1);
         for &token in &dirty {
             if self.settle_one(token) {
                 sends += 1;
-                if sends.is_multiple_of(SETTLE_CHUNK) {
+                if sends.is_multiple_of(chunk) {
                     self.ring.submit()?;
+                    self.ring.reap();
                     self.read_inbox();
                 }
             }
@@ -1065,6 +1070,12 @@ impl Worker {
         counters.queued_bytes.store(queued_bytes, Ordering::Relaxed);
         let unupgraded = self.unupgraded.len() as u64;
         counters.unupgraded.store(unupgraded, Ordering::Relaxed);
+        counters
+            .ring_overflows
+            .store(self.ring.overflows(), Ordering::Relaxed);
+        counters
+            .ring_lost
+            .store(self.ring.lost_completions(), Ordering::Relaxed);
     }
 
     /// Stops accepting and closes every connection with 1001, to be done by the drain

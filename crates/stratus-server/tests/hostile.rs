@@ -449,7 +449,9 @@ fn idle_socket(addr: SocketAddr, local: [u8; 4]) -> TcpStream {
 
 /// Whether the server has closed `stream` (EOF or a reset within a moment).
 fn closed_by_server(stream: &TcpStream) -> bool {
-    stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
     match (&*stream).read(&mut [0u8; 1]) {
         Ok(n) => n == 0,
         Err(e) => !matches!(
@@ -526,4 +528,51 @@ fn idle_sockets_that_never_upgrade_are_capped_and_shed_and_a_real_client_gets_in
     // 440 idle and the real client arrived; 100 may wait.
     assert_eq!(common::sample(&page, "stratus_unupgraded_shed_total"), 341);
     drop((one, many));
+}
+
+// The worker's ring.
+
+#[test]
+fn a_fanout_to_more_sockets_than_the_completion_queue_holds_loses_no_completion() {
+    // A completion queue of 64 and 600 subscribers on one worker: one publish is 600
+    // sends in one turn.
+    let server = start(|c| {
+        c.workers = 1;
+        c.ring.entries = 16;
+    });
+    let url = "/ws?topic=wide";
+    let mut peers: Vec<common::Peer> = (0..600)
+        .map(|_| {
+            let mut p = common::Peer::connect(server.local_addr());
+            p.send(common::upgrade_request(url).as_bytes());
+            assert!(p.read_head().starts_with("HTTP/1.1 101 "));
+            p
+        })
+        .collect();
+    for round in 0..3 {
+        let text = format!("round {round}");
+        let reach = server.publish("wide", stratus_proto::Message::text(text.clone()));
+        assert_eq!(
+            reach.unwrap().wait(),
+            Ok(stratus_server::Reach::Subscribers(600))
+        );
+        for peer in &mut peers {
+            assert_eq!(
+                peer.recv(),
+                Some(stratus_proto::Message::text(text.clone()))
+            );
+        }
+    }
+    // The sweep has published the ring's counters by now (it runs several times a second).
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, page) = admin(
+        server.admin_addr().unwrap(),
+        "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(common::sample(&page, "stratus_ring_cq_overflows_total"), 0);
+    assert_eq!(
+        common::sample(&page, "stratus_ring_completions_lost_total"),
+        0
+    );
+    server.stop().unwrap();
 }

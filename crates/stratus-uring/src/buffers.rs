@@ -9,12 +9,10 @@
 
 use std::alloc::{self, Layout};
 use std::io;
-use std::mem::MaybeUninit;
-use std::ptr::NonNull;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::IoUring;
-use io_uring::types::BufRingEntry;
 
 /// The buffer group id Stratus registers its receive buffers under.
 pub(crate) const GROUP: u16 = 0;
@@ -22,12 +20,29 @@ pub(crate) const GROUP: u16 = 0;
 /// Buffers handed to the kernel at start, and added at each growth.
 const GROWTH: u16 = 128;
 
+/// One entry of the ring, as the kernel reads it (`struct io_uring_buf`). The first
+/// entry's `resv` field is the ring's tail, which the kernel reads concurrently: entries
+/// are only ever written field by field through raw pointers, never through a reference
+/// to a whole entry, so nothing here claims that memory for itself.
+#[repr(C)]
+struct BufEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+/// The tail's offset in the ring: `resv` of the first entry.
+const TAIL_OFFSET: usize = 14;
+
 pub(crate) struct Buffers {
     /// `capacity` ring entries, page aligned, shared with the kernel.
-    ring: NonNull<BufRingEntry>,
+    ring: NonNull<BufEntry>,
     ring_layout: Layout,
-    /// `capacity * size` bytes; the kernel writes received data here.
-    memory: Box<[MaybeUninit<u8>]>,
+    /// `capacity * size` bytes the kernel writes received data into. Held as a raw
+    /// allocation: the kernel writes it while we run, so no Rust reference may own it.
+    memory: NonNull<u8>,
+    memory_layout: Layout,
     size: usize,
     capacity: u16,
     /// Buffer ids `0..provided` belong to the pool.
@@ -46,24 +61,46 @@ impl Buffers {
                 "buffer ring: capacity must be a power of two up to 32768, size non-zero",
             ));
         }
-        let ring_layout = Layout::array::<BufRingEntry>(usize::from(capacity))
+        const _: () = assert!(size_of::<BufEntry>() == 16 && TAIL_OFFSET == 14);
+        let ring_layout = Layout::array::<BufEntry>(usize::from(capacity))
             .and_then(|l| l.align_to(4096))
             .map_err(io::Error::other)?;
-        // SAFETY: the layout has a non-zero size (capacity >= 1 entry of 16 bytes).
-        let ring = unsafe { alloc::alloc_zeroed(ring_layout) }.cast::<BufRingEntry>();
-        let ring = NonNull::new(ring).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        let memory = Box::new_uninit_slice(usize::from(capacity) * size);
+        let memory_layout = usize::from(capacity)
+            .checked_mul(size)
+            .and_then(|total| Layout::from_size_align(total, 4096).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer pool too large"))?;
+        // SAFETY: both layouts have a non-zero size (capacity >= 1, size >= 1).
+        let (ring, memory) = unsafe {
+            (
+                alloc::alloc_zeroed(ring_layout).cast::<BufEntry>(),
+                alloc::alloc(memory_layout),
+            )
+        };
+        let (Some(ring), Some(memory)) = (NonNull::new(ring), NonNull::new(memory)) else {
+            // SAFETY: whichever allocation succeeded was made with its layout just above.
+            unsafe {
+                if !ring.is_null() {
+                    alloc::dealloc(ring.cast(), ring_layout);
+                }
+                if !memory.is_null() {
+                    alloc::dealloc(memory, memory_layout);
+                }
+            }
+            return Err(io::ErrorKind::OutOfMemory.into());
+        };
         let mut buffers = Self {
             ring,
             ring_layout,
             memory,
+            memory_layout,
             size,
             capacity,
             provided: 0,
             tail: 0,
         };
-        // SAFETY: `ring` holds `capacity` entries and lives until `Drop`, which runs only
-        // after the io_uring instance that uses it is gone (the owner drops it first).
+        // SAFETY: `ring` holds `capacity` entries and is freed only in `Drop`, which the
+        // owning `Ring` runs only after every operation that could use a buffer has
+        // completed (see its `Drop`).
         unsafe {
             uring
                 .submitter()
@@ -94,11 +131,11 @@ impl Buffers {
             return &[];
         }
         let start = usize::from(bid) * self.size;
-        let filled = &self.memory[start..start + len.min(self.size)];
-        // SAFETY: the kernel wrote `len` bytes at the start of buffer `bid` before posting
-        // the completion that named it, and does not touch the buffer again until
-        // `recycle` (which needs `&mut self`, so this borrow has ended) hands it back.
-        unsafe { filled.assume_init_ref() }
+        // SAFETY: buffer `bid` lies inside the pool (`bid < provided <= capacity`). The
+        // kernel wrote `len` bytes at its start before posting the completion that named
+        // it, and does not touch it again until `recycle` (which needs `&mut self`, so
+        // this borrow has ended) hands it back; the bytes are initialised.
+        unsafe { std::slice::from_raw_parts(self.memory.as_ptr().add(start), len.min(self.size)) }
     }
 
     /// Hands buffer `bid` back to the kernel.
@@ -113,22 +150,32 @@ impl Buffers {
     fn push(&mut self, bid: u16) {
         let index = usize::from(self.tail & (self.capacity - 1));
         let start = usize::from(bid) * self.size;
-        // SAFETY: `index < capacity`, so the entry is inside the ring allocation; the
-        // kernel does not read entries past the published tail, so writing this one races
-        // with nothing.
-        let entry = unsafe { &mut *self.ring.as_ptr().add(index) };
-        entry.set_addr(self.memory[start..].as_ptr() as u64);
-        entry.set_len(self.size as u32);
-        entry.set_bid(bid);
+        // SAFETY: `index < capacity`, so the entry is inside the ring allocation, and
+        // `start` is inside the pool. The kernel reads no entry past the published tail,
+        // so writing this one's `addr`, `len` and `bid` races with nothing; `resv` (the
+        // tail, in the first entry) is left alone.
+        unsafe {
+            let entry = self.ring.as_ptr().add(index);
+            ptr::addr_of_mut!((*entry).addr).write(self.memory.as_ptr().add(start) as u64);
+            ptr::addr_of_mut!((*entry).len).write(self.size as u32);
+            ptr::addr_of_mut!((*entry).bid).write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
     }
 
     /// Makes every pushed buffer visible to the kernel.
     fn publish(&self) {
-        // SAFETY: the tail field lives inside the ring's first entry (which the kernel
-        // never reads as a buffer while it is the tail); it is a naturally aligned u16
-        // that the kernel reads atomically, so an atomic release store is the protocol.
-        let tail = unsafe { &*BufRingEntry::tail(self.ring.as_ptr()).cast::<AtomicU16>() };
+        // SAFETY: the tail is the first entry's `resv`, a naturally aligned u16 inside the
+        // ring allocation that the kernel reads atomically: an atomic release store is the
+        // protocol (the entries written before it become visible with it).
+        let tail = unsafe {
+            &*self
+                .ring
+                .as_ptr()
+                .cast::<u8>()
+                .add(TAIL_OFFSET)
+                .cast::<AtomicU16>()
+        };
         tail.store(self.tail, Ordering::Release);
     }
 
@@ -140,8 +187,12 @@ impl Buffers {
 
 impl Drop for Buffers {
     fn drop(&mut self) {
-        // SAFETY: allocated in `register` with this layout; the owning ring dropped the
-        // io_uring instance (and with it the kernel's reference) before this runs.
-        unsafe { alloc::dealloc(self.ring.as_ptr().cast(), self.ring_layout) }
+        // SAFETY: allocated in `register` with these layouts; the owning ring has waited
+        // for every operation in flight to complete (or leaked the buffers instead), so
+        // the kernel no longer reads the ring or writes the pool.
+        unsafe {
+            alloc::dealloc(self.ring.as_ptr().cast(), self.ring_layout);
+            alloc::dealloc(self.memory.as_ptr(), self.memory_layout);
+        }
     }
 }

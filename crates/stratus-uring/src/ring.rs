@@ -8,11 +8,20 @@
 //! connection costing about 9 KB that way. This module keeps every pointer handed to the
 //! kernel alive until its completion: send batches are boxed and owned here until the
 //! kernel is done with them, receive buffers belong to [`Buffers`], and the wake-up
-//! counter is boxed.
+//! counter is boxed. It counts the operations in flight, and dropping a ring cancels them
+//! all and waits for their completions before any of that memory is freed (as
+//! tokio-uring's driver does), whatever the order of the fields.
+//!
+//! Completions are never lost: the completion queue holds four times the submission
+//! queue, a caller that submits many operations in one turn takes completions out of the
+//! kernel's queue between batches ([`Ring::reap`]), and should the queue still overflow
+//! the kernel keeps the excess (`IORING_FEAT_NODROP`), which is counted
+//! ([`Ring::overflows`]) and taken as a reason to reap sooner, not as a failure.
 //!
 //! Completions come back as [`Event`]s tagged with the caller's 56-bit token.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -115,11 +124,16 @@ struct Send {
     msg: libc::msghdr,
 }
 
+/// How long dropping a ring waits for the operations it cancelled to complete; past it,
+/// the memory they might still use is leaked rather than freed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One worker's io_uring.
 pub struct Ring {
-    // Field order matters: the io_uring instance must go before the buffers it uses.
-    uring: IoUring,
-    buffers: Buffers,
+    /// Dropped by hand: first, once every operation has completed (see `Drop`).
+    uring: ManuallyDrop<IoUring>,
+    /// Dropped by hand: after the ring, and only if every operation completed.
+    buffers: ManuallyDrop<Buffers>,
     sends: Slab<Box<Send>>,
     /// Finished sends, kept for their allocations (boxed: they go back into `sends`).
     #[allow(clippy::vec_box)]
@@ -129,6 +143,12 @@ pub struct Ring {
     ready: std::collections::VecDeque<cqueue::Entry>,
     /// The buffer (id, length) of the last `Received` event, recycled at the next event.
     received: Option<(u16, usize)>,
+    /// Operations submitted (or queued to be) whose last completion has not come.
+    in_flight: usize,
+    /// Times the completion queue was found overflowed into the kernel's backlog.
+    overflows: u64,
+    /// Completions the kernel could not keep (it was out of memory for its backlog).
+    lost: u64,
 }
 
 impl Ring {
@@ -151,14 +171,59 @@ impl Ring {
         let uring = build(true).or_else(|_| build(false))?;
         let buffers = Buffers::register(&uring, config.recv_buffers, config.recv_buffer_size)?;
         Ok(Self {
-            uring,
-            buffers,
+            uring: ManuallyDrop::new(uring),
+            buffers: ManuallyDrop::new(buffers),
             sends: Slab::new(),
             spare_sends: Vec::new(),
             wake_counter: Box::new(0),
             ready: std::collections::VecDeque::new(),
             received: None,
+            in_flight: 0,
+            overflows: 0,
+            lost: 0,
         })
+    }
+
+    /// Completions the queue holds: a caller that submits many operations in one turn
+    /// should [`reap`](Self::reap) well before this many are outstanding.
+    pub fn completion_capacity(&self) -> usize {
+        self.uring.params().cq_entries() as usize
+    }
+
+    /// Operations whose last completion has not come yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Times the completion queue overflowed into the kernel's backlog (nothing is lost
+    /// then, but the caller should reap more often).
+    pub fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// Completions the kernel dropped: it could not keep its overflow backlog. Operations
+    /// they belonged to never report back (a well-reaped ring never gets here).
+    pub fn lost_completions(&self) -> u64 {
+        self.lost
+    }
+
+    /// Takes the completions the kernel has posted into this ring's own queue, freeing
+    /// room in the kernel's; [`next_event`](Self::next_event) hands them out in order.
+    pub fn reap(&mut self) {
+        self.note_overflow();
+        self.ready.extend(self.uring.completion());
+    }
+
+    /// Counts an overflow the kernel reports, and completions it had to drop.
+    fn note_overflow(&mut self) {
+        if self.uring.submission().cq_overflow() {
+            self.overflows += 1;
+        }
+        let dropped = u64::from(self.uring.completion().overflow());
+        if dropped > self.lost {
+            tracing::error!(lost = dropped - self.lost, "io_uring dropped completions");
+            self.lost = dropped;
+        }
     }
 
     /// Queues an entry, submitting first when the submission queue is full.
@@ -166,6 +231,7 @@ impl Ring {
     /// # Safety
     /// Every pointer in `entry` must stay valid until its completion.
     unsafe fn push(&mut self, entry: &squeue::Entry) {
+        self.in_flight += 1;
         loop {
             // SAFETY: the caller guarantees the entry's pointers outlive the operation.
             if unsafe { self.uring.submission().push(entry) }.is_ok() {
@@ -270,6 +336,9 @@ impl Ring {
     }
 
     /// Submits everything queued and waits for at least one completion, or `timeout`.
+    ///
+    /// `EBADR` (the kernel dropped completions it could not keep) is counted and logged,
+    /// not returned: the ring goes on.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
         if !self.ready.is_empty() {
             return self.submit();
@@ -279,6 +348,10 @@ impl Ring {
         match self.uring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBADR) => {
+                self.note_overflow();
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -291,7 +364,7 @@ impl Ring {
         }
         loop {
             if self.ready.is_empty() {
-                self.ready.extend(self.uring.completion());
+                self.reap();
             }
             let cqe = self.ready.pop_front()?;
             if let Some(event) = self.complete(&cqe) {
@@ -315,6 +388,9 @@ impl Ring {
             Ok(res as usize)
         };
         let more = cqueue::more(flags);
+        if !more {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         match kind {
             ACCEPT => Some(Event::Accepted {
                 token,
@@ -360,6 +436,78 @@ impl Ring {
     /// Receive buffers in the pool now.
     pub fn recv_buffers(&self) -> u16 {
         self.buffers.provided()
+    }
+}
+
+impl Ring {
+    /// Cancels every operation in flight and waits (up to [`DRAIN_TIMEOUT`]) for each to
+    /// complete; `true` if they all did. Dropping a ring does this too; then, if some did
+    /// not complete, the memory they might still use is leaked rather than freed.
+    pub fn shutdown(mut self) -> bool {
+        self.drain()
+    }
+
+    fn drain(&mut self) -> bool {
+        if self.in_flight == 0 {
+            return true;
+        }
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(user_data(CANCEL, 0));
+        // SAFETY: a cancel points at no memory.
+        unsafe { self.push(&cancel) }
+        for cqe in std::mem::take(&mut self.ready) {
+            if !cqueue::more(cqe.flags()) {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+        }
+        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.in_flight > 0 {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let ts = types::Timespec::from(deadline - now);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.uring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBADR) => {}
+                Err(_) => break,
+            }
+            for cqe in self.uring.completion() {
+                if !cqueue::more(cqe.flags()) {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
+            }
+        }
+        self.in_flight == 0
+    }
+}
+
+impl Drop for Ring {
+    /// Cancels every operation in flight and waits for each to complete, so the kernel
+    /// is done with the send batches, the receive buffers and the wake-up counter before
+    /// they are freed; if some do not complete within [`DRAIN_TIMEOUT`], that memory is
+    /// leaked instead.
+    fn drop(&mut self) {
+        let drained = self.drain();
+        // SAFETY: `uring` is not used after this (it is dropped once, here); closing it
+        // ends the kernel's use of the registered buffer ring.
+        unsafe { ManuallyDrop::drop(&mut self.uring) };
+        if drained {
+            // SAFETY: dropped once, after the ring; no operation can still use a buffer.
+            unsafe { ManuallyDrop::drop(&mut self.buffers) };
+        } else {
+            tracing::error!(
+                operations = self.in_flight,
+                "io_uring operations did not complete after cancelling; leaking their memory"
+            );
+            // What the kernel may still write into stays allocated: the receive buffers
+            // (left in their ManuallyDrop), the send batches and the wake-up counter.
+            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::take(&mut self.wake_counter));
+        }
     }
 }
 
