@@ -81,10 +81,10 @@ pub(crate) fn offset_notice(topic: &str, offset: Offset) -> String {
     json!({"op": "offset", "topic": topic, "offset": offset.to_string()}).to_string()
 }
 
-/// Most live messages, and most bytes of them, held for one connection while its history
-/// is fetched; beyond, they are dropped and the connection gets a gap notice.
+/// Most live messages held for one recovery while its history is read (their bytes are
+/// bounded by the send-queue cap); beyond, they are dropped and the connection gets a gap
+/// notice.
 const MAX_HELD: usize = 10_000;
-const MAX_HELD_BYTES: usize = 16 << 20;
 
 /// What a recovery does with a live message on its topic.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,19 +135,24 @@ pub(crate) struct Recovery {
     /// Live messages that arrived while the history was read.
     pub(crate) held: Vec<Arc<Broadcast>>,
     held_bytes: usize,
-    /// More than [`MAX_HELD`] (or [`MAX_HELD_BYTES`]) arrived: some were dropped.
+    /// Most bytes of frames held: what the connection's send queue may hold, since they
+    /// all go to it in the end.
+    max_held_bytes: usize,
+    /// More than [`MAX_HELD`] (or `max_held_bytes`) arrived: some were dropped.
     pub(crate) overflowed: bool,
 }
 
 impl Recovery {
-    /// A recovery whose first page is read by `request`.
-    pub(crate) fn new(topic: Arc<str>, request: u64) -> Self {
+    /// A recovery whose first page is read by `request`, holding at most `max_held_bytes`
+    /// of live messages meanwhile.
+    pub(crate) fn new(topic: Arc<str>, request: u64, max_held_bytes: usize) -> Self {
         Self {
             topic,
             phase: Phase::Fetching { request },
             fetched: 0,
             held: Vec::new(),
             held_bytes: 0,
+            max_held_bytes,
             overflowed: false,
         }
     }
@@ -161,7 +166,7 @@ impl Recovery {
     pub(crate) fn absorb(&mut self, broadcast: &Arc<Broadcast>) -> Live {
         let Phase::Live { sent_to } = self.phase else {
             let bytes = broadcast.plain.len();
-            if self.held.len() < MAX_HELD && self.held_bytes + bytes <= MAX_HELD_BYTES {
+            if self.held.len() < MAX_HELD && self.held_bytes + bytes <= self.max_held_bytes {
                 self.held.push(broadcast.clone());
                 self.held_bytes += bytes;
             } else {
@@ -217,7 +222,7 @@ mod tests {
 
     #[test]
     fn a_recovery_holds_then_skips_what_was_sent_then_ends() {
-        let mut recovery = Recovery::new(Arc::from("t"), 7);
+        let mut recovery = Recovery::new(Arc::from("t"), 7, 1 << 20);
         assert!(
             recovery.awaits(7) && !recovery.awaits(6),
             "only its own read"
@@ -252,11 +257,22 @@ mod tests {
 
     #[test]
     fn held_messages_are_bounded_and_overflow_is_remembered() {
-        let mut recovery = Recovery::new(Arc::from("t"), 0);
+        let mut recovery = Recovery::new(Arc::from("t"), 0, usize::MAX);
         for _ in 0..MAX_HELD + 5 {
             assert_eq!(recovery.absorb(&live(Some(Offset(1, 0)))), Live::Absorbed);
         }
         assert_eq!(recovery.held.len(), MAX_HELD);
         assert!(recovery.overflowed);
+        let mut small = Recovery::new(Arc::from("t"), 0, 100);
+        let frame = live(None).plain.len();
+        for _ in 0..100 / frame + 1 {
+            small.absorb(&live(None));
+        }
+        assert_eq!(
+            small.held.len(),
+            100 / frame,
+            "held up to the bytes allowed"
+        );
+        assert!(small.overflowed);
     }
 }

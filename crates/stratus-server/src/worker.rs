@@ -107,6 +107,8 @@ struct Subscriptions<'a> {
     /// Now, in milliseconds on the worker's clock, and the commands allowed a second.
     clock_ms: u32,
     rate: u32,
+    /// Bytes of live messages a recovery may hold (the send-queue cap).
+    max_held: usize,
     hub: &'a Hub,
     worker: usize,
     max: usize,
@@ -516,6 +518,7 @@ impl Worker {
             requests: &mut self.next_request,
             clock_ms: clock_ms(self.epoch, Instant::now()),
             rate: self.config.command_rate,
+            max_held: self.config.max_send_queue,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -566,6 +569,7 @@ impl Worker {
             requests: &mut self.next_request,
             clock_ms: clock_ms(self.epoch, Instant::now()),
             rate: self.config.command_rate,
+            max_held: self.config.max_send_queue,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -752,6 +756,7 @@ impl Worker {
             requests: &mut self.next_request,
             clock_ms: clock_ms(self.epoch, Instant::now()),
             rate: self.config.command_rate,
+            max_held: self.config.max_send_queue,
             hub: &self.hub,
             worker: self.index,
             max: 0,
@@ -1160,7 +1165,7 @@ fn subscribe_since(
             request: *subs.requests,
         };
         conn.recoveries
-            .push(Recovery::new(name.clone(), to.request));
+            .push(Recovery::new(name.clone(), to.request, subs.max_held));
         let read = HistoryRead {
             after,
             to,
