@@ -19,7 +19,8 @@ def round_line(path, name, rnd):
     busy = r.get("server_cpu_busy")
     per_s = r["published"] / report["params"]["duration_s"]
     print(f"round {rnd} {name:>12}: {r['deliveries_per_s']:.0f} deliveries/s, "
-          f"{per_s:.0f} publishes/s, missing {r['missing']}, p50 {lat['p50_us']} us, "
+          f"{per_s:.0f} publishes/s, refused {r.get('refused', 0)}, missing {r['missing']}, "
+          f"closed {r.get('subscribers_closed', 0)}, p50 {lat['p50_us']} us, "
           f"p99 {lat['p99_us']} us, p99.9 {lat['p999_us']} us, "
           f"server core {'-' if busy is None else f'{busy:.0%}'} busy")
 
@@ -34,6 +35,8 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
         rates = [r["deliveries_per_s"] for r in rs]
         results[name] = {"mean": round(sum(rates) / len(rates)), "deliveries_per_s": rates,
                          "missing": [r["missing"] for r in rs],
+                         "refused": [r.get("refused", 0) for r in rs],
+                         "subscribers_closed": [r.get("subscribers_closed", 0) for r in rs],
                          "latency_p50_us": [r["latency"]["p50_us"] for r in rs],
                          "latency_p99_us": [r["latency"]["p99_us"] for r in rs],
                          "latency_p999_us": [r["latency"]["p999_us"] for r in rs],

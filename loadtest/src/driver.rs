@@ -53,6 +53,11 @@ impl Conn {
         }
     }
 
+    /// Whether the server closed it (or its socket failed).
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// Queues raw bytes (raw TCP connections).
     pub(crate) fn send_raw(&mut self, bytes: Bytes) {
         self.queue.push(bytes);

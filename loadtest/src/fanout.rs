@@ -79,14 +79,14 @@ fn stamp_of(text: &[u8]) -> Option<u128> {
 }
 
 /// Posts messages over one keep-alive connection to the admin API.
-struct Publisher {
+pub(crate) struct Publisher {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     path: String,
 }
 
 impl Publisher {
-    fn connect(admin: SocketAddr, topic: &str) -> anyhow::Result<Self> {
+    pub(crate) fn connect(admin: SocketAddr, topic: &str) -> anyhow::Result<Self> {
         let writer = TcpStream::connect(admin).with_context(|| format!("admin API at {admin}"))?;
         writer.set_nodelay(true)?;
         Ok(Self {
@@ -98,7 +98,7 @@ impl Publisher {
 
     /// Publishes `body`; the answer's JSON body, or `None` when the node refused it as
     /// overloaded (503).
-    fn publish(&mut self, body: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    pub(crate) fn publish(&mut self, body: &str) -> anyhow::Result<Option<serde_json::Value>> {
         write!(
             self.writer,
             "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -217,6 +217,8 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let server_busy = server_watch.map(|w| w.busy()).transpose()?;
     // Let the last messages arrive.
     driver.run(Instant::now() + Duration::from_millis(500), &mut on)?;
+    // Subscribers the server closed (as slow consumers, say) before the end.
+    let closed = driver.conns().iter().filter(|c| c.is_done()).count();
     ticker.finish();
     let (mut published, mut refused) = (0, 0);
     for publisher in publishers {
@@ -235,6 +237,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
                "rate": args.rate, "publishers": args.publishers, "duration_s": secs, "deflate": args.deflate}),
         json!({"published": published,
                "refused": refused,
+               "subscribers_closed": closed,
                "deliveries": deliveries,
                "missing": expected.saturating_sub(deliveries),
                "deliveries_per_s": (deliveries as f64 / secs).round(),

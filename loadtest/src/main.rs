@@ -10,6 +10,7 @@ mod connections;
 mod driver;
 mod echo;
 mod fanout;
+mod hostile;
 mod peers;
 mod pin;
 mod plot;
@@ -40,6 +41,8 @@ enum Scenario {
     Echo(echo::EchoArgs),
     /// Subscribers on a topic, a publisher posting to it.
     Fanout(fanout::FanoutArgs),
+    /// Honest subscribers beside hostile clients: every message in order, latency, RSS.
+    Hostile(hostile::HostileArgs),
     /// Idle connections opened at a bounded rate; server memory per connection.
     Connections(connections::ConnectionsArgs),
     /// The echo scenario against several servers, A B A B, with ratios.
@@ -87,6 +90,10 @@ fn main() -> anyhow::Result<()> {
         Scenario::Fanout(args) => {
             args.common.pin()?;
             fanout::run(args)
+        }
+        Scenario::Hostile(args) => {
+            args.common.pin()?;
+            hostile::run(args)
         }
         Scenario::Connections(args) => {
             args.common.pin()?;

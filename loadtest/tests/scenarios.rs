@@ -136,6 +136,49 @@ fn fanout_spreads_over_the_nodes_of_a_cluster() {
 }
 
 #[test]
+fn hostile_clients_leave_honest_subscribers_every_message_in_order() {
+    let s = server(App::PubSub);
+    let url = format!("ws://{}/ws", s.local_addr());
+    let admin = s.admin_addr().unwrap().to_string();
+    let pid = std::process::id().to_string();
+    // A short, small run of every attack; `hostile` itself fails on a missing message.
+    let r = run(&[
+        "hostile",
+        "--url",
+        &url,
+        "--admin",
+        &admin,
+        "--pid",
+        &pid,
+        "-n",
+        "5",
+        "-r",
+        "100",
+        "-d",
+        "2",
+        "--idle",
+        "50",
+        "--head-tricklers",
+        "5",
+        "--frame-tricklers",
+        "5",
+        "--ping-flooders",
+        "2",
+        "--churners",
+        "2",
+        "--admin-abusers",
+        "2",
+    ]);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 0);
+    assert_eq!(r["deliveries"].as_u64().unwrap(), published * 5);
+    assert_eq!(r["out_of_order"].as_u64().unwrap(), 0);
+    assert!(r["attack"]["connections"].as_u64().unwrap() >= 64);
+    assert!(r["peak_rss"][0].as_u64().unwrap() > 0);
+    s.stop().unwrap();
+}
+
+#[test]
 fn connections_reports_handshake_rate_and_memory() {
     let s = server(App::PubSub);
     let url = format!("ws://{}/ws?topic=idle", s.local_addr());

@@ -63,10 +63,12 @@ pub struct Config {
     pub slow_consumer: SlowConsumer,
     /// Most topics one connection may subscribe to.
     pub max_topics_per_connection: usize,
-    /// Commands (subscribe, unsubscribe) one connection may send a second, in bursts as
-    /// large; past it a command gets an error reply. Each may cost a broker round trip
-    /// and a history read, so a client cannot spend the node's broker on churn.
-    pub command_rate: u32,
+    /// Messages (of any kind, pings included) one connection may send a second, in bursts
+    /// as large; past it its input waits (reading pauses, and the kernel's flow control
+    /// holds the client back), so no client can keep a worker busy. A subscribe or
+    /// unsubscribe counts as 10 (it may cost a broker round trip and a history read), and
+    /// past the budget it gets an error reply. 0: no limit.
+    pub message_rate: u32,
     /// Most WebSocket connections open at once over all workers (0: no limit); an upgrade
     /// beyond it gets 503 with Retry-After.
     pub max_connections: usize,
@@ -154,7 +156,7 @@ impl Default for Config {
             max_send_queue: 1 << 20,
             slow_consumer: SlowConsumer::Close,
             max_topics_per_connection: 64,
-            command_rate: 100,
+            message_rate: 1000,
             max_connections: 0,
             max_connections_per_ip: 0,
             max_unupgraded: 4096,
@@ -231,6 +233,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
             admin_listen: None,
             limits: Limits::default(),
+            message_rate: 0,
             ..Self::default()
         }
     }

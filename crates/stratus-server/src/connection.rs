@@ -24,7 +24,7 @@ use tracing::debug;
 
 use crate::auth::Grant;
 use crate::broadcast::Broadcast;
-use crate::config::SlowConsumer;
+use crate::config::{Config, SlowConsumer};
 use crate::history::{Live, Recovery};
 use crate::metrics::{self, WorkerStats};
 use crate::rate::TokenBucket;
@@ -110,8 +110,8 @@ pub(crate) struct Conn {
     pub(crate) recoveries: Vec<Recovery>,
     /// Whether each message comes with its offset notice (asked for with `since`).
     pub(crate) offsets: bool,
-    /// The commands it may still send (refilled at the command rate).
-    pub(crate) commands: TokenBucket,
+    /// The messages it may still send (refilled at the message rate).
+    pub(crate) inbound: TokenBucket,
 }
 
 /// What a connection is counted in.
@@ -177,7 +177,7 @@ impl Conn {
             tls,
             recoveries: Vec::new(),
             offsets: false,
-            commands: TokenBucket::full(0, 0),
+            inbound: TokenBucket::full(0, 0),
         }
     }
 
@@ -187,10 +187,12 @@ impl Conn {
         self.queue.queued_bytes() + self.tls.as_ref().map_or(0, |t| t.out.queued_bytes())
     }
 
-    /// Whether the queue is at its cap: the client's own input waits (reading pauses, and
-    /// what was read stays undecoded) until it drains.
-    pub(crate) fn is_backlogged(&self, cap: usize) -> bool {
-        self.queued_bytes() >= cap
+    /// Whether the client's input waits (reading pauses, and what was read stays
+    /// undecoded): its queue is at the cap (until it drains), or it has used up its
+    /// message budget (until it refills, at `now_ms`).
+    pub(crate) fn is_input_held(&self, config: &Config, now_ms: u32) -> bool {
+        self.queued_bytes() >= config.max_send_queue
+            || !self.inbound.is_ready(now_ms, config.message_rate)
     }
 
     /// Whether `bytes` more, in `entries` queue entries, fit under `cap`. An empty queue
@@ -300,10 +302,10 @@ impl Conn {
         }
     }
 
-    /// Upgrades to WebSocket with the 101 response queued first; `commands` is its
-    /// command budget, full.
-    pub(crate) fn open(&mut self, upgrade: Upgrade, commands: TokenBucket) {
-        self.commands = commands;
+    /// Upgrades to WebSocket with the 101 response queued first; `inbound` is its
+    /// message budget, full.
+    pub(crate) fn open(&mut self, upgrade: Upgrade, inbound: TokenBucket) {
+        self.inbound = inbound;
         self.phase = Phase::Open(upgrade.session);
         self.frames = upgrade.frames;
         self.grant = upgrade.grant.map(Box::new);

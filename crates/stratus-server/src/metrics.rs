@@ -157,7 +157,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         ("stratus_ring_completions_lost_total", "counter", "io_uring completions the kernel could not keep (as of each worker's last sweep).", sum(|w| &w.ring_lost)),
         ("stratus_tls_errors_total", "counter", "Connections closed for a failed TLS handshake or a bad TLS record (plain HTTP on the TLS port, say).", sum(|w| &w.tls_errors)),
         ("stratus_messages_received_total", "counter", "Messages received from clients (data and control).", sum(|w| &w.messages_in)),
-        ("stratus_commands_limited_total", "counter", "Commands refused for the per-connection command rate (--command-rate).", sum(|w| &w.commands_limited)),
+        ("stratus_commands_limited_total", "counter", "Subscribe and unsubscribe commands refused for the connection's message budget (--message-rate).", sum(|w| &w.commands_limited)),
         ("stratus_received_bytes_total", "counter", "Payload bytes of the messages received from clients.", sum(|w| &w.bytes_in)),
         ("stratus_sent_bytes_total", "counter", "Bytes written to client sockets (frames and HTTP responses).", sum(|w| &w.bytes_out)),
         ("stratus_publishes_total", "counter", "Publishes accepted.", load(&stats.published)),

@@ -50,6 +50,9 @@ const MAX_IOV: usize = 512;
 const PARTIAL_RESERVE: usize = 64 << 10;
 /// Sends submitted at a time when a turn has many.
 const SETTLE_CHUNK: usize = 1024;
+/// What a subscribe or unsubscribe counts for in a connection's message budget (it may
+/// cost a broker round trip and a history read).
+const COMMAND_COST: u32 = 10;
 /// Most publishes a worker fans out in one turn before it sends (see `read_inbox`).
 const MAX_PUBLISHES_PER_TURN: usize = 256;
 /// Emptied send batches kept for reuse.
@@ -104,7 +107,7 @@ struct Subscriptions<'a> {
     table: &'a mut TopicTable,
     pending: &'a mut PendingReplies,
     requests: &'a mut u64,
-    /// Now, in milliseconds on the worker's clock, and the commands allowed a second.
+    /// Now, in milliseconds on the worker's clock, and the messages allowed a second.
     clock_ms: u32,
     rate: u32,
     /// Bytes of live messages a recovery may hold (the send-queue cap).
@@ -502,7 +505,7 @@ impl Worker {
         if conn.io.counted == Counted::Unupgraded {
             self.unupgraded.finished(conn.ip);
         }
-        let rate = config.command_rate;
+        let rate = config.message_rate;
         conn.open(
             accepted,
             TokenBucket::full(rate, clock_ms(self.epoch, Instant::now())),
@@ -517,7 +520,7 @@ impl Worker {
             pending: &mut self.pending,
             requests: &mut self.next_request,
             clock_ms: clock_ms(self.epoch, Instant::now()),
-            rate: self.config.command_rate,
+            rate: self.config.message_rate,
             max_held: self.config.max_send_queue,
             hub: &self.hub,
             worker: self.index,
@@ -537,9 +540,10 @@ impl Worker {
     fn decode(&mut self, slot: usize, buf: &mut BytesMut) {
         let config = &self.config;
         let now = Instant::now();
+        let now_ms = clock_ms(self.epoch, now);
         let close_deadline = now + config.close_timeout;
         let conn: &mut Conn = &mut self.conns.slab[slot];
-        if conn.is_backlogged(config.max_send_queue) {
+        if conn.is_input_held(config, now_ms) {
             conn.io.input_waiting = true;
             return;
         }
@@ -553,7 +557,7 @@ impl Worker {
             offsets,
             tls,
             io,
-            commands,
+            inbound,
             last_seen,
             ping_sent,
             ..
@@ -568,7 +572,7 @@ impl Worker {
             pending: &mut self.pending,
             requests: &mut self.next_request,
             clock_ms: clock_ms(self.epoch, Instant::now()),
-            rate: self.config.command_rate,
+            rate: self.config.message_rate,
             max_held: self.config.max_send_queue,
             hub: &self.hub,
             worker: self.index,
@@ -576,12 +580,14 @@ impl Worker {
         };
         loop {
             let queued = queue.queued_bytes() + tls.as_ref().map_or(0, |t| t.out.queued_bytes());
-            if queued >= config.max_send_queue {
+            // Past its queue's cap, or its message budget, its input waits.
+            if queued >= config.max_send_queue || !inbound.is_ready(now_ms, config.message_rate) {
                 io.input_waiting = true;
                 break;
             }
             match session.handle_read(buf) {
                 Ok(Some(message)) => {
+                    inbound.take(1, now_ms, config.message_rate);
                     // Only whole messages count as signs of life: a peer that trickles
                     // a frame a byte at a time still gets pinged.
                     *last_seen = now;
@@ -596,7 +602,7 @@ impl Worker {
                         token: *token,
                         slot,
                         room: config.max_send_queue.saturating_sub(queued),
-                        commands: &mut *commands,
+                        inbound: &mut *inbound,
                     };
                     if let Some(t) = on_message(config.app, session, message, &mut subs, subscriber)
                     {
@@ -700,7 +706,6 @@ impl Worker {
 
     /// Settles one connection; `true` if it started a send.
     fn settle_one(&mut self, token: u64) -> bool {
-        let cap = self.config.max_send_queue;
         let Some(conn) = self.conns.get(token) else {
             return false;
         };
@@ -729,7 +734,7 @@ impl Worker {
             }
             return started;
         }
-        let backlog = conn.is_backlogged(cap);
+        let backlog = conn.is_input_held(&self.config, clock_ms(self.epoch, Instant::now()));
         if conn.io.input_waiting && !backlog {
             self.resume_input(slot(token));
             return started;
@@ -755,7 +760,7 @@ impl Worker {
             pending: &mut self.pending,
             requests: &mut self.next_request,
             clock_ms: clock_ms(self.epoch, Instant::now()),
-            rate: self.config.command_rate,
+            rate: self.config.message_rate,
             max_held: self.config.max_send_queue,
             hub: &self.hub,
             worker: self.index,
@@ -1020,6 +1025,10 @@ impl Worker {
             if conn.io.dead {
                 continue;
             }
+            if conn.io.input_waiting && !conn.is_input_held(config, clock_ms(self.epoch, now)) {
+                // Its message budget has refilled: its input is read again.
+                Conns::mark(dirty, conn);
+            }
             let past = |deadline: Instant| now >= deadline;
             if conn.deadline.is_some_and(past) && conn.is_timing_message() {
                 conn.close(
@@ -1136,8 +1145,8 @@ struct Subscriber<'a> {
     slot: usize,
     /// Bytes its send queue has room for.
     room: usize,
-    /// Its command budget.
-    commands: &'a mut TokenBucket,
+    /// Its message budget.
+    inbound: &'a mut TokenBucket,
 }
 
 /// Subscribes with `since`: offsets from now on, and first what came after the given
@@ -1195,15 +1204,22 @@ fn on_message(
             return None;
         }
         (App::PubSub, Message::Text(text)) => match commands::parse(text) {
-            // Each command may cost a broker round trip and a history read: a connection
-            // gets `command_rate` a second (bursts as large), and past it a refusal.
-            Ok(command) if !conn.commands.take(subs.clock_ms, subs.rate, subs.rate) => {
+            // Each command may cost a broker round trip and a history read: it counts as
+            // COMMAND_COST messages of the connection's budget, and past it is refused.
+            Ok(command)
+                if !conn
+                    .inbound
+                    .take(COMMAND_COST - 1, subs.clock_ms, subs.rate) =>
+            {
                 metrics::add(&subs.hub.workers[subs.worker].commands_limited, 1);
                 let (op, topic) = match &command {
                     Command::Subscribe { topic, .. } => ("subscribe", topic),
                     Command::Unsubscribe(topic) => ("unsubscribe", topic),
                 };
-                let why = format!("rate limited: at most {} commands a second", subs.rate);
+                let why = format!(
+                    "rate limited: at most {} commands a second",
+                    subs.rate / COMMAND_COST
+                );
                 commands::error_reply(Some(op), Some(topic), &why)
             }
             Ok(Command::Subscribe { topic: t, since }) => {

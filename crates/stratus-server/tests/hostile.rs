@@ -576,3 +576,52 @@ fn a_fanout_to_more_sockets_than_the_completion_queue_holds_loses_no_completion(
     );
     server.stop().unwrap();
 }
+
+#[test]
+fn a_flood_of_messages_is_read_at_the_message_rate_and_the_rest_waits_in_the_kernel() {
+    let server = start(|c| {
+        c.workers = 1;
+        c.message_rate = 1000;
+    });
+    let admin_addr = server.admin_addr().unwrap();
+    let mut flooder = common::Peer::connect(server.local_addr());
+    flooder.send(common::upgrade_request("/ws").as_bytes());
+    assert!(flooder.read_head().starts_with("HTTP/1.1 101 "));
+    let mut honest = common::Peer::connect(server.local_addr());
+    honest.send(common::upgrade_request("/ws?topic=h").as_bytes());
+    assert!(honest.read_head().starts_with("HTTP/1.1 101 "));
+    // 200,000 pings offered at once (1.2 MB): the kernel takes what its buffers hold.
+    let pings = common::frame(true, 0, 0x9, b"").repeat(200_000);
+    let writer = flooder.stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut writer = writer;
+        let _ = writer.write_all(&pings);
+    });
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    // The honest one is served meanwhile.
+    let reach = server.publish("h", stratus_proto::Message::text("still served"));
+    assert_eq!(
+        reach.unwrap().wait(),
+        Ok(stratus_server::Reach::Subscribers(1))
+    );
+    assert_eq!(
+        honest.recv(),
+        Some(stratus_proto::Message::text("still served"))
+    );
+    let (_, page) = admin(
+        admin_addr,
+        "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    let read = common::sample(&page, "stratus_messages_received_total");
+    // A burst of 1,000, then 1,000 a second (and the sweep's granularity on top).
+    let allowed = 1000 + 1000 * started.elapsed().as_secs() + 2000;
+    assert!(
+        read <= allowed,
+        "{read} messages read in {:?}",
+        started.elapsed()
+    );
+    assert!(read >= 1000, "the burst was read: {read}");
+    let _ = flooder.stream.shutdown(std::net::Shutdown::Both);
+    server.stop().unwrap();
+}

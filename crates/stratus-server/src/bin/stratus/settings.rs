@@ -46,10 +46,11 @@ pub(crate) struct Settings {
     /// Most topics one connection may subscribe to [64].
     #[arg(long, env = "STRATUS_MAX_TOPICS")]
     max_topics: Option<usize>,
-    /// Commands (subscribe, unsubscribe) one connection may send a second, in bursts as
-    /// large; past it, an error reply [100].
-    #[arg(long, env = "STRATUS_COMMAND_RATE")]
-    command_rate: Option<u32>,
+    /// Messages one connection may send a second, in bursts as large; past it its input
+    /// waits. A subscribe or unsubscribe counts as 10 and past it gets an error reply
+    /// [serve: 1000, echo: 0 (no limit)].
+    #[arg(long, env = "STRATUS_MESSAGE_RATE")]
+    message_rate: Option<u32>,
     /// Most WebSocket connections at once, over all workers; beyond, 503 [0: no limit].
     #[arg(long, env = "STRATUS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -242,7 +243,7 @@ impl Settings {
             max_frame,
             max_fragments,
             max_topics,
-            command_rate,
+            message_rate,
             max_connections,
             max_connections_per_ip,
             max_unupgraded,
@@ -298,7 +299,7 @@ impl Settings {
             max_frame: Some(config.limits.max_frame),
             max_fragments: Some(config.limits.max_fragments),
             max_topics: Some(config.max_topics_per_connection),
-            command_rate: Some(config.command_rate),
+            message_rate: Some(config.message_rate),
             max_connections: Some(config.max_connections),
             max_connections_per_ip: Some(config.max_connections_per_ip),
             max_unupgraded: Some(config.max_unupgraded),
@@ -405,7 +406,7 @@ impl Settings {
             workers: self.workers.unwrap_or(base.workers),
             limits,
             max_topics_per_connection: self.max_topics.unwrap_or(base.max_topics_per_connection),
-            command_rate: self.command_rate.unwrap_or(base.command_rate),
+            message_rate: self.message_rate.unwrap_or(base.message_rate),
             max_connections: self.max_connections.unwrap_or(base.max_connections),
             max_connections_per_ip: self
                 .max_connections_per_ip
