@@ -226,8 +226,16 @@ fn a_ping_flood_that_never_reads_holds_a_bounded_queue() {
     // One worker with a small receive pool, so what the pool may take (4 MiB) is small
     // beside what the queues took before entries were charged their cost (about 35 MiB
     // for each peer: a 2-byte pong per slot of a 1 MiB cap of bytes).
-    let (child, ws, admin_addr) =
-        common::spawn_server(&["serve", "--workers", "1", "--recv-buffers", "64"]);
+    // No message budget: this is about what the queue holds when every ping is read.
+    let (child, ws, admin_addr) = common::spawn_server(&[
+        "serve",
+        "--workers",
+        "1",
+        "--recv-buffers",
+        "64",
+        "--message-rate",
+        "0",
+    ]);
     let child = Child(child);
     let pid = child.0.id();
     let mut peers: Vec<TcpStream> = (0..PEERS).map(|_| deaf_peer(ws, "/ws")).collect();
