@@ -118,9 +118,14 @@ fn frame(message: &Message) -> Vec<u8> {
     Encoder::client([9; 32]).message(message).to_vec()
 }
 
+/// Connects, giving up after a second (so no attacker waits on a full accept queue).
+fn connect(addr: SocketAddr) -> Option<TcpStream> {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
+}
+
 /// Connects and upgrades (reading the 101 byte by byte, so nothing after it is taken).
 fn upgraded(addr: SocketAddr, path: &str) -> Option<TcpStream> {
-    let mut stream = TcpStream::connect(addr).ok()?;
+    let mut stream = connect(addr)?;
     stream.write_all(upgrade_request(path).as_bytes()).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut head = Vec::new();
@@ -183,9 +188,12 @@ impl Attackers {
         Ok(Self { threads, counts })
     }
 
+    /// Waits up to a few seconds for the attackers to notice the stop (one blocked in a
+    /// system call is left behind: the process ends with the run).
     fn join(self) -> Arc<Counts> {
-        for thread in self.threads {
-            let _ = thread.join();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !self.threads.iter().all(JoinHandle::is_finished) {
+            std::thread::sleep(Duration::from_millis(50));
         }
         self.counts
     }
@@ -215,7 +223,9 @@ fn idle_sockets(addr: SocketAddr, count: usize, stop: &AtomicBool, counts: &Coun
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
         socket.bind(&local.into()).ok()?;
-        socket.connect(&addr.into()).ok()?;
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(1))
+            .ok()?;
         counts.connections.fetch_add(1, Ordering::Relaxed);
         Some(socket.into())
     };
@@ -266,11 +276,11 @@ fn trickle(
 
 fn trickle_heads(addr: SocketAddr, count: usize, stop: &AtomicBool, counts: &Counts) {
     let head = upgrade_request("/ws?topic=slow");
-    let connect = || {
+    let open = || {
         counts.connections.fetch_add(1, Ordering::Relaxed);
-        TcpStream::connect(addr).ok()
+        connect(addr)
     };
-    trickle(count, head.as_bytes(), connect, stop, counts);
+    trickle(count, head.as_bytes(), open, stop, counts);
 }
 
 fn trickle_frames(addr: SocketAddr, count: usize, stop: &AtomicBool, counts: &Counts) {
@@ -312,8 +322,9 @@ fn ping_flood(addr: SocketAddr, stop: &AtomicBool, counts: &Counts) {
     }
 }
 
-/// Subscribes to and unsubscribes from fresh topics as fast as replies come (and faster:
-/// it writes a burst, then reads what came back).
+/// Subscribes to and unsubscribes from fresh topics as fast as the server takes them
+/// (bursts of 50 of each, written as the socket takes them; what comes back is read and
+/// dropped).
 fn churn(addr: SocketAddr, id: usize, stop: &AtomicBool, counts: &Counts) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -322,26 +333,33 @@ fn churn(addr: SocketAddr, id: usize, stop: &AtomicBool, counts: &Counts) {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+        let (mut burst, mut at) = (Vec::new(), 0);
         while !stop.load(Ordering::Relaxed) {
-            let mut burst = Vec::new();
-            for _ in 0..50 {
-                n += 1;
-                let topic = format!("churn-{id}-{n}");
-                for op in ["subscribe", "unsubscribe"] {
-                    let command = format!(r#"{{"op":"{op}","topic":"{topic}"}}"#);
-                    burst.extend(frame(&Message::text(command)));
+            if at == burst.len() {
+                burst.clear();
+                at = 0;
+                for _ in 0..50 {
+                    n += 1;
+                    let topic = format!("churn-{id}-{n}");
+                    for op in ["subscribe", "unsubscribe"] {
+                        let command = format!(r#"{{"op":"{op}","topic":"{topic}"}}"#);
+                        burst.extend(frame(&Message::text(command)));
+                    }
                 }
             }
-            if stream.write_all(&burst).is_err() {
-                break;
+            match stream.write(&burst[at..]) {
+                Ok(0) => break,
+                Ok(written) => {
+                    at += written;
+                    counts.bytes_sent.fetch_add(written as u64, Ordering::Relaxed);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
             }
-            counts
-                .bytes_sent
-                .fetch_add(burst.len() as u64, Ordering::Relaxed);
             if closed(&mut stream) {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
         counts.closed_by_server.fetch_add(1, Ordering::Relaxed);
     }
@@ -359,12 +377,13 @@ fn abuse_admin(admin: SocketAddr, id: usize, stop: &AtomicBool, counts: &Counts)
     let mut turn = id;
     while !stop.load(Ordering::Relaxed) {
         turn += 1;
-        let Ok(mut stream) = TcpStream::connect(admin) else {
+        let Some(mut stream) = connect(admin) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
         counts.admin_requests.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
         let request = requests[turn % requests.len()];
         if turn.is_multiple_of(7) {
             // A head trickled a byte every 100 ms: the request deadline ends it.

@@ -60,6 +60,14 @@ const HISTORY_SLACK: usize = 1000;
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 1024;
+/// The channel on which nodes tell each other they are overloaded. `!` cannot be in a
+/// topic, so no topic's channel is this one.
+const CONTROL_CHANNEL: &str = "stratus!control";
+/// What a node overloaded says there, and for how long (ms) the others take it to hold.
+const OVERLOADED: &str = "overloaded";
+const OVERLOAD_HOLD_MS: u64 = 500;
+/// How often an overloaded node says so again while it stays overloaded.
+const OVERLOAD_REPEAT: Duration = Duration::from_millis(100);
 /// The gap notice's reason after the node was cut off from Redis.
 const CUT_OFF: &str =
     "the node was cut off from the broker; messages published meanwhile may be missing";
@@ -73,6 +81,7 @@ const BINARY: u8 = b'B';
 /// Counted in [`BrokerStats::backlog`] from the moment it is made until it is answered or
 /// dropped (a session lost mid-batch drops its publishes, and their publishers get 503).
 pub(crate) struct Outgoing {
+    /// The topic, or empty for a message on the control channel.
     topic: String,
     payload: Vec<u8>,
     reply: Option<oneshot::Sender<Result<usize, PublishError>>>,
@@ -159,6 +168,12 @@ pub(crate) struct BrokerStats {
     pub(crate) topics: AtomicU64,
     /// Bytes of publishes handed to the broker thread and not yet answered by Redis.
     pub(crate) backlog: AtomicU64,
+    /// Until when (ms since the Unix epoch, on this node's clock) a node of the cluster
+    /// is overloaded, by what it last said: publishes are held back on every node
+    /// meanwhile.
+    pub(crate) cluster_overloaded_until: AtomicU64,
+    /// Times this node told the cluster it is overloaded.
+    pub(crate) overload_signals: AtomicU64,
     /// History reads answered with a gap because too many were in line.
     pub(crate) history_refused: AtomicU64,
     /// History reads that failed or timed out (each answered with a gap).
@@ -253,6 +268,23 @@ impl BrokerLink {
             .send(outgoing)
             .map_err(|_| PublishError::BrokerUnavailable)?;
         Ok(rx)
+    }
+
+    /// Whether a node of the cluster (this one included) has said it is overloaded, and
+    /// not long enough ago for that to have lapsed.
+    pub(crate) fn cluster_is_overloaded(&self) -> bool {
+        now_ms() < self.stats.cluster_overloaded_until.load(Ordering::Relaxed)
+    }
+
+    /// Tells every node that this one is overloaded: they hold their publishes back for
+    /// a moment (a node fans out what any node publishes, so only the publishers can
+    /// relieve it).
+    pub(crate) fn signal_overload(&self) {
+        let payload = format!("{OVERLOADED} {OVERLOAD_HOLD_MS}").into_bytes();
+        let (outgoing, _) = Outgoing::new(String::new(), payload, self.stats.clone());
+        if self.publishes.send(outgoing).is_ok() {
+            metrics::add(&self.stats.overload_signals, 1);
+        }
     }
 
     /// Sends `request` to the broker thread, after those sent before it.
@@ -494,6 +526,7 @@ impl BrokerTask {
             None
         };
         let (mut sink, stream) = within(self.client.get_async_pubsub()).await?.split();
+        within(sink.subscribe(CONTROL_CHANNEL)).await?;
         let channels: Vec<String> = wanted.keys().map(|t| channel(t)).collect();
         for chunk in channels.chunks(MAX_BATCH) {
             within(sink.subscribe(chunk)).await?;
@@ -563,6 +596,33 @@ async fn within<T>(request: impl Future<Output = redis::RedisResult<T>>) -> redi
     tokio::time::timeout(RESPONSE_TIMEOUT, request)
         .await
         .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Takes in a message on the control channel: a node saying it is overloaded holds every
+/// node's publishes back for the time it names (at most a few seconds).
+fn on_control(payload: &[u8], stats: &BrokerStats) {
+    let Some(rest) = std::str::from_utf8(payload)
+        .ok()
+        .and_then(|p| p.strip_prefix(OVERLOADED))
+    else {
+        metrics::add(&stats.rejected, 1);
+        return;
+    };
+    let hold = rest
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(OVERLOAD_HOLD_MS)
+        .min(5_000);
+    stats
+        .cluster_overloaded_until
+        .fetch_max(now_ms() + hold, Ordering::Relaxed);
 }
 
 fn channel(topic: &str) -> String {
@@ -657,7 +717,9 @@ async fn publish_loop(
         }
         let mut pipe = redis::pipe();
         for p in &batch {
-            if history > 0 {
+            if p.topic.is_empty() {
+                pipe.cmd("PUBLISH").arg(CONTROL_CHANNEL).arg(&p.payload[..]);
+            } else if history > 0 {
                 pipe.cmd("EVAL")
                     .arg(history::PUBLISH_SCRIPT)
                     .arg(2)
@@ -780,6 +842,10 @@ impl<'a> Receiving<'a> {
                     let Some(msg) = msg else {
                         return Some("the pub/sub connection closed".into());
                     };
+                    if msg.get_channel_name() == CONTROL_CHANNEL {
+                        on_control(msg.get_payload_bytes(), self.stats);
+                        continue;
+                    }
                     match decode(msg.get_channel_name(), msg.get_payload_bytes()) {
                         Some((topic, message, offset)) => {
                             metrics::add(&self.stats.received, 1);
@@ -931,11 +997,23 @@ impl<'a> Receiving<'a> {
 }
 
 /// Hands a message from Redis to this node's workers, waiting while a worker's inbox is
-/// full rather than dropping it.
+/// full rather than dropping it. While it waits, the node tells the cluster it is
+/// overloaded (every [`OVERLOAD_REPEAT`]), so publishers on every node are held back
+/// instead of Redis's messages piling up here.
 async fn fan_out(hub: &Hub, topic: &str, message: Message, offset: Option<Offset>) {
+    let mut signalled: Option<tokio::time::Instant> = None;
     loop {
         match hub.fan_out(topic, message.clone(), offset) {
-            Err(PublishError::Overloaded) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(PublishError::Overloaded) => {
+                let now = tokio::time::Instant::now();
+                if signalled.is_none_or(|at| now - at >= OVERLOAD_REPEAT)
+                    && let Some(broker) = &hub.broker
+                {
+                    broker.signal_overload();
+                    signalled = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             _ => return,
         }
     }

@@ -445,9 +445,12 @@ impl Hub {
         }
         match &self.broker {
             // Every publish from Redis reaches this node's workers through one stream:
-            // while any of them is behind, the node takes no more (the publisher waits or
-            // is told to come back, and no prompt subscriber is closed).
-            Some(_) if self.is_overloaded() => Err(PublishError::Overloaded),
+            // while any of them is behind, or another node has said it is, the node takes
+            // no more (the publisher waits or is told to come back, and no prompt
+            // subscriber is closed).
+            Some(broker) if self.is_overloaded() || broker.cluster_is_overloaded() => {
+                Err(PublishError::Overloaded)
+            }
             Some(broker) => broker
                 .publish(topic, &message, self.max_backlog)
                 .map(|rx| Delivery(Pending::Broker(rx))),

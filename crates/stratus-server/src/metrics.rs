@@ -116,7 +116,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 fn broker_metrics(out: &mut String, stats: &BrokerStats) {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     #[rustfmt::skip]
-    let rows: [(&str, &str, &str, u64); 10] = [
+    let rows: [(&str, &str, &str, u64); 11] = [
         ("stratus_broker_up", "gauge", "1 while connected to the Redis broker (publishing answers 503 otherwise).", u64::from(stats.up.load(Ordering::Relaxed))),
         ("stratus_broker_disconnects_total", "counter", "Connections to the broker lost.", load(&stats.disconnects)),
         ("stratus_broker_topics", "gauge", "Topics this node is subscribed to in the broker.", load(&stats.topics)),
@@ -124,6 +124,7 @@ fn broker_metrics(out: &mut String, stats: &BrokerStats) {
         ("stratus_broker_publish_errors_total", "counter", "Publishes refused (503) because the broker was unreachable or did not confirm.", load(&stats.publish_errors)),
         ("stratus_broker_received_total", "counter", "Messages received from the broker and fanned out here.", load(&stats.received)),
         ("stratus_broker_publish_backlog_bytes", "gauge", "Bytes of publishes sent to the broker and not yet answered.", load(&stats.backlog)),
+        ("stratus_broker_overload_signals_total", "counter", "Times this node told the cluster it is overloaded (every node holds publishes back for 500 ms).", load(&stats.overload_signals)),
         ("stratus_broker_history_errors_total", "counter", "History reads that failed or timed out (each answered with a gap notice).", load(&stats.history_errors)),
         ("stratus_broker_history_refused_total", "counter", "History reads answered with a gap at once because too many were waiting.", load(&stats.history_refused)),
         ("stratus_broker_rejected_total", "counter", "Messages from the broker that were not Stratus messages (ignored).", load(&stats.rejected)),

@@ -705,22 +705,28 @@ fn publish_keep_alive(stream: &mut std::net::TcpStream, topic: &str, text: &str)
     status_line[9..12].parse().unwrap()
 }
 
-#[test]
-fn a_publisher_flat_out_through_redis_is_refused_while_prompt_subscribers_get_everything() {
+/// Flags that make a node count as behind as soon as one publish waits for its worker:
+/// with six publishers flat out, it is, many times a second.
+const SLOW_NODE: [&str; 2] = ["--max-publish-backlog", "1"];
+
+/// Six publishers flat out on `publishing` for two seconds, 200 subscribers on
+/// `subscribed`: every subscriber gets exactly the publishes that were accepted, each
+/// publisher's in order, and none is closed. The refusals (503s) counted by the
+/// publishers.
+fn flat_out(publishing: &Node, subscribed: &Node) -> usize {
     const PUBLISHERS: usize = 6;
     const SUBSCRIBERS: usize = 200;
-    let redis = Redis::start();
-    // A small backlog, so the node's limit is reached within the run.
-    let node = Node::start_with(&redis, &["--max-publish-backlog", "65536"]);
-    let mut peers: Vec<Peer> = (0..SUBSCRIBERS).map(|_| node.subscriber("flat")).collect();
-    node.wait_topics(1);
+    let mut peers: Vec<Peer> = (0..SUBSCRIBERS)
+        .map(|_| subscribed.subscriber("flat"))
+        .collect();
+    subscribed.wait_topics(1);
     let pad = "x".repeat(200);
     // Each publisher publishes as fast as answers come for two seconds, and keeps the
     // sequence numbers that were accepted; then an end marker, retried until accepted.
     let accepted: Vec<(Vec<usize>, usize)> = std::thread::scope(|scope| {
         let publishers: Vec<_> = (0..PUBLISHERS)
             .map(|p| {
-                let (admin_addr, pad) = (node.admin, &pad);
+                let (admin_addr, pad) = (publishing.admin, &pad);
                 scope.spawn(move || {
                     let mut stream = std::net::TcpStream::connect(admin_addr).unwrap();
                     let (mut accepted, mut refused) = (Vec::new(), 0);
@@ -771,15 +777,47 @@ fn a_publisher_flat_out_through_redis_is_refused_while_prompt_subscribers_get_ev
             });
         }
     });
+    assert_eq!(subscribed.metric("stratus_slow_consumer_closes_total"), 0);
     let refused: usize = accepted.iter().map(|(_, r)| r).sum();
-    assert_eq!(node.metric("stratus_slow_consumer_closes_total"), 0);
+    eprintln!(
+        "accepted {}, refused {refused}",
+        accepted.iter().map(|(a, _)| a.len()).sum::<usize>()
+    );
+    refused
+}
+
+#[test]
+fn a_publisher_flat_out_through_redis_is_refused_while_prompt_subscribers_get_everything() {
+    let redis = Redis::start();
+    let node = Node::start_with(&redis, &SLOW_NODE);
+    let refused = flat_out(&node, &node);
     assert_eq!(
         node.metric("stratus_publishes_overloaded_total"),
         refused as u64
     );
-    eprintln!(
-        "accepted {}, refused {refused}",
-        accepted.iter().map(|(a, _)| a.len()).sum::<usize>()
+    assert!(
+        node.metric("stratus_publishes_paced_total") > 0,
+        "the node fell behind, and the publishers waited for it"
+    );
+}
+
+#[test]
+fn a_node_that_cannot_keep_up_holds_back_the_publishers_on_the_other_nodes() {
+    let redis = Redis::start();
+    let publishing = Node::start(&redis);
+    // The node with the subscribers falls behind first.
+    let subscribed = Node::start_with(&redis, &SLOW_NODE);
+    let refused = flat_out(&publishing, &subscribed);
+    assert!(
+        subscribed.metric("stratus_broker_overload_signals_total") > 0,
+        "the subscribers' node said it was overloaded"
+    );
+    let held_back = publishing.metric("stratus_publishes_paced_total")
+        + publishing.metric("stratus_publishes_overloaded_total");
+    assert!(held_back > 0, "the other node's publishers were held back");
+    assert_eq!(
+        publishing.metric("stratus_publishes_overloaded_total"),
+        refused as u64
     );
 }
 
