@@ -352,7 +352,9 @@ fn churn(addr: SocketAddr, id: usize, stop: &AtomicBool, counts: &Counts) {
                 Ok(0) => break,
                 Ok(written) => {
                     at += written;
-                    counts.bytes_sent.fetch_add(written as u64, Ordering::Relaxed);
+                    counts
+                        .bytes_sent
+                        .fetch_add(written as u64, Ordering::Relaxed);
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(_) => break,

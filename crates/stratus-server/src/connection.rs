@@ -191,8 +191,13 @@ impl Conn {
     /// undecoded): its queue is at the cap (until it drains), or it has used up its
     /// message budget (until it refills, at `now_ms`).
     pub(crate) fn is_input_held(&self, config: &Config, now_ms: u32) -> bool {
-        self.queued_bytes() >= config.max_send_queue
-            || !self.inbound.is_ready(now_ms, config.message_rate)
+        self.queued_bytes() >= config.max_send_queue || self.is_over_message_rate(config, now_ms)
+    }
+
+    /// Whether it has used up its message budget (once it is closing, only the peer's
+    /// Close is wanted, and its input is read whatever the budget).
+    pub(crate) fn is_over_message_rate(&self, config: &Config, now_ms: u32) -> bool {
+        !self.inbound.is_ready(now_ms, config.message_rate) && self.is_open_for_messages()
     }
 
     /// Whether `bytes` more, in `entries` queue entries, fit under `cap`. An empty queue

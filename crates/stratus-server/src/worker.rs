@@ -545,6 +545,7 @@ impl Worker {
         let conn: &mut Conn = &mut self.conns.slab[slot];
         if conn.is_input_held(config, now_ms) {
             conn.io.input_waiting = true;
+            close_if_flooding(conn, buf, config, now_ms, close_deadline);
             return;
         }
         let Conn {
@@ -581,7 +582,8 @@ impl Worker {
         loop {
             let queued = queue.queued_bytes() + tls.as_ref().map_or(0, |t| t.out.queued_bytes());
             // Past its queue's cap, or its message budget, its input waits.
-            if queued >= config.max_send_queue || !inbound.is_ready(now_ms, config.message_rate) {
+            let over_rate = !session.close_sent() && !inbound.is_ready(now_ms, config.message_rate);
+            if queued >= config.max_send_queue || over_rate {
                 io.input_waiting = true;
                 break;
             }
@@ -621,6 +623,7 @@ impl Worker {
         }
         let midway = !io.input_waiting && (!buf.is_empty() || session.is_mid_message());
         conn.transmit(close_deadline);
+        close_if_flooding(conn, buf, config, now_ms, close_deadline);
         conn.time_message(midway, now + config.message_timeout);
     }
 
@@ -1257,6 +1260,29 @@ fn on_message(
     };
     let _ = session.send(&Message::text(reply));
     None
+}
+
+/// Closes a connection that is past its message budget with far more unread than a
+/// client within it would send (a message and 64 KiB): it is flooding. Its input is
+/// dropped rather than held while the kernel hands more over.
+fn close_if_flooding(
+    conn: &mut Conn,
+    buf: &mut BytesMut,
+    config: &Config,
+    now_ms: u32,
+    close_deadline: Instant,
+) {
+    let limit = config.limits.max_message.saturating_add(64 << 10);
+    if buf.len() > limit && conn.is_over_message_rate(config, now_ms) {
+        buf.clear();
+        conn.io.input_waiting = false;
+        conn.close(
+            CloseCode::POLICY,
+            "message rate exceeded",
+            close_deadline,
+            false,
+        );
+    }
 }
 
 /// Milliseconds from `epoch` to `now`, wrapping: the clock of connections' token buckets.

@@ -586,7 +586,7 @@ fn a_fanout_to_more_sockets_than_the_completion_queue_holds_loses_no_completion(
 }
 
 #[test]
-fn a_flood_of_messages_is_read_at_the_message_rate_and_the_rest_waits_in_the_kernel() {
+fn a_flood_of_messages_is_read_at_the_message_rate_then_closed_with_1008() {
     let server = start(|c| {
         c.workers = 1;
         c.message_rate = 1000;
@@ -630,6 +630,15 @@ fn a_flood_of_messages_is_read_at_the_message_rate_and_the_rest_waits_in_the_ker
         started.elapsed()
     );
     assert!(read >= 1000, "the burst was read: {read}");
-    let _ = flooder.stream.shutdown(std::net::Shutdown::Both);
+    // Far more unread than its budget allows (a message and 64 KiB): closed, not held.
+    let closed = loop {
+        match flooder.recv() {
+            Some(stratus_proto::Message::Close(Some(f))) => break f,
+            Some(_) => {}
+            None => panic!("no Close"),
+        }
+    };
+    assert_eq!(closed.code(), stratus_proto::CloseCode::POLICY);
+    assert_eq!(closed.reason(), "message rate exceeded");
     server.stop().unwrap();
 }
