@@ -194,6 +194,12 @@ impl Conn {
         self.queued_bytes() >= config.max_send_queue || self.is_over_message_rate(config, now_ms)
     }
 
+    /// Whether it has used half its message budget or more: its input is then read a
+    /// buffer at a time.
+    pub(crate) fn is_sparing_input(&self, config: &Config, now_ms: u32) -> bool {
+        self.inbound.is_low(now_ms, config.message_rate)
+    }
+
     /// Whether it has used up its message budget (once it is closing, only the peer's
     /// Close is wanted, and its input is read whatever the budget).
     pub(crate) fn is_over_message_rate(&self, config: &Config, now_ms: u32) -> bool {

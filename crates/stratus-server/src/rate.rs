@@ -36,6 +36,11 @@ impl TokenBucket {
         rate == 0 || self.refilled(now_ms, rate) >= MILLI
     }
 
+    /// Whether less than half the burst is left at `now_ms` (never, with no limit).
+    pub(crate) fn is_low(&self, now_ms: u32, rate: u32) -> bool {
+        rate != 0 && self.refilled(now_ms, rate) < u64::from(rate) * MILLI / 2
+    }
+
     /// Takes `n` tokens at `now_ms` if there are that many; `false` (taking none) when
     /// there are not.
     pub(crate) fn take(&mut self, n: u32, now_ms: u32, rate: u32) -> bool {
@@ -70,6 +75,16 @@ mod tests {
         // A long pause refills to the burst, not beyond.
         assert!((0..3).all(|_| bucket.take(1, 60_000, 3)));
         assert!(!bucket.take(1, 60_000, 3));
+    }
+
+    #[test]
+    fn low_below_half_the_burst() {
+        let mut bucket = TokenBucket::full(10, 0);
+        assert!(!bucket.is_low(0, 10));
+        assert!(bucket.take(5, 0, 10) && !bucket.is_low(0, 10));
+        assert!(bucket.take(1, 0, 10) && bucket.is_low(0, 10));
+        assert!(!bucket.is_low(100, 10), "refilled to half again");
+        assert!(!TokenBucket::full(0, 0).is_low(0, 0), "no limit");
     }
 
     #[test]

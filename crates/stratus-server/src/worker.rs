@@ -545,7 +545,6 @@ impl Worker {
         let conn: &mut Conn = &mut self.conns.slab[slot];
         if conn.is_input_held(config, now_ms) {
             conn.io.input_waiting = true;
-            close_if_flooding(conn, buf, config, now_ms, close_deadline);
             return;
         }
         let Conn {
@@ -623,7 +622,6 @@ impl Worker {
         }
         let midway = !io.input_waiting && (!buf.is_empty() || session.is_mid_message());
         conn.transmit(close_deadline);
-        close_if_flooding(conn, buf, config, now_ms, close_deadline);
         conn.time_message(midway, now + config.message_timeout);
     }
 
@@ -743,7 +741,14 @@ impl Worker {
             return started;
         }
         if !conn.io.receiving && !conn.io.peer_done && !backlog {
-            self.ring.recv_multishot(fd, token);
+            // A connection that has used much of its message budget is read a buffer at
+            // a time: what the kernel hands over (and the server then holds) stays small
+            // while it sends more than it may.
+            if conn.is_sparing_input(&self.config, clock_ms(self.epoch, Instant::now())) {
+                self.ring.recv_once(fd, token);
+            } else {
+                self.ring.recv_multishot(fd, token);
+            }
             conn.io.receiving = true;
         } else if conn.io.receiving && !conn.io.recv_cancelled && backlog {
             self.ring.cancel_recv(token);
@@ -1260,29 +1265,6 @@ fn on_message(
     };
     let _ = session.send(&Message::text(reply));
     None
-}
-
-/// Closes a connection that is past its message budget with far more unread than a
-/// client within it would send (a message and 64 KiB): it is flooding. Its input is
-/// dropped rather than held while the kernel hands more over.
-fn close_if_flooding(
-    conn: &mut Conn,
-    buf: &mut BytesMut,
-    config: &Config,
-    now_ms: u32,
-    close_deadline: Instant,
-) {
-    let limit = config.limits.max_message.saturating_add(64 << 10);
-    if buf.len() > limit && conn.is_over_message_rate(config, now_ms) {
-        buf.clear();
-        conn.io.input_waiting = false;
-        conn.close(
-            CloseCode::POLICY,
-            "message rate exceeded",
-            close_deadline,
-            false,
-        );
-    }
 }
 
 /// Milliseconds from `epoch` to `now`, wrapping: the clock of connections' token buckets.

@@ -179,6 +179,11 @@ impl Buffers {
         tail.store(self.tail, Ordering::Release);
     }
 
+    /// Bytes per buffer.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
     /// Buffers in the pool now (grows on demand up to the capacity).
     pub(crate) fn provided(&self) -> u16 {
         self.provided

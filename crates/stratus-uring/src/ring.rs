@@ -266,6 +266,21 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
+    /// Receives once on `socket` into one buffer of the buffer ring (at most a buffer's
+    /// worth): for a connection whose input is read sparingly, so the kernel hands over
+    /// no more than one buffer before it is asked again.
+    pub fn recv_once(&mut self, socket: RawFd, token: u64) {
+        let len = u32::try_from(self.buffers.size()).unwrap_or(u32::MAX);
+        let entry = opcode::Recv::new(types::Fd(socket), std::ptr::null_mut(), len)
+            .buf_group(buffers::GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(user_data(RECV, token));
+        // SAFETY: no buffer of ours is named: the kernel picks one of `self.buffers`,
+        // registered for the ring's life.
+        unsafe { self.push(&entry) }
+    }
+
     /// Cancels the multishot receive running under `token` (its last event follows).
     pub fn cancel_recv(&mut self, token: u64) {
         let entry = opcode::AsyncCancel::new(user_data(RECV, token))
