@@ -20,7 +20,8 @@ def round_line(path, name, rnd):
     per_s = r["published"] / report["params"]["duration_s"]
     print(f"round {rnd} {name:>12}: {r['deliveries_per_s']:.0f} deliveries/s, "
           f"{per_s:.0f} publishes/s, refused {r.get('refused', 0)}, missing {r['missing']}, "
-          f"closed {r.get('subscribers_closed', 0)}, p50 {lat['p50_us']} us, "
+          f"closed {r.get('subscribers_closed', 0)}, drained in {r.get('drain_s', 0)} s, "
+          f"p50 {lat['p50_us']} us, "
           f"p99 {lat['p99_us']} us, p99.9 {lat['p999_us']} us, "
           f"server core {'-' if busy is None else f'{busy:.0%}'} busy")
 

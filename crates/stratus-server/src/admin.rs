@@ -44,6 +44,10 @@ const WRITE_GRACE: Duration = Duration::from_secs(1);
 /// with 503.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How long, and how much, a closing connection's unread input is drained (see `linger`).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 << 10;
+
 /// What the admin API works on.
 pub(crate) struct Admin {
     pub(crate) hub: Arc<Hub>,
@@ -189,7 +193,23 @@ async fn connection(admin: Rc<Admin>, _slot: Slot, mut stream: Stream) {
             || close
         {
             stream.shutdown_write().await;
+            linger(&mut stream, buf).await;
             return;
+        }
+    }
+}
+
+/// After a response the connection closes on: reads (and drops) what the client still
+/// sends, for a moment, so that closing with unread bytes (a refused request's body)
+/// does not make the kernel reset the connection before the client has read the answer.
+async fn linger(stream: &mut Stream, mut buf: BytesMut) {
+    let until = Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        buf.clear();
+        match read_more(stream, &mut buf, until).await {
+            Read::More => drained += buf.len(),
+            Read::Gone | Read::Late => return,
         }
     }
 }

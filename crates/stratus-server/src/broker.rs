@@ -63,7 +63,8 @@ const MAX_BATCH: usize = 1024;
 /// The channel on which nodes tell each other they are overloaded. `!` cannot be in a
 /// topic, so no topic's channel is this one.
 const CONTROL_CHANNEL: &str = "stratus!control";
-/// What a node overloaded says there, and for how long (ms) the others take it to hold.
+/// What a node overloaded says there (with its name), and for how long (ms) the others
+/// take it to hold.
 const OVERLOADED: &str = "overloaded";
 const OVERLOAD_HOLD_MS: u64 = 500;
 /// How often an overloaded node says so again while it stays overloaded.
@@ -154,6 +155,9 @@ pub(crate) struct HistoryRead {
     pub(crate) budget: usize,
     /// Entries of the history this recovery has already been sent.
     pub(crate) fetched: usize,
+    /// The average payload of the entries sent so far (0 before the first page): the
+    /// page is sized from it, so that a read fetches little beyond the budget.
+    pub(crate) average: usize,
 }
 
 /// The broker's counters and state, for readiness and `/metrics`.
@@ -168,7 +172,9 @@ pub(crate) struct BrokerStats {
     pub(crate) topics: AtomicU64,
     /// Bytes of publishes handed to the broker thread and not yet answered by Redis.
     pub(crate) backlog: AtomicU64,
-    /// Until when (ms since the Unix epoch, on this node's clock) a node of the cluster
+    /// This node's name on the control channel (its own word there is not taken).
+    pub(crate) node: AtomicU64,
+    /// Until when (ms since the Unix epoch, on this node's clock) another node of the cluster
     /// is overloaded, by what it last said: publishes are held back on every node
     /// meanwhile.
     pub(crate) cluster_overloaded_until: AtomicU64,
@@ -182,6 +188,9 @@ pub(crate) struct BrokerStats {
 
 /// The hub's side of the broker: where publishes and requests go.
 pub(crate) struct BrokerLink {
+    /// Names this node on the control channel (random: nodes need only tell themselves
+    /// apart from the others).
+    node: u64,
     /// Messages kept per topic in Redis (0: none).
     history: usize,
     publishes: mpsc::UnboundedSender<Outgoing>,
@@ -212,7 +221,15 @@ pub(crate) fn link(client: redis::Client, history: usize) -> (BrokerLink, Broker
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
     let (request_tx, request_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(BrokerStats::default());
+    let node = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    };
+    stats.node.store(node, Ordering::Relaxed);
     let link = BrokerLink {
+        node,
         history,
         publishes: publish_tx,
         requests: request_tx,
@@ -270,8 +287,8 @@ impl BrokerLink {
         Ok(rx)
     }
 
-    /// Whether a node of the cluster (this one included) has said it is overloaded, and
-    /// not long enough ago for that to have lapsed.
+    /// Whether another node of the cluster has said it is overloaded, and not long enough
+    /// ago for that to have lapsed (this node knows its own state first hand).
     pub(crate) fn cluster_is_overloaded(&self) -> bool {
         now_ms() < self.stats.cluster_overloaded_until.load(Ordering::Relaxed)
     }
@@ -280,7 +297,7 @@ impl BrokerLink {
     /// a moment (a node fans out what any node publishes, so only the publishers can
     /// relieve it).
     pub(crate) fn signal_overload(&self) {
-        let payload = format!("{OVERLOADED} {OVERLOAD_HOLD_MS}").into_bytes();
+        let payload = format!("{OVERLOADED} {} {OVERLOAD_HOLD_MS}", self.node).into_bytes();
         let (outgoing, _) = Outgoing::new(String::new(), payload, self.stats.clone());
         if self.publishes.send(outgoing).is_ok() {
             metrics::add(&self.stats.overload_signals, 1);
@@ -328,7 +345,9 @@ pub(crate) struct Recovered {
     /// Why some may be missing (`None`: the history reached back).
     pub(crate) gap: Option<&'static str>,
     /// Live messages up to this offset are in `entries` or came before the page: the
-    /// offset the page starts after, or the newest in the history if that is older.
+    /// offset the page starts after, or the newest in the history if that is older
+    /// (`Offset::ZERO` for a read that failed: the worker then keeps to where the page
+    /// started).
     pub(crate) floor: Offset,
     /// More of the history follows the page's last entry.
     pub(crate) more: bool,
@@ -348,6 +367,11 @@ impl Recovered {
 
 /// Most entries read for one page (a page is also cut to the reader's send-queue budget).
 const PAGE: usize = 512;
+/// Entries read for a recovery's first page, before their sizes are known.
+const FIRST_PAGE: usize = 16;
+/// What a replayed entry costs in the reader's send queue beyond its payload: its frame
+/// header and offset notice, and two queue entries.
+const REPLAY_ENTRY_COST: usize = 128 + 2 * stratus_uring::ENTRY_OVERHEAD;
 
 /// One page of what came after `read.after` in `topic`'s history: at most [`PAGE`]
 /// entries, and no more bytes than `read.budget` (but at least one entry), and at most
@@ -362,7 +386,16 @@ async fn fetch_history(
 ) -> redis::RedisResult<Recovered> {
     let after = read.after;
     let key = history::key(topic);
-    let count = PAGE.min(limit.saturating_sub(read.fetched)).max(1);
+    // Sized so that what Redis sends is about the budget: a first page of a few entries,
+    // then as many as the budget holds at the average seen.
+    let wanted = match read.average {
+        0 => FIRST_PAGE,
+        average => read.budget / (average + REPLAY_ENTRY_COST),
+    };
+    let count = wanted
+        .min(PAGE)
+        .min(limit.saturating_sub(read.fetched))
+        .max(1);
     let (entries, newest): (Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
         .cmd("XRANGE")
         .arg(&key)
@@ -412,7 +445,7 @@ async fn fetch_history(
     let within_budget = entries
         .iter()
         .take_while(|(_, m)| {
-            bytes += m.payload_len();
+            bytes += m.payload_len() + REPLAY_ENTRY_COST;
             bytes <= read.budget
         })
         .count();
@@ -605,21 +638,20 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Takes in a message on the control channel: a node saying it is overloaded holds every
-/// node's publishes back for the time it names (at most a few seconds).
+/// Takes in a message on the control channel, `overloaded <node> <ms>`: another node
+/// saying it is overloaded holds this node's publishes back for the time it names (at most
+/// a few seconds).
 fn on_control(payload: &[u8], stats: &BrokerStats) {
-    let Some(rest) = std::str::from_utf8(payload)
-        .ok()
-        .and_then(|p| p.strip_prefix(OVERLOADED))
+    let mut words = std::str::from_utf8(payload).unwrap_or("").split(' ');
+    let (Some(OVERLOADED), Some(node), Some(hold)) = (words.next(), words.next(), words.next())
     else {
         metrics::add(&stats.rejected, 1);
         return;
     };
-    let hold = rest
-        .trim()
-        .parse::<u64>()
-        .unwrap_or(OVERLOAD_HOLD_MS)
-        .min(5_000);
+    if node.parse() == Ok(stats.node.load(Ordering::Relaxed)) {
+        return;
+    }
+    let hold = hold.parse::<u64>().unwrap_or(OVERLOAD_HOLD_MS).min(5_000);
     stats
         .cluster_overloaded_until
         .fetch_max(now_ms() + hold, Ordering::Relaxed);
@@ -794,6 +826,17 @@ struct Receiving<'a> {
     queued: VecDeque<(Arc<str>, HistoryRead)>,
 }
 
+impl Drop for Receiving<'_> {
+    /// The session ended: the reads still in line are answered with a gap (those in flight
+    /// answer as they are dropped).
+    fn drop(&mut self) {
+        for (topic, read) in self.queued.drain(..) {
+            let why = "the history could not be read from the broker";
+            HistoryReply::new(self.hub, topic, read.to).send(Recovered::unavailable(why));
+        }
+    }
+}
+
 impl<'a> Receiving<'a> {
     /// Runs until the session breaks (`Some(reason)`) or the server stops (`None`).
     async fn run(
@@ -830,6 +873,11 @@ impl<'a> Receiving<'a> {
                 Some(()) = self.fetches.next(), if !self.fetches.is_empty() => {}
                 request = requests.recv() => match request {
                     Some(BrokerRequest::Add(topic, arrival)) => {
+                        // Still subscribed in Redis (its removal had not gone out yet):
+                        // this arrival is confirmed as it is.
+                        if self.confirmed.contains(&topic) {
+                            self.hub.confirm(&topic, arrival);
+                        }
                         wanted.insert(topic, arrival);
                     }
                     Some(BrokerRequest::Remove(topic)) => {
@@ -920,10 +968,7 @@ impl<'a> Receiving<'a> {
             if let Some(&arrival) = wanted.get(&topic) {
                 self.hub.confirm(&topic, arrival);
             }
-            // Unless it was unsubscribed meanwhile (then a later change drops it).
-            if self.subscribed.contains(&topic) {
-                self.confirmed.insert(topic);
-            }
+            self.confirmed.insert(topic);
         }
         self.stats
             .topics
@@ -972,8 +1017,9 @@ impl<'a> Receiving<'a> {
             HistoryReply::new(hub, topic, read.to).send(Recovered::unavailable(why));
             return;
         };
+        // Made before the read starts: dropped unpolled, it still answers.
+        let reply = HistoryReply::new(hub, topic.clone(), read.to);
         self.fetches.push(Box::pin(async move {
-            let reply = HistoryReply::new(hub, topic.clone(), read.to);
             let fetched = tokio::time::timeout(
                 HISTORY_TIMEOUT,
                 fetch_history(&mut conn, &topic, read, limit),
@@ -1028,6 +1074,30 @@ mod tests {
         assert!(client("redis://127.0.0.1:6379/0").is_ok());
         assert!(client("http://127.0.0.1:6379").is_err());
         assert!(client("rediss://127.0.0.1:6379").is_err());
+    }
+
+    #[test]
+    fn another_nodes_overload_holds_publishes_back_and_this_nodes_own_does_not() {
+        let stats = BrokerStats::default();
+        stats.node.store(7, Ordering::Relaxed);
+        on_control(b"overloaded 7 500", &stats);
+        assert_eq!(
+            stats.cluster_overloaded_until.load(Ordering::Relaxed),
+            0,
+            "its own"
+        );
+        on_control(b"overloaded 8 500", &stats);
+        let until = stats.cluster_overloaded_until.load(Ordering::Relaxed);
+        assert!(until > now_ms() && until <= now_ms() + 500);
+        on_control(b"overloaded 8 999999", &stats);
+        assert!(
+            stats.cluster_overloaded_until.load(Ordering::Relaxed) <= now_ms() + 5_000,
+            "capped"
+        );
+        for junk in [&b"overloaded"[..], b"hello 1 2", b"", b"\xff"] {
+            on_control(junk, &stats);
+        }
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
     }
 
     #[test]

@@ -10,6 +10,10 @@ use stratus_proto::handshake::HandshakeLimits;
 use crate::Auth;
 use crate::tls::TlsFiles;
 
+/// What a subscribe or unsubscribe counts for in a connection's message budget (it may
+/// cost a broker round trip and a history read).
+pub(crate) const COMMAND_COST: u32 = 10;
+
 /// What the server does with client messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum App {
@@ -85,7 +89,9 @@ pub struct Config {
     /// Origins allowed to open WebSocket connections, as `scheme://host[:port]` (ASCII
     /// case does not matter), or `*` for any. Empty allows only the server's own origin
     /// (the request's Host), so a web page elsewhere cannot use a visitor's browser to
-    /// reach a server on localhost or an intranet (cross-site WebSocket hijacking). A
+    /// reach a server on localhost or an intranet (cross-site WebSocket hijacking; a page
+    /// that rebinds its own name to the server's address passes this check, which only
+    /// token auth stops). Behind a proxy that rewrites Host, list the public origin. A
     /// request without an Origin header (not from a browser) is allowed: the check guards
     /// browsers against cross-site use, and other clients can send any Origin they like.
     pub allowed_origins: Vec<String>,
@@ -164,7 +170,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             auth: None,
             max_publish: 1 << 20,
-            max_publish_backlog: 16 << 20,
+            max_publish_backlog: 1 << 20,
             admin_max_connections: 64,
             admin_request_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
@@ -195,6 +201,25 @@ impl Config {
         }
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
+        }
+        if self.message_rate != 0 && self.message_rate < COMMAND_COST {
+            return Err(format!(
+                "message-rate {} is below what one command costs ({COMMAND_COST}); 0 means \
+                 no limit",
+                self.message_rate
+            ));
+        }
+        if self.max_publish_backlog == 0 {
+            return Err("max-publish-backlog must be more than 0".into());
+        }
+        if self.admin_max_connections == 0 {
+            return Err("admin-max-connections must be at least 1".into());
+        }
+        if !(1..=32768).contains(&self.ring.entries) {
+            return Err(format!(
+                "ring-entries ({}) must be between 1 and 32768",
+                self.ring.entries
+            ));
         }
         let buffers = self.ring.recv_buffers;
         if !buffers.is_power_of_two() || buffers > 1 << 15 || self.ring.recv_buffer_size == 0 {

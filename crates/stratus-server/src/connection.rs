@@ -36,8 +36,10 @@ use crate::upgrade::{Refusal, Upgrade, refusal};
 pub(crate) fn queue_transmit(session: &mut Session, queue: &mut SendQueue) -> usize {
     let mut moved = 0;
     if let Some(pong) = session.poll_pong() {
-        moved += pong.len();
-        queue.push_pong(pong);
+        let len = pong.len();
+        if queue.push_pong(pong) {
+            moved += len;
+        }
     }
     while let Some((part, starts_frame)) = session.poll_transmit_part() {
         moved += part.len();
@@ -144,8 +146,9 @@ pub(crate) struct IoState {
     pub(crate) dead: bool,
     /// Queued for the worker's end-of-tick pass.
     pub(crate) dirty: bool,
-    /// Decoding stopped with the queue at its cap: the rest of the input (in the read
-    /// buffer) waits for it to drain.
+    /// Decoding stopped with the queue at its cap or the message budget used up: the rest
+    /// of the input (in the read buffer) waits for the queue to drain or the budget to
+    /// refill.
     pub(crate) input_waiting: bool,
     /// What the connection is counted in, to be released when it goes.
     pub(crate) counted: Counted,
@@ -191,7 +194,13 @@ impl Conn {
     /// undecoded): its queue is at the cap (until it drains), or it has used up its
     /// message budget (until it refills, at `now_ms`).
     pub(crate) fn is_input_held(&self, config: &Config, now_ms: u32) -> bool {
-        self.queued_bytes() >= config.max_send_queue || self.is_over_message_rate(config, now_ms)
+        self.is_queue_full(config) || self.is_over_message_rate(config, now_ms)
+    }
+
+    /// Whether its queue is at the cap (what the client's messages make the server send
+    /// waits there, so its input waits too).
+    pub(crate) fn is_queue_full(&self, config: &Config) -> bool {
+        self.queued_bytes() >= config.max_send_queue
     }
 
     /// Whether it has used half its message budget or more: its input is then read a
@@ -226,26 +235,19 @@ impl Conn {
         }
     }
 
-    /// Queues a notice the server makes on its own (a gap notice, say) under the cap, as
-    /// a broadcast is: past it, the slow-consumer policy applies.
-    pub(crate) fn push_notice(
-        &mut self,
-        text: String,
-        (cap, policy): (usize, SlowConsumer),
-        close_deadline: Instant,
-    ) -> Delivered {
-        if !self.accepts_broadcasts() {
-            return Delivered::Skipped;
-        }
-        // The frame's header is at most 10 bytes (and the text is seldom compressed).
-        if !self.has_room(text.len() + 10, 1, cap) {
-            return self.overflow(policy, close_deadline);
-        }
-        if let Some(session) = self.session() {
+    /// Queues a notice the server makes on its own about what it could not deliver (a gap
+    /// notice): past the cap too (there is at most one per recovery), since a client that
+    /// lost messages must learn of it whatever the policy did.
+    pub(crate) fn push_notice(&mut self, text: String, close_deadline: Instant) {
+        if let Some(session) = self.session().filter(|s| !s.close_sent()) {
             let _ = session.send(&Message::text(text));
+            self.transmit(close_deadline);
         }
-        self.transmit(close_deadline);
-        Delivered::Queued
+    }
+
+    /// Whether a frame of `bytes` fits under `cap` (see [`Conn::has_room`]).
+    pub(crate) fn has_room_for(&self, bytes: usize, cap: usize) -> bool {
+        self.has_room(bytes, 1, cap)
     }
 
     /// Whether anything waits to be sent (on TLS: records rustls has to send, and the
@@ -391,6 +393,10 @@ impl Conn {
         deadline: Instant,
         discard: bool,
     ) {
+        if self.is_timing_message() {
+            // A message's deadline gives way to the close's.
+            self.deadline = None;
+        }
         let Phase::Open(session) = &mut self.phase else {
             return;
         };

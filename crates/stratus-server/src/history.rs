@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::json;
 
@@ -110,8 +111,8 @@ pub(crate) struct HistoryDest {
 /// Where a recovery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
-    /// A page of the history is being read (request `request`).
-    Fetching { request: u64 },
+    /// A page of the history, after `after`, is being read (request `request`).
+    Fetching { request: u64, after: Offset },
     /// A page has been queued; the next, after `after`, is read once the connection's
     /// send queue has room for it (the replay goes at the reader's pace, a page at a time).
     Paused { after: Offset },
@@ -130,8 +131,11 @@ pub(crate) enum Phase {
 pub(crate) struct Recovery {
     pub(crate) topic: Arc<str>,
     pub(crate) phase: Phase,
-    /// History entries sent so far.
+    /// History entries sent so far, and their payload bytes.
     pub(crate) fetched: usize,
+    payload: usize,
+    /// When it started.
+    started: Instant,
     /// Live messages that arrived while the history was read.
     pub(crate) held: Vec<Arc<Broadcast>>,
     held_bytes: usize,
@@ -143,12 +147,19 @@ pub(crate) struct Recovery {
 }
 
 impl Recovery {
-    /// A recovery whose first page is read by `request`, holding at most `max_held_bytes`
-    /// of live messages meanwhile.
-    pub(crate) fn new(topic: Arc<str>, request: u64, max_held_bytes: usize) -> Self {
+    /// A recovery whose first page, after `after`, is read by `request`, holding at most
+    /// `max_held_bytes` of live messages meanwhile; it starts at `now`.
+    pub(crate) fn new(
+        topic: Arc<str>,
+        (request, after): (u64, Offset),
+        max_held_bytes: usize,
+        now: Instant,
+    ) -> Self {
         Self {
             topic,
-            phase: Phase::Fetching { request },
+            phase: Phase::Fetching { request, after },
+            started: now,
+            payload: 0,
             fetched: 0,
             held: Vec::new(),
             held_bytes: 0,
@@ -159,7 +170,42 @@ impl Recovery {
 
     /// Whether `request` is the read this recovery waits for.
     pub(crate) fn awaits(&self, request: u64) -> bool {
-        self.phase == Phase::Fetching { request }
+        matches!(self.phase, Phase::Fetching { request: r, .. } if r == request)
+    }
+
+    /// The average payload of the history entries sent so far (0 before any).
+    pub(crate) fn average(&self) -> usize {
+        self.payload.checked_div(self.fetched).unwrap_or(0)
+    }
+
+    /// Counts a history entry of `payload` bytes sent.
+    pub(crate) fn sent(&mut self, payload: usize) {
+        self.fetched += 1;
+        self.payload += payload;
+    }
+
+    /// Whether it has taken longer than `limit` since it started (at `now`): a reader
+    /// that never reads, or a broker that never answers, must not hold it open.
+    pub(crate) fn is_overdue(&self, now: Instant, limit: std::time::Duration) -> bool {
+        self.is_recovering() && now.saturating_duration_since(self.started) >= limit
+    }
+
+    /// Whether it is still reading the history (live messages are held).
+    pub(crate) fn is_recovering(&self) -> bool {
+        !matches!(self.phase, Phase::Live { .. })
+    }
+
+    /// Gives up reading the history: the held messages are dropped, and live ones after
+    /// what was sent go out from now on. Returns whether it was still reading (the
+    /// connection then gets a gap notice).
+    pub(crate) fn abandon(&mut self) -> bool {
+        let after = match self.phase {
+            Phase::Fetching { after, .. } | Phase::Paused { after } => after,
+            Phase::Live { .. } => return false,
+        };
+        drop(self.take_held());
+        self.phase = Phase::Live { sent_to: after };
+        true
     }
 
     /// Takes a live message on the topic.
@@ -222,7 +268,8 @@ mod tests {
 
     #[test]
     fn a_recovery_holds_then_skips_what_was_sent_then_ends() {
-        let mut recovery = Recovery::new(Arc::from("t"), 7, 1 << 20);
+        let mut recovery =
+            Recovery::new(Arc::from("t"), (7, Offset(1, 0)), 1 << 20, Instant::now());
         assert!(
             recovery.awaits(7) && !recovery.awaits(6),
             "only its own read"
@@ -257,13 +304,18 @@ mod tests {
 
     #[test]
     fn held_messages_are_bounded_and_overflow_is_remembered() {
-        let mut recovery = Recovery::new(Arc::from("t"), 0, usize::MAX);
+        let mut recovery = Recovery::new(
+            Arc::from("t"),
+            (0, Offset::ZERO),
+            usize::MAX,
+            Instant::now(),
+        );
         for _ in 0..MAX_HELD + 5 {
             assert_eq!(recovery.absorb(&live(Some(Offset(1, 0)))), Live::Absorbed);
         }
         assert_eq!(recovery.held.len(), MAX_HELD);
         assert!(recovery.overflowed);
-        let mut small = Recovery::new(Arc::from("t"), 0, 100);
+        let mut small = Recovery::new(Arc::from("t"), (0, Offset::ZERO), 100, Instant::now());
         let frame = live(None).plain.len();
         for _ in 0..100 / frame + 1 {
             small.absorb(&live(None));

@@ -21,6 +21,7 @@ use crate::broker::{BrokerLink, BrokerRequest, Recovered};
 use crate::history::{HistoryDest, Offset};
 use crate::metrics::{self, WorkerStats};
 use crate::topic::{self, TopicError};
+use crate::unupgraded::address_key;
 
 /// Work sent to a worker.
 pub(crate) enum WorkerMsg {
@@ -323,7 +324,7 @@ impl Hub {
         }
         if per_ip > 0 {
             let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = counts.entry(ip).or_insert(0);
+            let count = counts.entry(address_key(ip)).or_insert(0);
             if *count >= per_ip {
                 drop(counts);
                 self.stats.connections.fetch_sub(1, Ordering::AcqRel);
@@ -339,10 +340,11 @@ impl Hub {
         self.stats.connections.fetch_sub(1, Ordering::AcqRel);
         if per_ip > 0 {
             let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(count) = counts.get_mut(&ip) {
+            let key = address_key(ip);
+            if let Some(count) = counts.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
-                    counts.remove(&ip);
+                    counts.remove(&key);
                 }
             }
         }

@@ -26,7 +26,12 @@ impl TokenBucket {
 
     /// Tokens (in thousandths) at `now_ms`, refilled at `rate` a second up to `rate`.
     fn refilled(&self, now_ms: u32, rate: u32) -> u64 {
-        let elapsed = u64::from(now_ms.wrapping_sub(self.at_ms));
+        // A time before the last refill (callers read the clock at slightly different
+        // moments) wraps to a huge difference: it counts as no time at all.
+        let elapsed = match now_ms.wrapping_sub(self.at_ms) {
+            wrapped if wrapped > u32::MAX / 2 => 0,
+            elapsed => u64::from(elapsed),
+        };
         let cap = (u64::from(rate) * MILLI).min(u64::from(u32::MAX));
         (u64::from(self.milli_tokens) + elapsed * u64::from(rate)).min(cap)
     }
@@ -102,6 +107,14 @@ mod tests {
         assert!(bucket.take(1, u32::MAX - 5, 100));
         assert!(!bucket.take(1, u32::MAX, 100), "5 ms later: half a token");
         assert!(bucket.take(1, 4, 100), "10 ms later, across the wrap");
+    }
+
+    #[test]
+    fn a_time_before_the_last_refill_refills_nothing() {
+        let mut bucket = TokenBucket::full(10, 1000);
+        assert!(bucket.take(10, 1000, 10));
+        assert!(!bucket.take(1, 999, 10), "the clock read a moment earlier");
+        assert!(!bucket.is_ready(999, 10));
     }
 
     #[test]

@@ -13,6 +13,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
+/// The address a per-address cap counts by: an IPv4 address, or an IPv6 address's /64
+/// (one host, or one subscriber's network, may hold a whole /64).
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 /// One worker's sockets that have not finished the upgrade.
 #[derive(Debug)]
 pub(crate) struct Unupgraded {
@@ -47,7 +61,7 @@ impl Unupgraded {
 
     /// Counts socket `token` from `ip`, or refuses it for its address's cap.
     pub(crate) fn admit(&mut self, token: u64, ip: IpAddr) -> Result<(), OverIpCap> {
-        let count = self.per_ip.entry(ip).or_insert(0);
+        let count = self.per_ip.entry(address_key(ip)).or_insert(0);
         if *count >= self.per_ip_cap {
             return Err(OverIpCap);
         }
@@ -60,10 +74,11 @@ impl Unupgraded {
     /// A socket from `ip` finished its upgrade, or closed, or was shed.
     pub(crate) fn finished(&mut self, ip: IpAddr) {
         self.live = self.live.saturating_sub(1);
-        if let Some(count) = self.per_ip.get_mut(&ip) {
+        let key = address_key(ip);
+        if let Some(count) = self.per_ip.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
-                self.per_ip.remove(&ip);
+                self.per_ip.remove(&key);
             }
         }
     }
@@ -116,6 +131,22 @@ mod tests {
         un.finished(ip(1));
         assert!(un.admit(5, ip(1)).is_ok(), "room again once one finishes");
         assert_eq!(un.len(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address() {
+        let mut un = Unupgraded::new(0, 2);
+        let host = |low: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, low]);
+        assert!(un.admit(1, host(1)).is_ok() && un.admit(2, host(2)).is_ok());
+        assert_eq!(un.admit(3, host(3)), Err(OverIpCap), "the same /64");
+        assert!(
+            un.admit(4, IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
+                .is_ok()
+        );
+        let mapped = IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert_eq!(address_key(mapped), IpAddr::from([10, 0, 0, 1]));
+        un.finished(host(2));
+        assert!(un.admit(5, host(5)).is_ok());
     }
 
     #[test]

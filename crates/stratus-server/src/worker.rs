@@ -30,11 +30,11 @@ use crate::auth::Grant;
 use crate::broadcast::Broadcast;
 use crate::broker::{BrokerRequest, HistoryRead, Recovered};
 use crate::commands::{self, Command};
-use crate::config::{App, Config};
+use crate::config::{App, COMMAND_COST, Config, SlowConsumer};
 use crate::connection::{Conn, Counted, Delivered, Phase, queue_transmit};
-use crate::history::{HistoryDest, Phase as RecoveryPhase, Recovery, Since};
+use crate::history::{HistoryDest, Offset, Phase as RecoveryPhase, Recovery, Since};
 use crate::hub::{Hub, WorkerMsg};
-use crate::metrics;
+use crate::metrics::{self, WorkerStats};
 use crate::pending_replies::PendingReplies;
 use crate::rate::TokenBucket;
 use crate::status_page;
@@ -50,9 +50,9 @@ const MAX_IOV: usize = 512;
 const PARTIAL_RESERVE: usize = 64 << 10;
 /// Sends submitted at a time when a turn has many.
 const SETTLE_CHUNK: usize = 1024;
-/// What a subscribe or unsubscribe counts for in a connection's message budget (it may
-/// cost a broker round trip and a history read).
-const COMMAND_COST: u32 = 10;
+/// How long a recovery may take (a reader that never reads, a broker that never answers):
+/// past it, the held messages are dropped and the client gets a gap notice.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most publishes a worker fans out in one turn before it sends (see `read_inbox`).
 const MAX_PUBLISHES_PER_TURN: usize = 256;
 /// Emptied send batches kept for reuse.
@@ -112,6 +112,8 @@ struct Subscriptions<'a> {
     rate: u32,
     /// Bytes of live messages a recovery may hold (the send-queue cap).
     max_held: usize,
+    /// Now.
+    now: Instant,
     hub: &'a Hub,
     worker: usize,
     max: usize,
@@ -506,10 +508,8 @@ impl Worker {
             self.unupgraded.finished(conn.ip);
         }
         let rate = config.message_rate;
-        conn.open(
-            accepted,
-            TokenBucket::full(rate, clock_ms(self.epoch, Instant::now())),
-        );
+        let now = Instant::now();
+        conn.open(accepted, TokenBucket::full(rate, clock_ms(self.epoch, now)));
         if let Some(grant) = &conn.grant {
             debug!(conn = conn.token, subject = %grant.subject, "token accepted");
         }
@@ -519,9 +519,10 @@ impl Worker {
             table: &mut self.topics,
             pending: &mut self.pending,
             requests: &mut self.next_request,
-            clock_ms: clock_ms(self.epoch, Instant::now()),
+            clock_ms: clock_ms(self.epoch, now),
             rate: self.config.message_rate,
             max_held: self.config.max_send_queue,
+            now,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -534,9 +535,9 @@ impl Worker {
     }
 
     /// The WebSocket phase: decode, answer, act. Stops while the connection's queue is at
-    /// its cap: what the client's messages make the server send (pongs, echoes, replies)
-    /// waits in that queue, so the rest of its input waits in `buf` (and reading pauses)
-    /// until the queue drains; see [`Worker::resume_input`].
+    /// its cap (what the client's messages make the server send waits in that queue) or
+    /// its message budget is used up: the rest of its input waits in `buf` (and reading
+    /// pauses) until the queue drains or the budget refills; see [`Worker::resume_input`].
     fn decode(&mut self, slot: usize, buf: &mut BytesMut) {
         let config = &self.config;
         let now = Instant::now();
@@ -571,9 +572,10 @@ impl Worker {
             table: &mut self.topics,
             pending: &mut self.pending,
             requests: &mut self.next_request,
-            clock_ms: clock_ms(self.epoch, Instant::now()),
+            clock_ms: clock_ms(self.epoch, now),
             rate: self.config.message_rate,
             max_held: self.config.max_send_queue,
+            now,
             hub: &self.hub,
             worker: self.index,
             max: config.max_topics_per_connection,
@@ -620,7 +622,7 @@ impl Worker {
                 }
             }
         }
-        let midway = !io.input_waiting && (!buf.is_empty() || session.is_mid_message());
+        let midway = !buf.is_empty() || session.is_mid_message();
         conn.transmit(close_deadline);
         conn.time_message(midway, now + config.message_timeout);
     }
@@ -725,7 +727,9 @@ impl Worker {
             if flushed && conn.io.fin_after_flush && !conn.io.fin_sent {
                 conn.send_fin();
             }
-            if flushed && conn.io.peer_done {
+            // Once the peer has sent FIN, what it sent before is still answered (input
+            // that waited for the budget or the queue), then the connection ends.
+            if flushed && conn.io.peer_done && !conn.io.input_waiting {
                 conn.kill();
             }
         }
@@ -759,6 +763,7 @@ impl Worker {
 
     /// Forgets a connection whose operations have all finished, closing its socket.
     fn free(&mut self, slot: usize) {
+        let now = Instant::now();
         let conn = self.conns.slab.remove(slot);
         if conn.io.counted == Counted::Unupgraded {
             self.unupgraded.finished(conn.ip);
@@ -767,9 +772,10 @@ impl Worker {
             table: &mut self.topics,
             pending: &mut self.pending,
             requests: &mut self.next_request,
-            clock_ms: clock_ms(self.epoch, Instant::now()),
+            clock_ms: clock_ms(self.epoch, now),
             rate: self.config.message_rate,
             max_held: self.config.max_send_queue,
+            now,
             hub: &self.hub,
             worker: self.index,
             max: 0,
@@ -868,17 +874,18 @@ impl Worker {
         else {
             return;
         };
-        let notice = |conn: &mut Conn, reason: &str| {
-            conn.push_notice(commands::gap_notice(topic, reason), cap, deadline)
-        };
         Conns::mark(dirty, conn);
-        if let Some(reason) = page.gap
-            && notice(conn, reason) == Delivered::ClosedSlow
-        {
-            conn.recoveries.clear();
-            return;
+        if let Some(reason) = page.gap {
+            conn.push_notice(commands::gap_notice(topic, reason), deadline);
         }
-        let mut last = page.floor;
+        // After the first page, the page starts after what was sent: a page that came
+        // back empty (a read that failed) must not send any of it again.
+        let mut last = match conn.recoveries[at].phase {
+            RecoveryPhase::Fetching { after, .. } if conn.recoveries[at].fetched > 0 => {
+                page.floor.max(after)
+            }
+            _ => page.floor,
+        };
         let mut cut_short = false;
         // The page was cut to the queue's room when it was asked for; the queue may have
         // filled since. What does not fit under half the cap waits for the next page.
@@ -892,7 +899,7 @@ impl Worker {
                 break;
             }
             last = offset;
-            conn.recoveries[at].fetched += 1;
+            conn.recoveries[at].sent(message.payload_len());
             let broadcast = Arc::new(Broadcast::new(message, Some(offset)));
             match conn.push_broadcast(topic, &broadcast, cap, deadline, counters) {
                 Delivered::Queued | Delivered::Skipped => {}
@@ -906,40 +913,12 @@ impl Worker {
                 }
             }
         }
-        let recovery = &mut conn.recoveries[at];
         if more && !cut_short {
-            recovery.phase = RecoveryPhase::Paused { after: last };
+            conn.recoveries[at].phase = RecoveryPhase::Paused { after: last };
             self.read_next_pages(to.token);
             return;
         }
-        // The held live messages the history did not have, each once.
-        let held = recovery.take_held();
-        let mut overflowed = recovery.overflowed || cut_short;
-        if !cut_short {
-            for broadcast in held {
-                match broadcast.offset {
-                    Some(offset) if offset <= last => continue,
-                    Some(offset) => last = offset,
-                    None => {}
-                }
-                match conn.push_broadcast(topic, &broadcast, cap, deadline, counters) {
-                    Delivered::Queued | Delivered::Skipped => {}
-                    Delivered::Dropped => {
-                        overflowed = true;
-                        break;
-                    }
-                    Delivered::ClosedSlow => {
-                        conn.recoveries.clear();
-                        return;
-                    }
-                }
-            }
-        }
-        conn.recoveries[at].phase = RecoveryPhase::Live { sent_to: last };
-        if overflowed {
-            let why = "more came during the recovery than can be held or queued";
-            let _ = notice(conn, why);
-        }
+        finish_recovery(conn, at, last, cut_short, (cap, deadline, counters));
     }
 
     /// Reads the next page of connection `token`'s paused recoveries, each once its
@@ -956,13 +935,20 @@ impl Worker {
         if room < cap / 2 {
             return;
         }
+        // The room is shared by the recoveries that read a page now.
+        let paused = conn
+            .recoveries
+            .iter()
+            .filter(|r| matches!(r.phase, RecoveryPhase::Paused { .. }))
+            .count();
+        let budget = room / paused.max(1);
         for recovery in &mut conn.recoveries {
             let RecoveryPhase::Paused { after } = recovery.phase else {
                 continue;
             };
             self.next_request += 1;
             let request = self.next_request;
-            recovery.phase = RecoveryPhase::Fetching { request };
+            recovery.phase = RecoveryPhase::Fetching { request, after };
             let to = HistoryDest {
                 worker: self.index,
                 token,
@@ -971,8 +957,9 @@ impl Worker {
             let read = HistoryRead {
                 after,
                 to,
-                budget: room,
+                budget,
                 fetched: recovery.fetched,
+                average: recovery.average(),
             };
             broker.request(BrokerRequest::History {
                 topic: recovery.topic.clone(),
@@ -1037,15 +1024,40 @@ impl Worker {
                 // Its message budget has refilled: its input is read again.
                 Conns::mark(dirty, conn);
             }
-            let past = |deadline: Instant| now >= deadline;
-            if conn.deadline.is_some_and(past) && conn.is_timing_message() {
-                conn.close(
-                    CloseCode::POLICY,
-                    "message not completed in time",
-                    now + config.close_timeout,
-                    false,
-                );
+            if conn
+                .recoveries
+                .iter()
+                .any(|r| r.is_overdue(now, RECOVERY_TIMEOUT))
+            {
+                for recovery in conn.recoveries.iter_mut() {
+                    if recovery.is_overdue(now, RECOVERY_TIMEOUT) && recovery.abandon() {
+                        let why = "the recovery did not finish in time";
+                        let notice = commands::gap_notice(&recovery.topic, why);
+                        if let Phase::Open(session) = &mut conn.phase {
+                            let _ = session.send(&Message::text(notice));
+                        }
+                    }
+                }
+                conn.transmit(now + config.close_timeout);
                 Conns::mark(dirty, conn);
+            }
+            let past = |deadline: Instant| now >= deadline;
+            // A message's deadline (not while its input waits for the server's own
+            // queue: then the client is not the one holding the message up).
+            if conn.deadline.is_some_and(past)
+                && conn.is_timing_message()
+                && hard_stop.is_none_or(|stop| !past(stop))
+            {
+                if !conn.is_queue_full(config) {
+                    let deadline = now + config.close_timeout;
+                    conn.close(
+                        CloseCode::POLICY,
+                        "message not completed in time",
+                        deadline,
+                        false,
+                    );
+                    Conns::mark(dirty, conn);
+                }
                 continue;
             }
             if conn.deadline.is_some_and(past) || hard_stop.is_some_and(past) {
@@ -1134,8 +1146,15 @@ impl Worker {
 impl Drop for Worker {
     /// A worker that ends with connections still open (a drain's hard stop, an io_uring
     /// failure) gives back what they hold in the hub: their counts (global and per
-    /// address) and their topics' interest.
+    /// address), their topics' interest, and the publishes left in its inbox.
     fn drop(&mut self) {
+        // Publishes left in the inbox no longer wait: the node's backlog must not count
+        // them for ever (it would refuse every publish).
+        while let Ok(msg) = self.inbox.try_recv() {
+            if let WorkerMsg::Publish { broadcast, .. } = msg {
+                self.hub.taken(self.index, broadcast.cost());
+            }
+        }
         let slots: Vec<usize> = self.conns.slab.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             self.free(slot);
@@ -1181,13 +1200,18 @@ fn subscribe_since(
             token: conn.token,
             request: *subs.requests,
         };
-        conn.recoveries
-            .push(Recovery::new(name.clone(), to.request, subs.max_held));
+        conn.recoveries.push(Recovery::new(
+            name.clone(),
+            (to.request, after),
+            subs.max_held,
+            subs.now,
+        ));
         let read = HistoryRead {
             after,
             to,
             budget: conn.room,
             fetched: 0,
+            average: 0,
         };
         broker.request(BrokerRequest::History {
             topic: name.clone(),
@@ -1265,6 +1289,48 @@ fn on_message(
     };
     let _ = session.send(&Message::text(reply));
     None
+}
+
+/// Ends connection `conn`'s recovery `at` once the history is sent up to `last` (or cut
+/// short): the held live messages the history did not have go out, each once, as far as
+/// the queue has room (what does not fit, or did not fit in the hold, is dropped and a gap
+/// notice says so: a prompt reader is not closed for the size of its backlog), and live
+/// messages up to `last` are skipped from now on.
+fn finish_recovery(
+    conn: &mut Conn,
+    at: usize,
+    mut last: Offset,
+    cut_short: bool,
+    (cap, deadline, counters): ((usize, SlowConsumer), Instant, &WorkerStats),
+) {
+    let recovery = &mut conn.recoveries[at];
+    let held = recovery.take_held();
+    let mut overflowed = recovery.overflowed || cut_short;
+    let topic = recovery.topic.clone();
+    if !cut_short {
+        for broadcast in held {
+            match broadcast.offset {
+                Some(offset) if offset <= last => continue,
+                Some(offset) => last = offset,
+                None => {}
+            }
+            if !conn.has_room_for(broadcast.plain.len(), cap.0) {
+                overflowed = true;
+                break;
+            }
+            if conn.push_broadcast(&topic, &broadcast, cap, deadline, counters)
+                == Delivered::ClosedSlow
+            {
+                conn.recoveries.clear();
+                return;
+            }
+        }
+    }
+    conn.recoveries[at].phase = RecoveryPhase::Live { sent_to: last };
+    if overflowed {
+        let why = "more came during the recovery than can be held or queued";
+        conn.push_notice(commands::gap_notice(&topic, why), deadline);
+    }
 }
 
 /// Milliseconds from `epoch` to `now`, wrapping: the clock of connections' token buckets.

@@ -12,11 +12,13 @@
 //! all and waits for their completions before any of that memory is freed (as
 //! tokio-uring's driver does), whatever the order of the fields.
 //!
-//! Completions are never lost: the completion queue holds four times the submission
-//! queue, a caller that submits many operations in one turn takes completions out of the
-//! kernel's queue between batches ([`Ring::reap`]), and should the queue still overflow
-//! the kernel keeps the excess (`IORING_FEAT_NODROP`), which is counted
-//! ([`Ring::overflows`]) and taken as a reason to reap sooner, not as a failure.
+//! Completions are kept from overflowing: the completion queue holds four times the
+//! submission queue, and a caller that submits many operations in one turn takes
+//! completions out of the kernel's queue between batches ([`Ring::reap`]). Should it
+//! still overflow, the kernel keeps the excess (`IORING_FEAT_NODROP`): that is counted
+//! ([`Ring::overflows`]) and taken as a reason to reap sooner, not as a failure. Only if
+//! the kernel cannot allocate for that backlog are completions lost; that is counted too
+//! ([`Ring::lost_completions`]), and the ring goes on.
 //!
 //! Completions come back as [`Event`]s tagged with the caller's 56-bit token.
 
@@ -145,8 +147,11 @@ pub struct Ring {
     received: Option<(u16, usize)>,
     /// Operations submitted (or queued to be) whose last completion has not come.
     in_flight: usize,
-    /// Times the completion queue was found overflowed into the kernel's backlog.
+    /// Times the completion queue overflowed into the kernel's backlog (counted when the
+    /// overflow is first seen, not at every look while it lasts).
     overflows: u64,
+    /// The kernel's overflow flag, as last seen.
+    overflowing: bool,
     /// Completions the kernel could not keep (it was out of memory for its backlog).
     lost: u64,
 }
@@ -180,6 +185,7 @@ impl Ring {
             received: None,
             in_flight: 0,
             overflows: 0,
+            overflowing: false,
             lost: 0,
         })
     }
@@ -216,9 +222,11 @@ impl Ring {
 
     /// Counts an overflow the kernel reports, and completions it had to drop.
     fn note_overflow(&mut self) {
-        if self.uring.submission().cq_overflow() {
+        let overflowing = self.uring.submission().cq_overflow();
+        if overflowing && !self.overflowing {
             self.overflows += 1;
         }
+        self.overflowing = overflowing;
         let dropped = u64::from(self.uring.completion().overflow());
         if dropped > self.lost {
             tracing::error!(lost = dropped - self.lost, "io_uring dropped completions");
@@ -238,9 +246,11 @@ impl Ring {
                 return;
             }
             if let Err(err) = self.uring.submit() {
-                // Nothing can be queued until the kernel takes entries; it only refuses
-                // when out of memory, so there is no better move than trying again.
+                // Nothing can be queued until the kernel takes entries: it refuses when
+                // out of memory, or (older kernels) while completions it could not post
+                // wait; taking the completions out makes room for those.
                 tracing::warn!(error = %err, "io_uring submit failed");
+                self.reap();
                 std::thread::yield_now();
             }
         }
@@ -507,8 +517,10 @@ impl Drop for Ring {
     /// leaked instead.
     fn drop(&mut self) {
         let drained = self.drain();
-        // SAFETY: `uring` is not used after this (it is dropped once, here); closing it
-        // ends the kernel's use of the registered buffer ring.
+        // SAFETY: `uring` is not used after this (it is dropped once, here). With every
+        // operation completed the kernel no longer uses the buffers; if some did not,
+        // the buffers are leaked below rather than freed, whenever the kernel tears the
+        // ring down.
         unsafe { ManuallyDrop::drop(&mut self.uring) };
         if drained {
             // SAFETY: dropped once, after the ring; no operation can still use a buffer.

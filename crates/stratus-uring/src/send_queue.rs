@@ -45,7 +45,7 @@ pub struct SendQueue {
     /// Entries queued or in flight (u32: the queue is kept small, see the size test of
     /// the server's connection).
     entries: u32,
-    /// Pongs queued and not yet taken for sending (at most [`MAX_WAITING_PONGS`]).
+    /// Pongs queued and not yet taken for sending (never more than [`MAX_WAITING_PONGS`]).
     waiting_pongs: u8,
 }
 
@@ -64,15 +64,17 @@ impl SendQueue {
         });
     }
 
-    /// Queues a pong; past [`MAX_WAITING_PONGS`] waiting, it replaces the newest one
-    /// still at the back of the queue.
-    pub fn push_pong(&mut self, pong: Bytes) {
-        if self.waiting_pongs >= MAX_WAITING_PONGS
-            && let Some(last) = self.frames.back_mut().filter(|e| e.pong)
-        {
+    /// Queues a pong; with [`MAX_WAITING_PONGS`] waiting, it replaces the newest one if
+    /// that is at the back of the queue, and is dropped otherwise (the peer has that many
+    /// pongs it has not read, answering earlier pings). Returns whether it was queued.
+    pub fn push_pong(&mut self, pong: Bytes) -> bool {
+        if self.waiting_pongs >= MAX_WAITING_PONGS {
+            let Some(last) = self.frames.back_mut().filter(|e| e.pong) else {
+                return false;
+            };
             self.bytes = self.bytes - last.bytes.len() + pong.len();
             last.bytes = pong;
-            return;
+            return true;
         }
         self.waiting_pongs += 1;
         self.push_entry(Entry {
@@ -80,6 +82,7 @@ impl SendQueue {
             starts_frame: true,
             pong: true,
         });
+        true
     }
 
     fn push_entry(&mut self, entry: Entry) {

@@ -93,7 +93,7 @@ pub(crate) struct Settings {
     #[arg(long, env = "STRATUS_MAX_PUBLISH")]
     max_publish: Option<usize>,
     /// Bytes of publishes that may wait for one worker before publishing answers 503
-    /// (the node is overloaded) [16777216].
+    /// (the node is overloaded) [1048576].
     #[arg(long, env = "STRATUS_MAX_PUBLISH_BACKLOG")]
     max_publish_backlog: Option<usize>,
     /// Most admin API connections at once; one more gets 503 [64].
