@@ -40,6 +40,9 @@ if cargo tree -p stratus-proto -e normal --prefix none | grep -E '^(tokio|tokio-
   exit 1
 fi
 
+step "stratus-server's layers: every import points down, no cycle (scripts/layers.py)"
+python3 scripts/layers.py
+
 step "AddressSanitizer over the unsafe code: masking, the worker ring (nightly)"
 host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS=-Zsanitizer=address cargo +nightly test -p stratus-proto --lib \

@@ -69,30 +69,11 @@ fn fanout_delivers_every_publish_to_every_subscriber() {
 /// subscriber on both nodes.
 #[test]
 fn fanout_spreads_over_the_nodes_of_a_cluster() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (scripts/install-redis.sh)");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let redis = stratus_testkit::Redis::start();
     let nodes: Vec<Server> = (0..2)
         .map(|_| {
             Server::start(Config {
-                broker: Some(format!("redis://127.0.0.1:{port}/0")),
+                broker: Some(redis.url()),
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 workers: 1,
@@ -131,8 +112,7 @@ fn fanout_spreads_over_the_nodes_of_a_cluster() {
     for node in nodes {
         node.stop().unwrap();
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
 }
 
 #[test]

@@ -241,13 +241,24 @@ impl Config {
             .map(TlsFiles::load)
             .transpose()
             .map_err(|e| format!("admin tls: {e}"))?;
-        if let Some(url) = &self.broker {
-            crate::broker::client(url)?;
-        }
+        self.broker_client()?;
         if self.history > 0 && self.broker.is_none() {
             return Err("history needs a broker (it is kept in Redis)".into());
         }
         Ok(())
+    }
+
+    /// The client for `broker`, if set: only `redis://host[:port][/db]` URLs.
+    pub(crate) fn broker_client(&self) -> Result<Option<redis::Client>, String> {
+        let Some(url) = &self.broker else {
+            return Ok(None);
+        };
+        if !url.starts_with("redis://") {
+            return Err(format!("broker {url:?}: only redis:// URLs are supported"));
+        }
+        redis::Client::open(url.as_str())
+            .map(Some)
+            .map_err(|e| format!("broker {url:?}: {e}"))
     }
 
     /// The echo server (Autobahn's testee) on 127.0.0.1:9001, with limits that let every
@@ -261,5 +272,22 @@ impl Config {
             message_rate: 0,
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_redis_urls_are_accepted_as_brokers() {
+        let broker = |url: &str| Config {
+            broker: Some(url.into()),
+            ..Config::default()
+        };
+        assert!(broker("redis://127.0.0.1:6379/0").broker_client().is_ok());
+        assert!(broker("http://127.0.0.1:6379").broker_client().is_err());
+        assert!(broker("rediss://127.0.0.1:6379").broker_client().is_err());
+        assert!(matches!(Config::default().broker_client(), Ok(None)));
     }
 }

@@ -8,32 +8,39 @@
 //! `stratus` wraps it in a command line (serve, echo, publish). With
 //! [`Config::broker`] set, several servers share topics through Redis.
 //!
+//! The layers, each importing only from those below it:
+//!
+//! - `server`: the composition root, the only module that knows every layer.
+//! - `admin` (the HTTP API and `/metrics`), `worker` (one thread, one ring: the driver
+//!   and its ring-free pub/sub part), `broker` (the Redis session).
+//! - `node`: what the workers share (the hub, the publish path, admission caps, the
+//!   node's side of the broker).
+//! - `connection` (one connection's state, without a ring), `model` (plain values),
+//!   `messages` (what the threads send each other), `stats` (the counters), and the
+//!   settings (`config`, `tls`).
+//!
 //! Not here: protocol rules (in `stratus-proto`), compression (in `stratus-deflate`), and
 //! io_uring calls (in `stratus-uring`).
 
 mod admin;
-mod auth;
-mod broadcast;
 mod broker;
-mod commands;
 mod config;
 mod connection;
-mod history;
-mod hub;
-mod metrics;
-mod pending_replies;
-mod rate;
+mod messages;
+mod model;
+mod node;
 mod server;
-mod status_page;
+mod stats;
+#[cfg(test)]
+mod testing;
 mod tls;
-mod tls_conn;
-pub mod topic;
-mod unupgraded;
-mod upgrade;
 mod worker;
 
-pub use auth::{Auth, AuthAlgorithm};
 pub use config::{App, Config, SlowConsumer};
-pub use hub::{Delivery, PublishError, Reach, Stats};
+pub use messages::PublishError;
+pub use model::auth::{Auth, AuthAlgorithm};
+pub use model::topic;
+pub use node::hub::{Delivery, Reach};
 pub use server::Server;
+pub use stats::Stats;
 pub use tls::{TlsError, TlsFiles};

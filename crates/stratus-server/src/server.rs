@@ -1,11 +1,16 @@
 //! Thread per core: each worker thread drives its own io_uring with its own SO_REUSEPORT
 //! listener on the shared address, and owns the connections it accepts. The admin API
-//! has a thread of its own. [`Server`] starts them, publishes into them, and drains them.
+//! and the broker have a thread each. [`Server`] starts them, publishes into them, and
+//! drains them.
+//!
+//! The composition root: the only module that knows every layer. It makes the channels
+//! between the threads (the workers' inboxes, the broker's queues) and hands each side
+//! its end.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::thread::JoinHandle;
 
 use stratus_proto::Message;
@@ -13,9 +18,12 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::admin::{self, Admin};
-use crate::broker::{self, BrokerRequest};
+use crate::broker::BrokerTask;
 use crate::config::Config;
-use crate::hub::{Delivery, Hub, PublishError, Stats, WorkerLink};
+use crate::messages::{BrokerRequest, Node, PublishError};
+use crate::node::broker_link::BrokerLink;
+use crate::node::hub::{Delivery, Hub, WorkerLink};
+use crate::stats::{BrokerStats, Stats};
 use crate::worker::Worker;
 
 /// Most workers: a topic's workers are tracked in a 64-bit mask.
@@ -78,10 +86,15 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()?
             .into_iter()
             .unzip();
-        let (broker, broker_task) = match &config.broker {
-            Some(url) => {
-                let client = broker::client(url).map_err(invalid)?;
-                let (link, task) = broker::link(client, config.history);
+        let (broker, broker_task) = match config.broker_client().map_err(invalid)? {
+            Some(client) => {
+                let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+                let (request_tx, request_rx) = mpsc::unbounded_channel();
+                let stats = Arc::new(BrokerStats::default());
+                let history = config.history;
+                let link = BrokerLink::new(history, publish_tx.clone(), request_tx, stats.clone());
+                let publishes = (publish_tx, publish_rx);
+                let task = BrokerTask::new(client, history, publishes, request_rx, stats);
                 (Some(link), Some(task))
             }
             None => (None, None),
@@ -92,10 +105,10 @@ impl Server {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                let hub = hub.clone();
+                let node: Arc<dyn Node + Send> = hub.clone();
                 std::thread::Builder::new()
                     .name("stratus-broker".into())
-                    .spawn(move || task.run(runtime, hub))
+                    .spawn(move || task.run(runtime, node))
             })
             .transpose()?;
         let config = Arc::new(config);
@@ -199,6 +212,6 @@ impl Server {
 
     /// Connections open now.
     pub fn connections(&self) -> u64 {
-        self.hub.stats.connections.load(Ordering::Relaxed)
+        self.hub.connections()
     }
 }

@@ -7,103 +7,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Faults, Proxy};
-use common::{Peer, admin, free_addr, sample, signal, spawn_server};
+use common::{Peer, admin, sample, signal, spawn_server};
 use stratus_proto::{CloseCode, Message};
 use stratus_server::{Config, PublishError, Reach, Server};
-
-/// A `redis-server` on a loopback port, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// A redis-server on a free port (another, if a concurrent test took that one).
-    fn start() -> Self {
-        (0..5)
-            .find_map(|_| Self::try_start(free_addr().port()))
-            .expect("redis-server did not start on any of 5 free ports")
-    }
-
-    fn start_on(port: u16) -> Self {
-        Self::try_start(port).expect("redis-server could not take its port again")
-    }
-
-    /// `None` if the server that answers on `port` is not the one started here.
-    fn try_start(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server (install it): {e}"));
-        let mut redis = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = redis.connection() {
-                let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
-                let ours = format!("process_id:{}", redis.child.id());
-                return info.lines().any(|l| l.trim() == ours).then_some(redis);
-            }
-            if redis.child.try_wait().unwrap().is_some() {
-                return None;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_connection()?;
-        redis::cmd("PING").query::<String>(&mut conn)?;
-        Ok(conn)
-    }
-
-    /// How many connections are subscribed to `topic`'s channel.
-    fn subscribers(&self, topic: &str) -> usize {
-        let mut conn = self.connection().unwrap();
-        let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(format!("stratus:{topic}"))
-            .query(&mut conn)
-            .unwrap();
-        counts[0].1
-    }
-
-    /// Waits until `count` connections are subscribed to `topic`'s channel.
-    fn wait_subscribers(&self, topic: &str, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.subscribers(topic) != count {
-            assert!(
-                Instant::now() < deadline,
-                "{topic} never had {count} subscribers"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use stratus_testkit::Redis;
 
 /// A new client on `ws`, subscribed to `topic` at the upgrade.
 fn subscriber(ws: SocketAddr, topic: &str) -> Peer {
@@ -385,7 +296,7 @@ fn an_in_band_subscribe_is_answered_once_redis_has_the_subscription() {
     assert!(peer.read_head().starts_with("HTTP/1.1 101 "));
 
     // While Redis is stopped it cannot confirm, so no reply may come.
-    signal(&redis.child, "STOP");
+    redis.signal("STOP");
     let command = br#"{"op":"subscribe","topic":"fresh"}"#;
     peer.send(&common::frame(true, 0, 0x1, command));
     peer.stream
@@ -400,7 +311,7 @@ fn an_in_band_subscribe_is_answered_once_redis_has_the_subscription() {
     peer.stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    signal(&redis.child, "CONT");
+    redis.signal("CONT");
     assert_eq!(
         peer.recv(),
         Some(Message::text(
@@ -608,11 +519,11 @@ fn a_redis_that_stops_answering_is_noticed_by_the_ping_and_rejoined() {
     let node = Node::start(&redis);
     let mut peer = node.subscriber("hung");
     node.wait_topics(1);
-    signal(&redis.child, "STOP");
+    redis.signal("STOP");
     node.wait_ready(false);
     let (status, body) = node.publish("hung", "lost?");
     assert_eq!(status, 503, "{body}");
-    signal(&redis.child, "CONT");
+    redis.signal("CONT");
     node.wait_ready(true);
     let Some(Message::Text(notice)) = peer.recv() else {
         panic!("expected a gap notice");
@@ -833,13 +744,17 @@ fn a_history_reply_meant_for_an_earlier_resume_is_not_applied_to_a_later_one() {
     let seen: Vec<(String, String)> = (0..20)
         .map(|_| recv_with_offset(&mut watcher, "feed"))
         .collect();
-    // Resume from m4, think better of it, resume from m14: all in one write.
-    let mut peer = commanding(node.ws, &subscribe_since("feed", &seen[4].0));
-    let rest = [
+    // Resume from m4, think better of it, resume from m14: all in one write (so the first
+    // resume's history cannot come back before the others are read).
+    let mut peer = Peer::connect(node.ws);
+    peer.send(common::upgrade_request("/ws").as_bytes());
+    assert!(peer.read_head().starts_with("HTTP/1.1 101 "));
+    let commands = [
+        subscribe_since("feed", &seen[4].0),
         r#"{"op":"unsubscribe","topic":"feed"}"#.to_owned(),
         subscribe_since("feed", &seen[14].0),
     ];
-    let frames: Vec<u8> = rest
+    let frames: Vec<u8> = commands
         .iter()
         .flat_map(|c| common::frame(true, 0, 0x1, c.as_bytes()))
         .collect();
@@ -885,7 +800,7 @@ fn subscription_churn_on_fresh_topics_neither_stalls_delivery_nor_the_broker() {
     // Every Redis round trip of this node takes 100 ms more each way: a node that waited
     // for each SUBSCRIBE before reading on would hold every topic's delivery up.
     let proxy = Proxy::start(
-        SocketAddr::from(([127, 0, 0, 1], redis.port)),
+        SocketAddr::from(([127, 0, 0, 1], redis.port())),
         Faults {
             latency: Duration::from_millis(100),
             ..Faults::default()
@@ -960,7 +875,7 @@ fn a_history_read_slower_than_the_timeouts_fails_only_its_reader() {
     // The connection that asks for a history read gets its answers 6 s late from then
     // on: later than a response may take (2 s) and a history read (5 s).
     let proxy = Proxy::start(
-        SocketAddr::from(([127, 0, 0, 1], redis.port)),
+        SocketAddr::from(([127, 0, 0, 1], redis.port())),
         Faults {
             slow_after: Some((b"XRANGE", Duration::from_secs(6))),
             ..Faults::default()

@@ -9,7 +9,7 @@
 )]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -218,12 +218,7 @@ pub fn sample(page: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {name} in:\n{page}"))
 }
 
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+pub use stratus_testkit::free_addr;
 
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")

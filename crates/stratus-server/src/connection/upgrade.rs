@@ -6,10 +6,10 @@ use stratus_deflate::Mode;
 use stratus_proto::Session;
 use stratus_proto::handshake::{HandshakeError, UpgradeRequest, http_error};
 
-use crate::auth::{self, Grant};
 use crate::config::{App, Config};
-use crate::connection::FrameChoice;
-use crate::topic;
+use crate::model::auth::{self, Grant};
+use crate::model::broadcast::FrameChoice;
+use crate::model::topic;
 
 /// An accepted upgrade: the session, the frames it takes, the 101 response, the topics
 /// asked for in the request, and what the token grants (with auth on).
@@ -21,12 +21,35 @@ pub(crate) struct Upgrade {
     pub(crate) grant: Option<Grant>,
 }
 
-/// A refused upgrade: the HTTP status, the response and why (for the log).
-pub(crate) type Refusal = (u16, Vec<u8>, String);
+/// A refused upgrade: the HTTP status, the response, and why (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) response: Vec<u8>,
+    pub(crate) why: String,
+}
 
-/// The refusal for a request the handshake parser rejected.
-pub(crate) fn refusal(err: &HandshakeError) -> Refusal {
-    (err.status(), err.response(), err.to_string())
+impl Refusal {
+    /// A refusal with `status` and `why`, the response carrying `headers` (lines ending
+    /// in CRLF).
+    pub(crate) fn new(status: u16, headers: &str, why: String) -> Self {
+        Self {
+            status,
+            response: http_error(status, headers, &why),
+            why,
+        }
+    }
+}
+
+impl From<&HandshakeError> for Refusal {
+    /// The refusal for a request the handshake parser rejected.
+    fn from(err: &HandshakeError) -> Self {
+        Self {
+            status: err.status(),
+            response: err.response(),
+            why: err.to_string(),
+        }
+    }
 }
 
 /// Accepts or refuses `request`.
@@ -36,8 +59,8 @@ pub(crate) fn upgrade(
     draining: bool,
 ) -> Result<Upgrade, Refusal> {
     if draining {
-        let response = http_error(503, "Retry-After: 5\r\n", "server is shutting down");
-        return Err((503, response, "draining".into()));
+        let why = "server is shutting down".to_owned();
+        return Err(Refusal::new(503, "Retry-After: 5\r\n", why));
     }
     if let Some(origin) = &request.origin
         && !origin_allowed(origin, &request.host, &config.allowed_origins)
@@ -51,7 +74,7 @@ pub(crate) fn upgrade(
         } else {
             format!("origin {origin} is not in --allowed-origins")
         };
-        return Err((403, http_error(403, "", &why), why));
+        return Err(Refusal::new(403, "", why));
     }
     let (path, query) = request
         .target
@@ -69,18 +92,18 @@ pub(crate) fn upgrade(
                 Ok(grant) => Some(grant),
                 Err(why) => {
                     let challenge = "WWW-Authenticate: Bearer realm=\"stratus\"\r\n";
-                    return Err((401, http_error(401, challenge, &why), why));
+                    return Err(Refusal::new(401, challenge, why));
                 }
             }
         }
     };
     let topics = subscriptions(path, query, config.app, config.max_topics_per_connection)
-        .map_err(|(status, why)| (status, http_error(status, "", &why), why))?;
+        .map_err(|(status, why)| Refusal::new(status, "", why))?;
     if let Some(grant) = &grant
         && let Some(denied) = topics.iter().find(|t| !grant.allows(t))
     {
         let why = format!("the token does not allow topic {denied:?}");
-        return Err((403, http_error(403, "", &why), why));
+        return Err(Refusal::new(403, "", why));
     }
     let mut session = Session::server(config.limits);
     let mut extra_headers = String::new();

@@ -17,7 +17,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::history::Since;
+use crate::model::offset::{Offset, Since};
 
 /// A command a client sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,11 @@ pub(crate) fn ok_reply(op: &str, topic: &str) -> String {
 /// The notice that messages on `topic` may be missing, and why.
 pub(crate) fn gap_notice(topic: &str, reason: &str) -> String {
     json!({"op": "gap", "topic": topic, "reason": reason}).to_string()
+}
+
+/// The notice that precedes each message on a subscription with offsets.
+pub(crate) fn offset_notice(topic: &str, offset: Offset) -> String {
+    json!({"op": "offset", "topic": topic, "offset": offset.to_string()}).to_string()
 }
 
 /// The reply to a refused command.

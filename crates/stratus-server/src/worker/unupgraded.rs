@@ -13,26 +13,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-/// The address a per-address cap counts by: an IPv4 address, or an IPv6 address's /64
-/// (one host, or one subscriber's network, may hold a whole /64).
-pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                v6.to_bits() & !((1u128 << 64) - 1),
-            )),
-        },
-        v4 => v4,
-    }
-}
+use crate::model::conn_id::ConnId;
+use crate::node::admission::address_key;
 
 /// One worker's sockets that have not finished the upgrade.
 #[derive(Debug)]
 pub(crate) struct Unupgraded {
-    /// Tokens in arrival order; some may have finished since (skipped when shedding,
+    /// Sockets in arrival order; some may have finished since (skipped when shedding,
     /// dropped when the queue is compacted).
-    order: VecDeque<u64>,
+    order: VecDeque<ConnId>,
     per_ip: HashMap<IpAddr, u32>,
     live: usize,
     cap: usize,
@@ -59,15 +48,15 @@ impl Unupgraded {
         }
     }
 
-    /// Counts socket `token` from `ip`, or refuses it for its address's cap.
-    pub(crate) fn admit(&mut self, token: u64, ip: IpAddr) -> Result<(), OverIpCap> {
+    /// Counts socket `conn` from `ip`, or refuses it for its address's cap.
+    pub(crate) fn admit(&mut self, conn: ConnId, ip: IpAddr) -> Result<(), OverIpCap> {
         let count = self.per_ip.entry(address_key(ip)).or_insert(0);
         if *count >= self.per_ip_cap {
             return Err(OverIpCap);
         }
         *count += 1;
         self.live += 1;
-        self.order.push_back(token);
+        self.order.push_back(conn);
         Ok(())
     }
 
@@ -86,13 +75,13 @@ impl Unupgraded {
     /// The oldest socket to shed while more than the cap are mid-upgrade: the first of
     /// the arrival order that `is_live` still says is mid-upgrade. The caller closes it
     /// and reports it [`finished`](Self::finished).
-    pub(crate) fn shed(&mut self, mut is_live: impl FnMut(u64) -> bool) -> Option<u64> {
+    pub(crate) fn shed(&mut self, mut is_live: impl FnMut(ConnId) -> bool) -> Option<ConnId> {
         if self.live <= self.cap {
             return None;
         }
-        while let Some(token) = self.order.pop_front() {
-            if is_live(token) {
-                return Some(token);
+        while let Some(conn) = self.order.pop_front() {
+            if is_live(conn) {
+                return Some(conn);
             }
         }
         None
@@ -100,7 +89,7 @@ impl Unupgraded {
 
     /// Drops finished sockets from the arrival order once they outnumber the live ones,
     /// so the order stays proportionate to what is mid-upgrade.
-    pub(crate) fn compact(&mut self, mut is_live: impl FnMut(u64) -> bool) {
+    pub(crate) fn compact(&mut self, mut is_live: impl FnMut(ConnId) -> bool) {
         if self.order.len() > 2 * self.live + 1024 {
             self.order.retain(|&t| is_live(t));
         }
@@ -118,6 +107,10 @@ mod tests {
 
     use super::*;
 
+    fn c(n: u64) -> ConnId {
+        ConnId::from_token(n)
+    }
+
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])
     }
@@ -125,11 +118,14 @@ mod tests {
     #[test]
     fn an_address_past_its_cap_is_refused_and_others_are_not() {
         let mut un = Unupgraded::new(0, 2);
-        assert!(un.admit(1, ip(1)).is_ok() && un.admit(2, ip(1)).is_ok());
-        assert_eq!(un.admit(3, ip(1)), Err(OverIpCap));
-        assert!(un.admit(4, ip(2)).is_ok());
+        assert!(un.admit(c(1), ip(1)).is_ok() && un.admit(c(2), ip(1)).is_ok());
+        assert_eq!(un.admit(c(3), ip(1)), Err(OverIpCap));
+        assert!(un.admit(c(4), ip(2)).is_ok());
         un.finished(ip(1));
-        assert!(un.admit(5, ip(1)).is_ok(), "room again once one finishes");
+        assert!(
+            un.admit(c(5), ip(1)).is_ok(),
+            "room again once one finishes"
+        );
         assert_eq!(un.len(), 3);
     }
 
@@ -137,25 +133,23 @@ mod tests {
     fn an_ipv6_64_counts_as_one_address() {
         let mut un = Unupgraded::new(0, 2);
         let host = |low: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, low]);
-        assert!(un.admit(1, host(1)).is_ok() && un.admit(2, host(2)).is_ok());
-        assert_eq!(un.admit(3, host(3)), Err(OverIpCap), "the same /64");
+        assert!(un.admit(c(1), host(1)).is_ok() && un.admit(c(2), host(2)).is_ok());
+        assert_eq!(un.admit(c(3), host(3)), Err(OverIpCap), "the same /64");
         assert!(
-            un.admit(4, IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
+            un.admit(c(4), IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
                 .is_ok()
         );
-        let mapped = IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
-        assert_eq!(address_key(mapped), IpAddr::from([10, 0, 0, 1]));
         un.finished(host(2));
-        assert!(un.admit(5, host(5)).is_ok());
+        assert!(un.admit(c(5), host(5)).is_ok());
     }
 
     #[test]
     fn past_the_cap_the_oldest_still_mid_upgrade_is_shed() {
         let mut un = Unupgraded::new(3, 0);
-        let mut live: HashSet<u64> = HashSet::new();
+        let mut live: HashSet<ConnId> = HashSet::new();
         for token in 1..=3 {
-            un.admit(token, ip(1)).unwrap();
-            live.insert(token);
+            un.admit(c(token), ip(1)).unwrap();
+            live.insert(c(token));
         }
         assert_eq!(
             un.shed(|t| live.contains(&t)),
@@ -163,15 +157,15 @@ mod tests {
             "at the cap, not past it"
         );
         // The oldest upgraded meanwhile: it is not shed; the next oldest is.
-        live.remove(&1);
+        live.remove(&c(1));
         un.finished(ip(1));
-        un.admit(4, ip(1)).unwrap();
-        live.insert(4);
-        un.admit(5, ip(1)).unwrap();
-        live.insert(5);
+        un.admit(c(4), ip(1)).unwrap();
+        live.insert(c(4));
+        un.admit(c(5), ip(1)).unwrap();
+        live.insert(c(5));
         let shed = un.shed(|t| live.contains(&t));
-        assert_eq!(shed, Some(2));
-        live.remove(&2);
+        assert_eq!(shed, Some(c(2)));
+        live.remove(&c(2));
         un.finished(ip(1));
         assert_eq!(un.shed(|t| live.contains(&t)), None);
         assert_eq!(un.len(), 3);
@@ -181,11 +175,11 @@ mod tests {
     fn the_arrival_order_is_compacted_as_sockets_finish() {
         let mut un = Unupgraded::new(0, 0);
         for token in 0..5000 {
-            un.admit(token, ip(1)).unwrap();
+            un.admit(c(token), ip(1)).unwrap();
             un.finished(ip(1));
         }
-        un.admit(5000, ip(1)).unwrap();
-        un.compact(|t| t == 5000);
+        un.admit(c(5000), ip(1)).unwrap();
+        un.compact(|t| t == c(5000));
         assert_eq!(un.order.len(), 1);
         assert!(un.per_ip.len() == 1 && un.len() == 1);
     }

@@ -15,6 +15,11 @@
 //! response have `admin_request_timeout` (408 when the request is late); the route and
 //! the token are decided on the head, so a request that will be refused never gets its
 //! body read (the connection closes after the refusal instead).
+//!
+//! It reaches the server only through the hub (publish, readiness, the counters); it must
+//! not touch a worker, a connection or the broker thread.
+
+mod metrics;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -29,7 +34,9 @@ use stratus_uring::{self as uring, Listener, Stream};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::hub::{Hub, PublishError, Reach};
+use crate::messages::PublishError;
+use crate::node::hub::{Hub, Reach};
+use crate::stats;
 
 const READ_CHUNK: usize = 4096;
 const MAX_HEAD: usize = 8 * 1024;
@@ -90,7 +97,7 @@ pub(crate) async fn serve(admin: Admin, listener: std::net::TcpListener) {
             // again, else closed at once.
             Ok((stream, _)) if open.get() >= cap.saturating_mul(2) => drop(stream),
             Ok((stream, _)) if open.get() >= cap => {
-                crate::metrics::add(&admin.hub.stats.admin_refused, 1);
+                stats::add(&admin.hub.stats.admin_refused, 1);
                 uring::spawn(refuse_busy(Slot::take(&open), stream));
             }
             Ok((stream, _)) => {
@@ -479,7 +486,7 @@ async fn answer(admin: &Admin, endpoint: Endpoint, request: &Request, body: Byte
         Endpoint::Health => respond(200, json!({ "status": "ok" })),
         Endpoint::Ready => readiness(&admin.hub),
         Endpoint::Metrics => Response {
-            body: crate::metrics::render(&admin.hub),
+            body: metrics::render(&admin.hub),
             content_type: "text/plain; version=0.0.4",
             ..respond(200, json!(null))
         },

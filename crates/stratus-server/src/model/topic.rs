@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use indexmap::IndexSet;
 
+use crate::model::conn_id::ConnId;
+
 /// Longest topic name, in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
 
@@ -42,16 +44,16 @@ pub fn validate(topic: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// One worker's subscriptions: topic -> connection ids (slab keys), in subscription order.
+/// One worker's subscriptions: topic -> connections, in subscription order.
 #[derive(Debug, Default)]
 pub(crate) struct TopicTable {
-    topics: HashMap<Arc<str>, IndexSet<usize>>,
+    topics: HashMap<Arc<str>, IndexSet<ConnId>>,
 }
 
 impl TopicTable {
     /// Adds `conn` to `topic`. Returns the table's copy of the name (every subscriber
     /// shares it) and `true` if `conn` is the topic's first subscriber here.
-    pub(crate) fn subscribe(&mut self, topic: &str, conn: usize) -> (Arc<str>, bool) {
+    pub(crate) fn subscribe(&mut self, topic: &str, conn: ConnId) -> (Arc<str>, bool) {
         if let Some(name) = self.topics.get_key_value(topic).map(|(k, _)| k.clone()) {
             self.topics.entry(name.clone()).or_default().insert(conn);
             return (name, false);
@@ -62,7 +64,7 @@ impl TopicTable {
     }
 
     /// Removes `conn` from `topic`; `true` if the topic has no subscriber left here.
-    pub(crate) fn unsubscribe(&mut self, topic: &str, conn: usize) -> bool {
+    pub(crate) fn unsubscribe(&mut self, topic: &str, conn: ConnId) -> bool {
         let Some(set) = self.topics.get_mut(topic) else {
             return false;
         };
@@ -75,7 +77,7 @@ impl TopicTable {
     }
 
     /// The connections subscribed to `topic`.
-    pub(crate) fn subscribers(&self, topic: &str) -> Option<&IndexSet<usize>> {
+    pub(crate) fn subscribers(&self, topic: &str) -> Option<&IndexSet<ConnId>> {
         self.topics.get(topic)
     }
 }
@@ -98,19 +100,20 @@ mod tests {
     #[test]
     fn first_and_last_subscriber_are_reported() {
         let mut table = TopicTable::default();
-        let (first, is_first) = table.subscribe("t", 1);
+        let [c1, c2] = [ConnId::new(1, 1), ConnId::new(2, 1)];
+        let (first, is_first) = table.subscribe("t", c1);
         assert!(is_first);
-        let (second, is_first) = table.subscribe("t", 2);
+        let (second, is_first) = table.subscribe("t", c2);
         assert!(!is_first);
         assert!(Arc::ptr_eq(&first, &second), "subscribers share one name");
         assert!(
-            !table.subscribe("t", 2).1,
+            !table.subscribe("t", c2).1,
             "subscribing twice is idempotent"
         );
         assert_eq!(table.subscribers("t").map(IndexSet::len), Some(2));
-        assert!(!table.unsubscribe("t", 1));
-        assert!(table.unsubscribe("t", 2));
+        assert!(!table.unsubscribe("t", c1));
+        assert!(table.unsubscribe("t", c2));
         assert!(table.subscribers("t").is_none());
-        assert!(!table.unsubscribe("t", 2));
+        assert!(!table.unsubscribe("t", c2));
     }
 }

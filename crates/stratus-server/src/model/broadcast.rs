@@ -1,5 +1,6 @@
 //! A published message, framed once: the plain frame, and the shared compressed frame
-//! made the first time a subscriber that can take it needs it. Both are `Bytes`: every
+//! made the first time a subscriber that can take it needs it; and which of them a
+//! connection takes ([`FrameChoice`]). Both are `Bytes`: every
 //! subscriber's queue gets a clone of the same allocation, never a copy.
 
 use std::sync::OnceLock;
@@ -9,8 +10,22 @@ use bytes::Bytes;
 use stratus_proto::frame::RSV1;
 use stratus_proto::{Encoder, Message, OpCode};
 
-use crate::history::{self, Offset};
-use crate::metrics::{self, WorkerStats};
+use crate::model::commands::offset_notice;
+use crate::model::offset::Offset;
+use crate::stats::{self, WorkerStats};
+
+/// Which frame of a broadcast a connection gets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FrameChoice {
+    /// No compression negotiated: the plain frame.
+    Plain,
+    /// Shared-mode compression: the broadcast's compressed frame (made once).
+    /// (`threshold` as u32 keeps the choice in 8 bytes of every connection.)
+    Shared { threshold: u32 },
+    /// A per-connection compressor (context takeover or a smaller window): compressed
+    /// for this connection alone.
+    PerConnection,
+}
 
 /// A published message and its frames.
 #[derive(Debug)]
@@ -27,14 +42,14 @@ pub(crate) struct Broadcast {
 }
 
 impl Broadcast {
-    /// Frames `message` (a Text or Binary message) once.
-    pub(crate) fn new(message: Message, offset: Option<Offset>) -> Self {
+    /// Frames `message` (a Text or Binary message), published at `published`, once.
+    pub(crate) fn new(message: Message, offset: Option<Offset>, published: Instant) -> Self {
         let plain = Encoder::server().message(&message);
         Self {
             message,
             plain,
             compressed: OnceLock::new(),
-            published: Instant::now(),
+            published,
             offset,
             offset_frame: OnceLock::new(),
         }
@@ -49,7 +64,7 @@ impl Broadcast {
     pub(crate) fn offset_frame(&self, topic: &str) -> Option<&Bytes> {
         let offset = self.offset?;
         Some(self.offset_frame.get_or_init(|| {
-            let notice = Message::text(history::offset_notice(topic, offset));
+            let notice = Message::text(offset_notice(topic, offset));
             Encoder::server().message(&notice)
         }))
     }
@@ -77,8 +92,8 @@ impl Broadcast {
             let frame = stratus_deflate::libdeflate::compress_message(self.payload())
                 .map(|z| Encoder::server().frame(opcode, RSV1, &z));
             if let Some(frame) = &frame {
-                metrics::add(&stats.deflate_in, self.payload().len() as u64);
-                metrics::add(&stats.deflate_out, frame.len() as u64);
+                stats::add(&stats.deflate_in, self.payload().len() as u64);
+                stats::add(&stats.deflate_out, frame.len() as u64);
             }
             frame
         });

@@ -8,7 +8,6 @@
 //! to every node's fan-out, this one's included.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -16,33 +15,15 @@ use stratus_proto::Message;
 use stratus_uring::Wake;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broadcast::Broadcast;
-use crate::broker::{BrokerLink, BrokerRequest, Recovered};
-use crate::history::{HistoryDest, Offset};
-use crate::metrics::{self, WorkerStats};
-use crate::topic::{self, TopicError};
-use crate::unupgraded::address_key;
-
-/// Work sent to a worker.
-pub(crate) enum WorkerMsg {
-    /// Fan a broadcast out to the worker's subscribers of `topic`; report how many.
-    Publish {
-        topic: Arc<str>,
-        broadcast: Arc<Broadcast>,
-        ack: oneshot::Sender<usize>,
-    },
-    /// The node is now subscribed to `topic` in the broker: answer the subscribe
-    /// commands that were waiting for it.
-    Confirmed(Arc<str>),
-    /// A page of `topic`'s history for a connection's recovery.
-    History {
-        to: HistoryDest,
-        topic: Arc<str>,
-        recovered: Recovered,
-    },
-    /// Close every connection with 1001 and stop.
-    Drain,
-}
+use crate::messages::{
+    BrokerRequest, HistoryDest, HistoryPage, Node, Overloaded, PublishError, WorkerMsg,
+};
+use crate::model::broadcast::Broadcast;
+use crate::model::offset::Offset;
+use crate::model::topic;
+use crate::node::admission::Admission;
+use crate::node::broker_link::BrokerLink;
+use crate::stats::{self, Stats, WorkerStats};
 
 /// A worker's inbox, its wake-up, and what the publishes waiting in it hold.
 pub(crate) struct WorkerLink {
@@ -63,50 +44,6 @@ impl WorkerLink {
     }
 }
 
-/// Why a publish was refused (nothing was sent anywhere).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The topic name is invalid.
-    #[error("invalid topic: {0}")]
-    InvalidTopic(#[from] TopicError),
-    /// Only text and binary messages can be published.
-    #[error("only text and binary messages can be published")]
-    NotData,
-    /// The server is shutting down.
-    #[error("the server is shutting down")]
-    Draining,
-    /// The node cannot keep up: publishes it has taken wait for its workers (or its
-    /// broker) beyond the publish backlog limit. Try again later.
-    #[error("the node is overloaded: too many publishes waiting")]
-    Overloaded,
-    /// The broker (Redis) is unreachable, or lost the connection before confirming the
-    /// publish: it may or may not have gone out. Try again later.
-    #[error("the broker is unavailable")]
-    BrokerUnavailable,
-}
-
-/// Counters over the server's life.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Publishes accepted.
-    pub published: AtomicU64,
-    /// Messages queued to subscribers.
-    pub delivered: AtomicU64,
-    /// Messages skipped for full queues (the `drop` policy).
-    pub dropped: AtomicU64,
-    /// Connections closed as slow consumers (the `close` policy).
-    pub slow_consumer_closes: AtomicU64,
-    /// Connections open now.
-    pub connections: AtomicU64,
-    /// Admin connections refused for the admin connection cap.
-    pub admin_refused: AtomicU64,
-    /// Publishes refused because the node was overloaded (its publish backlog full).
-    pub overloaded: AtomicU64,
-    /// Publishes that waited for room in the node's publish backlog (admin API).
-    pub paced: AtomicU64,
-}
-
 /// A topic with subscribers on this node.
 struct TopicState {
     /// Bitmask of the workers with at least one subscriber.
@@ -118,16 +55,13 @@ struct TopicState {
     confirmed: bool,
 }
 
-/// Why an upgrade was refused for the connection caps: the HTTP status and the reason.
-pub(crate) type OverCap = (u16, &'static str);
-
 /// The state every worker and the publish API share.
 pub(crate) struct Hub {
     pub(crate) links: Vec<WorkerLink>,
     /// Each worker's own counters, for `/metrics`.
     pub(crate) workers: Vec<WorkerStats>,
-    /// Open WebSocket connections per client address (kept only with a per-IP cap).
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open WebSocket connections, overall and per address.
+    pub(crate) admission: Admission,
     /// Topic -> which workers have subscribers, and whether the broker has it.
     interest: Mutex<HashMap<Arc<str>, TopicState>>,
     /// Numbers each topic's arrival on the node, so a broker confirmation meant for an
@@ -222,7 +156,7 @@ impl Hub {
             broker,
             workers: links.iter().map(|_| WorkerStats::default()).collect(),
             links,
-            per_ip: Mutex::default(),
+            admission: Admission::default(),
             interest: Mutex::default(),
             arrivals: AtomicU64::new(0),
             stats: Stats::default(),
@@ -294,13 +228,6 @@ impl Hub {
         }
     }
 
-    /// Sends `msg` to worker `worker`.
-    pub(crate) fn to_worker(&self, worker: usize, msg: WorkerMsg) {
-        if let Some(link) = self.links.get(worker) {
-            link.send(msg);
-        }
-    }
-
     /// The broker lost Redis: no topic is confirmed until it has resubscribed.
     pub(crate) fn unconfirm_all(&self) {
         for state in self.interest().values_mut() {
@@ -312,42 +239,6 @@ impl Hub {
     /// one.
     pub(crate) fn is_ready(&self) -> bool {
         !self.is_draining() && self.broker.as_ref().is_none_or(BrokerLink::is_up)
-    }
-
-    /// Counts a new WebSocket connection from `ip` against the caps (`max` over all
-    /// workers, `per_ip` for one address; 0 is no limit), or says which one it passes.
-    pub(crate) fn admit(&self, ip: IpAddr, max: usize, per_ip: usize) -> Result<(), OverCap> {
-        let open = self.stats.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        if max > 0 && open > max as u64 {
-            self.stats.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err((503, "the server is at its connection limit"));
-        }
-        if per_ip > 0 {
-            let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = counts.entry(address_key(ip)).or_insert(0);
-            if *count >= per_ip {
-                drop(counts);
-                self.stats.connections.fetch_sub(1, Ordering::AcqRel);
-                return Err((429, "too many connections from this address"));
-            }
-            *count += 1;
-        }
-        Ok(())
-    }
-
-    /// Releases what [`Hub::admit`] counted.
-    pub(crate) fn release(&self, ip: IpAddr, per_ip: usize) {
-        self.stats.connections.fetch_sub(1, Ordering::AcqRel);
-        if per_ip > 0 {
-            let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            let key = address_key(ip);
-            if let Some(count) = counts.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&key);
-                }
-            }
-        }
     }
 
     /// Whether worker `w`'s inbox holds the publish backlog limit or more.
@@ -371,6 +262,11 @@ impl Hub {
     /// Worker `w` has taken a publish of `cost` bytes from its inbox.
     pub(crate) fn taken(&self, w: usize, cost: usize) {
         self.links[w].backlog.fetch_sub(cost, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub(crate) fn connections(&self) -> u64 {
+        self.admission.open.load(Ordering::Relaxed)
     }
 
     /// Topics with subscribers anywhere.
@@ -427,12 +323,12 @@ impl Hub {
     /// Counts a publish's outcome (and whether it waited for room).
     fn count(&self, delivery: &Result<Delivery, PublishError>, paced: bool) {
         match delivery {
-            Ok(_) => metrics::add(&self.stats.published, 1),
-            Err(PublishError::Overloaded) => metrics::add(&self.stats.overloaded, 1),
+            Ok(_) => stats::add(&self.stats.published, 1),
+            Err(PublishError::Overloaded) => stats::add(&self.stats.overloaded, 1),
             Err(_) => {}
         }
         if paced {
-            metrics::add(&self.stats.paced, 1);
+            stats::add(&self.stats.paced, 1);
         }
     }
 
@@ -456,13 +352,14 @@ impl Hub {
             Some(broker) => broker
                 .publish(topic, &message, self.max_backlog)
                 .map(|rx| Delivery(Pending::Broker(rx))),
-            None => self.fan_out(topic, message, None),
+            None => self.dispatch(topic, message, None),
         }
     }
 
-    /// Frames `message` (at `offset` in the topic's history, if kept) once and sends it to
-    /// every worker with subscribers for `topic`.
-    pub(crate) fn fan_out(
+    /// Dispatches a publish to this node's workers: frames `message` (at `offset` in the
+    /// topic's history, if kept) once and sends it to every worker with subscribers for
+    /// `topic`.
+    pub(crate) fn dispatch(
         &self,
         topic: &str,
         message: Message,
@@ -477,7 +374,7 @@ impl Hub {
             return Err(PublishError::Overloaded);
         }
         let topic: Arc<str> = Arc::from(topic);
-        let broadcast = Arc::new(Broadcast::new(message, offset));
+        let broadcast = Arc::new(Broadcast::new(message, offset, std::time::Instant::now()));
         let cost = broadcast.cost();
         let mut acks = Vec::new();
         for w in workers {
@@ -499,26 +396,193 @@ impl Hub {
     }
 }
 
+impl Node for Hub {
+    fn confirm(&self, topic: &Arc<str>, arrival: u64) {
+        Hub::confirm(self, topic, arrival);
+    }
+
+    fn unconfirm_all(&self) {
+        Hub::unconfirm_all(self);
+    }
+
+    fn deliver(
+        &self,
+        topic: &str,
+        message: Message,
+        offset: Option<Offset>,
+    ) -> Result<(), Overloaded> {
+        match self.dispatch(topic, message, offset) {
+            Err(PublishError::Overloaded) => Err(Overloaded),
+            _ => Ok(()),
+        }
+    }
+
+    fn history_page(&self, to: HistoryDest, topic: Arc<str>, page: HistoryPage) {
+        if let Some(link) = self.links.get(to.worker) {
+            link.send(WorkerMsg::History { to, topic, page });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing;
 
-    /// A hub over `workers` inboxes that nobody reads, and those inboxes.
-    fn hub(workers: usize, max_backlog: usize) -> (Hub, Vec<mpsc::UnboundedReceiver<WorkerMsg>>) {
-        let (links, inboxes) = (0..workers)
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let wake = Arc::new(Wake::new().expect("eventfd"));
-                let backlog = AtomicUsize::new(0);
-                (WorkerLink { tx, wake, backlog }, rx)
+    fn names(requests: &[BrokerRequest]) -> Vec<String> {
+        requests
+            .iter()
+            .map(|r| match r {
+                BrokerRequest::Add(t, arrival) => format!("add {t} {arrival}"),
+                BrokerRequest::Remove(t) => format!("remove {t}"),
+                BrokerRequest::History { topic, .. } => format!("history {topic}"),
+                BrokerRequest::Stop => "stop".into(),
             })
-            .unzip();
-        (Hub::new(links, None, max_backlog), inboxes)
+            .collect()
+    }
+
+    #[test]
+    fn the_broker_hears_of_a_topics_first_and_last_subscriber_on_the_node_in_order() {
+        let (hub, mut inboxes, broker) = testing::hub(2, Some(0), 1 << 20);
+        let mut broker = broker.expect("a broker");
+        let t: Arc<str> = Arc::from("t");
+        assert!(
+            !hub.set_interest(&t, 0, true),
+            "not confirmed before Redis says so"
+        );
+        assert!(!hub.set_interest(&t, 1, true));
+        assert_eq!(names(&broker.requests()), ["add t 0"], "once per node");
+        assert!(!hub.is_confirmed("t"));
+        hub.confirm(&t, 0);
+        assert!(hub.is_confirmed("t"));
+        for inbox in &mut inboxes {
+            assert!(matches!(inbox.try_recv(), Ok(WorkerMsg::Confirmed(c)) if c == t));
+        }
+        assert!(
+            hub.set_interest(&t, 0, true),
+            "a worker's later subscriber: confirmed"
+        );
+        hub.set_interest(&t, 0, false);
+        assert!(
+            broker.requests().is_empty(),
+            "worker 1 still has subscribers"
+        );
+        hub.set_interest(&t, 1, false);
+        assert_eq!(names(&broker.requests()), ["remove t"]);
+        assert_eq!(hub.topic_count(), 0);
+        // The topic comes back: a confirmation for its earlier arrival is not taken for
+        // this one.
+        hub.set_interest(&t, 1, true);
+        assert_eq!(names(&broker.requests()), ["add t 1"]);
+        hub.confirm(&t, 0);
+        assert!(!hub.is_confirmed("t"), "a stale confirmation");
+        assert!(inboxes[1].try_recv().is_err());
+        hub.confirm(&t, 1);
+        assert!(hub.is_confirmed("t"));
+        // Redis lost: nothing is confirmed until the broker has resubscribed.
+        hub.unconfirm_all();
+        assert!(!hub.is_confirmed("t"));
+    }
+
+    #[test]
+    fn a_publish_is_framed_once_for_the_workers_with_subscribers() {
+        let (hub, mut inboxes, _) = testing::hub(3, None, 1 << 20);
+        let t: Arc<str> = Arc::from("t");
+        assert!(
+            hub.set_interest(&t, 0, true),
+            "confirmed at once without a broker"
+        );
+        hub.set_interest(&t, 2, true);
+        let delivery = hub.publish("t", Message::text("hi")).expect("published");
+        assert_eq!(delivery.workers(), 2);
+        let mut frames = Vec::new();
+        for w in [0, 2] {
+            let Ok(WorkerMsg::Publish { broadcast, .. }) = inboxes[w].try_recv() else {
+                panic!("worker {w} gets the publish");
+            };
+            frames.push(broadcast);
+        }
+        assert!(
+            Arc::ptr_eq(&frames[0], &frames[1]),
+            "one broadcast for both"
+        );
+        assert!(inboxes[1].try_recv().is_err(), "no subscribers on worker 1");
+        assert!(hub.backlog() > 0, "waiting in two inboxes");
+        for (w, broadcast) in [0, 2].into_iter().zip(frames) {
+            hub.taken(w, broadcast.cost());
+        }
+        assert_eq!(hub.backlog(), 0);
+        assert_eq!(hub.stats.published.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            hub.publish("bad topic", Message::text("x")).err(),
+            Some(PublishError::InvalidTopic(topic::TopicError::BadCharacter))
+        );
+        assert_eq!(
+            hub.publish("t", Message::Ping(bytes::Bytes::new())).err(),
+            Some(PublishError::NotData)
+        );
+    }
+
+    #[test]
+    fn a_drain_tells_every_worker_and_refuses_publishes() {
+        let (hub, mut inboxes, _) = testing::hub(2, None, 1 << 20);
+        assert!(hub.is_ready());
+        hub.drain();
+        assert!(!hub.is_ready());
+        for inbox in &mut inboxes {
+            assert!(matches!(inbox.try_recv(), Ok(WorkerMsg::Drain)));
+        }
+        assert_eq!(
+            hub.publish("t", Message::text("x")).err(),
+            Some(PublishError::Draining)
+        );
+    }
+
+    #[test]
+    fn with_a_broker_a_publish_goes_to_redis_and_what_redis_sends_to_the_workers() {
+        let (hub, mut inboxes, broker) = testing::hub(1, Some(0), 1 << 20);
+        let mut broker = broker.expect("a broker");
+        let delivery = hub
+            .publish("t", Message::text("x"))
+            .expect("handed to the broker");
+        assert_eq!(delivery.workers(), 0, "the workers get it back from Redis");
+        let outgoing = broker.publishes.try_recv().expect("on its way to Redis");
+        assert_eq!(outgoing.topic, "t");
+        assert!(
+            inboxes[0].try_recv().is_err(),
+            "not straight to the workers"
+        );
+        outgoing.answer(Ok(3));
+        assert_eq!(delivery.wait(), Ok(Reach::Nodes(3)));
+        // What Redis hands back is fanned out here, or refused while the worker is behind.
+        let t: Arc<str> = Arc::from("t");
+        hub.set_interest(&t, 0, true);
+        let node: &dyn Node = &hub;
+        assert_eq!(node.deliver("t", Message::text("y"), None), Ok(()));
+        assert!(matches!(
+            inboxes[0].try_recv(),
+            Ok(WorkerMsg::Publish { .. })
+        ));
+        hub.links[0].backlog.store(1 << 20, Ordering::Relaxed);
+        assert_eq!(node.deliver("t", Message::text("z"), None), Err(Overloaded));
+        assert_eq!(
+            hub.publish("t", Message::text("w")).err(),
+            Some(PublishError::Overloaded),
+            "publishes wait while a worker is behind"
+        );
+        // Redis unreachable: 503 at once.
+        broker.stats.up.store(false, Ordering::Release);
+        hub.links[0].backlog.store(0, Ordering::Relaxed);
+        assert!(!hub.is_ready());
+        assert_eq!(
+            hub.publish("t", Message::text("v")).err(),
+            Some(PublishError::BrokerUnavailable)
+        );
     }
 
     #[test]
     fn the_publish_backlog_counts_bytes_and_refuses_past_its_limit() {
-        let (hub, mut inboxes) = hub(1, 8 << 20);
+        let (hub, mut inboxes, _) = testing::hub(1, None, 8 << 20);
         let topic: Arc<str> = Arc::from("t");
         hub.set_interest(&topic, 0, true);
         let big = Message::Binary(bytes::Bytes::from(vec![0u8; 1 << 20]));

@@ -1,91 +1,28 @@
-//! Message recovery with a broker: a bounded history per topic in Redis, and a subscriber
-//! that resumes from the last offset it saw.
+//! A subscriber's recovery of what it missed on one topic: the history is read a page
+//! at a time (from Redis, by the broker) while live messages on the topic are held, then
+//! sent without repeating any; gaps are named, never silent.
 //!
-//! With `history` set, every publish is appended to the stream `stratus:history:{topic}`
-//! (trimmed to about that many entries) and published in the same Lua call, so the
-//! stream's order is the channel's order; the entry's id is the message's offset and
-//! travels with it. A subscriber opts in with `"since"` on its subscribe command: `"$"`
-//! for offsets from now on, or the last offset it saw to first get what it missed. From
-//! then on, each message on the connection is preceded by `{"op":"offset",...}`. While the missed
-//! messages are fetched, live ones for the connection wait in a bounded buffer, and are
-//! sent after the history without repeating any; when the history no longer reaches back
-//! to the offset (Redis trimmed what came after it), a gap notice comes first.
+//! With a history, every publish has an offset. A subscriber opts in with `"since"` on its
+//! subscribe command: `"$"` for offsets from now on, or the last offset it saw to first
+//! get what it missed. While the missed messages are read, live ones for the connection
+//! wait in a bounded hold, and are sent after the history without repeating any; when the
+//! history no longer reaches back to the offset (Redis trimmed what came after it), a gap
+//! notice comes first.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
-
-use crate::broadcast::Broadcast;
-
-/// A Redis stream entry id, `<milliseconds>-<sequence>`: a message's offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Offset(u64, u64);
-
-impl Offset {
-    /// Before every entry.
-    pub(crate) const ZERO: Self = Self(0, 0);
-
-    /// Parses `<ms>-<seq>`.
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        let (ms, seq) = text.split_once('-')?;
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return None;
-        }
-        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
-    }
-}
-
-impl fmt::Display for Offset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
-
-/// Where a subscription with offsets starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Since {
-    /// Offsets from now on, nothing replayed (`"$"`).
-    Now,
-    /// Replay what came after this offset first.
-    After(Offset),
-}
-
-impl Since {
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        if text == "$" {
-            return Some(Self::Now);
-        }
-        Offset::parse(text).map(Self::After)
-    }
-}
-
-/// The Redis key of a topic's history.
-pub(crate) fn key(topic: &str) -> String {
-    format!("stratus:history:{topic}")
-}
-
-/// Appends to the history and publishes, in one step: KEYS = history, channel; ARGV =
-/// the bound, the payload (kind byte and body). The published payload is the kind byte in
-/// lower case (saying an offset follows), the entry id, a space, and the body. Returns
-/// PUBLISH's count of subscribed nodes.
-pub(crate) const PUBLISH_SCRIPT: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-local kind = string.lower(string.sub(ARGV[2], 1, 1))
-return redis.call('PUBLISH', KEYS[2], kind .. id .. ' ' .. string.sub(ARGV[2], 2))
-";
-
-/// The notice that precedes each message on a subscription with offsets.
-pub(crate) fn offset_notice(topic: &str, offset: Offset) -> String {
-    json!({"op": "offset", "topic": topic, "offset": offset.to_string()}).to_string()
-}
+use crate::model::broadcast::Broadcast;
+use crate::model::offset::Offset;
 
 /// Most live messages held for one recovery while its history is read (their bytes are
 /// bounded by the send-queue cap); beyond, they are dropped and the connection gets a gap
 /// notice.
 const MAX_HELD: usize = 10_000;
+
+/// How long a recovery may take (a reader that never reads, a broker that never answers):
+/// past it, the held messages are dropped and the client gets a gap notice.
+pub(crate) const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a recovery does with a live message on its topic.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,15 +34,6 @@ pub(crate) enum Live {
     Send,
     /// Goes out, and ends the recovery: it is newer than everything sent.
     SendAndEnd,
-}
-
-/// Where a connection's history read is going back to: the worker, the connection, and
-/// the read (a reply for an earlier read of the same connection is stale).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HistoryDest {
-    pub(crate) worker: usize,
-    pub(crate) token: u64,
-    pub(crate) request: u64,
 }
 
 /// Where a recovery is.
@@ -238,32 +166,12 @@ impl Recovery {
 mod tests {
     use super::*;
 
-    #[test]
-    fn offsets_parse_and_order_as_stream_ids() {
-        let a = Offset::parse("1732000000000-0").unwrap();
-        let b = Offset::parse("1732000000000-12").unwrap();
-        let c = Offset::parse("1732000000001-0").unwrap();
-        assert!(a < b && b < c, "ordered by milliseconds, then sequence");
-        assert_eq!(b.to_string(), "1732000000000-12");
-        for bad in [
-            "",
-            "1",
-            "1-",
-            "-1",
-            "a-1",
-            "1-1-1",
-            "1 -1",
-            "+1-0",
-            "99999999999999999999-0",
-        ] {
-            assert_eq!(Offset::parse(bad), None, "{bad:?}");
-        }
-        assert_eq!(Since::parse("$"), Some(Since::Now));
-        assert_eq!(Since::parse("5-1"), Some(Since::After(Offset(5, 1))));
-    }
-
     fn live(offset: Option<Offset>) -> Arc<Broadcast> {
-        Arc::new(Broadcast::new(stratus_proto::Message::text("x"), offset))
+        Arc::new(Broadcast::new(
+            stratus_proto::Message::text("x"),
+            offset,
+            Instant::now(),
+        ))
     }
 
     #[test]

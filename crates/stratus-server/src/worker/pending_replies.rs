@@ -12,25 +12,27 @@ use std::sync::Arc;
 
 use indexmap::IndexSet;
 
-/// Per topic, the connections (tokens) whose subscribe reply waits for its confirmation.
+use crate::model::conn_id::ConnId;
+
+/// Per topic, the connections whose subscribe reply waits for its confirmation.
 #[derive(Debug, Default)]
 pub(crate) struct PendingReplies {
-    topics: HashMap<Arc<str>, IndexSet<u64>>,
+    topics: HashMap<Arc<str>, IndexSet<ConnId>>,
 }
 
 impl PendingReplies {
-    /// Connection `token` waits for `topic` (once, however often it asks).
-    pub(crate) fn wait(&mut self, topic: Arc<str>, token: u64) {
-        self.topics.entry(topic).or_default().insert(token);
+    /// Connection `conn` waits for `topic` (once, however often it asks).
+    pub(crate) fn wait(&mut self, topic: Arc<str>, conn: ConnId) {
+        self.topics.entry(topic).or_default().insert(conn);
     }
 
-    /// Connection `token` no longer waits for `topic` (it unsubscribed, or left);
+    /// Connection `conn` no longer waits for `topic` (it unsubscribed, or left);
     /// `true` if it was waiting.
-    pub(crate) fn forget(&mut self, topic: &str, token: u64) -> bool {
+    pub(crate) fn forget(&mut self, topic: &str, conn: ConnId) -> bool {
         let Some(waiting) = self.topics.get_mut(topic) else {
             return false;
         };
-        let was = waiting.swap_remove(&token);
+        let was = waiting.swap_remove(&conn);
         if waiting.is_empty() {
             self.topics.remove(topic);
         }
@@ -38,7 +40,7 @@ impl PendingReplies {
     }
 
     /// The connections waiting for `topic`, which no longer wait.
-    pub(crate) fn take(&mut self, topic: &str) -> IndexSet<u64> {
+    pub(crate) fn take(&mut self, topic: &str) -> IndexSet<ConnId> {
         self.topics.remove(topic).unwrap_or_default()
     }
 
@@ -53,17 +55,21 @@ impl PendingReplies {
 mod tests {
     use super::*;
 
+    fn id(n: usize) -> ConnId {
+        ConnId::new(n, 1)
+    }
+
     #[test]
     fn a_confirmation_takes_its_topics_waiters_once() {
         let mut pending = PendingReplies::default();
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
-        pending.wait(a.clone(), 1);
-        pending.wait(a.clone(), 1);
-        pending.wait(a.clone(), 2);
-        pending.wait(b.clone(), 1);
+        pending.wait(a.clone(), id(1));
+        pending.wait(a.clone(), id(1));
+        pending.wait(a.clone(), id(2));
+        pending.wait(b.clone(), id(1));
         assert_eq!(pending.len(), 3, "one reply per connection and topic");
-        let waiting: Vec<u64> = pending.take("a").into_iter().collect();
-        assert_eq!(waiting, [1, 2]);
+        let waiting: Vec<ConnId> = pending.take("a").into_iter().collect();
+        assert_eq!(waiting, [id(1), id(2)]);
         assert!(pending.take("a").is_empty(), "answered once");
         assert_eq!(pending.len(), 1);
     }
@@ -71,17 +77,20 @@ mod tests {
     #[test]
     fn a_connection_that_unsubscribes_or_leaves_waits_no_more() {
         let mut pending = PendingReplies::default();
-        for token in 0..10_000 {
-            pending.wait(Arc::from("t"), token);
+        for n in 0..10_000 {
+            pending.wait(Arc::from("t"), id(n));
         }
-        for token in 0..9_999 {
-            assert!(pending.forget("t", token));
+        for n in 0..9_999 {
+            assert!(pending.forget("t", id(n)));
         }
-        assert!(!pending.forget("t", 0), "once");
-        assert!(!pending.forget("other", 1));
-        assert_eq!(pending.take("t").into_iter().collect::<Vec<_>>(), [9_999]);
-        pending.wait(Arc::from("u"), 3);
-        assert!(pending.forget("u", 3));
+        assert!(!pending.forget("t", id(0)), "once");
+        assert!(!pending.forget("other", id(1)));
+        assert_eq!(
+            pending.take("t").into_iter().collect::<Vec<_>>(),
+            [id(9_999)]
+        );
+        pending.wait(Arc::from("u"), id(3));
+        assert!(pending.forget("u", id(3)));
         assert_eq!(pending.len(), 0);
         assert!(pending.topics.is_empty(), "no empty sets left behind");
     }

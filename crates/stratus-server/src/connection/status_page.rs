@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use stratus_proto::handshake::PlainRequest;
 
 use crate::config::App;
-use crate::upgrade::{Refusal, refusal};
+use crate::connection::upgrade::Refusal;
 
 /// The page, as served.
 const PAGE: &str = include_str!("status.html");
@@ -48,7 +48,7 @@ pub(crate) fn answer(request: &PlainRequest, app: App) -> Result<Bytes, Refusal>
         .split_once('?')
         .map_or(request.target.as_str(), |(path, _)| path);
     if app != App::PubSub || !PATHS.contains(&path) {
-        return Err(refusal(&request.refusal()));
+        return Err(Refusal::from(&request.refusal()));
     }
     let responses = &*RESPONSES;
     Ok(if request.head {
@@ -132,7 +132,7 @@ mod tests {
         for target in ["/", "/index.html", "/?topic=a"] {
             assert!(get(target, App::PubSub).is_ok(), "{target}");
         }
-        assert_eq!(get("/other", App::PubSub).unwrap_err().0, 426);
-        assert_eq!(get("/", App::Echo).unwrap_err().0, 426);
+        assert_eq!(get("/other", App::PubSub).unwrap_err().status, 426);
+        assert_eq!(get("/", App::Echo).unwrap_err().status, 426);
     }
 }

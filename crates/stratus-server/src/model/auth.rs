@@ -139,6 +139,17 @@ impl Auth {
 }
 
 impl Grant {
+    /// A grant to `subject` for `topics` until `expires` (seconds since the Unix epoch),
+    /// as a verified token gives.
+    #[cfg(test)]
+    pub(crate) fn new(subject: &str, topics: &[&str], expires: u64) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            expires,
+        }
+    }
+
     /// Whether the token has expired at `now` (seconds since the Unix epoch).
     pub(crate) fn is_expired(&self, now: u64) -> bool {
         self.expires <= now
@@ -204,11 +215,7 @@ mod tests {
     use super::*;
 
     fn grant(topics: &[&str]) -> Grant {
-        Grant {
-            subject: "u".into(),
-            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-            expires: 0,
-        }
+        Grant::new("u", topics, 0)
     }
 
     #[test]

@@ -6,104 +6,9 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use stratus_proto::CloseCode;
-
-use crate::broker::BrokerStats;
-use crate::hub::Hub;
-
-/// HTTP statuses an upgrade can be refused with, counted one by one (the last one also
-/// counts any other).
-pub(crate) const REFUSALS: [u16; 10] = [400, 401, 403, 404, 405, 426, 429, 431, 503, 500];
-
-/// Close codes a connection can end with, counted one by one: the code of the Close the
-/// server sent (the peer's own code when it closed first), 1006 when no Close was
-/// exchanged (a reset, a FIN without Close, a timeout), and 0 for any other code.
-pub(crate) const CLOSE_CODES: [u16; 11] = [
-    1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 0,
-];
-
-/// Upper bounds of the publish-to-send latency buckets, in microseconds.
-const LATENCY_BOUNDS_US: [u64; 14] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000,
-];
-
-/// A latency histogram: a count per bucket (the last one unbounded) and the sum.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    pub(crate) fn observe(&self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let at = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
-        self.buckets[at].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-}
-
-/// What one worker counts.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct WorkerStats {
-    pub(crate) opened: AtomicU64,
-    closed: [AtomicU64; CLOSE_CODES.len()],
-    pub(crate) handshake_timeouts: AtomicU64,
-    /// Times the worker's completion queue overflowed into the kernel's backlog, and
-    /// completions the kernel lost (as of the last sweep).
-    pub(crate) ring_overflows: AtomicU64,
-    pub(crate) ring_lost: AtomicU64,
-    /// Sockets that have not finished the upgrade, as of the last sweep.
-    pub(crate) unupgraded: AtomicU64,
-    /// The oldest of them closed for the cap (`max_unupgraded`).
-    pub(crate) unupgraded_shed: AtomicU64,
-    /// New sockets closed at once for their address's cap (`max_unupgraded_per_ip`).
-    pub(crate) unupgraded_refused: AtomicU64,
-    pub(crate) tls_errors: AtomicU64,
-    refused: [AtomicU64; REFUSALS.len()],
-    pub(crate) messages_in: AtomicU64,
-    /// Commands refused for the per-connection command rate.
-    pub(crate) commands_limited: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
-    /// Bytes waiting in this worker's send queues, as of its last sweep.
-    pub(crate) queued_bytes: AtomicU64,
-    /// Payload bytes compressed for broadcasts, and the compressed frame bytes made.
-    pub(crate) deflate_in: AtomicU64,
-    pub(crate) deflate_out: AtomicU64,
-    /// From a publish to the sends for it being submitted, per worker it reached.
-    pub(crate) publish_latency: Histogram,
-}
-
-/// The index of `value` in `labels`, or of the last label (the catch-all).
-fn label_index(labels: &[u16], value: u16) -> usize {
-    labels
-        .iter()
-        .position(|&l| l == value)
-        .unwrap_or(labels.len() - 1)
-}
-
-impl WorkerStats {
-    /// Counts an upgrade refused with `status` (an unknown status counts as 500).
-    pub(crate) fn refused(&self, status: u16) {
-        add(&self.refused[label_index(&REFUSALS, status)], 1);
-    }
-
-    /// Counts a connection that ended with `code` (`None`: no Close was exchanged).
-    pub(crate) fn closed(&self, code: Option<CloseCode>) {
-        let code = code.map_or(1006, |c| c.0);
-        add(&self.closed[label_index(&CLOSE_CODES, code)], 1);
-    }
-}
-
-/// Adds `n` to a counter.
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
+use crate::node::hub::Hub;
+use crate::stats::{BrokerStats, CLOSE_CODES, LATENCY_BOUNDS_US, REFUSALS, WorkerStats};
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -148,7 +53,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
     let single: [(&str, &str, &str, u64); 25] = [
-        ("stratus_connections", "gauge", "Open WebSocket connections.", load(&stats.connections)),
+        ("stratus_connections", "gauge", "Open WebSocket connections.", hub.connections()),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
         ("stratus_unupgraded", "gauge", "Sockets that have not finished the WebSocket upgrade (as of each worker's last sweep).", sum(|w| &w.unupgraded)),
@@ -194,7 +99,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         "stratus_connections_closed_total",
         "WebSocket connections ended, by the close code exchanged (1006: none; 0: another code).",
         ("code", &CLOSE_CODES),
-        |w| &w.closed,
+        |w| &w.closed_by_code,
     );
     labelled(
         &mut out,
@@ -202,7 +107,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         "stratus_handshake_refusals_total",
         "Upgrades refused, by HTTP status.",
         ("status", &REFUSALS),
-        |w| &w.refused,
+        |w| &w.refused_by_status,
     );
     histogram(&mut out, hub);
     if let Some(broker) = &hub.broker {

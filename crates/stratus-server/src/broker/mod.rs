@@ -1,0 +1,36 @@
+//! The Redis backbone that lets several nodes share topics.
+//!
+//! With a broker, a publish on any node goes to Redis (`PUBLISH stratus:{topic}`) instead
+//! of straight to the workers, and each node fans out locally, with the same encode-once
+//! path, what Redis hands it. A node subscribes in Redis only to the topics it has local
+//! subscribers for: the hub reports a topic's first and last subscriber on the node, in
+//! order, and this thread keeps that set and mirrors it into Redis.
+//!
+//! One thread runs a small tokio runtime with Redis connections: a multiplexed one that
+//! publishes (requests waiting are pipelined in one batch, in arrival order, so one
+//! publisher's messages keep their order), one for history reads, and a pub/sub one that
+//! receives. Redis passes
+//! a channel's messages on in the order it executed the PUBLISHes, so every node sees a
+//! topic in one order.
+//!
+//! With a history (`history`), a publish is an XADD and a PUBLISH in one Lua call, and
+//! this thread also fetches the missed messages of connections that resume.
+//!
+//! When Redis is unreachable the node says so instead of dropping anything: publishes fail
+//! with `PublishError::BrokerUnavailable` (503), readiness turns false, and the thread
+//! reconnects with exponential backoff and resubscribes every topic it still needs.
+//! Messages published elsewhere during the outage are not replayed: the node's
+//! subscribers of each topic get a gap notice instead (see `commands`).
+//!
+//! Here: the task (`task`: the session, the publish pipeline, subscriptions, the control
+//! channel), the wire format (`wire`: channel names, Redis keys, the payload encoding,
+//! the publish script), and history reads (`history`). The task reaches the node only
+//! through the [`Node`](crate::messages::Node) trait and the channels the server made;
+//! it must not touch the hub, a worker or a connection (its tests run it against a fake
+//! node).
+
+mod history;
+mod task;
+mod wire;
+
+pub(crate) use task::BrokerTask;

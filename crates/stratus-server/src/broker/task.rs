@@ -1,0 +1,709 @@
+//! The broker thread: one small tokio runtime that keeps the node's session with Redis
+//! (connect, serve, lose, reconnect with backoff), publishes, mirrors the node's interest
+//! into Redis subscriptions, reads histories, and hands what Redis sends to the node
+//! through [`Node`], never reaching into it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use stratus_proto::Message;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::broker::history::fetch_history;
+use crate::broker::wire::{self, CONTROL_CHANNEL, channel};
+use crate::messages::{
+    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, Outgoing, PublishError,
+};
+use crate::model::commands;
+use crate::model::offset::Offset;
+use crate::stats::{self, BrokerStats};
+
+/// First wait before reconnecting; doubled after each failed attempt up to the maximum.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long Redis has to answer a publish batch or a ping before the node calls it lost.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a history read may take; past it, its reader gets a gap notice.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+/// History reads in flight at once on a node; more wait in line.
+const MAX_FETCHES: usize = 16;
+/// History reads that may wait in line; past them, a resume gets a gap notice at once.
+const MAX_QUEUED_FETCHES: usize = 1024;
+/// Entries a recovery reads beyond `--history`, for what `MAXLEN ~` keeps beyond it.
+const HISTORY_SLACK: usize = 1000;
+/// How often the pub/sub connection is pinged, to notice a Redis that stopped answering.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Most publishes sent in one pipeline.
+const MAX_BATCH: usize = 1024;
+/// How often an overloaded node says so again while it stays overloaded.
+const OVERLOAD_REPEAT: Duration = Duration::from_millis(100);
+/// The gap notice's reason after the node was cut off from Redis.
+const CUT_OFF: &str =
+    "the node was cut off from the broker; messages published meanwhile may be missing";
+
+/// The broker thread's side.
+pub(crate) struct BrokerTask {
+    client: redis::Client,
+    /// Messages kept per topic in Redis for recovery (0: none).
+    history: usize,
+    publishes: mpsc::UnboundedReceiver<Outgoing>,
+    requests: mpsc::UnboundedReceiver<BrokerRequest>,
+    stats: Arc<BrokerStats>,
+    /// Its own way into the publish queue, for the control channel.
+    control: Control,
+}
+
+impl BrokerTask {
+    /// The broker thread for `client`, keeping `history` messages per topic: it takes the
+    /// publishes and requests the node's `BrokerLink` sends, and may add control words to
+    /// the publishes itself (through `publish_tx`). `stats` are shared with the link; the
+    /// node's name on the control channel is drawn here.
+    pub(crate) fn new(
+        client: redis::Client,
+        history: usize,
+        (publish_tx, publishes): (
+            mpsc::UnboundedSender<Outgoing>,
+            mpsc::UnboundedReceiver<Outgoing>,
+        ),
+        requests: mpsc::UnboundedReceiver<BrokerRequest>,
+        stats: Arc<BrokerStats>,
+    ) -> Self {
+        let node = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            hasher.finish()
+        };
+        stats.node.store(node, Ordering::Relaxed);
+        let control = Control {
+            publishes: publish_tx,
+            stats: stats.clone(),
+        };
+        Self {
+            client,
+            history,
+            publishes,
+            requests,
+            stats,
+            control,
+        }
+    }
+
+    /// Runs the broker on `runtime` until the server stops: connect, serve, and on a
+    /// loss reconnect with backoff, failing publishes meanwhile.
+    pub(crate) fn run(mut self, runtime: tokio::runtime::Runtime, node: Arc<dyn Node + Send>) {
+        runtime.block_on(async move {
+            let mut wanted = Wanted::new();
+            let mut backoff = MIN_BACKOFF;
+            let mut reported = false;
+            // Whether the node has been without Redis (a failed attempt or a lost
+            // session) since it was last connected.
+            let mut cut_off = false;
+            loop {
+                if !self.take_changes(&mut wanted, &*node) {
+                    return;
+                }
+                match self.connect(&wanted).await {
+                    Ok(session) => {
+                        self.stats.up.store(true, Ordering::Release);
+                        info!(topics = wanted.len(), "connected to the broker");
+                        backoff = MIN_BACKOFF;
+                        reported = false;
+                        for (topic, &arrival) in &wanted {
+                            node.confirm(topic, arrival);
+                        }
+                        if cut_off {
+                            for topic in wanted.keys() {
+                                let notice = commands::gap_notice(topic, CUT_OFF);
+                                let notice = Message::text(notice);
+                                deliver(&*node, &self.control, topic, notice, None).await;
+                            }
+                        }
+                        let lost = self.serve(session, &*node, &mut wanted).await;
+                        self.stats.up.store(false, Ordering::Release);
+                        self.stats.topics.store(0, Ordering::Relaxed);
+                        node.unconfirm_all();
+                        match lost {
+                            None => return,
+                            Some(reason) => {
+                                stats::add(&self.stats.disconnects, 1);
+                                warn!(%reason, "lost the broker; publishing answers 503 until it is back");
+                            }
+                        }
+                    }
+                    Err(err) if !reported => {
+                        reported = true;
+                        warn!(error = %err, "cannot reach the broker; retrying with backoff");
+                    }
+                    Err(_) => {}
+                }
+                cut_off = true;
+                if !self.wait(backoff, &mut wanted, &*node).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+    }
+
+    /// Takes in the interest changes waiting; `false` if the server stopped.
+    fn take_changes(&mut self, wanted: &mut Wanted, node: &dyn Node) -> bool {
+        loop {
+            match self.requests.try_recv() {
+                Ok(change) => {
+                    if !apply(wanted, change, node) {
+                        return false;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Connects the three connections (publishing, history reads, pub/sub) and
+    /// subscribes to every topic in `wanted`.
+    async fn connect(&self, wanted: &Wanted) -> redis::RedisResult<Session> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let publisher = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // History reads have a connection of their own: a long read delays neither
+        // publishes nor, since Redis answers a connection's requests in order, other
+        // connections' requests queued behind it.
+        let reader = if self.history > 0 {
+            let config = config.set_response_timeout(Some(HISTORY_TIMEOUT));
+            Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let (mut sink, stream) = within(self.client.get_async_pubsub()).await?.split();
+        within(sink.subscribe(CONTROL_CHANNEL)).await?;
+        let channels: Vec<String> = wanted.keys().map(|t| channel(t)).collect();
+        for chunk in channels.chunks(MAX_BATCH) {
+            within(sink.subscribe(chunk)).await?;
+        }
+        self.stats
+            .topics
+            .store(wanted.len() as u64, Ordering::Relaxed);
+        Ok(Session {
+            publisher,
+            reader,
+            sink,
+            stream,
+        })
+    }
+
+    /// Serves a connected session until it breaks (`Some(reason)`) or the server stops
+    /// (`None`).
+    async fn serve(
+        &mut self,
+        session: Session,
+        node: &dyn Node,
+        wanted: &mut Wanted,
+    ) -> Option<String> {
+        let Session {
+            publisher,
+            reader,
+            sink,
+            stream,
+        } = session;
+        let stats = self.stats.clone();
+        let receiving = Receiving {
+            node,
+            control: self.control.clone(),
+            stats: &stats,
+            reader,
+            limit: self.history.saturating_add(HISTORY_SLACK),
+            sink,
+            subscribed: HashSet::new(),
+            confirmed: HashSet::new(),
+            fetches: FuturesUnordered::new(),
+            queued: VecDeque::new(),
+        };
+        tokio::select! {
+            lost = publish_loop(&mut self.publishes, publisher, self.history, &stats) => Some(lost),
+            lost = receiving.run(&mut self.requests, wanted, stream) => lost,
+        }
+    }
+
+    /// Waits `backoff` while disconnected: publishes that were already queued fail,
+    /// interest changes are kept. `false` if the server stopped.
+    async fn wait(&mut self, backoff: Duration, wanted: &mut Wanted, node: &dyn Node) -> bool {
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                Some(outgoing) = self.publishes.recv() => {
+                    stats::add(&self.stats.publish_errors, 1);
+                    outgoing.answer(Err(PublishError::BrokerUnavailable));
+                }
+                change = self.requests.recv() => {
+                    if !change.is_some_and(|change| apply(wanted, change, node)) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs a Redis request, failing it if Redis has not answered within the response timeout.
+async fn within<T>(request: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    tokio::time::timeout(RESPONSE_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+}
+
+/// Takes in a message on the control channel: another node saying it is overloaded holds
+/// this node's publishes back for the time it names.
+fn on_control(payload: &[u8], stats: &BrokerStats) {
+    match wire::parse_overload(payload) {
+        Some((node, _)) if node == stats.node.load(Ordering::Relaxed) => {}
+        Some((_, hold_ms)) => stats.hold_publishes(hold_ms),
+        None => stats::add(&stats.rejected, 1),
+    }
+}
+
+/// Applies an interest change to the set while disconnected (a history request is
+/// answered with a gap at once); `false` for [`BrokerRequest::Stop`].
+fn apply(wanted: &mut Wanted, change: BrokerRequest, node: &dyn Node) -> bool {
+    match change {
+        BrokerRequest::History { topic, read } => HistoryReply::new(node, topic, read.to).send(
+            HistoryPage::unavailable("the history could not be read from the broker"),
+        ),
+        BrokerRequest::Add(topic, arrival) => {
+            wanted.insert(topic, arrival);
+        }
+        BrokerRequest::Remove(topic) => {
+            wanted.remove(&topic);
+        }
+        BrokerRequest::Stop => return false,
+    }
+    true
+}
+
+/// The topics the node needs from Redis, each with its arrival number.
+type Wanted = HashMap<Arc<str>, u64>;
+
+/// A history read being served: if it is dropped unanswered (the session ended while
+/// Redis was being asked), the connection still gets its answer, a gap.
+struct HistoryReply<'a> {
+    node: &'a dyn Node,
+    to: Option<(HistoryDest, Arc<str>)>,
+}
+
+impl<'a> HistoryReply<'a> {
+    fn new(node: &'a dyn Node, topic: Arc<str>, to: HistoryDest) -> Self {
+        Self {
+            node,
+            to: Some((to, topic)),
+        }
+    }
+
+    fn send(mut self, page: HistoryPage) {
+        if let Some((to, topic)) = self.to.take() {
+            self.node.history_page(to, topic, page);
+        }
+    }
+}
+
+impl Drop for HistoryReply<'_> {
+    fn drop(&mut self) {
+        if let Some((to, topic)) = self.to.take() {
+            let why = "the history could not be read from the broker";
+            Self::new(self.node, topic, to).send(HistoryPage::unavailable(why));
+        }
+    }
+}
+
+/// A live connection to Redis.
+struct Session {
+    publisher: MultiplexedConnection,
+    /// For history reads (with `--history`).
+    reader: Option<MultiplexedConnection>,
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+/// Sends publishes to Redis in arrival order, as many per pipeline as are waiting, and
+/// answers each with the number of nodes subscribed. Returns why it stopped.
+async fn publish_loop(
+    publishes: &mut mpsc::UnboundedReceiver<Outgoing>,
+    mut conn: MultiplexedConnection,
+    history: usize,
+    stats: &BrokerStats,
+) -> String {
+    let mut batch = Vec::new();
+    loop {
+        let Some(first) = publishes.recv().await else {
+            return "publishing stopped".into();
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match publishes.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for p in &batch {
+            if p.topic.is_empty() {
+                let words = match &p.message {
+                    Message::Text(b) | Message::Binary(b) => &b[..],
+                    _ => &[],
+                };
+                pipe.cmd("PUBLISH").arg(CONTROL_CHANNEL).arg(words);
+                continue;
+            }
+            let payload = wire::payload(&p.message).unwrap_or_default();
+            if history > 0 {
+                pipe.cmd("EVAL")
+                    .arg(wire::PUBLISH_SCRIPT)
+                    .arg(2)
+                    .arg(wire::key(&p.topic))
+                    .arg(channel(&p.topic))
+                    .arg(history)
+                    .arg(&payload[..]);
+            } else {
+                pipe.cmd("PUBLISH").arg(channel(&p.topic)).arg(&payload[..]);
+            }
+        }
+        // Each publish gets its own answer: an error reply (out of memory, say) fails that
+        // publish only; a broken connection fails the batch and ends the session.
+        let answers = pipe
+            .ignore_errors()
+            .query_async::<Vec<redis::RedisResult<usize>>>(&mut conn);
+        let failure = match answers.await {
+            Ok(answers) if answers.len() == batch.len() => {
+                for (p, answer) in batch.drain(..).zip(answers) {
+                    let reply = answer.map_err(|err| {
+                        warn!(error = %err, "Redis refused a publish");
+                        stats::add(&stats.publish_errors, 1);
+                        PublishError::BrokerUnavailable
+                    });
+                    if reply.is_ok() {
+                        stats::add(&stats.published, 1);
+                    }
+                    p.answer(reply);
+                }
+                continue;
+            }
+            Ok(_) => "Redis answered a publish batch with the wrong count".to_owned(),
+            Err(err) => err.to_string(),
+        };
+        stats::add(&stats.publish_errors, batch.len() as u64);
+        for p in batch.drain(..) {
+            p.answer(Err(PublishError::BrokerUnavailable));
+        }
+        return failure;
+    }
+}
+
+/// A change of the node's Redis subscriptions on its way: the topics subscribed and
+/// unsubscribed in one round trip each.
+type Change<'a> = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Arc<str>>>> + 'a>>;
+
+/// The receiving side of a session: it fans out what Redis sends, mirrors the node's
+/// interest into Redis subscriptions, serves history reads, and pings. None of these
+/// waits in line with the stream: subscription changes go in batches, one round trip in
+/// flight, while the stream is read; history reads run beside it on their own
+/// connection, a bounded number at once, each failing on its own (a gap for that reader,
+/// never the end of the session). Only the node's own workers, when behind, hold the
+/// stream up (and then the node refuses publishes, and tells the other nodes to).
+struct Receiving<'a> {
+    node: &'a dyn Node,
+    control: Control,
+    stats: &'a BrokerStats,
+    /// The connection for history reads (with a history).
+    reader: Option<MultiplexedConnection>,
+    /// Most history entries one recovery reads.
+    limit: usize,
+    sink: PubSubSink,
+    /// The topics Redis has confirmed, or is confirming, for the node.
+    subscribed: HashSet<Arc<str>>,
+    /// The topics Redis has confirmed: a history read waits for its topic to be here,
+    /// so that whatever is published after the read reaches the node live.
+    confirmed: HashSet<Arc<str>>,
+    /// History reads in flight.
+    fetches: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + 'a>>>,
+    /// History reads waiting for one in flight to end.
+    queued: VecDeque<(Arc<str>, HistoryRead)>,
+}
+
+impl Drop for Receiving<'_> {
+    /// The session ended: the reads still in line are answered with a gap (those in flight
+    /// answer as they are dropped).
+    fn drop(&mut self) {
+        for (topic, read) in self.queued.drain(..) {
+            let why = "the history could not be read from the broker";
+            HistoryReply::new(self.node, topic, read.to).send(HistoryPage::unavailable(why));
+        }
+    }
+}
+
+impl<'a> Receiving<'a> {
+    /// Runs until the session breaks (`Some(reason)`) or the server stops (`None`).
+    async fn run(
+        mut self,
+        requests: &mut mpsc::UnboundedReceiver<BrokerRequest>,
+        wanted: &mut Wanted,
+        mut stream: PubSubStream,
+    ) -> Option<String> {
+        self.subscribed = wanted.keys().cloned().collect();
+        self.confirmed = self.subscribed.clone();
+        let mut change: Option<Change<'a>> = None;
+        let mut ping: Option<Pin<Box<dyn Future<Output = redis::RedisResult<()>> + 'a>>> = None;
+        let mut ticks = tokio::time::interval(PING_INTERVAL);
+        loop {
+            // A subscription confirmed goes to the workers before the stream is read
+            // again: they hear of it before any message on the topic.
+            if let Some(done) = change.as_mut().and_then(|c| c.as_mut().now_or_never()) {
+                change = None;
+                if let Err(lost) = self.changed(done, wanted) {
+                    return Some(lost);
+                }
+            }
+            if change.is_none() {
+                change = self.next_change(wanted);
+            }
+            self.start_fetches(wanted);
+            tokio::select! {
+                Some(done) = async { change.as_mut()?.await.into() }, if change.is_some() => {
+                    change = None;
+                    if let Err(lost) = self.changed(done, wanted) {
+                        return Some(lost);
+                    }
+                }
+                Some(()) = self.fetches.next(), if !self.fetches.is_empty() => {}
+                request = requests.recv() => match request {
+                    Some(BrokerRequest::Add(topic, arrival)) => {
+                        // Still subscribed in Redis (its removal had not gone out yet):
+                        // this arrival is confirmed as it is.
+                        if self.confirmed.contains(&topic) {
+                            self.node.confirm(&topic, arrival);
+                        }
+                        wanted.insert(topic, arrival);
+                    }
+                    Some(BrokerRequest::Remove(topic)) => {
+                        wanted.remove(&topic);
+                    }
+                    Some(BrokerRequest::History { topic, read }) => self.queue_fetch(topic, read),
+                    Some(BrokerRequest::Stop) | None => return None,
+                },
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return Some("the pub/sub connection closed".into());
+                    };
+                    if msg.get_channel_name() == CONTROL_CHANNEL {
+                        on_control(msg.get_payload_bytes(), self.stats);
+                        continue;
+                    }
+                    match wire::decode(msg.get_channel_name(), msg.get_payload_bytes()) {
+                        Some((topic, message, offset)) => {
+                            stats::add(&self.stats.received, 1);
+                            deliver(self.node, &self.control, topic, message, offset).await;
+                        }
+                        None => stats::add(&self.stats.rejected, 1),
+                    }
+                }
+                _ = ticks.tick(), if ping.is_none() => {
+                    let mut sink = self.sink.clone();
+                    // A subscribed connection answers PING with an array: take any value.
+                    ping = Some(Box::pin(async move {
+                        within(sink.ping::<redis::Value>()).await.map(drop)
+                    }));
+                }
+                Some(pinged) = async { ping.as_mut()?.await.into() }, if ping.is_some() => {
+                    ping = None;
+                    if let Err(err) = pinged {
+                        return Some(format!("ping: {err}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The round trip that brings Redis's subscriptions to `wanted`, if they differ:
+    /// everything wanted and not subscribed in one SUBSCRIBE, everything subscribed and
+    /// no longer wanted in one UNSUBSCRIBE (each in chunks). However fast topics come and
+    /// go, one change is in flight and the next one takes all that came meanwhile.
+    fn next_change(&mut self, wanted: &Wanted) -> Option<Change<'a>> {
+        let add: Vec<Arc<str>> = wanted
+            .keys()
+            .filter(|t| !self.subscribed.contains(*t))
+            .cloned()
+            .collect();
+        let remove: Vec<Arc<str>> = self
+            .subscribed
+            .iter()
+            .filter(|t| !wanted.contains_key(*t))
+            .cloned()
+            .collect();
+        if add.is_empty() && remove.is_empty() {
+            return None;
+        }
+        for t in &remove {
+            self.subscribed.remove(t);
+            self.confirmed.remove(t);
+        }
+        self.subscribed.extend(add.iter().cloned());
+        let mut sink = self.sink.clone();
+        Some(Box::pin(async move {
+            let names = |topics: &[Arc<str>]| topics.iter().map(|t| channel(t)).collect::<Vec<_>>();
+            for chunk in remove.chunks(MAX_BATCH) {
+                within(sink.unsubscribe(names(chunk))).await?;
+            }
+            for chunk in add.chunks(MAX_BATCH) {
+                within(sink.subscribe(names(chunk))).await?;
+            }
+            Ok(add)
+        }))
+    }
+
+    /// A change came back: the topics it subscribed are confirmed to the workers (each
+    /// for its current arrival), or the session is lost.
+    fn changed(
+        &mut self,
+        done: redis::RedisResult<Vec<Arc<str>>>,
+        wanted: &Wanted,
+    ) -> Result<(), String> {
+        let added = done.map_err(|err| err.to_string())?;
+        for topic in added {
+            if let Some(&arrival) = wanted.get(&topic) {
+                self.node.confirm(&topic, arrival);
+            }
+            self.confirmed.insert(topic);
+        }
+        self.stats
+            .topics
+            .store(self.subscribed.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts a history read in line (or answers it with a gap if the line is full).
+    fn queue_fetch(&mut self, topic: Arc<str>, read: HistoryRead) {
+        if self.queued.len() >= MAX_QUEUED_FETCHES {
+            stats::add(&self.stats.history_refused, 1);
+            let why = "too many histories are being read on this node; resume again shortly";
+            HistoryReply::new(self.node, topic, read.to).send(HistoryPage::unavailable(why));
+            return;
+        }
+        self.queued.push_back((topic, read));
+    }
+
+    /// Starts the history reads in line whose topics Redis has confirmed, while fewer
+    /// than [`MAX_FETCHES`] are in flight; a read whose topic is no longer subscribed is
+    /// answered with a gap (its connection has moved on).
+    fn start_fetches(&mut self, wanted: &Wanted) {
+        let mut at = 0;
+        while self.fetches.len() < MAX_FETCHES && at < self.queued.len() {
+            let topic = &self.queued[at].0;
+            if !wanted.contains_key(topic) {
+                if let Some((topic, read)) = self.queued.remove(at) {
+                    let why = "the topic was unsubscribed before its history was read";
+                    HistoryReply::new(self.node, topic, read.to)
+                        .send(HistoryPage::unavailable(why));
+                }
+            } else if self.confirmed.contains(topic) {
+                if let Some((topic, read)) = self.queued.remove(at) {
+                    self.start_fetch(topic, read);
+                }
+            } else {
+                at += 1;
+            }
+        }
+    }
+
+    /// Starts a history read; it answers its connection whatever happens.
+    fn start_fetch(&mut self, topic: Arc<str>, read: HistoryRead) {
+        let (node, stats, limit) = (self.node, self.stats, self.limit);
+        let Some(mut conn) = self.reader.clone() else {
+            let why = "no history is kept (the nodes need --broker and --history)";
+            HistoryReply::new(node, topic, read.to).send(HistoryPage::unavailable(why));
+            return;
+        };
+        // Made before the read starts: dropped unpolled, it still answers.
+        let reply = HistoryReply::new(node, topic.clone(), read.to);
+        self.fetches.push(Box::pin(async move {
+            let fetched = tokio::time::timeout(
+                HISTORY_TIMEOUT,
+                fetch_history(&mut conn, &topic, read, limit),
+            )
+            .await;
+            match fetched {
+                Ok(Ok(recovered)) => reply.send(recovered),
+                // A read that fails or takes too long answers its reader with a gap (the
+                // reply's drop); the session and every other reader carry on.
+                Ok(Err(err)) => {
+                    stats::add(&stats.history_errors, 1);
+                    warn!(%topic, error = %err, "history read failed");
+                }
+                Err(_) => {
+                    stats::add(&stats.history_errors, 1);
+                    warn!(%topic, "history read timed out");
+                }
+            }
+        }));
+    }
+}
+
+/// Hands a message from Redis to this node's workers, waiting while they are behind
+/// rather than dropping it. While it waits, the node tells the cluster it is overloaded
+/// (every [`OVERLOAD_REPEAT`], through `control`), so publishers on every node are held
+/// back instead of Redis's messages piling up here.
+async fn deliver(
+    node: &dyn Node,
+    control: &Control,
+    topic: &str,
+    message: Message,
+    offset: Option<Offset>,
+) {
+    let mut signalled: Option<tokio::time::Instant> = None;
+    while node.deliver(topic, message.clone(), offset).is_err() {
+        let now = tokio::time::Instant::now();
+        if signalled.is_none_or(|at| now - at >= OVERLOAD_REPEAT) {
+            control.signal_overload();
+            signalled = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Where the broker thread sends its own words on the control channel: into its publish
+/// queue, like a publish.
+#[derive(Clone)]
+struct Control {
+    publishes: mpsc::UnboundedSender<Outgoing>,
+    stats: Arc<BrokerStats>,
+}
+
+impl Control {
+    /// Tells every node that this one is overloaded.
+    fn signal_overload(&self) {
+        let words = wire::overload_signal(self.stats.node.load(Ordering::Relaxed));
+        let message = Message::Binary(words.into());
+        let (outgoing, _) = Outgoing::new(String::new(), message, self.stats.clone());
+        if self.publishes.send(outgoing).is_ok() {
+            stats::add(&self.stats.overload_signals, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! What the unit tests share: a connection that has upgraded, what it was sent as its
+//! peer reads it, and a hub (with or without a broker link) over inboxes the test holds.
+//! No ring, no thread, no clock: the tests pass the time in.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use stratus_proto::{Limits, Message, Session};
+use stratus_uring::Wake;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::connection::Client;
+use crate::connection::upgrade::Upgrade;
+use crate::messages::{BrokerRequest, Outgoing, WorkerMsg};
+use crate::model::auth::Grant;
+use crate::model::broadcast::FrameChoice;
+use crate::model::rate::TokenBucket;
+use crate::node::broker_link::BrokerLink;
+use crate::node::hub::{Hub, WorkerLink};
+use crate::stats::BrokerStats;
+
+/// A connection upgraded at `now` (its 101 already sent), with what `grant` allows.
+pub(crate) fn open_client(config: &Config, now: Instant, grant: Option<Grant>) -> Client {
+    let deadline = now + config.handshake_timeout;
+    let mut client = Client::new(config.handshake_limits, now, deadline, None);
+    let upgrade = Upgrade {
+        session: Session::server(config.limits),
+        frames: FrameChoice::Plain,
+        response: b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+        topics: Vec::new(),
+        grant,
+    };
+    client.open(upgrade, TokenBucket::full(config.message_rate, 0));
+    take_output(&mut client);
+    client
+}
+
+/// Everything `client` has queued, as if it were all sent.
+fn take_output(client: &mut Client) -> BytesMut {
+    let mut out = BytesMut::new();
+    loop {
+        let mut batch = Vec::new();
+        client.take_batch(&mut batch, 1024);
+        if batch.is_empty() {
+            return out;
+        }
+        let written = batch.iter().map(Bytes::len).sum();
+        for frame in &batch {
+            out.extend_from_slice(frame);
+        }
+        client.sent(&mut batch, written);
+    }
+}
+
+/// The messages `client` was sent since the last call, as its peer reads them.
+pub(crate) fn sent_to(client: &mut Client) -> Vec<Message> {
+    let mut out = take_output(client);
+    let mut peer = Session::client(Limits::default(), [7; 32]);
+    let mut messages = Vec::new();
+    while let Ok(Some(message)) = peer.handle_read(&mut out) {
+        messages.push(message);
+    }
+    assert!(out.is_empty(), "a partial frame was left: {out:?}");
+    messages
+}
+
+/// The text messages `client` was sent since the last call.
+pub(crate) fn texts_to(client: &mut Client) -> Vec<String> {
+    sent_to(client)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Text(t) => Some(String::from_utf8_lossy(&t).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The broker thread's ends of a hub's broker link.
+pub(crate) struct BrokerEnds {
+    pub(crate) requests: mpsc::UnboundedReceiver<BrokerRequest>,
+    pub(crate) publishes: mpsc::UnboundedReceiver<Outgoing>,
+    pub(crate) stats: Arc<BrokerStats>,
+}
+
+impl BrokerEnds {
+    /// The requests sent to the broker since the last call.
+    pub(crate) fn requests(&mut self) -> Vec<BrokerRequest> {
+        std::iter::from_fn(|| self.requests.try_recv().ok()).collect()
+    }
+}
+
+/// A hub over `workers` inboxes the test reads; with `broker`, a broker link keeping
+/// that many messages of history per topic, connected.
+pub(crate) fn hub(
+    workers: usize,
+    broker: Option<usize>,
+    max_backlog: usize,
+) -> (
+    Hub,
+    Vec<mpsc::UnboundedReceiver<WorkerMsg>>,
+    Option<BrokerEnds>,
+) {
+    let (links, inboxes) = (0..workers)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let wake = Arc::new(Wake::new().expect("an eventfd"));
+            let backlog = AtomicUsize::new(0);
+            (WorkerLink { tx, wake, backlog }, rx)
+        })
+        .unzip();
+    let (link, ends) = match broker {
+        Some(history) => {
+            let (publish_tx, publishes) = mpsc::unbounded_channel();
+            let (request_tx, requests) = mpsc::unbounded_channel();
+            let stats = Arc::new(BrokerStats::default());
+            stats.up.store(true, std::sync::atomic::Ordering::Release);
+            let link = BrokerLink::new(history, publish_tx, request_tx, stats.clone());
+            let ends = BrokerEnds {
+                requests,
+                publishes,
+                stats,
+            };
+            (Some(link), Some(ends))
+        }
+        None => (None, None),
+    };
+    (Hub::new(links, link, max_backlog), inboxes, ends)
+}
