@@ -13,17 +13,20 @@
 #   WSTEST                     wstest executable (default: PATH, /usr/local/bin; installed if missing)
 #   AUTOBAHN_STEP_TIMEOUT      seconds per long step (default 1800)
 #   STRATUS_ECHO_ARGS          extra flags for `stratus echo` (e.g. --deflate dedicated)
-#   AUTOBAHN_SPEC              alternative wstest spec (e.g. a case subset for debugging;
-#                              keep its outdir ./reports/MODE and pass --expected N to the gate)
+#   AUTOBAHN_SPEC              alternative wstest spec (e.g. a case subset; pass --expected N
+#                              to the gate)
+#   AUTOBAHN_PORT              the port on 127.0.0.1 (default 9001)
+#   AUTOBAHN_NAME              the run's name, for its reports and logs (default: MODE)
 #
-# Everything listens on / connects to 127.0.0.1:9001 (fixed: the JSON specs use it).
-# Reports: autobahn/reports/{server,client}/ (index.html, index.json); logs next to them.
+# Runs with different ports and names can go side by side: the spec is copied with this
+# run's URL and report folder. Reports: autobahn/reports/NAME/ (index.html, index.json);
+# logs next to them (NAME-stratus.log, NAME-wstest.log).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 HOST=127.0.0.1
-PORT=9001
+PORT="${AUTOBAHN_PORT:-9001}"
 URL="ws://$HOST:$PORT"
 STEP_TIMEOUT="${AUTOBAHN_STEP_TIMEOUT:-1800}"
 
@@ -38,6 +41,7 @@ usage() {
 [ $# -ge 1 ] || usage
 MODE="$1"; shift
 GATE_ARGS=("$@")
+NAME="${AUTOBAHN_NAME:-$MODE}"
 case "$MODE" in
   server|client) ;;
   -h|--help) usage ;;
@@ -141,31 +145,44 @@ fi
 if port_open; then
   die "something is already listening on $HOST:$PORT; stop it first"
 fi
-OUT="$HERE/reports/$MODE"
+OUT="$HERE/reports/$NAME"
 rm -rf "$OUT"
 mkdir -p "$HERE/reports"
 cd "$HERE"   # wstest resolves the specs' relative outdir against cwd
+# This run's copy of the spec: its URL and its report folder.
+SPEC="$HERE/reports/$NAME.spec.json"
+default_spec=fuzzingclient.json; [ "$MODE" = client ] && default_spec=fuzzingserver.json
+python3 - "${AUTOBAHN_SPEC:-$default_spec}" "$SPEC" "$URL" "./reports/$NAME" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+spec["outdir"] = sys.argv[4]
+if "url" in spec:
+    spec["url"] = sys.argv[3]
+for server in spec.get("servers", []):
+    server["url"] = sys.argv[3]
+json.dump(spec, open(sys.argv[2], "w"), indent=2)
+PY
 
 # ---- modes -------------------------------------------------------------------
 run_server_mode() {
   [ -x "$STRATUS_BIN" ] || die "server binary not found: $STRATUS_BIN (set STRATUS_BIN or build)"
-  start_bg "stratus echo" "$HERE/reports/server-stratus.log" \
+  start_bg "stratus echo" "$HERE/reports/$NAME-stratus.log" \
     "$STRATUS_BIN" echo --listen "$HOST:$PORT" ${STRATUS_ECHO_ARGS:-}
   wait_for_port 30
   local t=$(date +%s) rc=0
-  log "running wstest -m fuzzingclient (log: reports/server-wstest.log)"
+  log "running wstest -m fuzzingclient (log: reports/$NAME-wstest.log)"
   timeout --kill-after=10 "$STEP_TIMEOUT" \
-    "$WSTEST" -m fuzzingclient -s "${AUTOBAHN_SPEC:-fuzzingclient.json}" >"$HERE/reports/server-wstest.log" 2>&1 || rc=$?
+    "$WSTEST" -m fuzzingclient -s "$SPEC" >"$HERE/reports/$NAME-wstest.log" 2>&1 || rc=$?
   log "wstest fuzzingclient took $(elapsed "$t") (exit $rc)"
   if ! kill -0 "$BG_PID" 2>/dev/null; then
     local src=0; wait "$BG_PID" 2>/dev/null || src=$?
     BG_PID=""
-    tail -n 30 "$HERE/reports/server-stratus.log" >&2 || true
-    die "stratus server died during the run (status $src); see reports/server-stratus.log"
+    tail -n 30 "$HERE/reports/$NAME-stratus.log" >&2 || true
+    die "stratus server died during the run (status $src); see reports/$NAME-stratus.log"
   fi
   stop_bg
   if [ "$rc" -ne 0 ]; then
-    tail -n 30 "$HERE/reports/server-wstest.log" >&2 || true
+    tail -n 30 "$HERE/reports/$NAME-wstest.log" >&2 || true
     [ "$rc" -eq 124 ] && die "wstest timed out after ${STEP_TIMEOUT}s"
     die "wstest fuzzingclient failed (exit $rc)"
   fi
@@ -174,22 +191,22 @@ run_server_mode() {
 run_client_mode() {
   [ -x "$STRATUS_AUTOBAHN_CLIENT" ] || die "client example not found: $STRATUS_AUTOBAHN_CLIENT (set STRATUS_AUTOBAHN_CLIENT or build)"
   # -u 0: no embedded web server (it would otherwise bind 0.0.0.0:8080).
-  start_bg "wstest fuzzingserver" "$HERE/reports/client-wstest.log" \
-    "$WSTEST" -m fuzzingserver -s "${AUTOBAHN_SPEC:-fuzzingserver.json}" -u 0
+  start_bg "wstest fuzzingserver" "$HERE/reports/$NAME-wstest.log" \
+    "$WSTEST" -m fuzzingserver -s "$SPEC" -u 0
   wait_for_port 60
   local t=$(date +%s) rc=0
-  log "running $STRATUS_AUTOBAHN_CLIENT $URL stratus (log: reports/client-stratus.log)"
+  log "running $STRATUS_AUTOBAHN_CLIENT $URL stratus (log: reports/$NAME-stratus.log)"
   timeout --kill-after=10 "$STEP_TIMEOUT" \
-    "$STRATUS_AUTOBAHN_CLIENT" "$URL" stratus >"$HERE/reports/client-stratus.log" 2>&1 || rc=$?
+    "$STRATUS_AUTOBAHN_CLIENT" "$URL" stratus >"$HERE/reports/$NAME-stratus.log" 2>&1 || rc=$?
   log "autobahn client took $(elapsed "$t") (exit $rc)"
   if ! kill -0 "$BG_PID" 2>/dev/null; then
     BG_PID=""
-    tail -n 30 "$HERE/reports/client-wstest.log" >&2 || true
-    die "wstest fuzzingserver died during the run; see reports/client-wstest.log"
+    tail -n 30 "$HERE/reports/$NAME-wstest.log" >&2 || true
+    die "wstest fuzzingserver died during the run; see reports/$NAME-wstest.log"
   fi
   stop_bg
   if [ "$rc" -ne 0 ]; then
-    tail -n 30 "$HERE/reports/client-stratus.log" >&2 || true
+    tail -n 30 "$HERE/reports/$NAME-stratus.log" >&2 || true
     [ "$rc" -eq 124 ] && die "autobahn client timed out after ${STEP_TIMEOUT}s"
     die "autobahn client failed (exit $rc)"
   fi
@@ -198,5 +215,5 @@ run_client_mode() {
 "run_${MODE}_mode"
 
 [ -f "$OUT/index.json" ] || die "no report at $OUT/index.json"
-log "gate: reports/$MODE/index.json ${GATE_ARGS[*]:-}"
+log "gate: reports/$NAME/index.json ${GATE_ARGS[*]:-}"
 python3 "$HERE/gate.py" "$OUT/index.json" "${GATE_ARGS[@]}"

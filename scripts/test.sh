@@ -53,15 +53,25 @@ RUSTFLAGS=-Zsanitizer=address cargo +nightly test -p stratus-uring --test ring \
 step "Autobahn gate self-test"
 python3 autobahn/test_gate.py
 
-step "Autobahn, server mode (wstest fuzzingclient -> stratus echo)"
-bash autobahn/run.sh server
-
-step "Autobahn, server mode, compression groups with --deflate dedicated (context takeover)"
-STRATUS_SKIP_BUILD=1 STRATUS_ECHO_ARGS="--deflate dedicated" \
-  AUTOBAHN_SPEC=fuzzingclient-compression.json bash autobahn/run.sh server --expected 216
-
-step "Autobahn, client mode (stratus client -> wstest fuzzingserver)"
-STRATUS_SKIP_BUILD=1 bash autobahn/run.sh client
+step "Autobahn, side by side on the two cores: server mode, server mode's compression groups with --deflate dedicated (context takeover), client mode"
+cargo build --release -p stratus-server --bin stratus -p stratus-client --example autobahn
+WSTEST="$(command -v wstest || autobahn/install-wstest.sh | tail -n 1)"
+export WSTEST STRATUS_SKIP_BUILD=1
+mkdir -p autobahn/reports
+AUTOBAHN_PORT=9001 bash autobahn/run.sh server >autobahn/reports/run-server.out 2>&1 & server=$!
+AUTOBAHN_PORT=9002 AUTOBAHN_NAME=server-deflate STRATUS_ECHO_ARGS="--deflate dedicated" \
+  AUTOBAHN_SPEC=fuzzingclient-compression.json \
+  bash autobahn/run.sh server --expected 216 >autobahn/reports/run-server-deflate.out 2>&1 & deflate=$!
+AUTOBAHN_PORT=9003 bash autobahn/run.sh client >autobahn/reports/run-client.out 2>&1 & client=$!
+failed=0
+for run in server:$server server-deflate:$deflate client:$client; do
+  name=${run%%:*}; pid=${run#*:}
+  rc=0; wait "$pid" || rc=$?
+  echo "--- autobahn $name (exit $rc)"
+  grep -vE '^\[autobahn\] (started|stopping|wstest:)' "autobahn/reports/run-$name.out" | tail -n 25
+  [ "$rc" -eq 0 ] || failed=1
+done
+[ "$failed" -eq 0 ]
 
 echo
 echo "all checks passed in $(( $(date +%s) - started ))s"
