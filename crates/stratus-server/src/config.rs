@@ -7,7 +7,7 @@ use stratus_deflate::DeflateConfig;
 use stratus_proto::Limits;
 use stratus_proto::handshake::HandshakeLimits;
 
-use crate::Auth;
+use crate::model::auth::Auth;
 use crate::tls::TlsFiles;
 
 /// What a subscribe or unsubscribe counts for in a connection's message budget (it may

@@ -8,16 +8,18 @@
 //! `stratus` wraps it in a command line (serve, echo, publish). With
 //! [`Config::broker`] set, several servers share topics through Redis.
 //!
-//! The layers, each importing only from those below it:
+//! The layers, each importing only from those below it (`scripts/layers.py` checks):
 //!
 //! - `server`: the composition root, the only module that knows every layer.
 //! - `admin` (the HTTP API and `/metrics`), `worker` (one thread, one ring: the driver
 //!   and its ring-free pub/sub part), `broker` (the Redis session).
 //! - `node`: what the workers share (the hub, the publish path, admission caps, the
 //!   node's side of the broker).
-//! - `connection` (one connection's state, without a ring), `model` (plain values),
-//!   `messages` (what the threads send each other), `stats` (the counters), and the
-//!   settings (`config`, `tls`).
+//! - `connection` (one connection's state, without a ring) and `messages` (what the
+//!   threads send each other, and the `Node` trait the broker reaches the node through).
+//! - `config`: the settings.
+//! - `model`: plain values (topics, ids, offsets, broadcasts, recoveries, commands).
+//! - `stats` (the counters) and `tls` (certificate files).
 //!
 //! Not here: protocol rules (in `stratus-proto`), compression (in `stratus-deflate`), and
 //! io_uring calls (in `stratus-uring`).

@@ -24,8 +24,9 @@ pub(crate) trait Node: Sync {
     fn confirm(&self, topic: &Arc<str>, arrival: u64);
     /// The broker connection is lost: no topic is confirmed until it is back.
     fn unconfirm_all(&self);
-    /// Hands a message from the broker to the node's workers, or says they are behind.
-    fn deliver(
+    /// Dispatches a message from the broker to the node's workers, or says they are
+    /// behind.
+    fn dispatch(
         &self,
         topic: &str,
         message: Message,

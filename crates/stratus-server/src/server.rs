@@ -49,10 +49,10 @@ impl Server {
     /// Binds one listener per worker (and the admin listener) and starts the workers.
     pub fn start(config: Config) -> io::Result<Self> {
         config.validate().map_err(invalid)?;
-        let load = |files: &Option<crate::TlsFiles>| {
+        let load = |files: &Option<crate::tls::TlsFiles>| {
             files
                 .as_ref()
-                .map(crate::TlsFiles::load)
+                .map(crate::tls::TlsFiles::load)
                 .transpose()
                 .map_err(|e| invalid(e.to_string()))
         };

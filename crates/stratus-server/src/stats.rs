@@ -11,6 +11,8 @@ use stratus_proto::CloseCode;
 /// Counters over the server's life.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// WebSocket connections open now.
+    pub connections: AtomicU64,
     /// Publishes accepted.
     pub published: AtomicU64,
     /// Messages queued to subscribers.

@@ -2,6 +2,7 @@
 //! peer reads it, and a hub (with or without a broker link) over inboxes the test holds.
 //! No ring, no thread, no clock: the tests pass the time in.
 
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
@@ -12,11 +13,12 @@ use stratus_uring::Wake;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::connection::Client;
 use crate::connection::upgrade::Upgrade;
+use crate::connection::{Client, Conn, Counted};
 use crate::messages::{BrokerRequest, Outgoing, WorkerMsg};
 use crate::model::auth::Grant;
 use crate::model::broadcast::FrameChoice;
+use crate::model::conn_id::ConnId;
 use crate::model::rate::TokenBucket;
 use crate::node::broker_link::BrokerLink;
 use crate::node::hub::{Hub, WorkerLink};
@@ -36,6 +38,19 @@ pub(crate) fn open_client(config: &Config, now: Instant, grant: Option<Grant>) -
     client.open(upgrade, TokenBucket::full(config.message_rate, 0));
     take_output(&mut client);
     client
+}
+
+/// An upgraded connection named `id` on one end of a loopback socket pair, and the other
+/// end.
+pub(crate) fn loopback_conn(id: ConnId) -> (Conn, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (socket, addr) = listener.accept().expect("accept");
+    let client = open_client(&Config::default(), Instant::now(), None);
+    (
+        Conn::new(socket, addr.ip(), id, client, Counted::Open),
+        peer,
+    )
 }
 
 /// Everything `client` has queued, as if it were all sent.

@@ -123,7 +123,7 @@ impl BrokerTask {
                             for topic in wanted.keys() {
                                 let notice = commands::gap_notice(topic, CUT_OFF);
                                 let notice = Message::text(notice);
-                                deliver(&*node, &self.control, topic, notice, None).await;
+                                hand_over(&*node, &self.control, topic, notice, None).await;
                             }
                         }
                         let lost = self.serve(session, &*node, &mut wanted).await;
@@ -517,7 +517,7 @@ impl<'a> Receiving<'a> {
                     match wire::decode(msg.get_channel_name(), msg.get_payload_bytes()) {
                         Some((topic, message, offset)) => {
                             stats::add(&self.stats.received, 1);
-                            deliver(self.node, &self.control, topic, message, offset).await;
+                            hand_over(self.node, &self.control, topic, message, offset).await;
                         }
                         None => stats::add(&self.stats.rejected, 1),
                     }
@@ -667,7 +667,7 @@ impl<'a> Receiving<'a> {
 /// rather than dropping it. While it waits, the node tells the cluster it is overloaded
 /// (every [`OVERLOAD_REPEAT`], through `control`), so publishers on every node are held
 /// back instead of Redis's messages piling up here.
-async fn deliver(
+async fn hand_over(
     node: &dyn Node,
     control: &Control,
     topic: &str,
@@ -675,7 +675,7 @@ async fn deliver(
     offset: Option<Offset>,
 ) {
     let mut signalled: Option<tokio::time::Instant> = None;
-    while node.deliver(topic, message.clone(), offset).is_err() {
+    while node.dispatch(topic, message.clone(), offset).is_err() {
         let now = tokio::time::Instant::now();
         if signalled.is_none_or(|at| now - at >= OVERLOAD_REPEAT) {
             control.signal_overload();

@@ -72,7 +72,8 @@ enum Deadline {
 pub(crate) enum Tick {
     /// Nothing.
     Quiet,
-    /// Something to send (a ping, a Close, a gap notice).
+    /// Changed: it may have something to send (a ping, a Close, a gap notice), so it is
+    /// settled.
     Changed,
     /// Past its deadline (`handshake`: the handshake's): it ends at once.
     Expired { handshake: bool },
@@ -228,7 +229,7 @@ impl Client {
     /// Whether it has used half its message budget or more: its input is then read a
     /// buffer at a time (the budget starts with the upgrade).
     pub(crate) fn is_sparing_input(&self, config: &Config, now_ms: u32) -> bool {
-        self.is_open_for_messages() && self.inbound.is_low(now_ms, config.message_rate)
+        self.is_open() && self.inbound.is_low(now_ms, config.message_rate)
     }
 
     /// Whether it has used up its message budget (once it is closing, only the peer's
@@ -273,11 +274,6 @@ impl Client {
     }
 
     // Input.
-
-    /// Takes one message from its budget at `now_ms`.
-    pub(crate) fn spend_message(&mut self, now_ms: u32, rate: u32) {
-        self.inbound.take(1, now_ms, rate);
-    }
 
     /// Takes `n` more messages' worth from its budget at `now_ms`, if it has them.
     pub(crate) fn spend(&mut self, n: u32, now_ms: u32, rate: u32) -> bool {

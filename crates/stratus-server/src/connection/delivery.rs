@@ -36,7 +36,7 @@ pub(crate) enum Delivered {
     Dropped,
     /// The connection was closed as a slow consumer (the `close` policy).
     ClosedSlow,
-    /// The connection takes no more broadcasts (it is closing).
+    /// The connection takes no more broadcasts (it is closing, or not yet upgraded).
     Skipped,
 }
 

@@ -340,21 +340,13 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
     use std::time::Instant;
 
     use super::*;
-    use crate::config::Config;
-    use crate::testing::open_client;
+    use crate::testing::loopback_conn;
 
-    /// A connection on one end of a loopback socket pair, and the other end.
     fn conn() -> (Conn, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (socket, addr) = listener.accept().expect("accept");
-        let client = open_client(&Config::default(), Instant::now(), None);
-        let conn = Conn::new(socket, addr.ip(), ConnId::new(0, 1), client, Counted::Open);
-        (conn, peer)
+        loopback_conn(ConnId::new(0, 1))
     }
 
     #[test]

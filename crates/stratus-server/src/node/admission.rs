@@ -29,22 +29,28 @@ pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Open WebSocket connections, overall and per address.
+/// Open WebSocket connections per address (the count over all workers is the caller's:
+/// the server's public counters hold it).
 #[derive(Debug, Default)]
 pub(crate) struct Admission {
-    /// Open now, over all workers.
-    pub(crate) open: AtomicU64,
     /// Per address (kept only with a per-address cap).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Admission {
     /// Counts a new WebSocket connection from `ip` against the caps (`max` over all
-    /// workers, `per_ip` for one address; 0 is no limit), or says which one it passes.
-    pub(crate) fn admit(&self, ip: IpAddr, max: usize, per_ip: usize) -> Result<(), OverCap> {
-        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-        if max > 0 && open > max as u64 {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+    /// workers, counted in `open`; `per_ip` for one address; 0 is no limit), or says
+    /// which one it passes.
+    pub(crate) fn admit(
+        &self,
+        open: &AtomicU64,
+        ip: IpAddr,
+        max: usize,
+        per_ip: usize,
+    ) -> Result<(), OverCap> {
+        let count = open.fetch_add(1, Ordering::AcqRel) + 1;
+        if max > 0 && count > max as u64 {
+            open.fetch_sub(1, Ordering::AcqRel);
             return Err(OverCap {
                 status: 503,
                 reason: "the server is at its connection limit",
@@ -55,7 +61,7 @@ impl Admission {
             let count = counts.entry(address_key(ip)).or_insert(0);
             if *count >= per_ip {
                 drop(counts);
-                self.open.fetch_sub(1, Ordering::AcqRel);
+                open.fetch_sub(1, Ordering::AcqRel);
                 return Err(OverCap {
                     status: 429,
                     reason: "too many connections from this address",
@@ -67,8 +73,8 @@ impl Admission {
     }
 
     /// Releases what [`Admission::admit`] counted.
-    pub(crate) fn release(&self, ip: IpAddr, per_ip: usize) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+    pub(crate) fn release(&self, open: &AtomicU64, ip: IpAddr, per_ip: usize) {
+        open.fetch_sub(1, Ordering::AcqRel);
         if per_ip > 0 {
             let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
             let key = address_key(ip);
@@ -88,15 +94,16 @@ mod tests {
 
     #[test]
     fn the_overall_and_the_per_address_caps() {
-        let admission = Admission::default();
+        let (admission, open) = (Admission::default(), AtomicU64::new(0));
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
-        assert!(admission.admit(a, 3, 2).is_ok() && admission.admit(a, 3, 2).is_ok());
-        assert_eq!(admission.admit(a, 3, 2).map_err(|e| e.status), Err(429));
-        assert!(admission.admit(b, 3, 2).is_ok());
-        assert_eq!(admission.admit(b, 3, 2).map_err(|e| e.status), Err(503));
-        admission.release(a, 2);
-        assert!(admission.admit(b, 3, 2).is_ok());
-        assert_eq!(admission.open.load(Ordering::Relaxed), 3);
+        let admit = |ip| admission.admit(&open, ip, 3, 2).map_err(|e| e.status);
+        assert!(admit(a).is_ok() && admit(a).is_ok());
+        assert_eq!(admit(a), Err(429));
+        assert!(admit(b).is_ok());
+        assert_eq!(admit(b), Err(503));
+        admission.release(&open, a, 2);
+        assert!(admit(b).is_ok());
+        assert_eq!(open.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! to every node's fan-out, this one's included.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -21,7 +22,7 @@ use crate::messages::{
 use crate::model::broadcast::Broadcast;
 use crate::model::offset::Offset;
 use crate::model::topic;
-use crate::node::admission::Admission;
+use crate::node::admission::{Admission, OverCap};
 use crate::node::broker_link::BrokerLink;
 use crate::stats::{self, Stats, WorkerStats};
 
@@ -60,8 +61,8 @@ pub(crate) struct Hub {
     pub(crate) links: Vec<WorkerLink>,
     /// Each worker's own counters, for `/metrics`.
     pub(crate) workers: Vec<WorkerStats>,
-    /// Open WebSocket connections, overall and per address.
-    pub(crate) admission: Admission,
+    /// Open WebSocket connections per address.
+    admission: Admission,
     /// Topic -> which workers have subscribers, and whether the broker has it.
     interest: Mutex<HashMap<Arc<str>, TopicState>>,
     /// Numbers each topic's arrival on the node, so a broker confirmation meant for an
@@ -264,9 +265,21 @@ impl Hub {
         self.links[w].backlog.fetch_sub(cost, Ordering::Relaxed);
     }
 
+    /// Counts a new WebSocket connection from `ip` against the caps (`max` over the node,
+    /// `per_ip` for one address; 0 is no limit), or says which one it passes.
+    pub(crate) fn admit(&self, ip: IpAddr, max: usize, per_ip: usize) -> Result<(), OverCap> {
+        self.admission
+            .admit(&self.stats.connections, ip, max, per_ip)
+    }
+
+    /// A connection [`Hub::admit`] counted has ended.
+    pub(crate) fn release(&self, ip: IpAddr, per_ip: usize) {
+        self.admission.release(&self.stats.connections, ip, per_ip);
+    }
+
     /// Connections open now.
     pub(crate) fn connections(&self) -> u64 {
-        self.admission.open.load(Ordering::Relaxed)
+        self.stats.connections.load(Ordering::Relaxed)
     }
 
     /// Topics with subscribers anywhere.
@@ -405,13 +418,13 @@ impl Node for Hub {
         Hub::unconfirm_all(self);
     }
 
-    fn deliver(
+    fn dispatch(
         &self,
         topic: &str,
         message: Message,
         offset: Option<Offset>,
     ) -> Result<(), Overloaded> {
-        match self.dispatch(topic, message, offset) {
+        match Hub::dispatch(self, topic, message, offset) {
             Err(PublishError::Overloaded) => Err(Overloaded),
             _ => Ok(()),
         }
@@ -558,13 +571,16 @@ mod tests {
         let t: Arc<str> = Arc::from("t");
         hub.set_interest(&t, 0, true);
         let node: &dyn Node = &hub;
-        assert_eq!(node.deliver("t", Message::text("y"), None), Ok(()));
+        assert_eq!(node.dispatch("t", Message::text("y"), None), Ok(()));
         assert!(matches!(
             inboxes[0].try_recv(),
             Ok(WorkerMsg::Publish { .. })
         ));
         hub.links[0].backlog.store(1 << 20, Ordering::Relaxed);
-        assert_eq!(node.deliver("t", Message::text("z"), None), Err(Overloaded));
+        assert_eq!(
+            node.dispatch("t", Message::text("z"), None),
+            Err(Overloaded)
+        );
         assert_eq!(
             hub.publish("t", Message::text("w")).err(),
             Some(PublishError::Overloaded),

@@ -118,14 +118,47 @@ impl Conns {
 }
 
 impl Clients for Conns {
+    /// A connection shut down (its slot not yet freed) takes nothing more.
     fn client(&mut self, id: ConnId) -> Option<&mut Client> {
-        self.get(id).map(Conn::client_mut)
+        self.get(id).filter(|c| !c.is_dead()).map(Conn::client_mut)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::loopback_conn;
+
+    #[test]
+    fn a_change_marks_once_and_a_stale_or_dead_connection_takes_nothing() {
+        let mut conns = Conns::default();
+        let id = conns.next_id();
+        let (conn, _peer) = loopback_conn(id);
+        conns.insert(conn);
+        assert_eq!(
+            conns.take_dirty(),
+            [id],
+            "a new connection is settled (its receive armed)"
+        );
+        assert!(conns.settling(id).is_some());
+        assert!(conns.client(id).is_some());
+        assert!(conns.get(id).is_some());
+        assert_eq!(
+            conns.take_dirty(),
+            [id],
+            "marked once however often it is reached"
+        );
+        let stale = ConnId::new(id.slot(), 999);
+        assert!(conns.client(stale).is_none() && conns.peek(stale).is_none());
+        assert!(!conns.has_dirty(), "a stale id marks nothing");
+        conns.settling(id).map(Conn::kill);
+        assert!(
+            conns.client(id).is_none(),
+            "shut down: no more broadcasts or replies"
+        );
+        assert!(conns.remove(stale).is_none());
+        assert!(conns.remove(id).is_some() && conns.is_empty());
+    }
 
     /// An idle connection is its table entry plus its subscriptions: keep the entry small
     /// (the README's memory figure, under 1 KiB per connection, depends on it).

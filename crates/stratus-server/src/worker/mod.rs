@@ -21,7 +21,9 @@
 //!   next.
 //! - Every publish the hub put in the inbox is taken off the hub's backlog once, when it
 //!   is read (or when the worker ends with it unread).
-//! - The clock is read once per turn ([`Clock`]); handlers get the time passed in.
+//! - The clock is read once per turn ([`Clock`]) and handlers get that time passed in;
+//!   only the publish-latency metric (at the submit) and the sweep's token expiry (wall
+//!   clock) read their own.
 //!
 //! Owns the ring and the connections; must not reach another worker's state (only the
 //! hub, which is shared, and the inboxes it keeps).
@@ -268,7 +270,7 @@ impl Worker {
                     self.hub.taken(self.index, broadcast.cost());
                     let fanout = self
                         .pubsub
-                        .deliver(&ctx, &mut self.conns, &topic, &broadcast);
+                        .fan_out(&ctx, &mut self.conns, &topic, &broadcast);
                     if fanout.queued > 0 {
                         self.unsent_publishes.push(broadcast.published);
                     }

@@ -29,7 +29,7 @@ use crate::worker::pending_replies::PendingReplies;
 /// The worker's connections, as the pub/sub part reaches them.
 pub(crate) trait Clients {
     /// Connection `id`'s protocol side (and the connection is settled at the end of the
-    /// turn), or `None` if it is gone.
+    /// turn), or `None` if it is gone or shut down.
     fn client(&mut self, id: ConnId) -> Option<&mut Client>;
 }
 
@@ -303,9 +303,9 @@ impl PubSub {
 
     // Delivery.
 
-    /// Queues a broadcast on every local subscriber of `topic`, and counts the outcome in
-    /// the node's counters.
-    pub(crate) fn deliver(
+    /// Fans a broadcast out to this worker's subscribers of `topic` (queued on each), and
+    /// counts the outcome in the node's counters.
+    pub(crate) fn fan_out(
         &self,
         ctx: &Context<'_>,
         clients: &mut impl Clients,

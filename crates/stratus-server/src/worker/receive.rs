@@ -137,7 +137,7 @@ impl Worker {
             Ok(Some(Request::Upgrade(request))) => {
                 upgrade(&request, config, self.draining.is_some()).and_then(|accepted| {
                     let caps = (config.max_connections, config.max_connections_per_ip);
-                    match self.hub.admission.admit(conn.ip(), caps.0, caps.1) {
+                    match self.hub.admit(conn.ip(), caps.0, caps.1) {
                         Ok(()) => Ok(accepted),
                         Err(over) => {
                             let why = over.reason.to_owned();
@@ -207,7 +207,7 @@ impl Worker {
             };
             match session.handle_read(buf) {
                 Ok(Some(message)) => {
-                    client.spend_message(ctx.now_ms, config.message_rate);
+                    let _ = client.spend(1, ctx.now_ms, config.message_rate);
                     // Only whole messages count as signs of life: a peer that trickles
                     // a frame a byte at a time still gets pinged.
                     client.seen(ctx.now);

@@ -127,7 +127,6 @@ impl Worker {
         self.pubsub.on_left(&ctx, id, conn.client());
         if conn.counted() == Counted::Open {
             self.hub
-                .admission
                 .release(conn.ip(), self.config.max_connections_per_ip);
             self.hub.workers[self.index].closed(conn.client().close_code());
         }

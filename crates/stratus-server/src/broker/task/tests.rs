@@ -53,7 +53,7 @@ impl Node for FakeNode {
         self.seen.lock().expect("lock").push("unconfirm".into());
     }
 
-    fn deliver(
+    fn dispatch(
         &self,
         topic: &str,
         message: Message,

@@ -113,7 +113,7 @@ impl World {
             offset,
             self.now,
         ));
-        self.with(|pubsub, clients, ctx| pubsub.deliver(ctx, clients, topic, &broadcast))
+        self.with(|pubsub, clients, ctx| pubsub.fan_out(ctx, clients, topic, &broadcast))
     }
 
     /// The broker confirms `topic` for the node, and the confirmation reaches the worker.
