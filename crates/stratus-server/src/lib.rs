@@ -38,11 +38,11 @@ mod testing;
 mod tls;
 mod worker;
 
-pub use config::{App, Config, SlowConsumer};
-pub use messages::PublishError;
+pub use config::{App, ClientPublish, Config, Namespace, NamespaceOptions, SlowConsumer};
+pub use messages::{PublishError, Published, Reach};
 pub use model::auth::{Auth, AuthAlgorithm};
 pub use model::topic;
-pub use node::hub::{Delivery, Reach};
+pub use node::delivery::Delivery;
 pub use server::Server;
 pub use stats::Stats;
 pub use tls::{TlsError, TlsFiles};

@@ -7,12 +7,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use stratus_proto::Message;
 use tokio::sync::oneshot;
 
 use crate::model::broadcast::Broadcast;
 use crate::model::conn_id::ConnId;
+pub(crate) use crate::model::history::{HistoryDest, HistoryPage, HistoryRead, Retention};
 use crate::model::offset::Offset;
+use crate::model::protocol::v1::CommandId;
+use crate::model::publication::{PayloadError, Publication};
 use crate::model::topic::TopicError;
 use crate::stats::BrokerStats;
 
@@ -24,14 +26,18 @@ pub(crate) trait Node: Sync {
     fn confirm(&self, topic: &Arc<str>, arrival: u64);
     /// The broker connection is lost: no topic is confirmed until it is back.
     fn unconfirm_all(&self);
-    /// Dispatches a message from the broker to the node's workers, or says they are
+    /// Dispatches a publication from the broker to the node's workers, or says they are
     /// behind.
     fn dispatch(
         &self,
         topic: &str,
-        message: Message,
+        publication: Publication,
         offset: Option<Offset>,
     ) -> Result<(), Overloaded>;
+    /// Tells the node's subscribers of `topic` that messages may be missing, and why.
+    fn gap(&self, topic: &str, reason: &'static str);
+    /// The answer to a connection's publish command.
+    fn published(&self, to: PublishDest, topic: Arc<str>, result: Result<Published, PublishError>);
     /// A page of a topic's history for the connection `to` names.
     fn history_page(&self, to: HistoryDest, topic: Arc<str>, page: HistoryPage);
 }
@@ -51,6 +57,12 @@ pub enum PublishError {
     /// Only text and binary messages can be published.
     #[error("only text and binary messages can be published")]
     NotData,
+    /// A JSON publish whose payload is not valid JSON.
+    #[error("the payload is not valid JSON")]
+    InvalidJson,
+    /// A publication key longer than 128 bytes.
+    #[error("the key is longer than 128 bytes")]
+    KeyTooLong,
     /// The server is shutting down.
     #[error("the server is shutting down")]
     Draining,
@@ -64,13 +76,58 @@ pub enum PublishError {
     BrokerUnavailable,
 }
 
+/// How far a publish went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reach {
+    /// With the local broker: the subscribers it was queued to.
+    Subscribers(usize),
+    /// With Redis: the nodes that had subscribers for the topic (each fans it out to its
+    /// own).
+    Nodes(usize),
+}
+
+/// How far a publish went, and where it sits in its topic's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Published {
+    /// How far it went.
+    pub reach: Reach,
+    /// Its offset in the topic's history (`None`: the topic keeps none).
+    pub offset: Option<String>,
+}
+
+impl Published {
+    /// What Redis answered: the nodes it passed the publish to, and its offset.
+    pub(crate) fn by_broker(nodes: usize, offset: Option<Offset>) -> Self {
+        Self {
+            reach: Reach::Nodes(nodes),
+            offset: offset.map(|o| o.to_string()),
+        }
+    }
+}
+
+impl From<PayloadError> for PublishError {
+    fn from(err: PayloadError) -> Self {
+        match err {
+            PayloadError::NotData => Self::NotData,
+            PayloadError::InvalidJson => Self::InvalidJson,
+            PayloadError::KeyTooLong => Self::KeyTooLong,
+        }
+    }
+}
+
 /// Work sent to a worker.
 pub(crate) enum WorkerMsg {
-    /// Fan a broadcast out to the worker's subscribers of `topic`; report how many.
+    /// Fan a broadcast out to the worker's subscribers of its topic; report how many.
     Publish {
-        topic: Arc<str>,
         broadcast: Arc<Broadcast>,
         ack: oneshot::Sender<usize>,
+    },
+    /// Tell the worker's subscribers of `topic` that messages may be missing, and why.
+    Gap {
+        topic: Arc<str>,
+        reason: &'static str,
     },
     /// The node is now subscribed to `topic` in the broker: answer the subscribe
     /// commands that were waiting for it.
@@ -80,6 +137,12 @@ pub(crate) enum WorkerMsg {
         to: HistoryDest,
         topic: Arc<str>,
         page: HistoryPage,
+    },
+    /// The answer to a connection's publish command on `topic`.
+    Published {
+        to: PublishDest,
+        topic: Arc<str>,
+        result: Result<Published, PublishError>,
     },
     /// Close every connection with 1001 and stop.
     Drain,
@@ -98,111 +161,91 @@ pub(crate) enum BrokerRequest {
         topic: Arc<str>,
         read: HistoryRead,
     },
+    /// A page of `topic`'s history for a caller (the admin API), answered on `reply`.
+    ReadHistory {
+        topic: Arc<str>,
+        read: HistoryRead,
+        reply: oneshot::Sender<HistoryPage>,
+    },
     /// The server has stopped: end the thread.
     Stop,
 }
 
-/// A read of one page of a connection's missed messages.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HistoryRead {
-    /// The page starts after this offset.
-    pub(crate) after: Offset,
-    /// Where the page goes.
-    pub(crate) to: HistoryDest,
-    /// Bytes of messages the page may hold: what the connection's send queue has room
-    /// for (at least one message comes, so the replay always moves on).
-    pub(crate) budget: usize,
-    /// Entries of the history this recovery has already been sent.
-    pub(crate) fetched: usize,
-    /// The average payload of the entries sent so far (0 before the first page): the
-    /// page is sized from it, so that a read fetches little beyond the budget.
-    pub(crate) average: usize,
-}
-
-/// Where a connection's history read is going back to: the worker, the connection, and
-/// the read (a reply for an earlier read of the same connection is stale).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HistoryDest {
+/// Where a connection's publish command is answered: its worker, the connection, and the
+/// command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PublishDest {
     pub(crate) worker: usize,
     pub(crate) conn: ConnId,
-    pub(crate) request: u64,
+    pub(crate) command: CommandId,
 }
 
-/// A page of what a connection missed.
-pub(crate) struct HistoryPage {
-    /// The missed messages, oldest first.
-    pub(crate) entries: Vec<(Offset, Message)>,
-    /// Why some may be missing (`None`: the history reached back).
-    pub(crate) gap: Option<&'static str>,
-    /// Live messages up to this offset are in `entries` or came before the page: the
-    /// offset the page starts after, or the newest in the history if that is older
-    /// (`Offset::ZERO` for a read that failed: the worker then keeps to where the page
-    /// started).
-    pub(crate) floor: Offset,
-    /// More of the history follows the page's last entry.
-    pub(crate) more: bool,
+/// Who a publish sent to Redis answers.
+#[derive(Debug)]
+pub(crate) enum ReplyTo {
+    /// A caller waiting on a channel (the admin API, the library).
+    Caller(oneshot::Sender<Result<Published, PublishError>>),
+    /// A connection's publish command: the answer goes to its worker through the node.
+    Client(PublishDest),
+    /// Nobody (the broker's own words on the control channel).
+    Nobody,
 }
 
-impl HistoryPage {
-    /// Nothing could be read: the client gets a gap notice and every live message.
-    pub(crate) fn unavailable(why: &'static str) -> Self {
-        Self {
-            entries: Vec::new(),
-            gap: Some(why),
-            floor: Offset::ZERO,
-            more: false,
-        }
-    }
-}
-
-/// A publish on its way to Redis, and where its answer goes: how many nodes Redis passed
-/// it to.
+/// A publish on its way to Redis, and who its answer goes to: how many nodes Redis passed
+/// it to, and its offset.
 /// Counted in [`BrokerStats::backlog`] from the moment it is made until it is answered or
 /// dropped (a session lost mid-batch drops its publishes, and their publishers get 503).
 pub(crate) struct Outgoing {
     /// The topic, or empty for a message on the control channel.
     pub(crate) topic: String,
-    pub(crate) message: Message,
-    reply: Option<oneshot::Sender<Result<usize, PublishError>>>,
+    pub(crate) publication: Publication,
+    /// How much of the topic's history Redis keeps.
+    pub(crate) retention: Retention,
+    reply: ReplyTo,
+    /// What it holds until answered, as counted in the backlog.
+    cost: u64,
     stats: Arc<BrokerStats>,
 }
 
 impl Outgoing {
     pub(crate) fn new(
         topic: String,
-        message: Message,
+        publication: Publication,
+        retention: Retention,
+        reply: ReplyTo,
         stats: Arc<BrokerStats>,
-    ) -> (Self, oneshot::Receiver<Result<usize, PublishError>>) {
-        let (reply, rx) = oneshot::channel();
-        let outgoing = Self {
+    ) -> Self {
+        let cost = (size_of::<Self>() + topic.len() + publication.payload.len()) as u64;
+        stats.backlog.fetch_add(cost, Ordering::Relaxed);
+        Self {
             topic,
-            message,
-            reply: Some(reply),
+            publication,
+            retention,
+            reply,
+            cost,
             stats,
-        };
-        let cost = outgoing.cost();
-        outgoing.stats.backlog.fetch_add(cost, Ordering::Relaxed);
-        (outgoing, rx)
+        }
     }
 
-    /// What it holds until answered.
-    fn cost(&self) -> u64 {
-        (size_of::<Self>() + self.topic.len() + self.message.payload_len()) as u64
-    }
-
-    /// Answers the publisher, once it no longer counts in the backlog (a publisher that
-    /// publishes again at once finds the room this one held).
-    pub(crate) fn answer(mut self, result: Result<usize, PublishError>) {
-        let reply = self.reply.take();
+    /// Answers the publisher (a connection through `node`), once it no longer counts in
+    /// the backlog (a publisher that publishes again at once finds the room this one
+    /// held).
+    pub(crate) fn answer(mut self, result: Result<Published, PublishError>, node: &dyn Node) {
+        let reply = std::mem::replace(&mut self.reply, ReplyTo::Nobody);
+        let topic = std::mem::take(&mut self.topic);
         drop(self);
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
+        match reply {
+            ReplyTo::Caller(tx) => {
+                let _ = tx.send(result);
+            }
+            ReplyTo::Client(to) => node.published(to, Arc::from(topic), result),
+            ReplyTo::Nobody => {}
         }
     }
 }
 
 impl Drop for Outgoing {
     fn drop(&mut self) {
-        self.stats.backlog.fetch_sub(self.cost(), Ordering::Relaxed);
+        self.stats.backlog.fetch_sub(self.cost, Ordering::Relaxed);
     }
 }

@@ -21,8 +21,10 @@ use crate::admin::{self, Admin};
 use crate::broker::BrokerTask;
 use crate::config::Config;
 use crate::messages::{BrokerRequest, Node, PublishError};
+use crate::model::publication::Publication;
 use crate::node::broker_link::BrokerLink;
-use crate::node::hub::{Delivery, Hub, WorkerLink};
+use crate::node::delivery::Delivery;
+use crate::node::hub::{Hub, WorkerLink};
 use crate::stats::{BrokerStats, Stats};
 use crate::worker::Worker;
 
@@ -91,15 +93,16 @@ impl Server {
                 let (publish_tx, publish_rx) = mpsc::unbounded_channel();
                 let (request_tx, request_rx) = mpsc::unbounded_channel();
                 let stats = Arc::new(BrokerStats::default());
-                let history = config.history;
-                let link = BrokerLink::new(history, publish_tx.clone(), request_tx, stats.clone());
+                let link = BrokerLink::new(publish_tx.clone(), request_tx, stats.clone());
                 let publishes = (publish_tx, publish_rx);
-                let task = BrokerTask::new(client, history, publishes, request_rx, stats);
+                let task =
+                    BrokerTask::new(client, config.keeps_history(), publishes, request_rx, stats);
                 (Some(link), Some(task))
             }
             None => (None, None),
         };
-        let hub = Arc::new(Hub::new(links, broker, config.max_publish_backlog));
+        let config = Arc::new(config);
+        let hub = Arc::new(Hub::new(links, broker, config.clone()));
         let broker = broker_task
             .map(|task| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -111,7 +114,6 @@ impl Server {
                     .spawn(move || task.run(runtime, node))
             })
             .transpose()?;
-        let config = Arc::new(config);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, (inbox, wake))) in listeners.into_iter().zip(inboxes).enumerate() {
             let (hub, config, tls) = (hub.clone(), config.clone(), tls.clone());
@@ -163,7 +165,21 @@ impl Server {
     /// far it went. With a broker it goes through Redis to every node, and fails with
     /// [`PublishError::BrokerUnavailable`] while Redis is unreachable.
     pub fn publish(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
-        self.hub.publish(topic, message)
+        self.hub.publish(topic, Publication::from_message(message)?)
+    }
+
+    /// Publishes `json` (a JSON document, checked) to every subscriber of `topic`, as
+    /// [`Server::publish`] does: raw-mode subscribers get it as text, protocol v1
+    /// subscribers as a JSON value in the `data` of their push. With `key`, it is the
+    /// newest value of that key (the `conflate` policy keeps one per key).
+    pub fn publish_json(
+        &self,
+        topic: &str,
+        json: impl Into<bytes::Bytes>,
+        key: Option<&str>,
+    ) -> Result<Delivery, PublishError> {
+        let publication = Publication::json(json.into())?.with_key(key)?;
+        self.hub.publish(topic, publication)
     }
 
     /// The server's counters.

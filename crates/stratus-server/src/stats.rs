@@ -19,6 +19,9 @@ pub struct Stats {
     pub delivered: AtomicU64,
     /// Messages skipped for full queues (the `drop` policy).
     pub dropped: AtomicU64,
+    /// Messages held back for full queues, only the newest per key going out once they
+    /// drain (the `conflate` policy).
+    pub conflated: AtomicU64,
     /// Connections closed as slow consumers (the `close` policy).
     pub slow_consumer_closes: AtomicU64,
     /// Admin connections refused for the admin connection cap.
@@ -86,6 +89,9 @@ pub(crate) struct WorkerStats {
     pub(crate) messages_in: AtomicU64,
     /// Commands refused for the per-connection command rate.
     pub(crate) commands_limited: AtomicU64,
+    /// Publishes from connections accepted, and refused for their publish budget.
+    pub(crate) client_publishes: AtomicU64,
+    pub(crate) publishes_limited: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     /// Bytes waiting in this worker's send queues, as of its last sweep.

@@ -19,13 +19,27 @@ use crate::messages::{BrokerRequest, Outgoing, WorkerMsg};
 use crate::model::auth::Grant;
 use crate::model::broadcast::FrameChoice;
 use crate::model::conn_id::ConnId;
+use crate::model::history::{HistoryDest, HistoryRead, PAGE};
+use crate::model::offset::Since;
+use crate::model::protocol::Protocol;
 use crate::model::rate::TokenBucket;
 use crate::node::broker_link::BrokerLink;
 use crate::node::hub::{Hub, WorkerLink};
 use crate::stats::BrokerStats;
 
-/// A connection upgraded at `now` (its 101 already sent), with what `grant` allows.
+/// A raw-mode connection upgraded at `now` (its 101 already sent), with what `grant`
+/// allows.
 pub(crate) fn open_client(config: &Config, now: Instant, grant: Option<Grant>) -> Client {
+    open_client_speaking(Protocol::Raw, config, now, grant)
+}
+
+/// A connection speaking `protocol`, upgraded at `now`, with what `grant` allows.
+pub(crate) fn open_client_speaking(
+    protocol: Protocol,
+    config: &Config,
+    now: Instant,
+    grant: Option<Grant>,
+) -> Client {
     let deadline = now + config.handshake_timeout;
     let mut client = Client::new(config.handshake_limits, now, deadline, None);
     let upgrade = Upgrade {
@@ -34,6 +48,7 @@ pub(crate) fn open_client(config: &Config, now: Instant, grant: Option<Grant>) -
         response: b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
         topics: Vec::new(),
         grant,
+        protocol,
     };
     client.open(upgrade, TokenBucket::full(config.message_rate, 0));
     take_output(&mut client);
@@ -93,6 +108,24 @@ pub(crate) fn texts_to(client: &mut Client) -> Vec<String> {
         .collect()
 }
 
+/// A first read of a history from `from`, with room for `budget` bytes, by connection 1
+/// of worker 0.
+pub(crate) fn history_read(from: Since, budget: usize) -> HistoryRead {
+    HistoryRead {
+        from,
+        to: HistoryDest {
+            worker: 0,
+            conn: ConnId::new(1, 1),
+            request: 1,
+        },
+        budget,
+        fetched: 0,
+        average: 0,
+        page: PAGE,
+        limit: 1000,
+    }
+}
+
 /// The broker thread's ends of a hub's broker link.
 pub(crate) struct BrokerEnds {
     pub(crate) requests: mpsc::UnboundedReceiver<BrokerRequest>,
@@ -107,12 +140,12 @@ impl BrokerEnds {
     }
 }
 
-/// A hub over `workers` inboxes the test reads; with `broker`, a broker link keeping
-/// that many messages of history per topic, connected.
+/// A hub over `workers` inboxes the test reads, with `config`; with `broker`, a broker
+/// link (connected) whose other ends the test holds.
 pub(crate) fn hub(
     workers: usize,
-    broker: Option<usize>,
-    max_backlog: usize,
+    broker: bool,
+    config: impl Into<Arc<Config>>,
 ) -> (
     Hub,
     Vec<mpsc::UnboundedReceiver<WorkerMsg>>,
@@ -127,12 +160,12 @@ pub(crate) fn hub(
         })
         .unzip();
     let (link, ends) = match broker {
-        Some(history) => {
+        true => {
             let (publish_tx, publishes) = mpsc::unbounded_channel();
             let (request_tx, requests) = mpsc::unbounded_channel();
             let stats = Arc::new(BrokerStats::default());
             stats.up.store(true, std::sync::atomic::Ordering::Release);
-            let link = BrokerLink::new(history, publish_tx, request_tx, stats.clone());
+            let link = BrokerLink::new(publish_tx, request_tx, stats.clone());
             let ends = BrokerEnds {
                 requests,
                 publishes,
@@ -140,7 +173,7 @@ pub(crate) fn hub(
             };
             (Some(link), Some(ends))
         }
-        None => (None, None),
+        false => (None, None),
     };
-    (Hub::new(links, link, max_backlog), inboxes, ends)
+    (Hub::new(links, link, config.into()), inboxes, ends)
 }

@@ -520,7 +520,14 @@ fn idle_sockets_that_never_upgrade_are_capped_and_shed_and_a_real_client_gets_in
     let mut real = common::Peer::connect_from(ws, [127, 0, 2, 1].into());
     real.send(common::upgrade_request("/ws?topic=real").as_bytes());
     assert!(real.read_head().starts_with("HTTP/1.1 101 "));
-    let held = fds(pid);
+    // The shed sockets are closed as the worker gets to them (a loaded machine may take
+    // a while): wait, boundedly, for the count to come down to the cap.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = fds(pid);
+    while held > baseline + 100 + 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        held = fds(pid);
+    }
     assert!(
         held <= baseline + 100 + 5,
         "{held} descriptors held, from {baseline}: the cap is 100"

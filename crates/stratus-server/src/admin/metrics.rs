@@ -52,7 +52,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 25] = [
+    let single: [(&str, &str, &str, u64); 28] = [
         ("stratus_connections", "gauge", "Open WebSocket connections.", hub.connections()),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
@@ -63,6 +63,9 @@ pub(crate) fn render(hub: &Hub) -> String {
         ("stratus_ring_completions_lost_total", "counter", "io_uring completions the kernel could not keep (as of each worker's last sweep).", sum(|w| &w.ring_lost)),
         ("stratus_tls_errors_total", "counter", "Connections closed for a failed TLS handshake or a bad TLS record (plain HTTP on the TLS port, say).", sum(|w| &w.tls_errors)),
         ("stratus_messages_received_total", "counter", "Messages received from clients (data and control).", sum(|w| &w.messages_in)),
+        ("stratus_client_publishes_total", "counter", "Publishes from protocol v1 connections accepted.", sum(|w| &w.client_publishes)),
+        ("stratus_client_publishes_limited_total", "counter", "Publishes from connections refused for their publish budget (--client-publish-rate) or too many waiting for the broker.", sum(|w| &w.publishes_limited)),
+        ("stratus_conflated_total", "counter", "Messages held back for full queues under the conflate policy (only the newest per key goes out).", load(&stats.conflated)),
         ("stratus_commands_limited_total", "counter", "Subscribe and unsubscribe commands refused for the connection's message budget (--message-rate).", sum(|w| &w.commands_limited)),
         ("stratus_received_bytes_total", "counter", "Payload bytes of the messages received from clients.", sum(|w| &w.bytes_in)),
         ("stratus_sent_bytes_total", "counter", "Bytes written to client sockets (frames and HTTP responses).", sum(|w| &w.bytes_out)),
@@ -110,6 +113,17 @@ pub(crate) fn render(hub: &Hub) -> String {
         |w| &w.refused_by_status,
     );
     histogram(&mut out, hub);
+    if let Some(history) = &hub.history {
+        let (bytes, topics) = history.usage();
+        #[rustfmt::skip]
+        let rows = [
+            ("stratus_history_bytes", "Bytes the node's history holds (without a broker; capped by --history-memory).", bytes),
+            ("stratus_history_topics", "Topics with a history on this node (without a broker).", topics),
+        ];
+        for (name, help, value) in rows {
+            metric(&mut out, name, "gauge", help, &[("", value as u64)]);
+        }
+    }
     if let Some(broker) = &hub.broker {
         broker_metrics(&mut out, &broker.stats);
     }

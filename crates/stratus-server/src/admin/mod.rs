@@ -35,7 +35,11 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::messages::PublishError;
-use crate::node::hub::{Hub, Reach};
+use crate::messages::{HistoryDest, HistoryRead, Published, Reach};
+use crate::model::offset::{Offset, Since};
+use crate::model::protocol::v1;
+use crate::model::publication::Publication;
+use crate::node::hub::Hub;
 use crate::stats;
 
 const READ_CHUNK: usize = 4096;
@@ -448,6 +452,7 @@ enum Endpoint {
     Ready,
     Metrics,
     Publish(String),
+    History(String),
 }
 
 /// The endpoint a request head names, or the refusal (unknown path, wrong method, no
@@ -461,6 +466,9 @@ fn route(admin: &Admin, request: &Request) -> Result<Endpoint, Response> {
         ("POST", p) if p.starts_with("/publish/") => {
             Endpoint::Publish(p["/publish/".len()..].to_owned())
         }
+        ("GET", p) if p.starts_with("/history/") => {
+            Endpoint::History(p["/history/".len()..].to_owned())
+        }
         (_, "/healthz" | "/readyz" | "/metrics") => {
             return Err(Response {
                 extra: "Allow: GET\r\n",
@@ -471,6 +479,12 @@ fn route(admin: &Admin, request: &Request) -> Result<Endpoint, Response> {
             return Err(Response {
                 extra: "Allow: POST\r\n",
                 ..error(405, "use POST")
+            });
+        }
+        (_, p) if p.starts_with("/history/") => {
+            return Err(Response {
+                extra: "Allow: GET\r\n",
+                ..error(405, "use GET")
             });
         }
         _ => return Err(error(404, "no such endpoint")),
@@ -490,39 +504,119 @@ async fn answer(admin: &Admin, endpoint: Endpoint, request: &Request, body: Byte
             content_type: "text/plain; version=0.0.4",
             ..respond(200, json!(null))
         },
-        Endpoint::Publish(topic) => publish(admin, &topic, &request.content_type, body).await,
+        Endpoint::Publish(topic) => publish(admin, &topic, request, body).await,
+        Endpoint::History(topic) => history(admin, &topic, request).await,
     }
 }
 
-async fn publish(admin: &Admin, topic: &str, content_type: &str, body: Bytes) -> Response {
+/// The value of query parameter `name` in `path`, if given.
+fn query<'a>(path: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let (_, query) = path.split_once('?')?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// `POST /publish/{topic}`: the body as JSON (a JSON content type and a body that is
+/// valid JSON), text (`text/*`, or a JSON content type whose body is not JSON: as before
+/// protocol v1, when such bodies were text) or binary (anything else), with `?key=`
+/// naming its conflation key.
+async fn publish(admin: &Admin, topic: &str, request: &Request, body: Bytes) -> Response {
+    let content_type = request.content_type.as_str();
     let textual = content_type.starts_with("text/") || content_type.contains("json");
-    let message = if textual {
+    let publication = if textual {
         if std::str::from_utf8(&body).is_err() {
             return error(400, "a text message must be UTF-8");
         }
-        Message::Text(body)
+        let json = content_type.contains("json");
+        match Publication::json(body.clone()) {
+            Ok(publication) if json => Ok(publication),
+            _ => Publication::from_message(Message::Text(body)),
+        }
     } else {
-        Message::Binary(body)
+        Publication::from_message(Message::Binary(body))
     };
-    let reach = match admin
+    let publication = publication.and_then(|p| p.with_key(query(&request.path, "key").as_deref()));
+    let publication = match publication {
+        Ok(publication) => publication,
+        Err(e) => return error(400, &e.to_string()),
+    };
+    let published = match admin
         .hub
-        .publish_paced(topic, message, PUBLISH_PATIENCE)
+        .publish_paced(topic, publication, PUBLISH_PATIENCE)
         .await
     {
-        Ok(delivery) => delivery.reach().await,
+        Ok(delivery) => delivery.published().await,
         Err(e) => Err(e),
     };
-    match reach {
-        Ok(Reach::Subscribers(n)) => respond(200, json!({ "recipients": n })),
-        Ok(Reach::Nodes(n)) => respond(200, json!({ "nodes": n })),
-        Err(e @ (PublishError::InvalidTopic(_) | PublishError::NotData)) => {
-            error(400, &e.to_string())
+    match published {
+        Ok(Published { reach, offset, .. }) => {
+            let mut body = match reach {
+                Reach::Subscribers(n) => json!({ "recipients": n }),
+                Reach::Nodes(n) => json!({ "nodes": n }),
+            };
+            if let Some(offset) = offset {
+                body["offset"] = offset.into();
+            }
+            respond(200, body)
         }
+        Err(
+            e @ (PublishError::InvalidTopic(_)
+            | PublishError::NotData
+            | PublishError::InvalidJson
+            | PublishError::KeyTooLong),
+        ) => error(400, &e.to_string()),
         Err(e) => Response {
             extra: "Retry-After: 1\r\n",
             ..error(503, &e.to_string())
         },
     }
+}
+
+/// Most publications `GET /history` returns.
+const MAX_HISTORY_PAGE: usize = 1000;
+
+/// `GET /history/{topic}?since=&limit=`: publications after `since` (an offset; from the
+/// oldest kept without), at most `limit` (100 by default, 1,000 at most).
+async fn history(admin: &Admin, topic: &str, request: &Request) -> Response {
+    if let Err(e) = crate::model::topic::validate(topic) {
+        return error(400, &e.to_string());
+    }
+    let since = match query(&request.path, "since") {
+        None => None,
+        Some(text) => match Since::parse(&text) {
+            Some(since) => Some(since),
+            None => return error(400, "since must be $ or an offset such as 1732000000000-0"),
+        },
+    };
+    let limit = match query(&request.path, "limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_HISTORY_PAGE).contains(&n) => n,
+        Some(_) => return error(400, "limit must be 1 to 1000"),
+    };
+    let read = HistoryRead {
+        from: since.unwrap_or(Since::After(Offset::ZERO)),
+        to: HistoryDest::CALLER,
+        budget: admin.config.max_publish.saturating_mul(4).max(1 << 20),
+        fetched: 0,
+        average: 1,
+        page: limit,
+        limit: usize::MAX,
+    };
+    let Some(page) = admin.hub.history(topic, read).await else {
+        return error(404, "no history is kept for this topic");
+    };
+    let last = page.entries.last().map(|(o, _)| o.to_string());
+    respond(
+        200,
+        json!({
+            "topic": topic,
+            "publications": v1::publications(&page.entries),
+            "gap": page.gap.filter(|_| since.is_some()),
+            "more": page.more,
+            "next": last,
+        }),
+    )
 }
 
 /// `/readyz`: 200 while the node can take publishes; 503 while it drains or its broker is

@@ -13,16 +13,17 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use stratus_proto::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::broker::history::fetch_history;
 use crate::broker::wire::{self, CONTROL_CHANNEL, channel};
 use crate::messages::{
-    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, Outgoing, PublishError,
+    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, Outgoing, PublishError, ReplyTo,
+    Retention,
 };
-use crate::model::commands;
 use crate::model::offset::Offset;
+use crate::model::publication::Publication;
 use crate::stats::{self, BrokerStats};
 
 /// First wait before reconnecting; doubled after each failed attempt up to the maximum.
@@ -36,8 +37,6 @@ const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_FETCHES: usize = 16;
 /// History reads that may wait in line; past them, a resume gets a gap notice at once.
 const MAX_QUEUED_FETCHES: usize = 1024;
-/// Entries a recovery reads beyond `--history`, for what `MAXLEN ~` keeps beyond it.
-const HISTORY_SLACK: usize = 1000;
 /// How often the pub/sub connection is pinged, to notice a Redis that stopped answering.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Most publishes sent in one pipeline.
@@ -51,8 +50,9 @@ const CUT_OFF: &str =
 /// The broker thread's side.
 pub(crate) struct BrokerTask {
     client: redis::Client,
-    /// Messages kept per topic in Redis for recovery (0: none).
-    history: usize,
+    /// Whether any topic keeps a history (the task then reads histories on a
+    /// connection of its own).
+    reads_history: bool,
     publishes: mpsc::UnboundedReceiver<Outgoing>,
     requests: mpsc::UnboundedReceiver<BrokerRequest>,
     stats: Arc<BrokerStats>,
@@ -61,13 +61,13 @@ pub(crate) struct BrokerTask {
 }
 
 impl BrokerTask {
-    /// The broker thread for `client`, keeping `history` messages per topic: it takes the
+    /// The broker thread for `client` (reading histories if `reads_history`): it takes the
     /// publishes and requests the node's `BrokerLink` sends, and may add control words to
     /// the publishes itself (through `publish_tx`). `stats` are shared with the link; the
     /// node's name on the control channel is drawn here.
     pub(crate) fn new(
         client: redis::Client,
-        history: usize,
+        reads_history: bool,
         (publish_tx, publishes): (
             mpsc::UnboundedSender<Outgoing>,
             mpsc::UnboundedReceiver<Outgoing>,
@@ -88,7 +88,7 @@ impl BrokerTask {
         };
         Self {
             client,
-            history,
+            reads_history,
             publishes,
             requests,
             stats,
@@ -121,9 +121,7 @@ impl BrokerTask {
                         }
                         if cut_off {
                             for topic in wanted.keys() {
-                                let notice = commands::gap_notice(topic, CUT_OFF);
-                                let notice = Message::text(notice);
-                                hand_over(&*node, &self.control, topic, notice, None).await;
+                                node.gap(topic, CUT_OFF);
                             }
                         }
                         let lost = self.serve(session, &*node, &mut wanted).await;
@@ -181,7 +179,7 @@ impl BrokerTask {
         // History reads have a connection of their own: a long read delays neither
         // publishes nor, since Redis answers a connection's requests in order, other
         // connections' requests queued behind it.
-        let reader = if self.history > 0 {
+        let reader = if self.reads_history {
             let config = config.set_response_timeout(Some(HISTORY_TIMEOUT));
             Some(
                 self.client
@@ -228,7 +226,6 @@ impl BrokerTask {
             control: self.control.clone(),
             stats: &stats,
             reader,
-            limit: self.history.saturating_add(HISTORY_SLACK),
             sink,
             subscribed: HashSet::new(),
             confirmed: HashSet::new(),
@@ -236,7 +233,7 @@ impl BrokerTask {
             queued: VecDeque::new(),
         };
         tokio::select! {
-            lost = publish_loop(&mut self.publishes, publisher, self.history, &stats) => Some(lost),
+            lost = publish_loop(&mut self.publishes, publisher, &stats, node) => Some(lost),
             lost = receiving.run(&mut self.requests, wanted, stream) => lost,
         }
     }
@@ -251,7 +248,7 @@ impl BrokerTask {
                 () = &mut sleep => return true,
                 Some(outgoing) = self.publishes.recv() => {
                     stats::add(&self.stats.publish_errors, 1);
-                    outgoing.answer(Err(PublishError::BrokerUnavailable));
+                    outgoing.answer(Err(PublishError::BrokerUnavailable), node);
                 }
                 change = self.requests.recv() => {
                     if !change.is_some_and(|change| apply(wanted, change, node)) {
@@ -287,6 +284,9 @@ fn apply(wanted: &mut Wanted, change: BrokerRequest, node: &dyn Node) -> bool {
         BrokerRequest::History { topic, read } => HistoryReply::new(node, topic, read.to).send(
             HistoryPage::unavailable("the history could not be read from the broker"),
         ),
+        BrokerRequest::ReadHistory { reply, .. } => {
+            let _ = reply.send(HistoryPage::unavailable("the broker is unreachable"));
+        }
         BrokerRequest::Add(topic, arrival) => {
             wanted.insert(topic, arrival);
         }
@@ -342,12 +342,13 @@ struct Session {
 }
 
 /// Sends publishes to Redis in arrival order, as many per pipeline as are waiting, and
-/// answers each with the number of nodes subscribed. Returns why it stopped.
+/// answers each with the number of nodes subscribed and its offset (where the topic keeps
+/// a history). Returns why it stopped.
 async fn publish_loop(
     publishes: &mut mpsc::UnboundedReceiver<Outgoing>,
     mut conn: MultiplexedConnection,
-    history: usize,
     stats: &BrokerStats,
+    node: &dyn Node,
 ) -> String {
     let mut batch = Vec::new();
     loop {
@@ -364,22 +365,22 @@ async fn publish_loop(
         let mut pipe = redis::pipe();
         for p in &batch {
             if p.topic.is_empty() {
-                let words = match &p.message {
-                    Message::Text(b) | Message::Binary(b) => &b[..],
-                    _ => &[],
-                };
-                pipe.cmd("PUBLISH").arg(CONTROL_CHANNEL).arg(words);
+                pipe.cmd("PUBLISH")
+                    .arg(CONTROL_CHANNEL)
+                    .arg(&p.publication.payload[..]);
                 continue;
             }
-            let payload = wire::payload(&p.message).unwrap_or_default();
-            if history > 0 {
+            let payload = wire::payload(&p.publication);
+            if p.retention.count > 0 {
+                let ttl_ms = p.retention.ttl.map_or(0, |t| t.as_millis() as u64);
                 pipe.cmd("EVAL")
                     .arg(wire::PUBLISH_SCRIPT)
                     .arg(2)
                     .arg(wire::key(&p.topic))
                     .arg(channel(&p.topic))
-                    .arg(history)
-                    .arg(&payload[..]);
+                    .arg(p.retention.count)
+                    .arg(&payload[..])
+                    .arg(ttl_ms);
             } else {
                 pipe.cmd("PUBLISH").arg(channel(&p.topic)).arg(&payload[..]);
             }
@@ -388,19 +389,24 @@ async fn publish_loop(
         // publish only; a broken connection fails the batch and ends the session.
         let answers = pipe
             .ignore_errors()
-            .query_async::<Vec<redis::RedisResult<usize>>>(&mut conn);
+            .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut conn);
         let failure = match answers.await {
             Ok(answers) if answers.len() == batch.len() => {
                 for (p, answer) in batch.drain(..).zip(answers) {
-                    let reply = answer.map_err(|err| {
-                        warn!(error = %err, "Redis refused a publish");
-                        stats::add(&stats.publish_errors, 1);
-                        PublishError::BrokerUnavailable
-                    });
+                    let reply = answer
+                        .map_err(|err| err.to_string())
+                        .and_then(|value| {
+                            wire::published(&value).ok_or_else(|| format!("{value:?}"))
+                        })
+                        .map_err(|err| {
+                            warn!(error = %err, "Redis refused a publish");
+                            stats::add(&stats.publish_errors, 1);
+                            PublishError::BrokerUnavailable
+                        });
                     if reply.is_ok() {
                         stats::add(&stats.published, 1);
                     }
-                    p.answer(reply);
+                    p.answer(reply, node);
                 }
                 continue;
             }
@@ -409,7 +415,7 @@ async fn publish_loop(
         };
         stats::add(&stats.publish_errors, batch.len() as u64);
         for p in batch.drain(..) {
-            p.answer(Err(PublishError::BrokerUnavailable));
+            p.answer(Err(PublishError::BrokerUnavailable), node);
         }
         return failure;
     }
@@ -432,8 +438,6 @@ struct Receiving<'a> {
     stats: &'a BrokerStats,
     /// The connection for history reads (with a history).
     reader: Option<MultiplexedConnection>,
-    /// Most history entries one recovery reads.
-    limit: usize,
     sink: PubSubSink,
     /// The topics Redis has confirmed, or is confirming, for the node.
     subscribed: HashSet<Arc<str>>,
@@ -504,6 +508,9 @@ impl<'a> Receiving<'a> {
                         wanted.remove(&topic);
                     }
                     Some(BrokerRequest::History { topic, read }) => self.queue_fetch(topic, read),
+                    Some(BrokerRequest::ReadHistory { topic, read, reply }) => {
+                        self.read_for_caller(topic, read, reply);
+                    }
                     Some(BrokerRequest::Stop) | None => return None,
                 },
                 msg = stream.next() => {
@@ -515,9 +522,9 @@ impl<'a> Receiving<'a> {
                         continue;
                     }
                     match wire::decode(msg.get_channel_name(), msg.get_payload_bytes()) {
-                        Some((topic, message, offset)) => {
+                        Some((topic, publication, offset)) => {
                             stats::add(&self.stats.received, 1);
-                            hand_over(self.node, &self.control, topic, message, offset).await;
+                            hand_over(self.node, &self.control, topic, publication, offset).await;
                         }
                         None => stats::add(&self.stats.rejected, 1),
                     }
@@ -630,9 +637,37 @@ impl<'a> Receiving<'a> {
         }
     }
 
+    /// Starts a history read for a caller (the admin API), if fewer than [`MAX_FETCHES`]
+    /// are in flight (else it answers at once that the node is busy).
+    fn read_for_caller(
+        &mut self,
+        topic: Arc<str>,
+        read: HistoryRead,
+        reply: oneshot::Sender<HistoryPage>,
+    ) {
+        let Some(mut conn) = self
+            .reader
+            .clone()
+            .filter(|_| self.fetches.len() < MAX_FETCHES)
+        else {
+            let why = "the node is reading as many histories as it may; try again shortly";
+            let _ = reply.send(HistoryPage::unavailable(why));
+            return;
+        };
+        self.fetches.push(Box::pin(async move {
+            let fetched =
+                tokio::time::timeout(HISTORY_TIMEOUT, fetch_history(&mut conn, &topic, read)).await;
+            let page = match fetched {
+                Ok(Ok(page)) => page,
+                _ => HistoryPage::unavailable("the history could not be read from the broker"),
+            };
+            let _ = reply.send(page);
+        }));
+    }
+
     /// Starts a history read; it answers its connection whatever happens.
     fn start_fetch(&mut self, topic: Arc<str>, read: HistoryRead) {
-        let (node, stats, limit) = (self.node, self.stats, self.limit);
+        let (node, stats) = (self.node, self.stats);
         let Some(mut conn) = self.reader.clone() else {
             let why = "no history is kept (the nodes need --broker and --history)";
             HistoryReply::new(node, topic, read.to).send(HistoryPage::unavailable(why));
@@ -641,11 +676,8 @@ impl<'a> Receiving<'a> {
         // Made before the read starts: dropped unpolled, it still answers.
         let reply = HistoryReply::new(node, topic.clone(), read.to);
         self.fetches.push(Box::pin(async move {
-            let fetched = tokio::time::timeout(
-                HISTORY_TIMEOUT,
-                fetch_history(&mut conn, &topic, read, limit),
-            )
-            .await;
+            let fetched =
+                tokio::time::timeout(HISTORY_TIMEOUT, fetch_history(&mut conn, &topic, read)).await;
             match fetched {
                 Ok(Ok(recovered)) => reply.send(recovered),
                 // A read that fails or takes too long answers its reader with a gap (the
@@ -671,11 +703,11 @@ async fn hand_over(
     node: &dyn Node,
     control: &Control,
     topic: &str,
-    message: Message,
+    publication: Publication,
     offset: Option<Offset>,
 ) {
     let mut signalled: Option<tokio::time::Instant> = None;
-    while node.dispatch(topic, message.clone(), offset).is_err() {
+    while node.dispatch(topic, publication.clone(), offset).is_err() {
         let now = tokio::time::Instant::now();
         if signalled.is_none_or(|at| now - at >= OVERLOAD_REPEAT) {
             control.signal_overload();
@@ -697,8 +729,21 @@ impl Control {
     /// Tells every node that this one is overloaded.
     fn signal_overload(&self) {
         let words = wire::overload_signal(self.stats.node.load(Ordering::Relaxed));
-        let message = Message::Binary(words.into());
-        let (outgoing, _) = Outgoing::new(String::new(), message, self.stats.clone());
+        let words = Publication::from_message(Message::Binary(words.into()));
+        let Ok(words) = words else {
+            return;
+        };
+        let none = Retention {
+            count: 0,
+            ttl: None,
+        };
+        let outgoing = Outgoing::new(
+            String::new(),
+            words,
+            none,
+            ReplyTo::Nobody,
+            self.stats.clone(),
+        );
         if self.publishes.send(outgoing).is_ok() {
             stats::add(&self.stats.overload_signals, 1);
         }

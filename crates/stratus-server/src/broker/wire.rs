@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use stratus_proto::Message;
 
+use crate::messages::Published;
 use crate::model::offset::Offset;
+use crate::model::publication::{MAX_KEY_LEN, PayloadKind, Publication};
 
 /// Redis channel names are the topic with this prefix: pub/sub channels are shared by all
 /// of a Redis server's databases, so the prefix keeps Stratus's apart from others'.
@@ -18,10 +20,13 @@ pub(crate) const CONTROL_CHANNEL: &str = "stratus!control";
 pub(crate) const OVERLOADED: &str = "overloaded";
 /// How long (ms) an overloaded node asks the others to hold their publishes back.
 pub(crate) const OVERLOAD_HOLD_MS: u64 = 500;
-/// The first payload byte says what kind of message follows (in lower case: an offset
-/// and a space come before the body).
+/// The first payload byte says what kind of publication follows (in lower case: an offset
+/// and a space come before the rest): text, JSON, binary, or keyed (the kind, the key's
+/// length byte and the key come first).
 pub(crate) const TEXT: u8 = b'T';
+pub(crate) const JSON: u8 = b'J';
 pub(crate) const BINARY: u8 = b'B';
+pub(crate) const KEYED: u8 = b'X';
 
 /// A topic's channel.
 pub(crate) fn channel(topic: &str) -> String {
@@ -34,27 +39,68 @@ pub(crate) fn key(topic: &str) -> String {
 }
 
 /// Appends to the history and publishes, in one step: KEYS = history, channel; ARGV =
-/// the bound, the payload (kind byte and body). The published payload is the kind byte in
-/// lower case (saying an offset follows), the entry id, a space, and the body. Returns
-/// PUBLISH's count of subscribed nodes.
+/// the bound, the payload (kind byte and body), and the age bound in milliseconds (0:
+/// none; past it entries are trimmed and the key expires). The published payload is the
+/// kind byte in lower case (saying an offset follows), the entry id, a space, and the
+/// body. Returns PUBLISH's count of subscribed nodes and the entry id.
 pub(crate) const PUBLISH_SCRIPT: &str = r"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XTRIM', KEYS[1], 'MINID', tostring(now - ttl))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
 local kind = string.lower(string.sub(ARGV[2], 1, 1))
-return redis.call('PUBLISH', KEYS[2], kind .. id .. ' ' .. string.sub(ARGV[2], 2))
+return {redis.call('PUBLISH', KEYS[2], kind .. id .. ' ' .. string.sub(ARGV[2], 2)), id}
 ";
 
-/// The payload a publish sends: the kind byte and the body, or `None` for a message that
-/// is not text or binary.
-pub(crate) fn payload(message: &Message) -> Option<Vec<u8>> {
-    let (kind, body) = match message {
-        Message::Text(b) => (TEXT, b),
-        Message::Binary(b) => (BINARY, b),
-        _ => return None,
+/// What Redis answered a publish: PUBLISH's count (`n`), or the publish script's count and
+/// entry id (`[n, id]`).
+pub(crate) fn published(value: &redis::Value) -> Option<Published> {
+    use redis::Value;
+    let count = |v: &Value| match v {
+        Value::Int(n) => usize::try_from(*n).ok(),
+        _ => None,
     };
-    let mut payload = Vec::with_capacity(1 + body.len());
-    payload.push(kind);
+    match value {
+        Value::Int(_) => Some(Published::by_broker(count(value)?, None)),
+        Value::Array(parts) => match parts.as_slice() {
+            [n, Value::BulkString(id)] => {
+                let offset = Offset::parse(std::str::from_utf8(id).ok()?)?;
+                Some(Published::by_broker(count(n)?, Some(offset)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn kind_byte(kind: PayloadKind) -> u8 {
+    match kind {
+        PayloadKind::Text => TEXT,
+        PayloadKind::Json => JSON,
+        PayloadKind::Binary => BINARY,
+    }
+}
+
+/// The payload a publish sends: the kind byte and the body (keyed: [`KEYED`], the kind,
+/// the key's length and the key, then the body).
+pub(crate) fn payload(publication: &Publication) -> Vec<u8> {
+    let body = &publication.payload;
+    let mut payload = Vec::with_capacity(3 + MAX_KEY_LEN + body.len());
+    match &publication.key {
+        Some(key) => {
+            payload.extend_from_slice(&[KEYED, kind_byte(publication.kind)]);
+            // Keys are at most MAX_KEY_LEN (128) bytes.
+            payload.push(u8::try_from(key.len()).unwrap_or(u8::MAX));
+            payload.extend_from_slice(&key.as_bytes()[..key.len().min(255)]);
+        }
+        None => payload.push(kind_byte(publication.kind)),
+    }
     payload.extend_from_slice(body);
-    Some(payload)
+    payload
 }
 
 /// What node `node` says on the control channel when it is overloaded.
@@ -74,51 +120,77 @@ pub(crate) fn parse_overload(payload: &[u8]) -> Option<(u64, u64)> {
     Some((node, hold))
 }
 
-/// Decodes a message from Redis (its channel and payload): its topic, message and offset
-/// in the topic's history (if kept), or `None` if it is not one a node published.
+/// Decodes a message from Redis (its channel and payload): its topic, publication and
+/// offset in the topic's history (if kept), or `None` if it is not one a node published.
 pub(crate) fn decode<'a>(
     channel: &'a str,
     payload: &[u8],
-) -> Option<(&'a str, Message, Option<Offset>)> {
+) -> Option<(&'a str, Publication, Option<Offset>)> {
     let topic = channel.strip_prefix(CHANNEL_PREFIX)?;
     let (&kind, rest) = payload.split_first()?;
     if kind.is_ascii_lowercase() {
         let space = rest.iter().position(|&b| b == b' ')?;
         let offset = Offset::parse(std::str::from_utf8(&rest[..space]).ok()?)?;
-        let message = message(kind.to_ascii_uppercase(), &rest[space + 1..])?;
-        return Some((topic, message, Some(offset)));
+        let mut stored = Vec::with_capacity(rest.len() - space);
+        stored.push(kind.to_ascii_uppercase());
+        stored.extend_from_slice(&rest[space + 1..]);
+        return Some((topic, publication(&stored)?, Some(offset)));
     }
-    Some((topic, message(kind, rest)?, None))
+    Some((topic, publication(payload)?, None))
 }
 
-/// The message of a kind byte and body, or `None` for an unknown kind or text that is not
-/// UTF-8.
-pub(crate) fn message(kind: u8, body: &[u8]) -> Option<Message> {
+/// The publication of a payload as [`payload`] makes it (as a history entry keeps it), or
+/// `None` for an unknown kind, text or JSON that is not UTF-8, or a key cut short.
+pub(crate) fn publication(payload: &[u8]) -> Option<Publication> {
+    let (&kind, rest) = payload.split_first()?;
+    let (kind, key, body) = match kind {
+        KEYED => {
+            let (&kind, rest) = rest.split_first()?;
+            let (&len, rest) = rest.split_first()?;
+            let (key, body) = rest.split_at_checked(usize::from(len))?;
+            (kind, Some(std::str::from_utf8(key).ok()?), body)
+        }
+        kind => (kind, None, rest),
+    };
     let body = Bytes::copy_from_slice(body);
-    match kind {
-        TEXT if simdutf8::basic::from_utf8(&body).is_ok() => Some(Message::Text(body)),
-        BINARY => Some(Message::Binary(body)),
-        _ => None,
-    }
+    let publication = match kind {
+        TEXT if simdutf8::basic::from_utf8(&body).is_ok() => {
+            Publication::from_message(Message::Text(body)).ok()?
+        }
+        // Checked when published: JSON from Redis is only checked to be UTF-8.
+        JSON if simdutf8::basic::from_utf8(&body).is_ok() => Publication {
+            kind: PayloadKind::Json,
+            payload: body,
+            key: None,
+        },
+        BINARY => Publication::from_message(Message::Binary(body)).ok()?,
+        _ => return None,
+    };
+    publication.with_key(key).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn text(text: &str) -> Publication {
+        Publication::from_message(Message::text(text.to_owned())).expect("text")
+    }
+
     #[test]
     fn messages_from_redis_are_decoded_or_rejected() {
         assert_eq!(
             decode("stratus:a/b", b"Thi"),
-            Some(("a/b", Message::text("hi"), None))
+            Some(("a/b", text("hi"), None))
         );
+        let binary = Publication::from_message(Message::Binary(Bytes::from_static(b"\xff\x00")));
         assert_eq!(
             decode("stratus:t", b"B\xff\x00"),
-            Some(("t", Message::Binary(Bytes::from_static(b"\xff\x00")), None))
+            Some(("t", binary.expect("binary"), None))
         );
         assert_eq!(
             decode("stratus:t", b"t17-2 hi there"),
-            Some(("t", Message::text("hi there"), Offset::parse("17-2")))
+            Some(("t", text("hi there"), Offset::parse("17-2")))
         );
         assert_eq!(
             decode("stratus:t", b"t17-2hi"),
@@ -127,9 +199,32 @@ mod tests {
         );
         assert_eq!(decode("stratus:t", b"tx-2 hi"), None, "not an offset");
         assert_eq!(decode("stratus:t", b"T\xff"), None, "text must be UTF-8");
-        assert_eq!(decode("stratus:t", b"Xhi"), None, "unknown kind");
+        assert_eq!(decode("stratus:t", b"Yhi"), None, "unknown kind");
         assert_eq!(decode("stratus:t", b""), None, "no kind byte");
         assert_eq!(decode("other:t", b"Thi"), None, "not our channel");
+        assert_eq!(decode("stratus:t", b"XT\x05ab"), None, "a key cut short");
+    }
+
+    #[test]
+    fn every_kind_and_a_key_survive_the_round_trip() {
+        let json = Publication::json(Bytes::from_static(b"[1]")).expect("JSON");
+        let keyed = json.clone().with_key(Some("k1")).expect("key");
+        for publication in [text("hi"), json, keyed] {
+            let sent = payload(&publication);
+            assert_eq!(
+                decode("stratus:t", &sent),
+                Some(("t", publication.clone(), None))
+            );
+            // As the publish script sends it with an offset: the kind in lower case, the
+            // entry id and a space after it.
+            let mut with_offset = vec![sent[0].to_ascii_lowercase()];
+            with_offset.extend_from_slice(b"5-0 ");
+            with_offset.extend_from_slice(&sent[1..]);
+            assert_eq!(
+                decode("stratus:t", &with_offset),
+                Some(("t", publication.clone(), Some(Offset(5, 0))))
+            );
+        }
     }
 
     #[test]

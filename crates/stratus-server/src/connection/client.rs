@@ -17,11 +17,12 @@ use stratus_proto::{CloseCode, Message, Session};
 use stratus_uring::SendQueue;
 
 use crate::config::Config;
+use crate::connection::conflation::Conflation;
 use crate::connection::tls::TlsConn;
 use crate::connection::upgrade::{Refusal, Upgrade};
 use crate::model::auth::Grant;
 use crate::model::broadcast::FrameChoice;
-use crate::model::commands::gap_notice;
+use crate::model::protocol::{Notice, Protocol};
 use crate::model::rate::TokenBucket;
 use crate::model::recovery::{RECOVERY_TIMEOUT, Recovery};
 
@@ -67,6 +68,23 @@ enum Deadline {
     Close,
 }
 
+/// What only some connections need, boxed out of every connection's entry: made the first
+/// time one of them is needed.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// What its token allows (with auth on).
+    pub(crate) grant: Option<Grant>,
+    /// Recoveries in progress, one per topic: live messages on their topics go through
+    /// them.
+    pub(crate) recoveries: Vec<Recovery>,
+    /// Its publish budget (protocol v1), from its first publish on.
+    publishes: Option<TokenBucket>,
+    /// It was asked to refresh its token (protocol v1).
+    refresh_asked: bool,
+    /// What the `conflate` policy holds while its queue is full.
+    pub(crate) conflation: Option<Conflation>,
+}
+
 /// What the sweep found a connection to need (see [`Client::tick`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tick {
@@ -88,11 +106,11 @@ pub(crate) struct Client {
     pub(super) frames: FrameChoice,
     /// The topics it is subscribed to.
     topics: Vec<Arc<str>>,
-    /// What its token allows (with auth on).
-    grant: Option<Box<Grant>>,
-    /// Recoveries in progress, one per topic: live messages on their topics go through
-    /// them.
-    pub(super) recoveries: Vec<Recovery>,
+    /// What only some connections need (a token's grant, recoveries), boxed so that the
+    /// others do not pay for it.
+    pub(super) extras: Option<Box<Extras>>,
+    /// The protocol it speaks.
+    pub(super) protocol: Protocol,
     /// Whether each message comes with its offset notice (asked for with `since`).
     pub(super) offsets: bool,
     /// The messages it may still send (refilled at the message rate).
@@ -123,8 +141,8 @@ impl Client {
             tls,
             frames: FrameChoice::Plain,
             topics: Vec::new(),
-            grant: None,
-            recoveries: Vec::new(),
+            extras: None,
+            protocol: Protocol::Raw,
             offsets: false,
             inbound: TokenBucket::full(0, 0),
             last_seen: now,
@@ -184,7 +202,46 @@ impl Client {
 
     /// What its token grants (with auth on).
     pub(crate) fn grant(&self) -> Option<&Grant> {
-        self.grant.as_deref()
+        self.extras.as_ref()?.grant.as_ref()
+    }
+
+    /// The protocol it speaks.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// From now on its token grants `grant` (a refresh): it may be asked again before
+    /// the new one expires.
+    pub(crate) fn set_grant(&mut self, grant: Grant) {
+        let extras = self.extras_mut();
+        extras.grant = Some(grant);
+        extras.refresh_asked = false;
+    }
+
+    /// Takes a publish from its publish budget at `now_ms` (`rate` a second, 0: no
+    /// limit), if it has one.
+    pub(crate) fn spend_publish(&mut self, now_ms: u32, rate: u32) -> bool {
+        self.extras_mut()
+            .publishes
+            .get_or_insert_with(|| TokenBucket::full(rate, now_ms))
+            .take(1, now_ms, rate)
+    }
+
+    /// Queues a notice in its protocol (none if its protocol has no such notice).
+    pub(crate) fn notify(&mut self, notice: &Notice<'_>, close_deadline: Instant) {
+        if let Some(text) = notice.text(self.protocol) {
+            self.send_text(text, close_deadline);
+        }
+    }
+
+    /// Its extras, made on first use.
+    pub(super) fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Its recoveries in progress.
+    pub(crate) fn recoveries(&self) -> &[Recovery] {
+        self.extras.as_ref().map_or(&[], |e| &e.recoveries)
     }
 
     /// The topics it is subscribed to.
@@ -197,9 +254,9 @@ impl Client {
         &mut self.topics
     }
 
-    /// Its recoveries in progress, one per topic.
+    /// Its recoveries in progress, one per topic, to change.
     pub(crate) fn recoveries_mut(&mut self) -> &mut Vec<Recovery> {
-        &mut self.recoveries
+        &mut self.extras_mut().recoveries
     }
 
     /// From now on, its messages come with their offset notices.
@@ -241,6 +298,22 @@ impl Client {
     /// Whether it is open and not closing: messages flow both ways.
     pub(crate) fn is_open_for_messages(&self) -> bool {
         matches!(&self.phase, Phase::Open(session) if !session.close_sent())
+    }
+
+    /// When its token expires, if a protocol v1 connection should now be asked (once)
+    /// for a fresh one: within `refresh_lead` of the expiry, at `unix_s`.
+    fn refresh_due(&mut self, config: &Config, unix_s: u64) -> Option<u64> {
+        if self.protocol != Protocol::V1 {
+            return None;
+        }
+        let extras = self.extras.as_mut()?;
+        let expires = extras.grant.as_ref()?.expires;
+        let lead = config.refresh_lead.as_secs();
+        if extras.refresh_asked || unix_s.saturating_add(lead) < expires || unix_s >= expires {
+            return None;
+        }
+        extras.refresh_asked = true;
+        Some(expires)
     }
 
     /// Whether a deadline is set, for `what`.
@@ -326,7 +399,10 @@ impl Client {
         self.inbound = inbound;
         self.phase = Phase::Open(upgrade.session);
         self.frames = upgrade.frames;
-        self.grant = upgrade.grant.map(Box::new);
+        if let Some(grant) = upgrade.grant {
+            self.extras_mut().grant = Some(grant);
+        }
+        self.protocol = upgrade.protocol;
         self.deadline = None;
         self.queue.push(Bytes::from(upgrade.response));
     }
@@ -449,19 +525,25 @@ impl Client {
         let close_deadline = now + config.close_timeout;
         let mut tick = Tick::Quiet;
         if self
-            .recoveries
+            .recoveries()
             .iter()
             .any(|r| r.is_overdue(now, RECOVERY_TIMEOUT))
         {
-            let mut notices = Vec::new();
-            for recovery in &mut self.recoveries {
+            let mut abandoned = Vec::new();
+            for recovery in self.recoveries_mut() {
                 if recovery.is_overdue(now, RECOVERY_TIMEOUT) && recovery.abandon() {
-                    let why = "the recovery did not finish in time";
-                    notices.push(gap_notice(&recovery.topic, why));
+                    abandoned.push(recovery.topic.clone());
                 }
             }
-            for notice in notices {
-                self.send_text(notice, close_deadline);
+            for topic in abandoned {
+                let reason = "the recovery did not finish in time";
+                self.notify(
+                    &Notice::Gap {
+                        topic: &topic,
+                        reason,
+                    },
+                    close_deadline,
+                );
             }
             tick = Tick::Changed;
         }
@@ -486,7 +568,11 @@ impl Client {
         if self.deadline.is_some() && !self.is_timing_message() {
             return tick;
         }
-        if self.grant.as_ref().is_some_and(|g| g.is_expired(unix_s)) {
+        if let Some(expires) = self.refresh_due(config, unix_s) {
+            self.notify(&Notice::Refresh { expires }, close_deadline);
+            return Tick::Changed;
+        }
+        if self.grant().is_some_and(|g| g.is_expired(unix_s)) {
             self.close(CloseCode::POLICY, "token expired", close_deadline, false);
             return Tick::Changed;
         }

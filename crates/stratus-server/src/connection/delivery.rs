@@ -1,7 +1,8 @@
 //! Delivery into a connection's send queue: a broadcast's frame (the plain one, the
 //! shared compressed one, or compressed for this connection alone), its offset notice,
-//! the cap on what may wait and the slow-consumer policy past it, notices of what could
-//! not be delivered, and the live messages a recovery holds back.
+//! the cap on what may wait and the slow-consumer policy past it (closing, dropping, or
+//! conflating into the newest per key until the queue drains), and the live messages a
+//! recovery holds back.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,9 @@ use tracing::debug;
 
 use crate::config::SlowConsumer;
 use crate::connection::client::{Client, Phase, queue_transmit};
-use crate::model::broadcast::{Broadcast, FrameChoice};
+use crate::connection::conflation::Conflation;
+use crate::model::broadcast::Broadcast;
+use crate::model::protocol::{Notice, Protocol};
 use crate::model::recovery::Live;
 use crate::stats::{self, WorkerStats};
 
@@ -38,6 +41,8 @@ pub(crate) enum Delivered {
     ClosedSlow,
     /// The connection takes no more broadcasts (it is closing, or not yet upgraded).
     Skipped,
+    /// Held as the newest of its key until the queue drains (the `conflate` policy).
+    Conflated,
 }
 
 impl Client {
@@ -49,10 +54,18 @@ impl Client {
         queued == 0 || queued + bytes + entries * ENTRY_OVERHEAD <= cap
     }
 
-    /// Applies the slow-consumer policy to a frame that does not fit under the cap.
-    fn overflow(&mut self, rules: QueueRules<'_>) -> Delivered {
+    /// Applies the slow-consumer policy to `broadcast`, whose frame does not fit under the
+    /// cap.
+    fn overflow(&mut self, broadcast: &Arc<Broadcast>, rules: QueueRules<'_>) -> Delivered {
         match rules.policy {
             SlowConsumer::Drop => Delivered::Dropped,
+            SlowConsumer::Conflate => {
+                self.extras_mut()
+                    .conflation
+                    .get_or_insert_with(Conflation::default)
+                    .hold(broadcast, rules.cap);
+                Delivered::Conflated
+            }
             SlowConsumer::Close => {
                 debug!("slow consumer");
                 let deadline = rules.close_deadline;
@@ -72,31 +85,82 @@ impl Client {
         self.is_open_for_messages()
     }
 
-    /// Queues a broadcast on `topic` (after its offset notice, if the connection asked
+    /// Queues a broadcast (in raw mode after its offset notice, if the connection asked
     /// for offsets), applying the slow-consumer policy when the queue would pass the cap;
-    /// while the topic is being recovered, holds it instead.
+    /// while its topic is being recovered, holds it instead.
     pub(crate) fn deliver(
         &mut self,
-        topic: &str,
         broadcast: &Arc<Broadcast>,
         rules: QueueRules<'_>,
     ) -> Delivered {
-        if let Some(at) = self.recoveries.iter().position(|r| *r.topic == *topic) {
-            match self.recoveries[at].absorb(broadcast) {
+        if let Some(extras) = &mut self.extras
+            && let Some(at) = extras
+                .recoveries
+                .iter()
+                .position(|r| r.topic == broadcast.topic)
+        {
+            match extras.recoveries[at].absorb(broadcast) {
                 Live::Absorbed => return Delivered::Queued,
                 Live::SendAndEnd => {
-                    self.recoveries.swap_remove(at);
+                    extras.recoveries.swap_remove(at);
                 }
                 Live::Send => {}
             }
         }
-        self.push_broadcast(topic, broadcast, rules)
+        // While some are held, the rest of a conflated topic waits with them: each key
+        // keeps its newest, in order.
+        if rules.policy == SlowConsumer::Conflate && self.is_conflating() {
+            return self.overflow(broadcast, rules);
+        }
+        self.push_broadcast(broadcast, rules)
+    }
+
+    /// Whether broadcasts are held by the `conflate` policy.
+    pub(crate) fn is_conflating(&self) -> bool {
+        self.extras
+            .as_ref()
+            .and_then(|e| e.conflation.as_ref())
+            .is_some_and(|c| !c.is_empty())
+    }
+
+    /// Queues what the `conflate` policy held, oldest key first, while the queue has room:
+    /// each after a notice of what was skipped before it. Returns how many broadcasts
+    /// went out.
+    pub(crate) fn release_conflated(&mut self, rules: QueueRules<'_>) -> u64 {
+        let mut released = 0;
+        loop {
+            let queued = self.queued_bytes();
+            let Some(conflation) = self.extras.as_mut().and_then(|e| e.conflation.as_mut()) else {
+                return released;
+            };
+            let fits = |len: usize| queued == 0 || queued + len + 2 * ENTRY_OVERHEAD <= rules.cap;
+            let Some(((topic, key), held)) = conflation.next_if(fits) else {
+                return released;
+            };
+            if held.skipped > 0 {
+                let notice = Notice::Skip {
+                    topic: &topic,
+                    key: key.as_deref(),
+                    skipped: held.skipped,
+                    from: held.first,
+                    to: held.last,
+                };
+                self.notify(&notice, rules.close_deadline);
+            }
+            if let Some(broadcast) = held.broadcast {
+                let past_cap = QueueRules {
+                    cap: usize::MAX,
+                    ..rules
+                };
+                self.push_broadcast(&broadcast, past_cap);
+                released += 1;
+            }
+        }
     }
 
     /// Queues a broadcast as [`Client::deliver`] does, past any recovery.
     pub(crate) fn push_broadcast(
         &mut self,
-        topic: &str,
         broadcast: &Arc<Broadcast>,
         rules: QueueRules<'_>,
     ) -> Delivered {
@@ -104,32 +168,26 @@ impl Client {
         if !self.accepts_broadcasts() {
             return Delivered::Skipped;
         }
-        let frame: Option<&Bytes> = match self.frames {
-            FrameChoice::Plain => Some(&broadcast.plain),
-            FrameChoice::Shared { threshold } => {
-                Some(broadcast.shared_frame(threshold as usize, stats))
-            }
-            FrameChoice::PerConnection => None,
+        let encoding = broadcast.encoding(self.protocol);
+        let frame = encoding.frame(self.frames, stats);
+        let notice = match self.protocol {
+            Protocol::Raw if self.offsets => broadcast.offset_frame(),
+            _ => None,
         };
-        let offset = if self.offsets {
-            broadcast.offset_frame(topic)
-        } else {
-            None
-        };
-        let len = frame.map_or(broadcast.plain.len(), Bytes::len) + offset.map_or(0, Bytes::len);
-        if !self.has_room(len, 1 + usize::from(offset.is_some()), rules.cap) {
-            return self.overflow(rules);
+        let len = frame.map_or(encoding.plain.len(), Bytes::len) + notice.map_or(0, Bytes::len);
+        if !self.has_room(len, 1 + usize::from(notice.is_some()), rules.cap) {
+            return self.overflow(broadcast, rules);
         }
-        if let Some(offset) = offset {
-            self.queue.push(offset.clone());
+        if let Some(notice) = notice {
+            self.queue.push(notice.clone());
         }
         match frame {
             Some(frame) => self.queue.push(frame.clone()),
             None => {
                 if let Phase::Open(session) = &mut self.phase {
-                    let _ = session.send(&broadcast.message);
+                    let _ = session.send(&encoding.message);
                     let out = queue_transmit(session, &mut self.queue);
-                    stats::add(&stats.deflate_in, broadcast.message.payload_len() as u64);
+                    stats::add(&stats.deflate_in, encoding.message.payload_len() as u64);
                     stats::add(&stats.deflate_out, out as u64);
                 }
             }

@@ -15,6 +15,7 @@
 //! ring, the hub or another connection.
 
 pub(crate) mod client;
+pub(crate) mod conflation;
 pub(crate) mod delivery;
 pub(crate) mod status_page;
 pub(crate) mod tls;

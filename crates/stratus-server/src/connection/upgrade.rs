@@ -9,6 +9,7 @@ use stratus_proto::handshake::{HandshakeError, UpgradeRequest, http_error};
 use crate::config::{App, Config};
 use crate::model::auth::{self, Grant};
 use crate::model::broadcast::FrameChoice;
+use crate::model::protocol::{Protocol, v1};
 use crate::model::topic;
 
 /// An accepted upgrade: the session, the frames it takes, the 101 response, the topics
@@ -19,6 +20,8 @@ pub(crate) struct Upgrade {
     pub(crate) response: Vec<u8>,
     pub(crate) topics: Vec<String>,
     pub(crate) grant: Option<Grant>,
+    /// The protocol it speaks: v1 if it asked for `stratus.v1`, else raw.
+    pub(crate) protocol: Protocol,
 }
 
 /// A refused upgrade: the HTTP status, the response, and why (for the log).
@@ -107,8 +110,12 @@ pub(crate) fn upgrade(
     }
     let mut session = Session::server(config.limits);
     let mut extra_headers = String::new();
-    if let Some(protocol) = auth::chosen_protocol(&request.protocols) {
-        extra_headers = format!("Sec-WebSocket-Protocol: {protocol}\r\n");
+    let mut protocol = Protocol::Raw;
+    if let Some(chosen) = auth::chosen_protocol(&request.protocols) {
+        extra_headers = format!("Sec-WebSocket-Protocol: {chosen}\r\n");
+        if chosen == v1::SUBPROTOCOL {
+            protocol = Protocol::V1;
+        }
     }
     let mut frames = FrameChoice::Plain;
     if let Some(deflate) = &config.deflate
@@ -139,6 +146,7 @@ pub(crate) fn upgrade(
         response: request.accept(&extra_headers),
         topics,
         grant,
+        protocol,
     })
 }
 

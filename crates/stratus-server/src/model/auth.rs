@@ -59,6 +59,8 @@ pub(crate) struct Grant {
     pub(crate) subject: String,
     /// Topic patterns the connection may subscribe to.
     topics: Box<[String]>,
+    /// Topic patterns it may publish to (where a namespace asks for the claim).
+    publish: Box<[String]>,
     /// When the token expires, in seconds since the Unix epoch (the connection is closed
     /// then). Kept as the claim's number: `exp` near `u64::MAX` is far past what a
     /// `SystemTime` holds, and must not overflow anything.
@@ -71,6 +73,8 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     topics: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
 }
 
 impl Auth {
@@ -133,6 +137,7 @@ impl Auth {
         Ok(Grant {
             subject: claims.sub,
             topics: claims.topics.into_boxed_slice(),
+            publish: claims.publish.into_boxed_slice(),
             expires: claims.exp,
         })
     }
@@ -146,8 +151,16 @@ impl Grant {
         Self {
             subject: subject.to_owned(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            publish: Box::default(),
             expires,
         }
+    }
+
+    /// The same grant, which may also publish to `patterns` (for tests).
+    #[cfg(test)]
+    pub(crate) fn publishing(mut self, patterns: &[&str]) -> Self {
+        self.publish = patterns.iter().map(|t| (*t).to_owned()).collect();
+        self
     }
 
     /// Whether the token has expired at `now` (seconds since the Unix epoch).
@@ -155,15 +168,25 @@ impl Grant {
         self.expires <= now
     }
 
-    /// Whether the token lets its connection subscribe to `topic`.
+    /// Whether the token lets its connection subscribe to `topic` (and read its history).
     pub(crate) fn allows(&self, topic: &str) -> bool {
-        self.topics
-            .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => topic.starts_with(prefix),
-                None => pattern == topic,
-            })
+        matches_any(&self.topics, topic)
     }
+
+    /// Whether the token's `publish` claim lets its connection publish to `topic`.
+    pub(crate) fn may_publish(&self, topic: &str) -> bool {
+        matches_any(&self.publish, topic)
+    }
+}
+
+/// Whether `topic` matches one of `patterns`: a name, or a prefix ending in `*`.
+fn matches_any(patterns: &[String], topic: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => topic.starts_with(prefix),
+            None => pattern == topic,
+        })
 }
 
 /// Where a request's token came from.
@@ -196,12 +219,13 @@ pub(crate) fn find_token(
     })
 }
 
-/// The subprotocol to answer with when the token came in one: `stratus` if the client
-/// offered it, else the protocol that carried the token.
+/// The subprotocol to answer with: `stratus.v1` (protocol v1) if the client offered it,
+/// else `stratus` (raw mode), else the `bearer.` protocol that carried the token, if any.
 pub(crate) fn chosen_protocol(protocols: &[String]) -> Option<&str> {
     protocols
         .iter()
-        .find(|p| *p == PROTOCOL)
+        .find(|p| *p == crate::model::protocol::v1::SUBPROTOCOL)
+        .or_else(|| protocols.iter().find(|p| *p == PROTOCOL))
         .or_else(|| {
             protocols
                 .iter()
@@ -251,6 +275,12 @@ mod tests {
     fn the_answered_protocol_is_stratus_if_offered_else_the_bearer_one() {
         let both = vec!["bearer.t".to_owned(), "stratus".to_owned()];
         assert_eq!(chosen_protocol(&both), Some("stratus"));
+        let v1 = vec![
+            "bearer.t".to_owned(),
+            "stratus".to_owned(),
+            "stratus.v1".to_owned(),
+        ];
+        assert_eq!(chosen_protocol(&v1), Some("stratus.v1"));
         let bearer_only = vec!["chat".to_owned(), "bearer.t".to_owned()];
         assert_eq!(chosen_protocol(&bearer_only), Some("bearer.t"));
         assert_eq!(chosen_protocol(&["chat".to_owned()]), None);

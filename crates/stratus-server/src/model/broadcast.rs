@@ -1,17 +1,20 @@
-//! A published message, framed once: the plain frame, and the shared compressed frame
-//! made the first time a subscriber that can take it needs it; and which of them a
-//! connection takes ([`FrameChoice`]). Both are `Bytes`: every
-//! subscriber's queue gets a clone of the same allocation, never a copy.
+//! A publication on its way to subscribers, encoded once per protocol that has
+//! subscribers for it: raw mode's frame (made when it is published) and protocol v1's
+//! envelope (made the first time a v1 subscriber needs it), each with its shared
+//! compressed frame (made the first time a subscriber with shared-mode compression needs
+//! it); and which frame a connection takes ([`FrameChoice`]). Every frame is `Bytes`:
+//! each subscriber's queue gets a clone of the same allocation, never a copy.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use stratus_proto::frame::RSV1;
 use stratus_proto::{Encoder, Message, OpCode};
 
-use crate::model::commands::offset_notice;
 use crate::model::offset::Offset;
+use crate::model::protocol::{Protocol, raw, v1};
+use crate::model::publication::Publication;
 use crate::stats::{self, WorkerStats};
 
 /// Which frame of a broadcast a connection gets.
@@ -27,46 +30,22 @@ pub(crate) enum FrameChoice {
     PerConnection,
 }
 
-/// A published message and its frames.
+/// One protocol's encoding of a broadcast: the message as that protocol sends it, its
+/// plain frame, and its shared compressed frame.
 #[derive(Debug)]
-pub(crate) struct Broadcast {
+pub(crate) struct Encoding {
     pub(crate) message: Message,
     pub(crate) plain: Bytes,
     compressed: OnceLock<Option<Bytes>>,
-    /// When it was published (for the publish-to-send latency).
-    pub(crate) published: Instant,
-    /// Its offset in the topic's history (with a broker keeping one).
-    pub(crate) offset: Option<Offset>,
-    /// The offset notice that precedes it on subscriptions with offsets, framed once.
-    offset_frame: OnceLock<Bytes>,
 }
 
-impl Broadcast {
-    /// Frames `message` (a Text or Binary message), published at `published`, once.
-    pub(crate) fn new(message: Message, offset: Option<Offset>, published: Instant) -> Self {
-        let plain = Encoder::server().message(&message);
+impl Encoding {
+    fn new(message: Message) -> Self {
         Self {
+            plain: Encoder::server().message(&message),
             message,
-            plain,
             compressed: OnceLock::new(),
-            published,
-            offset,
-            offset_frame: OnceLock::new(),
         }
-    }
-
-    /// What it holds while it waits for a worker: the message, its frame and itself.
-    pub(crate) fn cost(&self) -> usize {
-        size_of::<Self>() + self.message.payload_len() + self.plain.len()
-    }
-
-    /// The framed offset notice for this message on `topic`, if it has an offset.
-    pub(crate) fn offset_frame(&self, topic: &str) -> Option<&Bytes> {
-        let offset = self.offset?;
-        Some(self.offset_frame.get_or_init(|| {
-            let notice = Message::text(offset_notice(topic, offset));
-            Encoder::server().message(&notice)
-        }))
     }
 
     fn payload(&self) -> &[u8] {
@@ -98,5 +77,112 @@ impl Broadcast {
             frame
         });
         compressed.as_ref().unwrap_or(&self.plain)
+    }
+
+    /// The frame a connection taking `choice` gets (`None`: it compresses the message
+    /// itself).
+    pub(crate) fn frame(&self, choice: FrameChoice, stats: &WorkerStats) -> Option<&Bytes> {
+        match choice {
+            FrameChoice::Plain => Some(&self.plain),
+            FrameChoice::Shared { threshold } => Some(self.shared_frame(threshold as usize, stats)),
+            FrameChoice::PerConnection => None,
+        }
+    }
+}
+
+/// A publication on `topic`, and its encodings.
+#[derive(Debug)]
+pub(crate) struct Broadcast {
+    pub(crate) topic: Arc<str>,
+    pub(crate) publication: Publication,
+    /// When it was published (for the publish-to-send latency).
+    pub(crate) published: Instant,
+    /// Its offset in the topic's history (where one is kept).
+    pub(crate) offset: Option<Offset>,
+    raw: Encoding,
+    v1: OnceLock<Encoding>,
+    /// Raw mode's offset notice, which precedes the message on subscriptions with
+    /// offsets, framed once.
+    offset_frame: OnceLock<Bytes>,
+}
+
+impl Broadcast {
+    /// `publication` on `topic`, at `offset` in its history, published at `published`;
+    /// framed for raw mode at once.
+    pub(crate) fn new(
+        topic: Arc<str>,
+        publication: Publication,
+        offset: Option<Offset>,
+        published: Instant,
+    ) -> Self {
+        Self {
+            raw: Encoding::new(publication.message()),
+            topic,
+            publication,
+            published,
+            offset,
+            v1: OnceLock::new(),
+            offset_frame: OnceLock::new(),
+        }
+    }
+
+    /// What it holds while it waits for a worker: the payload, its raw frame and itself
+    /// (a v1 encoding, made later by a worker, about doubles it).
+    pub(crate) fn cost(&self) -> usize {
+        size_of::<Self>() + self.publication.payload.len() + self.raw.plain.len()
+    }
+
+    /// Its encoding for `protocol` (v1's made on first use).
+    pub(crate) fn encoding(&self, protocol: Protocol) -> &Encoding {
+        match protocol {
+            Protocol::Raw => &self.raw,
+            Protocol::V1 => self.v1.get_or_init(|| {
+                Encoding::new(v1::publication(&self.topic, &self.publication, self.offset))
+            }),
+        }
+    }
+
+    /// Bytes of its raw frame (what byte budgets count it as).
+    pub(crate) fn len(&self) -> usize {
+        self.raw.plain.len()
+    }
+
+    /// Raw mode's framed offset notice for it, if it has an offset.
+    pub(crate) fn offset_frame(&self) -> Option<&Bytes> {
+        let offset = self.offset?;
+        Some(self.offset_frame.get_or_init(|| {
+            let notice = Message::text(raw::offset_notice(&self.topic, offset));
+            Encoder::server().message(&notice)
+        }))
+    }
+
+    /// A text publication on `topic` (for tests).
+    #[cfg(test)]
+    pub(crate) fn text(topic: &str, text: &str, offset: Option<Offset>) -> Arc<Self> {
+        Arc::new(Self::new(
+            Arc::from(topic),
+            Publication::text(text),
+            offset,
+            Instant::now(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_protocol_is_encoded_once_and_shared() {
+        let broadcast = Broadcast::text("t", "hello", None);
+        let first = broadcast.encoding(Protocol::V1).plain.clone();
+        let again = broadcast.encoding(Protocol::V1).plain.clone();
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same allocation");
+        assert_ne!(first, broadcast.encoding(Protocol::Raw).plain);
+        assert_eq!(
+            broadcast.encoding(Protocol::Raw).message,
+            Message::text("hello"),
+            "raw mode sends the message as published"
+        );
     }
 }

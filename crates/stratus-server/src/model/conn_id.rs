@@ -9,6 +9,9 @@
 pub(crate) struct ConnId(u64);
 
 impl ConnId {
+    /// A placeholder where no connection is meant (a read answered to its caller).
+    pub(crate) const NONE: Self = Self(0);
+
     /// The id of slot `slot` in its `generation`.
     pub(crate) fn new(slot: usize, generation: u64) -> Self {
         Self((generation & 0xFF_FFFF) << 32 | slot as u64)

@@ -1,17 +1,19 @@
 //! Plain values, with no thread, no I/O and no clock of their own (time is passed in):
 //! topic names and a worker's topic table, how a worker names a connection, offsets, a
-//! broadcast and the frames a connection may take of it, a recovery of missed messages,
-//! the JSON commands and replies, token verification, and the per-connection message
-//! budget.
+//! publication and the frames each protocol sends of it, a recovery of missed messages,
+//! the two protocols' commands, replies and notices, token verification, and the
+//! per-connection message budget.
 //!
 //! Everything above builds on these. Nothing here imports from above: only `stats`, to
 //! count the compressions a broadcast makes.
 
 pub(crate) mod auth;
 pub(crate) mod broadcast;
-pub(crate) mod commands;
 pub(crate) mod conn_id;
+pub(crate) mod history;
 pub(crate) mod offset;
+pub(crate) mod protocol;
+pub(crate) mod publication;
 pub(crate) mod rate;
 pub(crate) mod recovery;
 pub mod topic;

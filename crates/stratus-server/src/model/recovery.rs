@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::model::broadcast::Broadcast;
 use crate::model::offset::Offset;
+use crate::model::protocol::v1::CommandId;
 
 /// Most live messages held for one recovery while its history is read (their bytes are
 /// bounded by the send-queue cap); beyond, they are dropped and the connection gets a gap
@@ -72,6 +73,9 @@ pub(crate) struct Recovery {
     max_held_bytes: usize,
     /// More than [`MAX_HELD`] (or `max_held_bytes`) arrived: some were dropped.
     pub(crate) overflowed: bool,
+    /// A protocol v1 subscribe waiting for the first page: its reply says where the
+    /// subscription starts.
+    pub(crate) reply: Option<CommandId>,
 }
 
 impl Recovery {
@@ -93,6 +97,7 @@ impl Recovery {
             held_bytes: 0,
             max_held_bytes,
             overflowed: false,
+            reply: None,
         }
     }
 
@@ -139,7 +144,7 @@ impl Recovery {
     /// Takes a live message on the topic.
     pub(crate) fn absorb(&mut self, broadcast: &Arc<Broadcast>) -> Live {
         let Phase::Live { sent_to } = self.phase else {
-            let bytes = broadcast.plain.len();
+            let bytes = broadcast.len();
             if self.held.len() < MAX_HELD && self.held_bytes + bytes <= self.max_held_bytes {
                 self.held.push(broadcast.clone());
                 self.held_bytes += bytes;
@@ -167,11 +172,7 @@ mod tests {
     use super::*;
 
     fn live(offset: Option<Offset>) -> Arc<Broadcast> {
-        Arc::new(Broadcast::new(
-            stratus_proto::Message::text("x"),
-            offset,
-            Instant::now(),
-        ))
+        Broadcast::text("t", "x", offset)
     }
 
     #[test]
@@ -224,7 +225,7 @@ mod tests {
         assert_eq!(recovery.held.len(), MAX_HELD);
         assert!(recovery.overflowed);
         let mut small = Recovery::new(Arc::from("t"), (0, Offset::ZERO), 100, Instant::now());
-        let frame = live(None).plain.len();
+        let frame = live(None).len();
         for _ in 0..100 / frame + 1 {
             small.absorb(&live(None));
         }

@@ -1,29 +1,37 @@
 //! What the workers share: a channel into each worker, which workers have subscribers
-//! for which topic, the counters, and the publish path.
+//! for which topic (and how many subscribers the topic has on the node), the counters,
+//! the node's history (without a broker), and the publish path.
 //!
 //! A publish is framed once on the publisher's thread and sent, as one `Arc`, to each
 //! worker with subscribers for the topic; each worker fans it out to its own
 //! connections. The only lock is taken once per publish (to read the topic's workers),
-//! never per recipient. With a broker (Redis), a publish goes there first and comes back
-//! to every node's fan-out, this one's included.
+//! never per recipient; a topic with a history also takes the history's lock, under which
+//! the publish gets its offset and goes to the workers, so they see the topic in order.
+//! With a broker (Redis), a publish goes there first and comes back to every node's
+//! fan-out, this one's included.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
 
-use stratus_proto::Message;
 use stratus_uring::Wake;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::{Config, TopicOptions};
 use crate::messages::{
-    BrokerRequest, HistoryDest, HistoryPage, Node, Overloaded, PublishError, WorkerMsg,
+    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, Overloaded, PublishDest,
+    PublishError, Published, Retention, WorkerMsg,
 };
 use crate::model::broadcast::Broadcast;
 use crate::model::offset::Offset;
+use crate::model::publication::Publication;
 use crate::model::topic;
 use crate::node::admission::{Admission, OverCap};
 use crate::node::broker_link::BrokerLink;
+use crate::node::delivery::Delivery;
+use crate::node::history::MemoryHistory;
 use crate::stats::{self, Stats, WorkerStats};
 
 /// A worker's inbox, its wake-up, and what the publishes waiting in it hold.
@@ -49,12 +57,19 @@ impl WorkerLink {
 struct TopicState {
     /// Bitmask of the workers with at least one subscriber.
     workers: u64,
+    /// Subscribers over all workers.
+    subscribers: usize,
     /// Which arrival of the topic on the node this is (see `Hub::arrivals`).
     arrival: u64,
     /// Whether publishes anywhere reach the node's subscribers: at once with the local
     /// broker, once Redis confirms the subscription with one.
     confirmed: bool,
 }
+
+/// A subscription refused because its topic has as many subscribers as its namespace
+/// allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TopicFull;
 
 /// The state every worker and the publish API share.
 pub(crate) struct Hub {
@@ -71,79 +86,27 @@ pub(crate) struct Hub {
     pub(crate) stats: Stats,
     /// The Redis broker, when nodes share topics through one.
     pub(crate) broker: Option<BrokerLink>,
+    /// The node's own history, without a broker (when any topic keeps one).
+    pub(crate) history: Option<MemoryHistory>,
     draining: AtomicBool,
-    /// Bytes of publishes that may wait in one worker's inbox before publishing answers
-    /// "overloaded".
-    max_backlog: usize,
+    config: Arc<Config>,
 }
 
 /// How often a paced publish checks for room.
 const PACE_STEP: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// The outcome of a publish, once it has been handed on.
-#[derive(Debug)]
-pub struct Delivery(Pending);
-
-#[derive(Debug)]
-enum Pending {
-    /// The local broker: one answer per worker with subscribers.
-    Local(Vec<oneshot::Receiver<usize>>),
-    /// Redis: the count of nodes it passed the message to.
-    Broker(oneshot::Receiver<Result<usize, PublishError>>),
+/// Milliseconds since the Unix epoch (offsets of the node's history).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// How far a publish went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Reach {
-    /// With the local broker: the subscribers it was queued to.
-    Subscribers(usize),
-    /// With Redis: the nodes that had subscribers for the topic (each fans it out to its
-    /// own).
-    Nodes(usize),
-}
-
-impl Delivery {
-    /// How many of this node's workers the publish went to (with a broker: 0, the
-    /// workers get it from the broker).
-    pub fn workers(&self) -> usize {
-        match &self.0 {
-            Pending::Local(acks) => acks.len(),
-            Pending::Broker(_) => 0,
-        }
-    }
-
-    /// Waits until the publish has been fanned out by every worker (local broker) or
-    /// confirmed by Redis, and says how far it went.
-    pub async fn reach(self) -> Result<Reach, PublishError> {
-        match self.0 {
-            Pending::Local(acks) => {
-                let mut total = 0;
-                for rx in acks {
-                    total += rx.await.unwrap_or(0);
-                }
-                Ok(Reach::Subscribers(total))
-            }
-            Pending::Broker(rx) => rx
-                .await
-                .unwrap_or(Err(PublishError::BrokerUnavailable))
-                .map(Reach::Nodes),
-        }
-    }
-
-    /// As [`Delivery::reach`], blocking the calling thread (not for async code).
-    pub fn wait(self) -> Result<Reach, PublishError> {
-        match self.0 {
-            Pending::Local(acks) => Ok(Reach::Subscribers(
-                acks.into_iter()
-                    .map(|rx| rx.blocking_recv().unwrap_or(0))
-                    .sum(),
-            )),
-            Pending::Broker(rx) => rx
-                .blocking_recv()
-                .unwrap_or(Err(PublishError::BrokerUnavailable))
-                .map(Reach::Nodes),
-        }
+/// How much of a topic's history `options` keep.
+pub(crate) fn retention(options: &TopicOptions) -> Retention {
+    Retention {
+        count: options.history,
+        ttl: options.history_ttl,
     }
 }
 
@@ -151,10 +114,13 @@ impl Hub {
     pub(crate) fn new(
         links: Vec<WorkerLink>,
         broker: Option<BrokerLink>,
-        max_backlog: usize,
+        config: Arc<Config>,
     ) -> Self {
+        let history = (broker.is_none() && config.keeps_history())
+            .then(|| MemoryHistory::new(config.history_memory));
         Self {
             broker,
+            history,
             workers: links.iter().map(|_| WorkerStats::default()).collect(),
             links,
             admission: Admission::default(),
@@ -162,7 +128,7 @@ impl Hub {
             arrivals: AtomicU64::new(0),
             stats: Stats::default(),
             draining: AtomicBool::new(false),
-            max_backlog,
+            config,
         }
     }
 
@@ -170,39 +136,61 @@ impl Hub {
         self.interest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records that `worker` has (or no longer has) subscribers for `topic`, and tells
-    /// the broker when the node's first subscriber comes or its last one leaves (under
-    /// the lock, so the broker sees the changes in order). For a subscribe, returns
-    /// whether the topic is confirmed (see [`Hub::is_confirmed`]); an unsubscribe returns
-    /// `false`.
-    pub(crate) fn set_interest(&self, topic: &Arc<str>, worker: usize, subscribed: bool) -> bool {
+    /// A subscriber of `topic` on `worker` (its first there if `first_on_worker`): counted
+    /// against `max_subscribers` (0: no limit), and the broker told when it is the node's
+    /// first (under the lock, so the broker sees the changes in order). Returns whether
+    /// the topic is confirmed (see [`Hub::is_confirmed`]).
+    pub(crate) fn subscribe(
+        &self,
+        topic: &Arc<str>,
+        worker: usize,
+        first_on_worker: bool,
+        max_subscribers: usize,
+    ) -> Result<bool, TopicFull> {
         let mut interest = self.interest();
-        let bit = 1u64 << worker;
-        if subscribed {
-            let state = interest.entry(topic.clone()).or_insert_with(|| {
-                let arrival = self.arrivals.fetch_add(1, Ordering::Relaxed);
-                if let Some(broker) = &self.broker {
-                    broker.request(BrokerRequest::Add(topic.clone(), arrival));
-                }
-                TopicState {
-                    workers: 0,
-                    arrival,
-                    confirmed: self.broker.is_none(),
-                }
-            });
-            state.workers |= bit;
-            return state.confirmed;
+        if max_subscribers > 0
+            && interest
+                .get(topic)
+                .is_some_and(|s| s.subscribers >= max_subscribers)
+        {
+            return Err(TopicFull);
         }
-        if let Some(state) = interest.get_mut(topic) {
-            state.workers &= !bit;
-            if state.workers == 0 {
-                interest.remove(topic);
-                if let Some(broker) = &self.broker {
-                    broker.request(BrokerRequest::Remove(topic.clone()));
-                }
+        let state = interest.entry(topic.clone()).or_insert_with(|| {
+            let arrival = self.arrivals.fetch_add(1, Ordering::Relaxed);
+            if let Some(broker) = &self.broker {
+                broker.request(BrokerRequest::Add(topic.clone(), arrival));
+            }
+            TopicState {
+                workers: 0,
+                subscribers: 0,
+                arrival,
+                confirmed: self.broker.is_none(),
+            }
+        });
+        if first_on_worker {
+            state.workers |= 1 << worker;
+        }
+        state.subscribers += 1;
+        Ok(state.confirmed)
+    }
+
+    /// A subscriber of `topic` on `worker` has gone (its last there if `last_on_worker`);
+    /// the broker is told when it was the node's last.
+    pub(crate) fn unsubscribe(&self, topic: &Arc<str>, worker: usize, last_on_worker: bool) {
+        let mut interest = self.interest();
+        let Some(state) = interest.get_mut(topic) else {
+            return;
+        };
+        state.subscribers = state.subscribers.saturating_sub(1);
+        if last_on_worker {
+            state.workers &= !(1 << worker);
+        }
+        if state.workers == 0 {
+            interest.remove(topic);
+            if let Some(broker) = &self.broker {
+                broker.request(BrokerRequest::Remove(topic.clone()));
             }
         }
-        false
     }
 
     /// Whether a publish anywhere now reaches this node's subscribers of `topic`: always
@@ -244,9 +232,8 @@ impl Hub {
 
     /// Whether worker `w`'s inbox holds the publish backlog limit or more.
     fn is_behind(&self, w: usize) -> bool {
-        self.links[w].backlog.load(Ordering::Relaxed) >= self.max_backlog
+        self.links[w].backlog.load(Ordering::Relaxed) >= self.config.max_publish_backlog
     }
-
     /// Bytes of publishes waiting in the workers' inboxes.
     pub(crate) fn backlog(&self) -> usize {
         self.links
@@ -299,11 +286,29 @@ impl Hub {
         }
     }
 
-    /// Publishes `message` to `topic`: through the broker when there is one, else
-    /// straight to this node's workers. While the node is overloaded (its publish backlog
-    /// full) it is refused at once with [`PublishError::Overloaded`].
-    pub(crate) fn publish(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
-        let delivery = self.offer(topic, message);
+    /// Publishes `publication` on `topic`: through the broker when there is one, else
+    /// straight to this node's workers (after the node's history, where the topic keeps
+    /// one). While the node is overloaded (its publish backlog full) it is refused at
+    /// once with [`PublishError::Overloaded`].
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        publication: Publication,
+    ) -> Result<Delivery, PublishError> {
+        let delivery = self.offer(topic, publication, None);
+        self.count(&delivery, false);
+        delivery
+    }
+
+    /// A connection's publish, as [`Hub::publish`]; with a broker the answer goes to the
+    /// connection's worker (`to`) when Redis has answered, else the [`Delivery`] has it.
+    pub(crate) fn publish_for(
+        &self,
+        to: PublishDest,
+        topic: &str,
+        publication: Publication,
+    ) -> Result<Delivery, PublishError> {
+        let delivery = self.offer(topic, publication, Some(to));
         self.count(&delivery, false);
         delivery
     }
@@ -314,13 +319,13 @@ impl Hub {
     pub(crate) async fn publish_paced(
         &self,
         topic: &str,
-        message: Message,
+        publication: Publication,
         patience: std::time::Duration,
     ) -> Result<Delivery, PublishError> {
         let until = tokio::time::Instant::now() + patience;
         let mut paced = false;
         loop {
-            match self.offer(topic, message.clone()) {
+            match self.offer(topic, publication.clone(), None) {
                 Err(PublishError::Overloaded) if tokio::time::Instant::now() < until => {
                     paced = true;
                     tokio::time::sleep(PACE_STEP).await;
@@ -345,15 +350,19 @@ impl Hub {
         }
     }
 
-    /// Hands a publish on, or says why not.
-    fn offer(&self, topic: &str, message: Message) -> Result<Delivery, PublishError> {
+    /// Hands a publish on, or says why not; with a broker, its answer goes to `client`'s
+    /// worker if given.
+    fn offer(
+        &self,
+        topic: &str,
+        publication: Publication,
+        client: Option<PublishDest>,
+    ) -> Result<Delivery, PublishError> {
         topic::validate(topic)?;
-        if !message.is_data() {
-            return Err(PublishError::NotData);
-        }
         if self.is_draining() {
             return Err(PublishError::Draining);
         }
+        let options = self.config.options(topic);
         match &self.broker {
             // Every publish from Redis reaches this node's workers through one stream:
             // while any of them is behind, or another node has said it is, the node takes
@@ -363,39 +372,76 @@ impl Hub {
                 Err(PublishError::Overloaded)
             }
             Some(broker) => broker
-                .publish(topic, &message, self.max_backlog)
-                .map(|rx| Delivery(Pending::Broker(rx))),
-            None => self.dispatch(topic, message, None),
+                .publish(
+                    topic,
+                    publication,
+                    retention(&options),
+                    client,
+                    self.config.max_publish_backlog,
+                )
+                .map(|rx| rx.map_or_else(Delivery::forwarded, Delivery::broker)),
+            None => match &self.history {
+                Some(history) if options.history > 0 => {
+                    let workers = self.ready_workers(topic)?;
+                    let retention = retention(&options);
+                    let kept = publication.clone();
+                    history.append(topic, &kept, retention, unix_ms(), |offset| {
+                        Ok(self.send(workers, topic, publication, Some(offset)))
+                    })
+                }
+                _ => self.dispatch(topic, publication, None),
+            },
         }
     }
 
-    /// Dispatches a publish to this node's workers: frames `message` (at `offset` in the
-    /// topic's history, if kept) once and sends it to every worker with subscribers for
-    /// `topic`.
-    pub(crate) fn dispatch(
-        &self,
-        topic: &str,
-        message: Message,
-        offset: Option<Offset>,
-    ) -> Result<Delivery, PublishError> {
+    /// The workers with subscribers for `topic`, as a mask, unless one of them is behind.
+    fn ready_workers(&self, topic: &str) -> Result<u64, PublishError> {
         if self.is_draining() {
             return Err(PublishError::Draining);
         }
         let mask = self.interest().get(topic).map_or(0, |s| s.workers);
-        let workers = (0..self.links.len()).filter(|w| mask & (1 << w) != 0);
-        if workers.clone().any(|w| self.is_behind(w)) {
+        if (0..self.links.len()).any(|w| mask & (1 << w) != 0 && self.is_behind(w)) {
             return Err(PublishError::Overloaded);
         }
-        let topic: Arc<str> = Arc::from(topic);
-        let broadcast = Arc::new(Broadcast::new(message, offset, std::time::Instant::now()));
+        Ok(mask)
+    }
+
+    /// Dispatches a publish to this node's workers: frames `publication` (at `offset` in
+    /// the topic's history, if kept) once and sends it to every worker with subscribers
+    /// for `topic`.
+    pub(crate) fn dispatch(
+        &self,
+        topic: &str,
+        publication: Publication,
+        offset: Option<Offset>,
+    ) -> Result<Delivery, PublishError> {
+        let workers = self.ready_workers(topic)?;
+        Ok(self.send(workers, topic, publication, offset))
+    }
+
+    /// Frames `publication` once and sends it to the `workers` (a mask).
+    fn send(
+        &self,
+        workers: u64,
+        topic: &str,
+        publication: Publication,
+        offset: Option<Offset>,
+    ) -> Delivery {
+        let broadcast = Arc::new(Broadcast::new(
+            Arc::from(topic),
+            publication,
+            offset,
+            Instant::now(),
+        ));
         let cost = broadcast.cost();
         let mut acks = Vec::new();
-        for w in workers {
+        for (w, link) in self.links.iter().enumerate() {
+            if workers & (1 << w) == 0 {
+                continue;
+            }
             let (ack, rx) = oneshot::channel();
-            let link = &self.links[w];
             link.backlog.fetch_add(cost, Ordering::Relaxed);
             let msg = WorkerMsg::Publish {
-                topic: topic.clone(),
                 broadcast: broadcast.clone(),
                 ack,
             };
@@ -405,7 +451,59 @@ impl Hub {
                 link.backlog.fetch_sub(cost, Ordering::Relaxed);
             }
         }
-        Ok(Delivery(Pending::Local(acks)))
+        Delivery::local(acks, offset)
+    }
+
+    /// Reads a page of `topic`'s history for `read`; the page goes to the reader's worker
+    /// (at once from the node's history, from Redis when it answers).
+    pub(crate) fn read_history(&self, topic: Arc<str>, read: HistoryRead) {
+        let options = self.config.options(&topic);
+        if let Some(broker) = &self.broker {
+            broker.request(BrokerRequest::History { topic, read });
+            return;
+        }
+        let page = match &self.history {
+            Some(history) if options.history > 0 => {
+                history.read(&topic, &read, retention(&options), unix_ms())
+            }
+            _ => HistoryPage::unavailable("no history is kept for this topic"),
+        };
+        self.history_page(read.to, topic, page);
+    }
+
+    /// A page of `topic`'s history for a caller (the admin API): `read`'s start, limit and
+    /// budget; `None` if the topic keeps no history.
+    pub(crate) async fn history(&self, topic: &str, read: HistoryRead) -> Option<HistoryPage> {
+        let options = self.config.options(topic);
+        if options.history == 0 {
+            return None;
+        }
+        if let Some(broker) = &self.broker {
+            let (reply, rx) = oneshot::channel();
+            let topic = Arc::from(topic);
+            broker.request(BrokerRequest::ReadHistory { topic, read, reply });
+            let gone = || HistoryPage::unavailable("the broker is unreachable");
+            return Some(rx.await.unwrap_or_else(|_| gone()));
+        }
+        let history = self.history.as_ref()?;
+        Some(history.read(topic, &read, retention(&options), unix_ms()))
+    }
+
+    /// Sends `msg` to the workers with subscribers for `topic`.
+    fn tell_subscribers(&self, topic: &str, msg: impl Fn() -> WorkerMsg) {
+        let mask = self.interest().get(topic).map_or(0, |s| s.workers);
+        for (w, link) in self.links.iter().enumerate() {
+            if mask & (1 << w) != 0 {
+                link.send(msg());
+            }
+        }
+    }
+
+    /// Sends `msg` to worker `w`.
+    fn tell(&self, w: usize, msg: WorkerMsg) {
+        if let Some(link) = self.links.get(w) {
+            link.send(msg);
+        }
     }
 }
 
@@ -421,26 +519,42 @@ impl Node for Hub {
     fn dispatch(
         &self,
         topic: &str,
-        message: Message,
+        publication: Publication,
         offset: Option<Offset>,
     ) -> Result<(), Overloaded> {
-        match Hub::dispatch(self, topic, message, offset) {
+        match Hub::dispatch(self, topic, publication, offset) {
             Err(PublishError::Overloaded) => Err(Overloaded),
             _ => Ok(()),
         }
     }
 
+    fn gap(&self, topic: &str, reason: &'static str) {
+        let name: Arc<str> = Arc::from(topic);
+        self.tell_subscribers(topic, || WorkerMsg::Gap {
+            topic: name.clone(),
+            reason,
+        });
+    }
+
     fn history_page(&self, to: HistoryDest, topic: Arc<str>, page: HistoryPage) {
-        if let Some(link) = self.links.get(to.worker) {
-            link.send(WorkerMsg::History { to, topic, page });
-        }
+        self.tell(to.worker, WorkerMsg::History { to, topic, page });
+    }
+
+    fn published(&self, to: PublishDest, topic: Arc<str>, result: Result<Published, PublishError>) {
+        self.tell(to.worker, WorkerMsg::Published { to, topic, result });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::Reach;
     use crate::testing;
+    use stratus_proto::Message;
+
+    fn text(text: &str) -> Publication {
+        Publication::text(text)
+    }
 
     fn names(requests: &[BrokerRequest]) -> Vec<String> {
         requests
@@ -449,6 +563,7 @@ mod tests {
                 BrokerRequest::Add(t, arrival) => format!("add {t} {arrival}"),
                 BrokerRequest::Remove(t) => format!("remove {t}"),
                 BrokerRequest::History { topic, .. } => format!("history {topic}"),
+                BrokerRequest::ReadHistory { topic, .. } => format!("read {topic}"),
                 BrokerRequest::Stop => "stop".into(),
             })
             .collect()
@@ -456,14 +571,14 @@ mod tests {
 
     #[test]
     fn the_broker_hears_of_a_topics_first_and_last_subscriber_on_the_node_in_order() {
-        let (hub, mut inboxes, broker) = testing::hub(2, Some(0), 1 << 20);
+        let (hub, mut inboxes, broker) = testing::hub(2, true, Config::default());
         let mut broker = broker.expect("a broker");
         let t: Arc<str> = Arc::from("t");
         assert!(
-            !hub.set_interest(&t, 0, true),
+            hub.subscribe(&t, 0, true, 0) == Ok(false),
             "not confirmed before Redis says so"
         );
-        assert!(!hub.set_interest(&t, 1, true));
+        assert!(hub.subscribe(&t, 1, true, 0) == Ok(false));
         assert_eq!(names(&broker.requests()), ["add t 0"], "once per node");
         assert!(!hub.is_confirmed("t"));
         hub.confirm(&t, 0);
@@ -472,20 +587,20 @@ mod tests {
             assert!(matches!(inbox.try_recv(), Ok(WorkerMsg::Confirmed(c)) if c == t));
         }
         assert!(
-            hub.set_interest(&t, 0, true),
+            hub.subscribe(&t, 0, true, 0) == Ok(true),
             "a worker's later subscriber: confirmed"
         );
-        hub.set_interest(&t, 0, false);
+        hub.unsubscribe(&t, 0, true);
         assert!(
             broker.requests().is_empty(),
             "worker 1 still has subscribers"
         );
-        hub.set_interest(&t, 1, false);
+        hub.unsubscribe(&t, 1, true);
         assert_eq!(names(&broker.requests()), ["remove t"]);
         assert_eq!(hub.topic_count(), 0);
         // The topic comes back: a confirmation for its earlier arrival is not taken for
         // this one.
-        hub.set_interest(&t, 1, true);
+        let _ = hub.subscribe(&t, 1, true, 0);
         assert_eq!(names(&broker.requests()), ["add t 1"]);
         hub.confirm(&t, 0);
         assert!(!hub.is_confirmed("t"), "a stale confirmation");
@@ -499,14 +614,14 @@ mod tests {
 
     #[test]
     fn a_publish_is_framed_once_for_the_workers_with_subscribers() {
-        let (hub, mut inboxes, _) = testing::hub(3, None, 1 << 20);
+        let (hub, mut inboxes, _) = testing::hub(3, false, Config::default());
         let t: Arc<str> = Arc::from("t");
         assert!(
-            hub.set_interest(&t, 0, true),
+            hub.subscribe(&t, 0, true, 0) == Ok(true),
             "confirmed at once without a broker"
         );
-        hub.set_interest(&t, 2, true);
-        let delivery = hub.publish("t", Message::text("hi")).expect("published");
+        let _ = hub.subscribe(&t, 2, true, 0);
+        let delivery = hub.publish("t", text("hi")).expect("published");
         assert_eq!(delivery.workers(), 2);
         let mut frames = Vec::new();
         for w in [0, 2] {
@@ -527,18 +642,14 @@ mod tests {
         assert_eq!(hub.backlog(), 0);
         assert_eq!(hub.stats.published.load(Ordering::Relaxed), 1);
         assert_eq!(
-            hub.publish("bad topic", Message::text("x")).err(),
+            hub.publish("bad topic", text("x")).err(),
             Some(PublishError::InvalidTopic(topic::TopicError::BadCharacter))
-        );
-        assert_eq!(
-            hub.publish("t", Message::Ping(bytes::Bytes::new())).err(),
-            Some(PublishError::NotData)
         );
     }
 
     #[test]
     fn a_drain_tells_every_worker_and_refuses_publishes() {
-        let (hub, mut inboxes, _) = testing::hub(2, None, 1 << 20);
+        let (hub, mut inboxes, _) = testing::hub(2, false, Config::default());
         assert!(hub.is_ready());
         hub.drain();
         assert!(!hub.is_ready());
@@ -546,18 +657,16 @@ mod tests {
             assert!(matches!(inbox.try_recv(), Ok(WorkerMsg::Drain)));
         }
         assert_eq!(
-            hub.publish("t", Message::text("x")).err(),
+            hub.publish("t", text("x")).err(),
             Some(PublishError::Draining)
         );
     }
 
     #[test]
     fn with_a_broker_a_publish_goes_to_redis_and_what_redis_sends_to_the_workers() {
-        let (hub, mut inboxes, broker) = testing::hub(1, Some(0), 1 << 20);
+        let (hub, mut inboxes, broker) = testing::hub(1, true, Config::default());
         let mut broker = broker.expect("a broker");
-        let delivery = hub
-            .publish("t", Message::text("x"))
-            .expect("handed to the broker");
+        let delivery = hub.publish("t", text("x")).expect("handed to the broker");
         assert_eq!(delivery.workers(), 0, "the workers get it back from Redis");
         let outgoing = broker.publishes.try_recv().expect("on its way to Redis");
         assert_eq!(outgoing.topic, "t");
@@ -565,24 +674,21 @@ mod tests {
             inboxes[0].try_recv().is_err(),
             "not straight to the workers"
         );
-        outgoing.answer(Ok(3));
+        outgoing.answer(Ok(Published::by_broker(3, None)), &hub);
         assert_eq!(delivery.wait(), Ok(Reach::Nodes(3)));
         // What Redis hands back is fanned out here, or refused while the worker is behind.
         let t: Arc<str> = Arc::from("t");
-        hub.set_interest(&t, 0, true);
+        let _ = hub.subscribe(&t, 0, true, 0);
         let node: &dyn Node = &hub;
-        assert_eq!(node.dispatch("t", Message::text("y"), None), Ok(()));
+        assert_eq!(node.dispatch("t", text("y"), None), Ok(()));
         assert!(matches!(
             inboxes[0].try_recv(),
             Ok(WorkerMsg::Publish { .. })
         ));
         hub.links[0].backlog.store(1 << 20, Ordering::Relaxed);
+        assert_eq!(node.dispatch("t", text("z"), None), Err(Overloaded));
         assert_eq!(
-            node.dispatch("t", Message::text("z"), None),
-            Err(Overloaded)
-        );
-        assert_eq!(
-            hub.publish("t", Message::text("w")).err(),
+            hub.publish("t", text("w")).err(),
             Some(PublishError::Overloaded),
             "publishes wait while a worker is behind"
         );
@@ -591,17 +697,99 @@ mod tests {
         hub.links[0].backlog.store(0, Ordering::Relaxed);
         assert!(!hub.is_ready());
         assert_eq!(
-            hub.publish("t", Message::text("v")).err(),
+            hub.publish("t", text("v")).err(),
             Some(PublishError::BrokerUnavailable)
         );
     }
 
     #[test]
+    fn a_topic_takes_no_more_subscribers_than_its_cap_on_the_node() {
+        let (hub, _inboxes, _) = testing::hub(2, false, Config::default());
+        let t: Arc<str> = Arc::from("t");
+        assert_eq!(hub.subscribe(&t, 0, true, 2), Ok(true));
+        assert_eq!(hub.subscribe(&t, 1, true, 2), Ok(true));
+        assert_eq!(
+            hub.subscribe(&t, 1, false, 2),
+            Err(TopicFull),
+            "over both workers"
+        );
+        hub.unsubscribe(&t, 0, true);
+        assert_eq!(hub.subscribe(&t, 1, false, 2), Ok(true), "room again");
+    }
+
+    #[test]
+    fn without_a_broker_the_node_keeps_the_history_and_publishes_in_offset_order() {
+        let config = Config {
+            history: 3,
+            ..Config::default()
+        };
+        let (hub, mut inboxes, _) = testing::hub(1, false, config);
+        let t: Arc<str> = Arc::from("t");
+        let _ = hub.subscribe(&t, 0, true, 0);
+        let offsets: Vec<Offset> = (0..5)
+            .map(|i| {
+                let delivery = hub.publish("t", text(&i.to_string())).expect("published");
+                delivery
+                    .offset()
+                    .expect("an offset from the node's history")
+            })
+            .collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        for offset in &offsets {
+            let Ok(WorkerMsg::Publish { broadcast, .. }) = inboxes[0].try_recv() else {
+                panic!("published");
+            };
+            assert_eq!(
+                broadcast.offset,
+                Some(*offset),
+                "the workers see the offset order"
+            );
+        }
+        // A resume reads it: the page goes to the reader's worker.
+        let to = HistoryDest {
+            worker: 0,
+            conn: crate::model::conn_id::ConnId::new(1, 1),
+            request: 7,
+        };
+        let read = HistoryRead {
+            from: crate::model::offset::Since::After(offsets[2]),
+            to,
+            budget: 1 << 20,
+            fetched: 0,
+            average: 0,
+            page: crate::model::history::PAGE,
+            limit: 10,
+        };
+        hub.read_history(t.clone(), read);
+        let Ok(WorkerMsg::History { page, .. }) = inboxes[0].try_recv() else {
+            panic!("a page");
+        };
+        let got: Vec<Offset> = page.entries.iter().map(|(o, _)| *o).collect();
+        assert_eq!((got, page.gap), (offsets[3..].to_vec(), None));
+        // A topic without a history publishes without offsets.
+        let plain = Config::default();
+        let (hub, _, _) = testing::hub(1, false, plain);
+        assert_eq!(
+            hub.publish("t", text("x")).expect("published").offset(),
+            None
+        );
+    }
+
+    #[test]
     fn the_publish_backlog_counts_bytes_and_refuses_past_its_limit() {
-        let (hub, mut inboxes, _) = testing::hub(1, None, 8 << 20);
+        let (hub, mut inboxes, _) = testing::hub(
+            1,
+            false,
+            Config {
+                max_publish_backlog: 8 << 20,
+                ..Config::default()
+            },
+        );
         let topic: Arc<str> = Arc::from("t");
-        hub.set_interest(&topic, 0, true);
-        let big = Message::Binary(bytes::Bytes::from(vec![0u8; 1 << 20]));
+        assert_eq!(hub.subscribe(&topic, 0, true, 0), Ok(true));
+        let big =
+            Publication::from_message(Message::Binary(bytes::Bytes::from(vec![0u8; 1 << 20])))
+                .expect("binary");
         let mut accepted = 0;
         while hub.publish("t", big.clone()).is_ok() {
             accepted += 1;
@@ -622,7 +810,7 @@ mod tests {
         hub.taken(0, broadcast.cost());
         assert!(hub.publish("t", big).is_ok());
         // A topic whose workers are not behind is not held back by one that is.
-        let small = hub.publish("elsewhere", Message::text("x"));
+        let small = hub.publish("elsewhere", text("x"));
         assert!(small.is_ok(), "no subscribers, nothing waits: {small:?}");
     }
 }

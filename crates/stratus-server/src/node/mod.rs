@@ -1,8 +1,11 @@
 //! What the workers of one node share: the hub (which workers have subscribers for which
-//! topic, the publish path, readiness and drain), the connection caps per address, and the
-//! node's side of the broker. It owns the cross-worker state and its locks; it must not
-//! touch a connection (those belong to their worker) or a ring.
+//! topic, the publish path, readiness and drain), the node's history (without a broker),
+//! the connection caps per address, and the node's side of the broker. It owns the
+//! cross-worker state and its locks; it must not touch a connection (those belong to
+//! their worker) or a ring.
 
 pub(crate) mod admission;
 pub(crate) mod broker_link;
+pub(crate) mod delivery;
+pub(crate) mod history;
 pub(crate) mod hub;

@@ -262,21 +262,15 @@ impl Worker {
         while let Ok(msg) = self.inbox.try_recv() {
             let ctx = self.clock.context(&self.hub, &self.config);
             match msg {
-                WorkerMsg::Publish {
-                    topic,
-                    broadcast,
-                    ack,
-                } => {
+                WorkerMsg::Publish { broadcast, ack } => {
                     self.hub.taken(self.index, broadcast.cost());
-                    let fanout = self
-                        .pubsub
-                        .fan_out(&ctx, &mut self.conns, &topic, &broadcast);
+                    let fanout = self.pubsub.fan_out(&ctx, &mut self.conns, &broadcast);
                     if fanout.queued > 0 {
                         self.unsent_publishes.push(broadcast.published);
                     }
                     let _ = ack.send(fanout.queued as usize);
                     taken += 1;
-                    bytes += broadcast.plain.len();
+                    bytes += broadcast.len();
                     if taken >= MAX_PUBLISHES_PER_TURN || bytes >= budget {
                         self.inbox_waiting = true;
                         return;
@@ -288,6 +282,13 @@ impl Worker {
                 WorkerMsg::History { to, topic, page } => {
                     self.pubsub
                         .on_history_page(&ctx, &mut self.conns, to, &topic, page);
+                }
+                WorkerMsg::Gap { topic, reason } => {
+                    self.pubsub.on_gap(&ctx, &mut self.conns, &topic, reason);
+                }
+                WorkerMsg::Published { to, topic, result } => {
+                    self.pubsub
+                        .on_published(&ctx, &mut self.conns, to, &topic, result);
                 }
                 WorkerMsg::Drain => self.start_drain(),
             }

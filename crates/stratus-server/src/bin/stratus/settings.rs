@@ -3,6 +3,7 @@
 //! `max-send-queue`) and an environment variable (`STRATUS_MAX_SEND_QUEUE`). Flags win
 //! over the environment, the environment over the file, the file over the defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stratus_deflate::{DeflateConfig, Mode};
-use stratus_server::{Auth, AuthAlgorithm, Config, SlowConsumer, TlsFiles};
+use stratus_server::{
+    Auth, AuthAlgorithm, ClientPublish, Config, Namespace, NamespaceOptions, SlowConsumer, TlsFiles,
+};
 
 /// Server options (all optional: unset means "from the file, else the default").
 #[derive(Args, Deserialize, Serialize, Default, Debug, Clone)]
@@ -171,10 +174,116 @@ pub(crate) struct Settings {
     /// publish on any node reaches the subscribers on every node [none: this node alone].
     #[arg(long, env = "STRATUS_BROKER")]
     broker: Option<String>,
-    /// With a broker: messages kept per topic in Redis, so a subscriber can resume from
-    /// the last offset it saw [0: none].
+    /// Messages kept per topic (in Redis with a broker, in the node's memory without), so
+    /// a subscriber can resume from the last offset it saw [0: none].
     #[arg(long, env = "STRATUS_HISTORY")]
     history: Option<usize>,
+    /// Seconds a message is kept in the history [none: until the count or the memory cap
+    /// push it out].
+    #[arg(long, env = "STRATUS_HISTORY_TTL")]
+    history_ttl: Option<f64>,
+    /// Without a broker: most bytes the node's history holds over all topics; past it the
+    /// oldest entries of any topic go first [67108864].
+    #[arg(long, env = "STRATUS_HISTORY_MEMORY")]
+    history_memory: Option<usize>,
+    /// Who may publish from a protocol v1 connection: off, subscribers (of the topic), or
+    /// claim (tokens whose `publish` claim allows the topic) [off].
+    #[arg(long, value_enum, env = "STRATUS_CLIENT_PUBLISH")]
+    client_publish: Option<ClientPublishArg>,
+    /// Publishes one connection may make a second, in bursts as large; past it, an error
+    /// reply `rate_limited` [10; 0: no limit].
+    #[arg(long, env = "STRATUS_CLIENT_PUBLISH_RATE")]
+    client_publish_rate: Option<u32>,
+    /// Seconds before its token expires that a protocol v1 connection is asked to refresh
+    /// it [60].
+    #[arg(long, env = "STRATUS_REFRESH_LEAD")]
+    refresh_lead: Option<f64>,
+    /// Options per topic prefix (config file only): `[namespace."chat:"]` with any of
+    /// history, history-ttl, recovery, publish, max-subscribers, max-message,
+    /// slow-consumer.
+    #[arg(skip)]
+    namespace: Option<BTreeMap<String, NamespaceSettings>>,
+}
+
+/// A namespace's options in the config file; unset: the server-wide setting.
+#[derive(Deserialize, Serialize, Default, Debug, Clone, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct NamespaceSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history_ttl: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish: Option<ClientPublishArg>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_subscribers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_message: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_consumer: Option<SlowConsumerArg>,
+}
+
+impl NamespaceSettings {
+    fn options(&self, prefix: &str) -> anyhow::Result<NamespaceOptions> {
+        let ttl = self
+            .history_ttl
+            .map(|s| {
+                Duration::try_from_secs_f64(s)
+                    .with_context(|| format!("namespace {prefix:?}: history-ttl = {s}"))
+            })
+            .transpose()?;
+        Ok(NamespaceOptions {
+            history: self.history,
+            history_ttl: ttl,
+            recovery: self.recovery,
+            publish: self.publish.map(ClientPublish::from),
+            max_subscribers: self.max_subscribers,
+            max_message: self.max_message,
+            slow_consumer: self.slow_consumer.map(SlowConsumer::from),
+        })
+    }
+
+    fn of(options: &NamespaceOptions) -> Self {
+        Self {
+            history: options.history,
+            history_ttl: options.history_ttl.map(|d| d.as_secs_f64()),
+            recovery: options.recovery,
+            publish: options.publish.map(ClientPublishArg::from),
+            max_subscribers: options.max_subscribers,
+            max_message: options.max_message,
+            slow_consumer: options.slow_consumer.map(SlowConsumerArg::from),
+        }
+    }
+}
+
+#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ClientPublishArg {
+    Off,
+    Subscribers,
+    Claim,
+}
+
+impl From<ClientPublishArg> for ClientPublish {
+    fn from(arg: ClientPublishArg) -> Self {
+        match arg {
+            ClientPublishArg::Off => Self::Off,
+            ClientPublishArg::Subscribers => Self::Subscribers,
+            ClientPublishArg::Claim => Self::Claim,
+        }
+    }
+}
+
+impl From<ClientPublish> for ClientPublishArg {
+    fn from(mode: ClientPublish) -> Self {
+        match mode {
+            ClientPublish::Off => Self::Off,
+            ClientPublish::Subscribers => Self::Subscribers,
+            ClientPublish::Claim => Self::Claim,
+        }
+    }
 }
 
 #[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,11 +293,32 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy)]
+#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum SlowConsumerArg {
     Close,
     Drop,
+    Conflate,
+}
+
+impl From<SlowConsumerArg> for SlowConsumer {
+    fn from(arg: SlowConsumerArg) -> Self {
+        match arg {
+            SlowConsumerArg::Close => Self::Close,
+            SlowConsumerArg::Drop => Self::Drop,
+            SlowConsumerArg::Conflate => Self::Conflate,
+        }
+    }
+}
+
+impl From<SlowConsumer> for SlowConsumerArg {
+    fn from(policy: SlowConsumer) -> Self {
+        match policy {
+            SlowConsumer::Close => Self::Close,
+            SlowConsumer::Drop => Self::Drop,
+            SlowConsumer::Conflate => Self::Conflate,
+        }
+    }
 }
 
 #[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy)]
@@ -279,7 +409,13 @@ impl Settings {
             admin_tls_cert,
             admin_tls_key,
             broker,
-            history
+            history,
+            history_ttl,
+            history_memory,
+            client_publish,
+            client_publish_rate,
+            refresh_lead,
+            namespace
         ))
     }
 
@@ -324,10 +460,7 @@ impl Settings {
             max_publish_backlog: Some(config.max_publish_backlog),
             admin_max_connections: Some(config.admin_max_connections),
             admin_request_timeout: Some(config.admin_request_timeout.as_secs_f64()),
-            slow_consumer: Some(match config.slow_consumer {
-                SlowConsumer::Close => SlowConsumerArg::Close,
-                SlowConsumer::Drop => SlowConsumerArg::Drop,
-            }),
+            slow_consumer: Some(config.slow_consumer.into()),
             handshake_timeout: Some(config.handshake_timeout.as_secs_f64()),
             message_timeout: Some(config.message_timeout.as_secs_f64()),
             close_timeout: Some(config.close_timeout.as_secs_f64()),
@@ -350,6 +483,18 @@ impl Settings {
             admin_tls_key: config.admin_tls.as_ref().map(|t| t.key.clone()),
             broker: config.broker.as_deref().map(without_password),
             history: Some(config.history),
+            history_ttl: config.history_ttl.map(|d| d.as_secs_f64()),
+            history_memory: Some(config.history_memory),
+            client_publish: Some(config.client_publish.into()),
+            client_publish_rate: Some(config.client_publish_rate),
+            refresh_lead: Some(config.refresh_lead.as_secs_f64()),
+            namespace: Some(
+                config
+                    .namespaces
+                    .iter()
+                    .map(|ns| (ns.prefix.clone(), NamespaceSettings::of(&ns.options)))
+                    .collect(),
+            ),
         }
     }
 
@@ -428,11 +573,7 @@ impl Settings {
                 "admin-request-timeout",
                 base.admin_request_timeout,
             )?,
-            slow_consumer: match self.slow_consumer {
-                None => base.slow_consumer,
-                Some(SlowConsumerArg::Close) => SlowConsumer::Close,
-                Some(SlowConsumerArg::Drop) => SlowConsumer::Drop,
-            },
+            slow_consumer: self.slow_consumer.map_or(base.slow_consumer, Into::into),
             handshake_timeout: seconds(
                 self.handshake_timeout,
                 "handshake-timeout",
@@ -461,6 +602,26 @@ impl Settings {
                 .or(base.admin_tls),
             broker: self.broker.or(base.broker),
             history: self.history.unwrap_or(base.history),
+            history_ttl: match self.history_ttl {
+                Some(s) => Some(seconds(Some(s), "history-ttl", Duration::ZERO)?),
+                None => base.history_ttl,
+            },
+            history_memory: self.history_memory.unwrap_or(base.history_memory),
+            client_publish: self.client_publish.map_or(base.client_publish, Into::into),
+            client_publish_rate: self.client_publish_rate.unwrap_or(base.client_publish_rate),
+            refresh_lead: seconds(self.refresh_lead, "refresh-lead", base.refresh_lead)?,
+            namespaces: match self.namespace {
+                Some(namespaces) => namespaces
+                    .iter()
+                    .map(|(prefix, ns)| {
+                        Ok(Namespace {
+                            prefix: prefix.clone(),
+                            options: ns.options(prefix)?,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                None => base.namespaces,
+            },
             ..base
         })
     }
@@ -581,7 +742,10 @@ mod tests {
         assert!(config.validate().unwrap_err().contains("redis://"));
         let alone = Cli::parse_from(["stratus", "--history", "100"]);
         let config = alone.settings.apply(Config::default()).unwrap();
-        assert!(config.validate().unwrap_err().contains("needs a broker"));
+        assert!(
+            config.validate().is_ok(),
+            "a history without a broker is kept in memory"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use stratus_testkit::Redis;
 use super::*;
 use crate::messages::Overloaded;
 use crate::model::conn_id::ConnId;
+use crate::model::offset::Since;
 
 /// A node that records what the broker hands it, and refuses the first `behind`
 /// deliveries (its workers are behind).
@@ -56,7 +57,7 @@ impl Node for FakeNode {
     fn dispatch(
         &self,
         topic: &str,
-        message: Message,
+        publication: Publication,
         offset: Option<Offset>,
     ) -> Result<(), Overloaded> {
         if self
@@ -66,16 +67,33 @@ impl Node for FakeNode {
         {
             return Err(Overloaded);
         }
-        let text = match &message {
-            Message::Text(t) => String::from_utf8_lossy(t).into_owned(),
-            _ => "?".into(),
-        };
+        let text = String::from_utf8_lossy(&publication.payload).into_owned();
         let at = if offset.is_some() { " @" } else { "" };
         self.seen
             .lock()
             .expect("lock")
             .push(format!("deliver {topic} {text}{at}"));
         Ok(())
+    }
+
+    fn gap(&self, topic: &str, reason: &'static str) {
+        self.seen
+            .lock()
+            .expect("lock")
+            .push(format!("gap {topic} {reason}"));
+    }
+
+    fn published(
+        &self,
+        to: crate::messages::PublishDest,
+        topic: Arc<str>,
+        result: Result<crate::messages::Published, PublishError>,
+    ) {
+        let offset = result.ok().and_then(|p| p.offset).is_some();
+        self.seen
+            .lock()
+            .expect("lock")
+            .push(format!("published {topic} {} {offset}", to.conn));
     }
 
     fn history_page(&self, to: HistoryDest, topic: Arc<str>, page: HistoryPage) {
@@ -92,6 +110,8 @@ impl Node for FakeNode {
 /// channels.
 struct Running {
     node: Arc<FakeNode>,
+    /// Messages kept per topic (0: none).
+    history: usize,
     publishes: mpsc::UnboundedSender<Outgoing>,
     requests: mpsc::UnboundedSender<BrokerRequest>,
     stats: Arc<BrokerStats>,
@@ -106,7 +126,7 @@ impl Running {
         let stats = Arc::new(BrokerStats::default());
         let task = BrokerTask::new(
             client,
-            history,
+            history > 0,
             (publish_tx.clone(), publish_rx),
             request_rx,
             stats.clone(),
@@ -120,6 +140,7 @@ impl Running {
         let thread = std::thread::spawn(move || task.run(runtime, served));
         let running = Self {
             node,
+            history,
             publishes: publish_tx,
             requests,
             stats,
@@ -133,15 +154,37 @@ impl Running {
         running
     }
 
-    /// Publishes `text` on `topic`; the number of nodes Redis passed it to.
-    fn publish(&self, topic: &str, text: &str) -> Result<usize, PublishError> {
-        let (outgoing, reply) = Outgoing::new(
+    /// Publishes `text` on `topic`: the number of nodes Redis passed it to, and its
+    /// offset where the topic keeps a history.
+    fn publish_with_offset(
+        &self,
+        topic: &str,
+        text: &str,
+    ) -> Result<(usize, Option<String>), PublishError> {
+        let (tx, reply) = oneshot::channel();
+        let retention = Retention {
+            count: self.history,
+            ttl: None,
+        };
+        let outgoing = Outgoing::new(
             topic.into(),
-            Message::text(text.to_owned()),
+            Publication::text(text),
+            retention,
+            ReplyTo::Caller(tx),
             self.stats.clone(),
         );
         self.publishes.send(outgoing).expect("the task is running");
-        reply.blocking_recv().expect("answered")
+        let published = reply.blocking_recv().expect("answered")?;
+        let crate::messages::Reach::Nodes(nodes) = published.reach else {
+            panic!("Redis answers with nodes");
+        };
+        Ok((nodes, published.offset))
+    }
+
+    /// Publishes `text` on `topic`; the number of nodes Redis passed it to.
+    fn publish(&self, topic: &str, text: &str) -> Result<usize, PublishError> {
+        self.publish_with_offset(topic, text)
+            .map(|(nodes, _)| nodes)
     }
 }
 
@@ -186,11 +229,13 @@ fn the_task_mirrors_interest_publishes_and_reads_history_for_its_node() {
             request,
         };
         let read = HistoryRead {
-            after,
+            from: Since::After(after),
             to,
             budget: 1 << 20,
             fetched: 0,
             average: 0,
+            page: crate::model::history::PAGE,
+            limit: 100,
         };
         let topic = topic.clone();
         task.requests
@@ -201,13 +246,13 @@ fn the_task_mirrors_interest_publishes_and_reads_history_for_its_node() {
     task.node.wait_for("page t 8 2");
     let page = task.node.pages.lock().expect("lock").remove(0);
     assert!(page.gap.is_some() && !page.more);
-    let texts: Vec<&Message> = page.entries.iter().map(|(_, m)| m).collect();
-    assert_eq!(texts, [&Message::text("hello"), &Message::text("again")]);
+    let texts: Vec<&[u8]> = page.entries.iter().map(|(_, p)| &p.payload[..]).collect();
+    assert_eq!(texts, [&b"hello"[..], &b"again"[..]]);
     read(page.entries[0].0, 9);
     task.node.wait_for("page t 9 1");
     let page = task.node.pages.lock().expect("lock").remove(0);
     assert_eq!((page.gap, page.more), (None, false));
-    assert_eq!(page.entries[0].1, Message::text("again"));
+    assert_eq!(&page.entries[0].1.payload[..], b"again");
     // The node's last subscriber left: Redis no longer sends it the topic.
     task.requests
         .send(BrokerRequest::Remove(topic))
@@ -258,11 +303,13 @@ fn history_reads_while_redis_is_unreachable_are_answered_with_a_gap() {
         request: 4,
     };
     let read = HistoryRead {
-        after: Offset::ZERO,
+        from: Since::After(Offset::ZERO),
         to,
         budget: 1 << 20,
         fetched: 0,
         average: 0,
+        page: crate::model::history::PAGE,
+        limit: 100,
     };
     task.requests
         .send(BrokerRequest::History {

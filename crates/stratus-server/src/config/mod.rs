@@ -1,4 +1,7 @@
-//! Server settings and their defaults.
+//! Server settings and their defaults, and the namespaces that set options per topic
+//! prefix (`namespace`).
+
+mod namespace;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +12,8 @@ use stratus_proto::handshake::HandshakeLimits;
 
 use crate::model::auth::Auth;
 use crate::tls::TlsFiles;
+pub(crate) use namespace::TopicOptions;
+pub use namespace::{ClientPublish, Namespace, NamespaceOptions};
 
 /// What a subscribe or unsubscribe counts for in a connection's message budget (it may
 /// cost a broker round trip and a history read).
@@ -31,6 +36,9 @@ pub enum SlowConsumer {
     Close,
     /// Skip the message for that subscriber and count it.
     Drop,
+    /// Keep only the newest message per topic (or per key, when the publish names one)
+    /// until the queue drains; the subscriber is told what it skipped, and never closed.
+    Conflate,
 }
 
 /// Everything a server needs to run.
@@ -136,9 +144,24 @@ pub struct Config {
     /// every publish goes through Redis and reaches the subscribers on every server.
     /// `None`: this server alone (the embedded local broker).
     pub broker: Option<String>,
-    /// With a broker: messages kept per topic in Redis (about; trimmed in blocks), so a
-    /// subscriber can resume from the last offset it saw. 0 keeps none.
+    /// Messages kept per topic (in Redis with a broker, in the node's memory without), so
+    /// a subscriber can resume from the last offset it saw. 0 keeps none.
     pub history: usize,
+    /// Longest a message is kept in the history (`None`: until the count or the memory
+    /// cap push it out).
+    pub history_ttl: Option<Duration>,
+    /// Without a broker: most bytes the node's history holds over all topics (the oldest
+    /// entries of any topic go first past it).
+    pub history_memory: usize,
+    /// Who may publish from a connection (protocol v1), where no namespace says.
+    pub client_publish: ClientPublish,
+    /// Publishes one connection may make a second, in bursts as large (0: no limit).
+    pub client_publish_rate: u32,
+    /// How long before a token expires a protocol v1 connection is asked for a fresh
+    /// one (`refresh`).
+    pub refresh_lead: Duration,
+    /// Options per topic prefix, over the settings above.
+    pub namespaces: Vec<Namespace>,
 }
 
 impl Default for Config {
@@ -183,6 +206,12 @@ impl Default for Config {
             admin_tls: None,
             broker: None,
             history: 0,
+            history_ttl: None,
+            history_memory: 64 << 20,
+            client_publish: ClientPublish::Off,
+            client_publish_rate: 10,
+            refresh_lead: Duration::from_secs(60),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -242,9 +271,10 @@ impl Config {
             .transpose()
             .map_err(|e| format!("admin tls: {e}"))?;
         self.broker_client()?;
-        if self.history > 0 && self.broker.is_none() {
-            return Err("history needs a broker (it is kept in Redis)".into());
+        if self.history_ttl == Some(Duration::ZERO) {
+            return Err("history-ttl must be more than 0".into());
         }
+        self.validate_namespaces()?;
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! The in-band subscription protocol: JSON text commands from clients, JSON replies.
+//! Raw mode: messages arrive exactly as they were published, and the in-band subscription
+//! commands are JSON text, answered in JSON.
 //!
 //! `{"op":"subscribe","topic":"x"}` and `{"op":"unsubscribe","topic":"x"}`; the reply
 //! repeats `op` and `topic` with `"ok":true`, or `"ok":false` and an `error` saying what
@@ -11,7 +12,7 @@
 //! A gap notice, `{"op":"gap","topic":"x","reason":...}`, tells a subscriber that messages
 //! on the topic may be missing, and why: the node lost its broker and has just
 //! reconnected (what was published elsewhere meanwhile did not reach it), or a recovery
-//! (see `history`) could not give everything: the history was trimmed past the client's
+//! (see `recovery`) could not give everything: the history was trimmed past the client's
 //! offset, is gone or unreadable, or more arrived meanwhile than could be held.
 
 use serde::Deserialize;
