@@ -3,7 +3,7 @@
 # peers (servers on CPU 0, generator on CPU 1), idle-connection memory, and the charts.
 # Builds nothing: run `cargo build --release -p stratus-server -p stratus-loadtest` first.
 #
-#   loadtest/performance.sh [OUTDIR]        (about 6 minutes)
+#   loadtest/performance.sh [OUTDIR]        (about 8 minutes)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -18,6 +18,10 @@ echo "== fanout, 10,000 subscribers x 64 B, one publisher flat out"
 loadtest/compare-fanout.sh 10000 64 5 2 0 1 "$out/fanout-flat" | grep -v '^results'
 echo "== fanout, 10,000 subscribers x 64 B, 15 publishes/s"
 loadtest/compare-fanout.sh 10000 64 5 2 15 1 "$out/fanout-rate15" | grep -v '^results'
+for rate in 0 15; do
+  echo "== fanout, raw mode vs protocol v1, 10,000 subscribers x 64 B, rate $rate (0: flat out)"
+  loadtest/compare-protocols.sh 10000 64 5 3 "$rate" "$out/protocols-rate$rate" | grep -v '^results'
+done
 for n in 10000 19000; do
   echo "== idle connections: $n"
   taskset -c 0 "$bin/stratus" serve --listen 127.0.0.1:19301 --admin-listen 127.0.0.1:19391 \

@@ -8,17 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-export DEBIAN_FRONTEND=noninteractive
-sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
-apt_updated=
-apt_install() {
-  if [ -z "$apt_updated" ]; then
-    "${sudo[@]}" apt-get update -qq
-    apt_updated=1
-  fi
-  "${sudo[@]}" apt-get install -y -qq "$@"
-}
+source scripts/apt.sh
 
 if [ ! -x /usr/bin/chromium ]; then
   echo "installing Debian's chromium"
@@ -44,8 +34,10 @@ if [ -z "${STRATUS_BIN:-}" ]; then
   # from their own sources at any time: run a copy taken right after this build.
   target_dir=$(cargo metadata --format-version 1 --no-deps |
     node -e 'let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => console.log(JSON.parse(s).target_directory))')
-  cargo build -p stratus-server --bin stratus
-  cp "$target_dir/debug/stratus" "$work/stratus"
+  # Others build in the same target directory: the lock keeps builds apart, and is held
+  # until the copy is taken.
+  flock /tmp/cargo.lock bash -c 'cargo build -p stratus-server --bin stratus && cp "$1" "$2"' \
+    _ "$target_dir/debug/stratus" "$work/stratus"
   STRATUS_BIN="$work/stratus"
 fi
 # The test bounds itself at 60 s; this is the backstop should node itself hang.

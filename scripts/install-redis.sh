@@ -3,12 +3,9 @@
 # (crates/stratus-server/tests/cluster.rs) and loadtest/compare-cluster.sh start their own
 # redis-server on free loopback ports. Non-interactive; needs root (or sudo) for apt.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 if ! command -v redis-server >/dev/null; then
   echo "installing Debian's redis-server"
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends redis-server
+  apt_install --no-install-recommends redis-server
 fi
 redis-server --version

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check Stratus has, installing what the checks need on a fresh machine:
 # formatting, lints, unit and integration tests (with a real redis-server for the
-# multi-node ones), a bounded run of every fuzz target, the
-# status page in headless Chromium, the sans-IO dependency check, AddressSanitizer over
-# the unsafe code, and the Autobahn testsuite in server and client mode with its gate.
+# multi-node ones), a bounded run of every fuzz target, the status page in headless
+# Chromium, protocol v1 from Python's websockets client, the sans-IO dependency check,
+# AddressSanitizer over the unsafe code, and the Autobahn testsuite in server and client
+# mode with its gate.
 # Non-interactive; exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,6 +34,9 @@ bash scripts/fuzz.sh 60
 
 step "browser end-to-end: the status page in headless Chromium (installs chromium, playwright-core)"
 bash scripts/e2e.sh
+
+step "protocol v1 from Python (websockets): interop/python/test_v1.py"
+bash scripts/interop.sh
 
 step "stratus-proto is sans-IO: no runtime, no libc, no OS randomness in its dependencies"
 if cargo tree -p stratus-proto -e normal --prefix none | grep -E '^(tokio|tokio-uring|mio|libc|getrandom|socket2) '; then

@@ -53,6 +53,10 @@ pub(crate) struct FanoutArgs {
     /// Subscribers offer permessage-deflate.
     #[arg(long)]
     deflate: bool,
+    /// The protocol the subscribers speak: raw (messages as published) or v1 (each in an
+    /// envelope naming its topic, `Sec-WebSocket-Protocol: stratus.v1`).
+    #[arg(long, value_enum, default_value = "raw")]
+    protocol: Protocol,
     #[command(flatten)]
     pub(crate) common: crate::Common,
 }
@@ -72,10 +76,21 @@ fn stamped(size: usize) -> String {
     m
 }
 
+/// The publish time a message carries: the message itself (raw mode), or the data of its
+/// envelope (protocol v1).
 fn stamp_of(text: &[u8]) -> Option<u128> {
-    let rest = text.strip_prefix(b"{\"ts\":")?;
+    const STAMP: &[u8] = b"{\"ts\":";
+    let at = text.windows(STAMP.len()).position(|w| w == STAMP)?;
+    let rest = &text[at + STAMP.len()..];
     let end = rest.iter().position(|&b| b == b',')?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// The protocol fanout subscribers speak.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Raw,
+    V1,
 }
 
 /// Posts messages over one keep-alive connection to the admin API.
@@ -151,8 +166,13 @@ fn wait_for_nodes(publisher: &mut Publisher, nodes: usize) -> anyhow::Result<()>
 
 pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(args.duration)?;
+    let protocols = match args.protocol {
+        Protocol::Raw => Vec::new(),
+        Protocol::V1 => vec!["stratus.v1".to_owned()],
+    };
     let config = ClientConfig {
         deflate: args.deflate,
+        protocols,
         ..ClientConfig::default()
     };
     let mut handoffs = Vec::with_capacity(args.subscribers);
@@ -246,7 +266,8 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     report::finish(
         "fanout",
         json!({"url": args.url, "admin": args.admin, "subscribers": args.subscribers, "size": args.size,
-               "rate": args.rate, "publishers": args.publishers, "duration_s": secs, "deflate": args.deflate}),
+               "rate": args.rate, "publishers": args.publishers, "duration_s": secs, "deflate": args.deflate,
+               "protocol": format!("{:?}", args.protocol).to_lowercase()}),
         json!({"published": published,
                "refused": refused,
                "subscribers_closed": closed,

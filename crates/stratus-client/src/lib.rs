@@ -80,6 +80,9 @@ pub struct ClientConfig {
     pub deflate_threshold: usize,
     /// TLS settings for `wss://` URLs; `None` trusts the Mozilla roots (webpki-roots).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Subprotocols to offer (`Sec-WebSocket-Protocol`), in order of preference; the
+    /// server must answer with one of them, or with none.
+    pub protocols: Vec<String>,
 }
 
 impl Default for ClientConfig {
@@ -91,6 +94,7 @@ impl Default for ClientConfig {
             deflate: true,
             deflate_threshold: 64,
             tls: None,
+            protocols: Vec::new(),
         }
     }
 }
@@ -239,11 +243,12 @@ impl Opening {
     /// The handshake state and the request to send.
     fn start(target: &Target, config: ClientConfig) -> Result<(Self, Vec<u8>), Error> {
         let offer = config.deflate.then(stratus_deflate::client_offer);
+        let protocols: Vec<&str> = config.protocols.iter().map(String::as_str).collect();
         let (handshake, request) = ClientHandshake::new(
             &target.host,
             &target.resource,
             offer.as_deref(),
-            &[],
+            &protocols,
             random()?,
         );
         let opening = Self {

@@ -226,3 +226,56 @@ fn environment_overrides_the_file_and_flags_override_both() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("log-level"));
 }
+
+#[test]
+fn config_check_validates_and_prints_namespaces() {
+    let good = config_check(
+        "namespaces",
+        "history = 10\n\n[namespace.\"chat:\"]\nhistory = 100\nhistory-ttl = 3600\n\
+         publish = \"subscribers\"\nmax-subscribers = 500\nslow-consumer = \"conflate\"\n",
+    );
+    assert!(good.status.success(), "{good:?}");
+    let printed = String::from_utf8(good.stdout).unwrap();
+    for line in [
+        "[namespace.\"chat:\"]",
+        "history = 100",
+        "history-ttl = 3600.0",
+        "publish = \"subscribers\"",
+        "max-subscribers = 500",
+        "slow-consumer = \"conflate\"",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line} in:\n{printed}");
+    }
+    for (name, toml, reason) in [
+        (
+            "ns-prefix",
+            "[namespace.\"bad prefix\"]\nhistory = 1\n",
+            "namespace \"bad prefix\"",
+        ),
+        (
+            "ns-field",
+            "[namespace.\"a:\"]\nhistroy = 1\n",
+            "unknown field `histroy`",
+        ),
+        (
+            "ns-policy",
+            "[namespace.\"a:\"]\nslow-consumer = \"nap\"\n",
+            "unknown variant `nap`",
+        ),
+        (
+            "ns-ttl",
+            "[namespace.\"a:\"]\nhistory-ttl = 0\n",
+            "history-ttl must be more than 0",
+        ),
+        (
+            "ns-size",
+            "[namespace.\"a:\"]\nmax-message = 0\n",
+            "max-message must be more than 0",
+        ),
+    ] {
+        let bad = config_check(name, toml);
+        assert!(!bad.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(stderr.contains(reason), "{name}: {stderr}");
+    }
+}

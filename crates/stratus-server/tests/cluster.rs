@@ -952,3 +952,121 @@ fn a_resume_larger_than_the_send_queue_comes_a_page_at_a_time_at_the_readers_pac
     assert_eq!(recv_with_offset(&mut back, "big").1, "live");
     assert_eq!(node.metric("stratus_slow_consumer_closes_total"), 0);
 }
+
+/// A protocol v1 client of `ws`: the next JSON message, and commands sent.
+fn v1_client(ws: SocketAddr) -> Peer {
+    let mut peer = Peer::connect(ws);
+    let request = common::upgrade_request_with("/ws", "Sec-WebSocket-Protocol: stratus.v1\r\n");
+    peer.send(request.as_bytes());
+    assert!(peer.read_head().starts_with("HTTP/1.1 101 "));
+    peer
+}
+
+fn v1_send(peer: &mut Peer, command: serde_json::Value) {
+    peer.send(&common::frame(true, 0, 0x1, command.to_string().as_bytes()));
+}
+
+fn v1_recv(peer: &mut Peer) -> serde_json::Value {
+    let Some(Message::Text(text)) = peer.recv() else {
+        panic!("expected JSON text");
+    };
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// Publishes `text` on `node`; its offset.
+fn offset_of(node: &Node, topic: &str, text: &str) -> String {
+    let (status, body) = node.publish(topic, text);
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["offset"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_v1_subscriber_that_misses_a_thousand_messages_gets_each_once_in_order_on_three_nodes() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = (0..3)
+        .map(|_| Node::start_with(&redis, &["--history", "2000"]))
+        .collect();
+    let mut first = v1_client(nodes[0].ws);
+    v1_send(
+        &mut first,
+        serde_json::json!({"id": 1, "op": "subscribe", "topic": "feed"}),
+    );
+    let reply = v1_recv(&mut first);
+    assert_eq!(
+        (&reply["type"], &reply["id"]),
+        (&serde_json::json!("reply"), &serde_json::json!(1))
+    );
+    let mut last = String::new();
+    for i in 0..10 {
+        offset_of(&nodes[1], "feed", &format!("m{i}"));
+        let push = v1_recv(&mut first);
+        assert_eq!(
+            (&push["topic"], &push["data"]),
+            (
+                &serde_json::json!("feed"),
+                &serde_json::json!(format!("m{i}"))
+            )
+        );
+        last = push["offset"].as_str().unwrap().to_owned();
+    }
+    drop(first);
+    nodes[0].wait_topics(0);
+    // A thousand published from the other two nodes while it is away.
+    for i in 10..1010 {
+        offset_of(&nodes[1 + i % 2], "feed", &format!("m{i}"));
+    }
+    let mut back = v1_client(nodes[2].ws);
+    v1_send(
+        &mut back,
+        serde_json::json!({"id": 2, "op": "subscribe", "topic": "feed", "since": last}),
+    );
+    let reply = v1_recv(&mut back);
+    assert_eq!(
+        (&reply["recovering"], &reply["offset"]),
+        (&serde_json::json!(true), &serde_json::json!(last))
+    );
+    let got: Vec<String> = (10..1010)
+        .map(|_| {
+            let push = v1_recv(&mut back);
+            assert_eq!(push["type"], "pub", "{push}");
+            push["data"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (10..1010).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want, "each once, in order");
+    offset_of(&nodes[0], "feed", "live");
+    assert_eq!(v1_recv(&mut back)["data"], "live", "then live");
+}
+
+#[test]
+fn past_the_redis_history_size_or_age_a_v1_resume_gets_a_gap_first() {
+    let redis = Redis::start();
+    let node = Node::start_with(&redis, &["--history", "5", "--history-ttl", "0.5"]);
+    // Redis trims the count approximately (`MAXLEN ~`): publish well past it.
+    let offsets: Vec<String> = (0..300)
+        .map(|i| offset_of(&node, "feed", &format!("m{i}")))
+        .collect();
+    let mut sized = v1_client(node.ws);
+    v1_send(
+        &mut sized,
+        serde_json::json!({"id": 1, "op": "subscribe", "topic": "feed", "since": offsets[1]}),
+    );
+    assert_eq!(v1_recv(&mut sized)["type"], "reply");
+    let gap = v1_recv(&mut sized);
+    assert_eq!(
+        (&gap["type"], &gap["topic"]),
+        (&serde_json::json!("gap"), &serde_json::json!("feed"))
+    );
+    // Past the age, the history has gone: a gap, and no replay.
+    std::thread::sleep(Duration::from_millis(700));
+    let mut aged = v1_client(node.ws);
+    v1_send(
+        &mut aged,
+        serde_json::json!({"id": 1, "op": "subscribe", "topic": "feed", "since": offsets[298]}),
+    );
+    assert_eq!(v1_recv(&mut aged)["type"], "reply");
+    assert_eq!(v1_recv(&mut aged)["type"], "gap");
+    v1_send(&mut aged, serde_json::json!({"id": 2, "op": "ping"}));
+    assert_eq!(v1_recv(&mut aged)["type"], "reply", "nothing was replayed");
+}

@@ -455,6 +455,14 @@ enum Endpoint {
     History(String),
 }
 
+/// The topic named after `prefix` in `path`, percent-decoded (`chat%3A1` is `chat:1`; a
+/// decoded name that is not valid UTF-8 or not a topic is refused later, as invalid).
+fn topic_in(path: &str, prefix: &str) -> String {
+    percent_encoding::percent_decode_str(&path[prefix.len()..])
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The endpoint a request head names, or the refusal (unknown path, wrong method, no
 /// token) to answer before reading any body.
 fn route(admin: &Admin, request: &Request) -> Result<Endpoint, Response> {
@@ -463,12 +471,8 @@ fn route(admin: &Admin, request: &Request) -> Result<Endpoint, Response> {
         ("GET", "/healthz") => return Ok(Endpoint::Health),
         ("GET", "/readyz") => return Ok(Endpoint::Ready),
         ("GET", "/metrics") => Endpoint::Metrics,
-        ("POST", p) if p.starts_with("/publish/") => {
-            Endpoint::Publish(p["/publish/".len()..].to_owned())
-        }
-        ("GET", p) if p.starts_with("/history/") => {
-            Endpoint::History(p["/history/".len()..].to_owned())
-        }
+        ("POST", p) if p.starts_with("/publish/") => Endpoint::Publish(topic_in(p, "/publish/")),
+        ("GET", p) if p.starts_with("/history/") => Endpoint::History(topic_in(p, "/history/")),
         (_, "/healthz" | "/readyz" | "/metrics") => {
             return Err(Response {
                 extra: "Allow: GET\r\n",
@@ -634,6 +638,16 @@ fn readiness(hub: &Hub) -> Response {
 #[cfg(test)]
 mod tests {
     use super::{content_length, same};
+
+    #[test]
+    fn topics_in_paths_are_percent_decoded() {
+        assert_eq!(
+            super::topic_in("/publish/chat%3Aroom", "/publish/"),
+            "chat:room"
+        );
+        assert_eq!(super::topic_in("/history/a/b", "/history/"), "a/b");
+        assert_eq!(super::topic_in("/publish/%FF", "/publish/"), "\u{fffd}");
+    }
 
     #[test]
     fn content_length_is_plain_digits() {

@@ -1,8 +1,10 @@
 //! The status page: a plain `GET /` on the pub/sub listener gets one self-contained HTML
 //! page (`status.html`: no build step, nothing loaded from elsewhere) that opens a
-//! WebSocket to the same server, subscribes to a topic typed in, and lists what arrives,
-//! with the connection state and the negotiated extensions. A person with only a browser
-//! can see the server work, and the browser end-to-end test drives it.
+//! WebSocket to the same server speaking protocol v1 (`stratus.v1`), subscribes to topics
+//! typed in and publishes to them with v1 commands (each answer shown, errors with their
+//! code), and lists what arrives with its topic and offset, with the connection state, the
+//! subprotocol and the negotiated extensions. A person with only a browser can see the
+//! server work, and the browser end-to-end test drives it.
 //!
 //! The response is built once and shared. Its Content-Security-Policy allows nothing but
 //! the page's own inline script and style (by their SHA-256 hashes) and connections to its

@@ -77,6 +77,16 @@ impl Peer {
         Self::from_stream(socket.into())
     }
 
+    /// Connects with a receive buffer of about `bytes` (the kernel doubles it), so that
+    /// what this peer does not read waits at the server early.
+    pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: usize) -> Self {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        Self::from_stream(socket.into())
+    }
+
     fn from_stream(stream: TcpStream) -> Self {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
