@@ -28,6 +28,8 @@ impl CloseCode {
     pub const EXTENSION_REQUIRED: Self = Self(1010);
     /// 1011: unexpected condition on the server.
     pub const INTERNAL: Self = Self(1011);
+    /// 1013: try again later (a temporary condition on the server, such as a full topic).
+    pub const TRY_AGAIN_LATER: Self = Self(1013);
 
     /// Whether this code may be sent in a Close frame. 1004, 1005, 1006 and 1015 are
     /// reserved for local use and must never appear on the wire; 1016–2999 are unassigned

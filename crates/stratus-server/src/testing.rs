@@ -123,6 +123,7 @@ pub(crate) fn history_read(from: Since, budget: usize) -> HistoryRead {
         average: 0,
         page: PAGE,
         limit: 1000,
+        resumes: true,
     }
 }
 

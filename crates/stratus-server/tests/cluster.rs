@@ -1070,3 +1070,56 @@ fn past_the_redis_history_size_or_age_a_v1_resume_gets_a_gap_first() {
     v1_send(&mut aged, serde_json::json!({"id": 2, "op": "ping"}));
     assert_eq!(v1_recv(&mut aged)["type"], "reply", "nothing was replayed");
 }
+
+#[test]
+fn a_v1_history_command_reads_redis_without_a_subscription_and_is_refused_while_it_is_down() {
+    let redis = Redis::start();
+    let node = Node::start_with(&redis, &["--history", "100"]);
+    let offsets: Vec<String> = (0..3)
+        .map(|i| offset_of(&node, "feed", &format!("m{i}")))
+        .collect();
+    // No connection on the node is subscribed to the topic.
+    let mut reader = v1_client(node.ws);
+    v1_send(
+        &mut reader,
+        serde_json::json!({"id": 1, "op": "history", "topic": "feed", "since": offsets[0]}),
+    );
+    let reply = v1_recv(&mut reader);
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let data: Vec<&str> = reply["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, ["m1", "m2"], "{reply}");
+    assert_eq!(reply["gap"], serde_json::Value::Null, "{reply}");
+
+    let _port = redis.stop();
+    node.wait_ready(false);
+    // Without `since` as with it: a history that cannot be read is refused, not empty.
+    for (id, command) in [
+        (
+            2,
+            serde_json::json!({"id": 2, "op": "history", "topic": "feed"}),
+        ),
+        (
+            3,
+            serde_json::json!({"id": 3, "op": "history", "topic": "feed", "since": offsets[0]}),
+        ),
+    ] {
+        v1_send(&mut reader, command);
+        let refused = v1_recv(&mut reader);
+        assert_eq!(
+            (&refused["type"], &refused["id"], &refused["code"]),
+            (
+                &serde_json::json!("error"),
+                &serde_json::json!(id),
+                &serde_json::json!("unavailable")
+            ),
+            "{refused}"
+        );
+    }
+    let (status, body) = node.get("/history/feed");
+    assert_eq!(status, 503, "{body}");
+}

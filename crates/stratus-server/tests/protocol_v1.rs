@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{Peer, admin, frame};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
-use stratus_proto::Message;
+use stratus_proto::{CloseCode, Message};
 use stratus_server::{
     Auth, AuthAlgorithm, ClientPublish, Config, Namespace, NamespaceOptions, Server, SlowConsumer,
 };
@@ -302,6 +302,17 @@ fn every_refusal_has_its_id_and_a_stable_code() {
         json!({"id": 1, "op": "subscribe", "topic": "room:1"}),
         "topic_full",
     );
+    // A full topic asked for in the upgrade URL closes the connection with 1013 naming it.
+    let mut c = Peer::connect(server.local_addr());
+    c.send(common::upgrade_request_with("/ws?topic=room:1", "").as_bytes());
+    assert!(c.read_head().starts_with("HTTP/1.1 101 "));
+    match c.recv() {
+        Some(Message::Close(Some(close))) => {
+            assert_eq!(close.code(), CloseCode::TRY_AGAIN_LATER);
+            assert!(close.reason().contains("room:1"), "{}", close.reason());
+        }
+        other => panic!("expected Close 1013, got {other:?}"),
+    }
     server.stop().unwrap();
 }
 

@@ -606,10 +606,14 @@ async fn history(admin: &Admin, topic: &str, request: &Request) -> Response {
         average: 1,
         page: limit,
         limit: usize::MAX,
+        resumes: false,
     };
     let Some(page) = admin.hub.history(topic, read).await else {
         return error(404, "no history is kept for this topic");
     };
+    if page.failed {
+        return error(503, page.gap.unwrap_or("the history could not be read"));
+    }
     let last = page.entries.last().map(|(o, _)| o.to_string());
     respond(
         200,

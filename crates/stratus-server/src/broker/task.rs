@@ -282,10 +282,10 @@ fn on_control(payload: &[u8], stats: &BrokerStats) {
 fn apply(wanted: &mut Wanted, change: BrokerRequest, node: &dyn Node) -> bool {
     match change {
         BrokerRequest::History { topic, read } => HistoryReply::new(node, topic, read.to).send(
-            HistoryPage::unavailable("the history could not be read from the broker"),
+            HistoryPage::failed("the history could not be read from the broker"),
         ),
         BrokerRequest::ReadHistory { reply, .. } => {
-            let _ = reply.send(HistoryPage::unavailable("the broker is unreachable"));
+            let _ = reply.send(HistoryPage::failed("the broker is unreachable"));
         }
         BrokerRequest::Add(topic, arrival) => {
             wanted.insert(topic, arrival);
@@ -327,7 +327,7 @@ impl Drop for HistoryReply<'_> {
     fn drop(&mut self) {
         if let Some((to, topic)) = self.to.take() {
             let why = "the history could not be read from the broker";
-            Self::new(self.node, topic, to).send(HistoryPage::unavailable(why));
+            Self::new(self.node, topic, to).send(HistoryPage::failed(why));
         }
     }
 }
@@ -456,7 +456,7 @@ impl Drop for Receiving<'_> {
     fn drop(&mut self) {
         for (topic, read) in self.queued.drain(..) {
             let why = "the history could not be read from the broker";
-            HistoryReply::new(self.node, topic, read.to).send(HistoryPage::unavailable(why));
+            HistoryReply::new(self.node, topic, read.to).send(HistoryPage::failed(why));
         }
     }
 }
@@ -608,24 +608,28 @@ impl<'a> Receiving<'a> {
         if self.queued.len() >= MAX_QUEUED_FETCHES {
             stats::add(&self.stats.history_refused, 1);
             let why = "too many histories are being read on this node; resume again shortly";
-            HistoryReply::new(self.node, topic, read.to).send(HistoryPage::unavailable(why));
+            HistoryReply::new(self.node, topic, read.to).send(HistoryPage::failed(why));
             return;
         }
         self.queued.push_back((topic, read));
     }
 
-    /// Starts the history reads in line whose topics Redis has confirmed, while fewer
-    /// than [`MAX_FETCHES`] are in flight; a read whose topic is no longer subscribed is
-    /// answered with a gap (its connection has moved on).
+    /// Starts the history reads in line that may go (a `history` command's at once, a
+    /// resume's once Redis has confirmed its topic), while fewer than [`MAX_FETCHES`] are
+    /// in flight; a resume whose topic is no longer subscribed is answered with a gap (its
+    /// connection has moved on).
     fn start_fetches(&mut self, wanted: &Wanted) {
         let mut at = 0;
         while self.fetches.len() < MAX_FETCHES && at < self.queued.len() {
-            let topic = &self.queued[at].0;
-            if !wanted.contains_key(topic) {
+            let (topic, read) = &self.queued[at];
+            if !read.resumes {
+                if let Some((topic, read)) = self.queued.remove(at) {
+                    self.start_fetch(topic, read);
+                }
+            } else if !wanted.contains_key(topic) {
                 if let Some((topic, read)) = self.queued.remove(at) {
                     let why = "the topic was unsubscribed before its history was read";
-                    HistoryReply::new(self.node, topic, read.to)
-                        .send(HistoryPage::unavailable(why));
+                    HistoryReply::new(self.node, topic, read.to).send(HistoryPage::failed(why));
                 }
             } else if self.confirmed.contains(topic) {
                 if let Some((topic, read)) = self.queued.remove(at) {
@@ -651,7 +655,7 @@ impl<'a> Receiving<'a> {
             .filter(|_| self.fetches.len() < MAX_FETCHES)
         else {
             let why = "the node is reading as many histories as it may; try again shortly";
-            let _ = reply.send(HistoryPage::unavailable(why));
+            let _ = reply.send(HistoryPage::failed(why));
             return;
         };
         self.fetches.push(Box::pin(async move {
@@ -659,7 +663,7 @@ impl<'a> Receiving<'a> {
                 tokio::time::timeout(HISTORY_TIMEOUT, fetch_history(&mut conn, &topic, read)).await;
             let page = match fetched {
                 Ok(Ok(page)) => page,
-                _ => HistoryPage::unavailable("the history could not be read from the broker"),
+                _ => HistoryPage::failed("the history could not be read from the broker"),
             };
             let _ = reply.send(page);
         }));
@@ -670,7 +674,7 @@ impl<'a> Receiving<'a> {
         let (node, stats) = (self.node, self.stats);
         let Some(mut conn) = self.reader.clone() else {
             let why = "no history is kept (the nodes need --broker and --history)";
-            HistoryReply::new(node, topic, read.to).send(HistoryPage::unavailable(why));
+            HistoryReply::new(node, topic, read.to).send(HistoryPage::failed(why));
             return;
         };
         // Made before the read starts: dropped unpolled, it still answers.

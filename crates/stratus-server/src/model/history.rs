@@ -46,6 +46,11 @@ pub(crate) struct HistoryRead {
     pub(crate) page: usize,
     /// Most entries the whole recovery may read (the rest is a gap).
     pub(crate) limit: usize,
+    /// The read resumes a subscription: with a broker it waits until the topic's
+    /// subscription is confirmed (so nothing falls between history and live), and is
+    /// answered with a gap if the topic is unsubscribed first. A `history` command's read
+    /// does not wait for anything.
+    pub(crate) resumes: bool,
 }
 
 impl HistoryRead {
@@ -95,6 +100,10 @@ pub(crate) struct HistoryPage {
     pub(crate) floor: Offset,
     /// More of the history follows the page's last entry.
     pub(crate) more: bool,
+    /// The history could not be read (the broker is unreachable, the read failed or took
+    /// too long, too many reads were waiting): `gap` says why. A resume goes on with live
+    /// messages after a gap notice; a `history` command or `GET /history` is refused.
+    pub(crate) failed: bool,
 }
 
 /// What a history holds, for cutting a page from it.
@@ -116,6 +125,15 @@ impl HistoryPage {
             gap: Some(why),
             floor: Offset::ZERO,
             more: false,
+            failed: false,
+        }
+    }
+
+    /// The answer to a read that could not be made, and why.
+    pub(crate) fn failed(why: &'static str) -> Self {
+        Self {
+            failed: true,
+            ..Self::unavailable(why)
         }
     }
 
@@ -136,6 +154,7 @@ impl HistoryPage {
                     gap: None,
                     floor: extent.newest.unwrap_or(Offset::ZERO),
                     more: false,
+                    failed: false,
                 };
             }
             Since::After(after) => after,
@@ -149,6 +168,7 @@ impl HistoryPage {
                 gap: Some("the offset is newer than anything in the topic's history"),
                 floor: newest,
                 more: false,
+                failed: false,
             };
         }
         let complete = extent.removed_up_to.is_some_and(|removed| after >= removed);
@@ -182,6 +202,7 @@ impl HistoryPage {
             gap,
             floor: after,
             more,
+            failed: false,
         }
     }
 }

@@ -482,7 +482,7 @@ impl Hub {
             let (reply, rx) = oneshot::channel();
             let topic = Arc::from(topic);
             broker.request(BrokerRequest::ReadHistory { topic, read, reply });
-            let gone = || HistoryPage::unavailable("the broker is unreachable");
+            let gone = || HistoryPage::failed("the broker is unreachable");
             return Some(rx.await.unwrap_or_else(|_| gone()));
         }
         let history = self.history.as_ref()?;
@@ -759,6 +759,7 @@ mod tests {
             average: 0,
             page: crate::model::history::PAGE,
             limit: 10,
+            resumes: true,
         };
         hub.read_history(t.clone(), read);
         let Ok(WorkerMsg::History { page, .. }) = inboxes[0].try_recv() else {

@@ -236,6 +236,7 @@ fn the_task_mirrors_interest_publishes_and_reads_history_for_its_node() {
             average: 0,
             page: crate::model::history::PAGE,
             limit: 100,
+            resumes: true,
         };
         let topic = topic.clone();
         task.requests
@@ -310,6 +311,7 @@ fn history_reads_while_redis_is_unreachable_are_answered_with_a_gap() {
         average: 0,
         page: crate::model::history::PAGE,
         limit: 100,
+        resumes: true,
     };
     task.requests
         .send(BrokerRequest::History {

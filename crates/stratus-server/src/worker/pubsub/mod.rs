@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use stratus_proto::Message;
+use stratus_proto::{CloseCode, Message};
 
 use crate::config::{COMMAND_COST, Config, TopicOptions};
 use crate::connection::{Client, Delivered, QueueRules};
@@ -188,6 +188,8 @@ impl PubSub {
 
     /// Connection `id` has upgraded asking for `topics` (checked by the upgrade against
     /// the token and the per-connection cap): it is subscribed to them, with no replies.
+    /// A topic that cannot take it (at its namespace's `max-subscribers`) closes the
+    /// connection with 1013 naming the topic: it asked for every one of them.
     pub(crate) fn on_upgrade(
         &mut self,
         ctx: &Context<'_>,
@@ -196,7 +198,16 @@ impl PubSub {
         topics: &[String],
     ) {
         for name in topics {
-            let _ = self.add(ctx, id, client, name);
+            if let Err(err) = self.add(ctx, id, client, name) {
+                let why = format!("cannot subscribe to {name}: {err}");
+                client.close(
+                    CloseCode::TRY_AGAIN_LATER,
+                    &why,
+                    ctx.close_deadline(),
+                    false,
+                );
+                return;
+            }
         }
     }
 
@@ -574,6 +585,7 @@ impl PubSub {
             average: 0,
             page: PAGE,
             limit: options.history.saturating_add(RECOVERY_SLACK),
+            resumes: true,
         };
         ctx.hub.read_history(topic, read);
     }
@@ -705,6 +717,7 @@ impl PubSub {
                     .options(&recovery.topic)
                     .history
                     .saturating_add(RECOVERY_SLACK),
+                resumes: true,
             };
             reads.push((recovery.topic.clone(), read));
         }

@@ -247,6 +247,7 @@ impl PubSub {
             average: 1,
             page: limit,
             limit: usize::MAX,
+            resumes: false,
         };
         ctx.hub.read_history(Arc::from(name), read);
         Ok(())
@@ -348,7 +349,8 @@ pub(super) fn published(
     client.send_text(text, ctx.close_deadline());
 }
 
-/// Answers a `history` command with its page.
+/// Answers a `history` command with its page, or refuses it with `unavailable` when the
+/// history could not be read.
 pub(super) fn history_reply(
     ctx: &Context<'_>,
     client: &mut Client,
@@ -356,6 +358,18 @@ pub(super) fn history_reply(
     topic: &str,
     page: HistoryPage,
 ) {
+    if page.failed {
+        let why = page.gap.unwrap_or("the history could not be read");
+        let text = v1::error(
+            Some(&command.command),
+            Some("history"),
+            Some(topic),
+            ErrorCode::Unavailable,
+            why,
+        );
+        client.send_text(text, ctx.close_deadline());
+        return;
+    }
     let mut fields = Map::new();
     fields.insert("publications".into(), v1::publications(&page.entries));
     fields.insert("gap".into(), page.gap.filter(|_| command.since).into());

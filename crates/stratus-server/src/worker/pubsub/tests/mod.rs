@@ -252,6 +252,7 @@ fn page(entries: &[(u64, &str)], floor: u64, more: bool) -> HistoryPage {
         gap: None,
         floor: offset(floor),
         more,
+        failed: false,
     }
 }
 
