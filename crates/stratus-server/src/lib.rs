@@ -38,7 +38,9 @@ mod testing;
 mod tls;
 mod worker;
 
-pub use config::{App, ClientPublish, Config, Namespace, NamespaceOptions, SlowConsumer};
+pub use config::{
+    App, ClientPublish, Config, Namespace, NamespaceOptions, PresenceMode, SlowConsumer,
+};
 pub use messages::{PublishError, Published, Reach};
 pub use model::auth::{Auth, AuthAlgorithm};
 pub use model::topic;

@@ -13,7 +13,7 @@ use stratus_proto::handshake::HandshakeLimits;
 use crate::model::auth::Auth;
 use crate::tls::TlsFiles;
 pub(crate) use namespace::TopicOptions;
-pub use namespace::{ClientPublish, Namespace, NamespaceOptions};
+pub use namespace::{ClientPublish, Namespace, NamespaceOptions, PresenceMode};
 
 /// What a subscribe or unsubscribe counts for in a connection's message budget (it may
 /// cost a broker round trip and a history read).
@@ -160,6 +160,21 @@ pub struct Config {
     /// How long before a token expires a protocol v1 connection is asked for a fresh
     /// one (`refresh`).
     pub refresh_lead: Duration,
+    /// What presence tracks, where no namespace says.
+    pub presence: PresenceMode,
+    /// Most members listed per topic, where no namespace says (past it: counts only).
+    pub presence_max_members: usize,
+    /// Whether subscribers get joins and leaves, where no namespace says.
+    pub presence_events: bool,
+    /// How often subscribers get their topics' occupancy, where no namespace says
+    /// (`None`: never).
+    pub occupancy_push: Option<Duration>,
+    /// How often presence changes are gathered: joins and leaves coalesced into one event
+    /// per topic, counts reported to the cluster.
+    pub presence_interval: Duration,
+    /// With a broker: how long a node's presence (counts, members, occupied topics) stays
+    /// in Redis without a refresh; a node that crashed is gone from presence after it.
+    pub presence_lease: Duration,
     /// Options per topic prefix, over the settings above.
     pub namespaces: Vec<Namespace>,
 }
@@ -211,6 +226,12 @@ impl Default for Config {
             client_publish: ClientPublish::Off,
             client_publish_rate: 10,
             refresh_lead: Duration::from_secs(60),
+            presence: PresenceMode::Counts,
+            presence_max_members: 1000,
+            presence_events: false,
+            occupancy_push: None,
+            presence_interval: Duration::from_secs(1),
+            presence_lease: Duration::from_secs(5),
             namespaces: Vec::new(),
         }
     }

@@ -21,6 +21,19 @@ pub enum ClientPublish {
     Claim,
 }
 
+/// What a topic's presence tracks (protocol v1's `presence` and `occupancy`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceMode {
+    /// Nothing: `presence` and `occupancy` are refused with `no_presence`.
+    Off,
+    /// Occupancy: how many connections and distinct users (`sub`) are subscribed.
+    #[default]
+    Counts,
+    /// Occupancy, and the list of members (client id, `sub`, the token's `info`) up to
+    /// the topic's member cap.
+    Members,
+}
+
 /// What a namespace sets for its topics; `None`: the server-wide setting.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NamespaceOptions {
@@ -38,6 +51,15 @@ pub struct NamespaceOptions {
     pub max_message: Option<usize>,
     /// What happens to a subscriber whose send queue is full.
     pub slow_consumer: Option<SlowConsumer>,
+    /// What presence tracks.
+    pub presence: Option<PresenceMode>,
+    /// Most members listed per topic (past it: counts only).
+    pub presence_max_members: Option<usize>,
+    /// Whether subscribers get the topic's joins and leaves (coalesced per interval).
+    pub presence_events: Option<bool>,
+    /// How often subscribers get the topic's occupancy (`None` here: the server-wide
+    /// setting; `Some(Duration::ZERO)`: never).
+    pub occupancy_push: Option<Duration>,
 }
 
 /// A namespace: its prefix and its options.
@@ -59,6 +81,11 @@ pub(crate) struct TopicOptions {
     pub(crate) max_subscribers: usize,
     pub(crate) max_message: usize,
     pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) presence: PresenceMode,
+    pub(crate) presence_max_members: usize,
+    pub(crate) presence_events: bool,
+    /// `None`: no occupancy push.
+    pub(crate) occupancy_push: Option<Duration>,
 }
 
 impl TopicOptions {
@@ -79,6 +106,10 @@ impl Config {
             max_subscribers: 0,
             max_message: self.limits.max_message,
             slow_consumer: self.slow_consumer,
+            presence: self.presence,
+            presence_max_members: self.presence_max_members,
+            presence_events: self.presence_events,
+            occupancy_push: self.occupancy_push,
         };
         let Some(ns) = self
             .namespaces
@@ -97,6 +128,14 @@ impl Config {
             max_subscribers: o.max_subscribers.unwrap_or(base.max_subscribers),
             max_message: o.max_message.unwrap_or(base.max_message),
             slow_consumer: o.slow_consumer.unwrap_or(base.slow_consumer),
+            presence: o.presence.unwrap_or(base.presence),
+            presence_max_members: o.presence_max_members.unwrap_or(base.presence_max_members),
+            presence_events: o.presence_events.unwrap_or(base.presence_events),
+            occupancy_push: match o.occupancy_push {
+                Some(Duration::ZERO) => None,
+                Some(every) => Some(every),
+                None => base.occupancy_push,
+            },
         }
     }
 

@@ -13,7 +13,8 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stratus_deflate::{DeflateConfig, Mode};
 use stratus_server::{
-    Auth, AuthAlgorithm, ClientPublish, Config, Namespace, NamespaceOptions, SlowConsumer, TlsFiles,
+    Auth, AuthAlgorithm, ClientPublish, Config, Namespace, NamespaceOptions, PresenceMode,
+    SlowConsumer, TlsFiles,
 };
 
 /// Server options (all optional: unset means "from the file, else the default").
@@ -198,9 +199,31 @@ pub(crate) struct Settings {
     /// it [60].
     #[arg(long, env = "STRATUS_REFRESH_LEAD")]
     refresh_lead: Option<f64>,
+    /// What presence tracks: off, counts (occupancy: connections and distinct users), or
+    /// members (counts and the member list) [counts].
+    #[arg(long, value_enum, env = "STRATUS_PRESENCE")]
+    presence: Option<PresenceArg>,
+    /// Most members listed per topic; past it, presence answers with counts only [1000].
+    #[arg(long, env = "STRATUS_PRESENCE_MAX_MEMBERS")]
+    presence_max_members: Option<usize>,
+    /// Send subscribers their topics' joins and leaves, one coalesced event per topic per
+    /// --presence-interval (counts instead, past the member cap) [false].
+    #[arg(long, env = "STRATUS_PRESENCE_EVENTS", num_args = 0..=1, default_missing_value = "true")]
+    presence_events: Option<bool>,
+    /// Seconds between occupancy pushes to each topic's subscribers [0: none].
+    #[arg(long, env = "STRATUS_OCCUPANCY_PUSH")]
+    occupancy_push: Option<f64>,
+    /// Seconds over which presence changes are gathered: joins and leaves coalesced,
+    /// counts reported to the cluster [1].
+    #[arg(long, env = "STRATUS_PRESENCE_INTERVAL")]
+    presence_interval: Option<f64>,
+    /// With --broker: seconds a node's presence lives in Redis without a refresh (a
+    /// crashed node's members and counts vanish after it) [5].
+    #[arg(long, env = "STRATUS_PRESENCE_LEASE")]
+    presence_lease: Option<f64>,
     /// Options per topic prefix (config file only): `[namespace."chat:"]` with any of
     /// history, history-ttl, recovery, publish, max-subscribers, max-message,
-    /// slow-consumer.
+    /// slow-consumer, presence, presence-max-members, presence-events, occupancy-push.
     #[arg(skip)]
     namespace: Option<BTreeMap<String, NamespaceSettings>>,
 }
@@ -223,6 +246,14 @@ pub(crate) struct NamespaceSettings {
     max_message: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slow_consumer: Option<SlowConsumerArg>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<PresenceArg>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_max_members: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_events: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    occupancy_push: Option<f64>,
 }
 
 impl NamespaceSettings {
@@ -242,6 +273,14 @@ impl NamespaceSettings {
             max_subscribers: self.max_subscribers,
             max_message: self.max_message,
             slow_consumer: self.slow_consumer.map(SlowConsumer::from),
+            presence: self.presence.map(PresenceMode::from),
+            presence_max_members: self.presence_max_members,
+            presence_events: self.presence_events,
+            occupancy_push: self
+                .occupancy_push
+                .map(|s| seconds(Some(s), "occupancy-push", Duration::ZERO))
+                .transpose()
+                .with_context(|| format!("namespace {prefix:?}"))?,
         })
     }
 
@@ -254,6 +293,10 @@ impl NamespaceSettings {
             max_subscribers: options.max_subscribers,
             max_message: options.max_message,
             slow_consumer: options.slow_consumer.map(SlowConsumerArg::from),
+            presence: options.presence.map(PresenceArg::from),
+            presence_max_members: options.presence_max_members,
+            presence_events: options.presence_events,
+            occupancy_push: options.occupancy_push.map(|d| d.as_secs_f64()),
         }
     }
 }
@@ -282,6 +325,34 @@ impl From<ClientPublish> for ClientPublishArg {
             ClientPublish::Off => Self::Off,
             ClientPublish::Subscribers => Self::Subscribers,
             ClientPublish::Claim => Self::Claim,
+        }
+    }
+}
+
+#[derive(ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum PresenceArg {
+    Off,
+    Counts,
+    Members,
+}
+
+impl From<PresenceArg> for PresenceMode {
+    fn from(arg: PresenceArg) -> Self {
+        match arg {
+            PresenceArg::Off => Self::Off,
+            PresenceArg::Counts => Self::Counts,
+            PresenceArg::Members => Self::Members,
+        }
+    }
+}
+
+impl From<PresenceMode> for PresenceArg {
+    fn from(mode: PresenceMode) -> Self {
+        match mode {
+            PresenceMode::Off => Self::Off,
+            PresenceMode::Counts => Self::Counts,
+            PresenceMode::Members => Self::Members,
         }
     }
 }
@@ -415,6 +486,12 @@ impl Settings {
             client_publish,
             client_publish_rate,
             refresh_lead,
+            presence,
+            presence_max_members,
+            presence_events,
+            occupancy_push,
+            presence_interval,
+            presence_lease,
             namespace
         ))
     }
@@ -488,6 +565,12 @@ impl Settings {
             client_publish: Some(config.client_publish.into()),
             client_publish_rate: Some(config.client_publish_rate),
             refresh_lead: Some(config.refresh_lead.as_secs_f64()),
+            presence: Some(config.presence.into()),
+            presence_max_members: Some(config.presence_max_members),
+            presence_events: Some(config.presence_events),
+            occupancy_push: Some(config.occupancy_push.map_or(0.0, |d| d.as_secs_f64())),
+            presence_interval: Some(config.presence_interval.as_secs_f64()),
+            presence_lease: Some(config.presence_lease.as_secs_f64()),
             namespace: Some(
                 config
                     .namespaces
@@ -610,6 +693,21 @@ impl Settings {
             client_publish: self.client_publish.map_or(base.client_publish, Into::into),
             client_publish_rate: self.client_publish_rate.unwrap_or(base.client_publish_rate),
             refresh_lead: seconds(self.refresh_lead, "refresh-lead", base.refresh_lead)?,
+            presence: self.presence.map_or(base.presence, Into::into),
+            presence_max_members: self
+                .presence_max_members
+                .unwrap_or(base.presence_max_members),
+            presence_events: self.presence_events.unwrap_or(base.presence_events),
+            occupancy_push: match seconds(self.occupancy_push, "occupancy-push", Duration::ZERO)? {
+                Duration::ZERO => base.occupancy_push,
+                every => Some(every),
+            },
+            presence_interval: seconds(
+                self.presence_interval,
+                "presence-interval",
+                base.presence_interval,
+            )?,
+            presence_lease: seconds(self.presence_lease, "presence-lease", base.presence_lease)?,
             namespaces: match self.namespace {
                 Some(namespaces) => namespaces
                     .iter()
