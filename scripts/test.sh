@@ -38,6 +38,9 @@ bash scripts/e2e.sh
 step "protocol v1 from Python (websockets): interop/python/test_v1.py"
 bash scripts/interop.sh
 
+step "the JS/TS SDK against the real server: clients/js (node --test; installs node/npm, npm ci, builds, packs)"
+STRATUS_BIN="${CARGO_TARGET_DIR:-target}/debug/stratus" bash scripts/sdk-js.sh
+
 step "stratus-proto is sans-IO: no runtime, no libc, no OS randomness in its dependencies"
 if cargo tree -p stratus-proto -e normal --prefix none | grep -E '^(tokio|tokio-uring|mio|libc|getrandom|socket2) '; then
   echo "stratus-proto must not depend on the crates listed above"
