@@ -11,80 +11,9 @@
 //
 // Usage: STRATUS_BIN=path/to/stratus node status-page.mjs   (scripts/e2e.sh sets it up)
 
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { STEP_MS, check, expect, within, startServer, openPage, run } from "./harness.mjs";
 
 const OVERALL_MS = 60_000;
-const STEP_MS = 15_000;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const BINARY = process.env.STRATUS_BIN;
-
-let server = null;
-let browser = null;
-const serverLog = [];
-let checks = 0;
-
-class Failure extends Error {}
-
-function check(ok, what) {
-  if (!ok) throw new Failure(what);
-  checks += 1;
-}
-
-// Waits for `promise`; a timeout or error fails with what was awaited.
-async function expect(what, promise) {
-  try {
-    await promise;
-  } catch (err) {
-    throw new Failure(`${what}: ${String(err.message).split("\n")[0]}`);
-  }
-  checks += 1;
-}
-
-// Starts the server on ports the kernel picks; resolves to its two addresses.
-function startServer() {
-  const args = [
-    "serve",
-    "--listen", "127.0.0.1:0",
-    "--admin-listen", "127.0.0.1:0",
-    "--workers", "1",
-    "--history", "10",
-    "--client-publish", "subscribers",
-    "--log-format", "json",
-  ];
-  server = spawn(BINARY, args, { stdio: ["ignore", "ignore", "pipe"] });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Failure("server did not log its addresses in 15 s")), STEP_MS);
-    let pending = "";
-    server.stderr.setEncoding("utf8");
-    server.stderr.on("data", (chunk) => {
-      pending += chunk;
-      const lines = pending.split("\n");
-      pending = lines.pop();
-      for (const line of lines) {
-        serverLog.push(line);
-        let entry;
-        try {
-          entry = JSON.parse(line);
-        } catch {
-          continue;
-        }
-        const fields = entry.fields ?? {};
-        if (fields.message === "listening") {
-          const addr = (value) => String(value).match(/\d+\.\d+\.\d+\.\d+:\d+/)?.[0];
-          clearTimeout(timer);
-          resolve({ ws: addr(fields.local_addr), admin: addr(fields.admin_addr) });
-        }
-      }
-    });
-    server.on("error", (err) => reject(new Failure(`cannot start ${BINARY}: ${err.message}`)));
-    server.on("exit", (code, signal) => {
-      clearTimeout(timer);
-      reject(new Failure(`server exited early (code ${code}, signal ${signal})`));
-    });
-  });
-}
 
 // Publishes through the admin API; resolves to its answer ({ recipients, offset }).
 async function publish(admin, topic, payload, contentType = "text/plain; charset=utf-8") {
@@ -97,15 +26,6 @@ async function publish(admin, topic, payload, contentType = "text/plain; charset
   const body = await response.text();
   check(response.status === 200, `publish answered ${response.status}: ${body}`);
   return JSON.parse(body);
-}
-
-// Resolves to what `promise` resolves to, or fails with `what` after STEP_MS.
-function within(what, promise) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Failure(`${what}: not within ${STEP_MS / 1000} s`)), STEP_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 // Runs `action` (which sends one command from the page) and waits for the page to show
@@ -149,24 +69,11 @@ async function shown(page, what, { topic, body, offset }) {
   );
 }
 
-async function run() {
-  check(Boolean(BINARY) && existsSync(BINARY), `STRATUS_BIN is not a file: ${BINARY}`);
-  check(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install chromium)`);
-  const addr = await startServer();
-  check(Boolean(addr.ws && addr.admin), `addresses not found in the server log: ${JSON.stringify(addr)}`);
-
-  const args = ["--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"];
-  if (process.getuid?.() === 0) args.push("--no-sandbox");
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: STEP_MS });
-  const page = await browser.newPage();
-  page.setDefaultTimeout(STEP_MS);
-  // Script errors and CSP violations (a blocked inline script or socket) land here.
-  const pageErrors = [];
-  page.on("pageerror", (err) => pageErrors.push(err.message));
-  page.on("console", (msg) => {
-    if (msg.type() === "error") pageErrors.push(msg.text());
-  });
+async function test() {
+  // A history so publications have offsets, and publishing from subscribers allowed.
+  const addr = await startServer(["--workers", "1", "--history", "10", "--client-publish", "subscribers"]);
+  // Script errors and CSP violations (a blocked inline script or socket) land in pageErrors.
+  const { page, errors: pageErrors } = await openPage();
 
   // The WebSocket handshake as the browser sent and received it.
   const cdp = await page.context().newCDPSession(page);
@@ -289,47 +196,11 @@ async function run() {
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(" | ")}`);
 
   // A drain closes every client with 1001: the page shows the code and the reason.
-  server.kill("SIGTERM");
+  addr.child.kill("SIGTERM");
   await expect("the page shows the drain's close", page.locator('[data-testid="state"][data-state="closed"]').waitFor());
   const closed = await state.textContent();
   check(closed === "closed (code 1001, server shutting down)", `state after the drain: ${closed}`);
   if (process.env.E2E_SCREENSHOT) await page.screenshot({ path: process.env.E2E_SCREENSHOT, fullPage: true });
 }
 
-// Stops the browser and the server (each bounded), whatever happened.
-async function cleanup() {
-  const bounded = (promise, ms) =>
-    Promise.race([promise.catch(() => {}), new Promise((resolve) => setTimeout(resolve, ms))]);
-  if (browser) await bounded(browser.close(), 5_000);
-  if (server && server.exitCode === null && server.signalCode === null) {
-    const exited = new Promise((resolve) => server.once("exit", resolve));
-    server.kill("SIGTERM");
-    await bounded(exited, 5_000);
-    if (server.exitCode === null && server.signalCode === null) server.kill("SIGKILL");
-  }
-}
-
-async function main() {
-  const overall = new Promise((_, reject) =>
-    setTimeout(() => reject(new Failure(`timed out after ${OVERALL_MS / 1000} s`)), OVERALL_MS).unref(),
-  );
-  let failure = null;
-  try {
-    await Promise.race([run(), overall]);
-  } catch (err) {
-    failure = err;
-  }
-  await cleanup();
-  if (failure) {
-    console.error(`status page e2e FAILED after ${checks} checks: ${failure instanceof Failure ? failure.message : failure.stack}`);
-    if (serverLog.length) console.error(`server log (last lines):\n${serverLog.slice(-20).join("\n")}`);
-    process.exit(1);
-  }
-  console.log(`status page e2e passed (${checks} checks)`);
-  process.exit(0);
-}
-
-for (const signal of ["SIGINT", "SIGTERM"]) {
-  process.on(signal, () => cleanup().finally(() => process.exit(1)));
-}
-main();
+run("status page", test, OVERALL_MS);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser end-to-end test of the status page (e2e/status-page.mjs): installs what it needs
+# Browser end-to-end tests of the status page (e2e/status-page.mjs) and of the admin page
+# (e2e/admin-page.mjs), sharing e2e/harness.mjs: installs what it needs
 # when missing (Debian's chromium; Node.js and npm; playwright-core from
 # e2e/package-lock.json), builds the `stratus` binary, and runs the test in headless
 # Chromium. Non-interactive; exits non-zero on any failure.
@@ -40,5 +41,6 @@ if [ -z "${STRATUS_BIN:-}" ]; then
     _ "$target_dir/debug/stratus" "$work/stratus"
   STRATUS_BIN="$work/stratus"
 fi
-# The test bounds itself at 60 s; this is the backstop should node itself hang.
+# Each test bounds itself at 60 s; this is the backstop should node itself hang.
 STRATUS_BIN="$STRATUS_BIN" timeout --kill-after=10 120 node e2e/status-page.mjs
+STRATUS_BIN="$STRATUS_BIN" timeout --kill-after=10 120 node e2e/admin-page.mjs

@@ -4,7 +4,7 @@ layer (or within its own folder, without a cycle). Prints the edges that break i
 exits 1; `--edges` prints every module-to-module edge.
 
 Layers, highest first (a module may use only those below it):
-  server; admin, worker, broker; node; connection, messages; config; model; stats, tls
+  server; admin, worker, broker, hooks, events; node; connection, messages; config; model; stats, tls
 A path through the crate root's re-exports (`crate::Config`) names no layer: it is refused
 too (name the module that defines it).
 """
@@ -16,7 +16,7 @@ from collections import defaultdict
 SRC = os.path.join(os.path.dirname(__file__), "..", "crates", "stratus-server", "src")
 LAYER = {
     "server": 5,
-    "admin": 4, "worker": 4, "broker": 4,
+    "admin": 4, "worker": 4, "broker": 4, "events": 4, "hooks": 4,
     "node": 3.5,
     "connection": 3, "messages": 3,
     "config": 2,

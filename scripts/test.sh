@@ -80,5 +80,11 @@ for run in server:$server server-deflate:$deflate client:$client; do
 done
 [ "$failed" -eq 0 ]
 
+step "Debian package: build, dpkg -i, the unit's ExecStart under its syscall filter, SIGTERM, removal"
+bash scripts/package-test.sh
+
+step "Prometheus kit: promtool, every dashboard query and rule on a real Prometheus, broker-down fires"
+STRATUS_SKIP_BUILD=1 bash scripts/prometheus-test.sh
+
 echo
 echo "all checks passed in $(( $(date +%s) - started ))s"

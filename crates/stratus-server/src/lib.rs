@@ -28,6 +28,8 @@ mod admin;
 mod broker;
 mod config;
 mod connection;
+mod events;
+mod hooks;
 mod messages;
 mod model;
 mod node;
@@ -39,7 +41,7 @@ mod tls;
 mod worker;
 
 pub use config::{
-    App, ClientPublish, Config, Namespace, NamespaceOptions, PresenceMode, SlowConsumer,
+    App, ClientPublish, Config, Hooks, Namespace, NamespaceOptions, PresenceMode, SlowConsumer,
 };
 pub use messages::{PublishError, Published, Reach};
 pub use model::auth::{Auth, AuthAlgorithm};

@@ -13,9 +13,11 @@ use crate::model::broadcast::Broadcast;
 use crate::model::conn_id::ConnId;
 pub(crate) use crate::model::history::{HistoryDest, HistoryPage, HistoryRead, Retention};
 use crate::model::offset::Offset;
+use crate::model::presence::{PresenceAnswer, PresenceReport};
 use crate::model::protocol::v1::CommandId;
 use crate::model::publication::{PayloadError, Publication};
 use crate::model::topic::TopicError;
+use crate::model::user_control::{ClusterError, ClusterTally, Tally, UserCommand};
 use crate::stats::BrokerStats;
 
 /// What the broker task needs of the node it serves. The hub implements it; the broker's
@@ -40,6 +42,23 @@ pub(crate) trait Node: Sync {
     fn published(&self, to: PublishDest, topic: Arc<str>, result: Result<Published, PublishError>);
     /// A page of a topic's history for the connection `to` names.
     fn history_page(&self, to: HistoryDest, topic: Arc<str>, page: HistoryPage);
+    /// The answer to a connection's presence or occupancy command (`None`: the broker
+    /// could not read it).
+    fn presence(&self, _to: PublishDest, _topic: Arc<str>, _answer: PresenceOutcome) {}
+    /// Takes what changed in the node's presence since the last report (for the
+    /// cluster's view in Redis); with `all`, every topic with subscribers.
+    fn presence_report(&self, _all: bool) -> PresenceReport {
+        PresenceReport::default()
+    }
+    /// The node's name among the cluster's nodes (its presence lease).
+    fn node_id(&self) -> Arc<str> {
+        Arc::from("node")
+    }
+    /// Applies a user-level command (from another node, or this one, through the broker)
+    /// to the node's workers: one answer per worker. None by default (a fake node).
+    fn user_control(&self, _command: Arc<UserCommand>) -> Vec<oneshot::Receiver<Tally>> {
+        Vec::new()
+    }
 }
 
 /// The node's workers are behind: what is handed to them now waits (see
@@ -146,6 +165,33 @@ pub(crate) enum WorkerMsg {
     },
     /// Close every connection with 1001 and stop.
     Drain,
+    /// Apply a user-level command to the worker's connections of its user; what it came
+    /// to goes back on `reply`.
+    User {
+        command: Arc<UserCommand>,
+        reply: oneshot::Sender<Tally>,
+    },
+    /// A backend hook's answer for one of the worker's connections.
+    Hooked {
+        to: crate::model::hook::HookDest,
+        answer: crate::model::hook::HookAnswer,
+    },
+    /// The answer to a connection's presence or occupancy command (`None`: the broker
+    /// could not read it).
+    Presence {
+        to: PublishDest,
+        topic: Arc<str>,
+        answer: PresenceOutcome,
+    },
+}
+
+/// What a connection's presence read came to: whether members were asked for (the
+/// `presence` command, else `occupancy`), and the answer (`None`: the broker could not
+/// read it).
+#[derive(Debug)]
+pub(crate) struct PresenceOutcome {
+    pub(crate) members: bool,
+    pub(crate) answer: Option<PresenceAnswer>,
 }
 
 /// What the hub and the workers ask of the broker thread, in order: a change in the
@@ -169,6 +215,41 @@ pub(crate) enum BrokerRequest {
     },
     /// The server has stopped: end the thread.
     Stop,
+    /// A user-level command for every node: sent on the control channel, answered on
+    /// `reply` with the sum of the nodes' answers (see `broker::user_control`).
+    UserControl {
+        command: Arc<UserCommand>,
+        reply: oneshot::Sender<Result<ClusterTally, ClusterError>>,
+    },
+    /// A topic's presence over the cluster (`members`: at most this many listed; `None`:
+    /// counts only), for a connection or a caller.
+    Presence {
+        topic: Arc<str>,
+        members: Option<usize>,
+        reply: PresenceReplyTo,
+    },
+    /// The presence interval is over: report the node's presence to Redis and renew
+    /// its lease of `lease`.
+    PresenceTick {
+        lease: std::time::Duration,
+    },
+    /// Every live node's figures (its id, and name/value pairs), as each last reported
+    /// them; `None` when Redis cannot be read.
+    Nodes {
+        reply: oneshot::Sender<Option<NodeFigures>>,
+    },
+}
+
+/// Every live node's id and figures.
+pub(crate) type NodeFigures = Vec<(String, Vec<(String, u64)>)>;
+
+/// Who a presence read answers.
+#[derive(Debug)]
+pub(crate) enum PresenceReplyTo {
+    /// A caller waiting on a channel (the admin API); `None`: not readable now.
+    Caller(oneshot::Sender<Option<PresenceAnswer>>),
+    /// A connection's command: the answer goes to its worker through the node.
+    Client(PublishDest),
 }
 
 /// Where a connection's publish command is answered: its worker, the connection, and the

@@ -20,11 +20,13 @@ use tracing::info;
 use crate::admin::{self, Admin};
 use crate::broker::BrokerTask;
 use crate::config::Config;
+use crate::events::EventsTask;
 use crate::messages::{BrokerRequest, Node, PublishError};
 use crate::model::publication::Publication;
 use crate::node::broker_link::BrokerLink;
 use crate::node::delivery::Delivery;
 use crate::node::hub::{Hub, WorkerLink};
+use crate::node::occupancy_events::EventsLink;
 use crate::stats::{BrokerStats, Stats};
 use crate::worker::Worker;
 
@@ -39,8 +41,33 @@ pub struct Server {
     workers: Vec<JoinHandle<io::Result<()>>>,
     /// The admin thread, and a handle on its listener to shut it down with.
     admin: Option<(JoinHandle<io::Result<()>>, socket2::Socket)>,
+    /// The presence clock's thread, and what stops it (dropped).
+    presence: (JoinHandle<()>, std::sync::mpsc::Sender<()>),
     /// The thread that talks to the Redis broker, if there is one.
     broker: Option<JoinHandle<()>>,
+    /// The backend hooks' thread, if any hook is set.
+    hooks: Option<crate::hooks::HookThread>,
+}
+
+/// Starts the presence clock: every `interval`, the hub's presence tick. It stops when
+/// the sender returned is dropped.
+fn spawn_presence_clock(
+    hub: Arc<Hub>,
+    interval: std::time::Duration,
+) -> io::Result<(JoinHandle<()>, std::sync::mpsc::Sender<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("stratus-presence".into())
+        .spawn(move || {
+            let mut tick = 0u64;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(interval)
+            {
+                tick += 1;
+                hub.presence_tick(tick);
+            }
+        })?;
+    Ok((thread, stop))
 }
 
 fn invalid(message: String) -> io::Error {
@@ -95,14 +122,27 @@ impl Server {
                 let stats = Arc::new(BrokerStats::default());
                 let link = BrokerLink::new(publish_tx.clone(), request_tx, stats.clone());
                 let publishes = (publish_tx, publish_rx);
-                let task =
-                    BrokerTask::new(client, config.keeps_history(), publishes, request_rx, stats);
+                let reads = config.keeps_history() || config.keeps_presence();
+                let task = BrokerTask::new(client, reads, publishes, request_rx, stats);
                 (Some(link), Some(task))
             }
             None => (None, None),
         };
         let config = Arc::new(config);
-        let hub = Arc::new(Hub::new(links, broker, config.clone()));
+        let (events_link, events_inbox) = match config.keeps_occupancy_events() {
+            true => {
+                let (link, inbox) = EventsLink::new();
+                (Some(link), Some(inbox))
+            }
+            false => (None, None),
+        };
+        let hub = Arc::new(Hub::new(links, broker, config.clone()).with_events(events_link));
+        if let Some(inbox) = events_inbox {
+            let redis = config.broker_client().map_err(invalid)?;
+            EventsTask::new(inbox, hub.node_id.clone(), &config, redis)
+                .map_err(invalid)?
+                .spawn()?;
+        }
         let broker = broker_task
             .map(|task| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -114,6 +154,8 @@ impl Server {
                     .spawn(move || task.run(runtime, node))
             })
             .transpose()?;
+        let hooks = crate::hooks::start(&config, &hub)?;
+        let presence = spawn_presence_clock(hub.clone(), config.presence_interval)?;
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, (inbox, wake))) in listeners.into_iter().zip(inboxes).enumerate() {
             let (hub, config, tls) = (hub.clone(), config.clone(), tls.clone());
@@ -147,6 +189,8 @@ impl Server {
             workers: threads,
             admin,
             broker,
+            hooks,
+            presence,
         })
     }
 
@@ -223,7 +267,16 @@ impl Server {
                 .map_err(|_| io::Error::other("broker thread panicked"));
             result = result.and(stopped);
         }
-        result
+        if let Some(hooks) = self.hooks {
+            result = result.and(hooks.stop());
+        }
+        let (thread, stop) = self.presence;
+        drop(stop);
+        result.and(
+            thread
+                .join()
+                .map_err(|_| io::Error::other("presence thread panicked")),
+        )
     }
 
     /// Connections open now.

@@ -30,6 +30,12 @@ pub struct Stats {
     pub overloaded: AtomicU64,
     /// Publishes that waited for room in the node's publish backlog (admin API).
     pub paced: AtomicU64,
+    /// User-level commands taken by the admin API, by action (list, disconnect,
+    /// unsubscribe, subscribe).
+    pub(crate) user_commands: [AtomicU64; 4],
+    /// Presence and occupancy pushes made (each once per topic, however many
+    /// subscribers get it).
+    pub(crate) presence_events: AtomicU64,
 }
 
 /// HTTP statuses an upgrade can be refused with, counted one by one (the last one also

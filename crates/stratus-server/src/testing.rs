@@ -49,6 +49,7 @@ pub(crate) fn open_client_speaking(
         topics: Vec::new(),
         grant,
         protocol,
+        chosen: Vec::new(),
     };
     client.open(upgrade, TokenBucket::full(config.message_rate, 0));
     take_output(&mut client);

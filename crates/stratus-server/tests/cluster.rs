@@ -1123,3 +1123,216 @@ fn a_v1_history_command_reads_redis_without_a_subscription_and_is_refused_while_
     let (status, body) = node.get("/history/feed");
     assert_eq!(status, 503, "{body}");
 }
+
+/// The HS256 secret of the user-control nodes.
+const USER_SECRET: &str = "a test secret of at least thirty-two bytes";
+
+/// A protocol v1 client of `ws` whose token names `user` (topics `news*` allowed).
+fn v1_user(ws: SocketAddr, user: &str) -> Peer {
+    let claims = serde_json::json!({"sub": user, "exp": 4_000_000_000u64, "topics": ["news*"]});
+    let key = jsonwebtoken::EncodingKey::from_secret(USER_SECRET.as_bytes());
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let mut peer = Peer::connect(ws);
+    let request = common::upgrade_request_with(
+        &format!("/ws?token={token}"),
+        "Sec-WebSocket-Protocol: stratus.v1\r\n",
+    );
+    peer.send(request.as_bytes());
+    assert!(peer.read_head().starts_with("HTTP/1.1 101 "));
+    peer
+}
+
+/// A POST to `node`'s admin API: the status and the JSON body.
+fn admin_post(node: &Node, path: &str) -> (u16, serde_json::Value) {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = admin(node.admin, &request);
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+#[test]
+fn user_control_asked_of_one_node_reaches_the_users_connections_on_every_node() {
+    let redis = Redis::start();
+    let flags = ["--auth", "hs256", "--auth-secret", USER_SECRET];
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start_with(&redis, &flags)).collect();
+    // Alice: two connections on node 0, one on each of the others; Bob: one on node 1.
+    let mut alice: Vec<Peer> = [0, 0, 1, 2]
+        .iter()
+        .map(|&n| v1_user(nodes[n].ws, "alice"))
+        .collect();
+    let mut bob = v1_user(nodes[1].ws, "bob");
+    for (id, peer) in alice.iter_mut().chain([&mut bob]).enumerate() {
+        v1_send(peer, serde_json::json!({"op": "ping", "id": id}));
+        assert_eq!(v1_recv(peer)["op"], "ping");
+    }
+
+    let (status, list) = nodes[2].get("/users/alice");
+    assert_eq!(status, 200, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["affected"], 4, "{list}");
+    assert_eq!(list["nodes"], serde_json::json!({"answered": 3, "up": 3}));
+    let mut on: Vec<&str> = list["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node"].as_str().unwrap())
+        .collect();
+    on.sort_unstable();
+    on.dedup();
+    assert_eq!(on.len(), 3, "on every node: {list}");
+
+    // Subscribed server-side on every node: each is told once Redis has the topic, and a
+    // publish on another node reaches all four.
+    let (status, body) = admin_post(&nodes[1], "/users/alice/subscribe/news");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["affected"], &body["nodes"]["answered"]),
+        (&serde_json::json!(4), &serde_json::json!(3))
+    );
+    for peer in &mut alice {
+        assert_eq!(
+            v1_recv(peer),
+            serde_json::json!({"type": "subscribed", "topic": "news"})
+        );
+    }
+    assert_eq!(nodes[2].publish("news", "hi").1, "{\"nodes\":3}");
+    for peer in &mut alice {
+        assert_eq!(v1_recv(peer)["data"], "hi");
+    }
+
+    // Disconnected from node 0's admin API: every connection on every node, counted.
+    let (status, body) = admin_post(&nodes[0], "/users/alice/disconnect?code=4002&reason=bye");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["affected"], 4, "the total over the nodes: {body}");
+    assert_eq!(body["nodes"], serde_json::json!({"answered": 3, "up": 3}));
+    for peer in &mut alice {
+        match peer.recv() {
+            Some(Message::Close(Some(close))) => {
+                assert_eq!((close.code(), close.reason()), (CloseCode(4002), "bye"));
+            }
+            other => panic!("expected Close 4002, got {other:?}"),
+        }
+    }
+    v1_send(&mut bob, serde_json::json!({"op": "ping", "id": 9}));
+    assert_eq!(v1_recv(&mut bob)["id"], 9, "bob is untouched");
+    assert_eq!(
+        nodes[0].metric("stratus_user_commands_total{action=\"disconnect\"}"),
+        1
+    );
+    assert_eq!(
+        nodes[1].metric("stratus_user_commands_total{action=\"disconnect\"}"),
+        0
+    );
+}
+
+/// Polls `node`'s admin `path` until `done` accepts its JSON (10 s at most); the JSON.
+fn poll_json(
+    node: &Node,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = node.get(path);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 200 && done(&json) {
+            return json;
+        }
+        assert!(Instant::now() < deadline, "{path}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn presence_spans_the_nodes_and_a_killed_nodes_members_vanish_with_its_lease() {
+    let redis = Redis::start();
+    let flags = [
+        "--presence",
+        "members",
+        "--presence-events",
+        "--presence-interval",
+        "0.2",
+        "--presence-lease",
+        "1",
+    ];
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start_with(&redis, &flags)).collect();
+    let mut watcher = v1_client(nodes[0].ws);
+    v1_send(
+        &mut watcher,
+        serde_json::json!({"id": 1, "op": "subscribe", "topic": "room"}),
+    );
+    assert_eq!(v1_recv(&mut watcher)["type"], "reply");
+    // One subscriber on node 1, two on node 2.
+    let mut others: Vec<Peer> = [1, 2, 2]
+        .iter()
+        .map(|&n| {
+            let mut peer = v1_client(nodes[n].ws);
+            v1_send(
+                &mut peer,
+                serde_json::json!({"id": 1, "op": "subscribe", "topic": "room"}),
+            );
+            assert_eq!(v1_recv(&mut peer)["type"], "reply");
+            peer
+        })
+        .collect();
+    // The watcher on node 0 hears every join, its own and the other nodes'.
+    let mut joined = 0;
+    while joined < 4 {
+        let push = v1_recv(&mut watcher);
+        assert_eq!(push["type"], "presence", "{push}");
+        joined += push["joins"].as_array().unwrap().len();
+    }
+    assert_eq!(joined, 4);
+    let all = poll_json(&nodes[1], "/presence/room", |j| j["connections"] == 4);
+    let live = poll_json(&nodes[0], "/nodes", |j| {
+        j["nodes"].as_array().is_some_and(|n| n.len() == 3)
+    });
+    let connections: u64 = live["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(connections, 4, "{live}");
+    assert_eq!(all["members"].as_array().unwrap().len(), 4, "{all}");
+    assert_eq!(all["complete"], true, "{all}");
+    v1_send(
+        &mut others[0],
+        serde_json::json!({"id": 2, "op": "occupancy", "topic": "room"}),
+    );
+    let occupancy = loop {
+        let message = v1_recv(&mut others[0]);
+        if message["type"] != "presence" {
+            break message;
+        }
+    };
+    assert_eq!(
+        (&occupancy["type"], &occupancy["connections"]),
+        (&serde_json::json!("reply"), &serde_json::json!(4)),
+        "{occupancy}"
+    );
+
+    // Node 2 dies without a word: its two members vanish once its lease runs out.
+    let killed = Instant::now();
+    nodes[2].child.kill().unwrap();
+    nodes[2].child.wait().unwrap();
+    let after = poll_json(&nodes[0], "/presence/room", |j| j["connections"] == 2);
+    eprintln!(
+        "node 2's members vanished {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    let clients: Vec<&str> = after["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients.len(), 2, "{after}");
+    // The survivors still count each other.
+    let occupancy = poll_json(&nodes[1], "/occupancy/room", |_| true);
+    assert_eq!(occupancy["connections"], 2, "{occupancy}");
+    let live = poll_json(&nodes[1], "/nodes", |_| true);
+    assert_eq!(live["nodes"].as_array().unwrap().len(), 2, "{live}");
+    drop(others);
+}

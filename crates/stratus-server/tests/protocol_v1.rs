@@ -5,87 +5,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Peer, admin, frame};
+use common::{Peer, V1, admin, frame};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use stratus_proto::{CloseCode, Message};
 use stratus_server::{
-    Auth, AuthAlgorithm, ClientPublish, Config, Namespace, NamespaceOptions, Server, SlowConsumer,
+    Auth, AuthAlgorithm, ClientPublish, Namespace, NamespaceOptions, Server, SlowConsumer,
 };
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-/// A push server on loopback, with `edit` applied.
-fn start(edit: impl FnOnce(&mut Config)) -> Server {
-    common::start_with(|c| {
-        *c = Config {
-            listen: c.listen,
-            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            workers: 2,
-            handshake_timeout: c.handshake_timeout,
-            close_timeout: c.close_timeout,
-            drain_timeout: c.drain_timeout,
-            ..Config::default()
-        };
-        edit(c);
-    })
-}
-
-/// A protocol v1 client over a raw TCP peer.
-struct V1 {
-    peer: Peer,
-}
-
-impl V1 {
-    /// Connects asking for `stratus.v1` (with more request headers); checks the answer.
-    fn open(server: &Server, extra_headers: &str) -> Self {
-        let headers = format!("Sec-WebSocket-Protocol: stratus.v1\r\n{extra_headers}");
-        let mut peer = Peer::connect(server.local_addr());
-        peer.send(common::upgrade_request_with("/ws", &headers).as_bytes());
-        let head = peer.read_head();
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("sec-websocket-protocol: stratus.v1\r\n"),
-            "{head}"
-        );
-        Self { peer }
-    }
-
-    fn send(&mut self, command: Value) {
-        self.peer
-            .send(&frame(true, 0, 0x1, command.to_string().as_bytes()));
-    }
-
-    /// The next message, which must be JSON text.
-    fn recv(&mut self) -> Value {
-        match self.peer.recv() {
-            Some(Message::Text(text)) => serde_json::from_slice(&text).unwrap(),
-            other => panic!("expected JSON text, got {other:?}"),
-        }
-    }
-
-    /// Sends `command` and returns the next message (its reply or error).
-    fn ask(&mut self, command: Value) -> Value {
-        self.send(command);
-        self.recv()
-    }
-
-    /// Sends `command` and checks it is refused with `code`.
-    fn refused(&mut self, command: Value, code: &str) {
-        let reply = self.ask(command.clone());
-        assert_eq!(reply["type"], "error", "{command} -> {reply}");
-        assert_eq!(reply["id"], command["id"], "{command} -> {reply}");
-        assert_eq!(reply["code"], code, "{command} -> {reply}");
-        assert!(
-            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{reply}"
-        );
-    }
-}
+use common::start_push as start;
 
 fn publish(server: &Server, topic: &str, content_type: &str, body: &str) -> Value {
     let request = format!(

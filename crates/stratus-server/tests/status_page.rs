@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Peer, start_with, upgrade_request};
+use common::{Peer, header, start_with, upgrade_request};
 use stratus_server::{App, Server};
 
 fn pubsub() -> Server {
@@ -24,14 +24,6 @@ fn browser_request(method: &str, target: &str) -> String {
         "{method} {target} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: test\r\n\
          Accept: text/html\r\nConnection: keep-alive\r\n\r\n"
     )
-}
-
-/// The head's header value for `name`.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .filter_map(|line| line.split_once(": "))
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value)
 }
 
 #[test]

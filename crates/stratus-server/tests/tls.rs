@@ -212,6 +212,16 @@ fn https_admin_publishes_and_answers_healthz() {
         "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(health, (200, r#"{"status":"ok"}"#.to_owned()));
+    // The admin page is served over HTTPS too.
+    let (status, page) = https(
+        admin,
+        &certs.pem,
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        status == 200 && page.contains("<title>Stratus admin</title>"),
+        "{status} {page}"
+    );
     let url = format!("wss://{}/ws?topic=orders", server.local_addr());
     let config = certs.client();
     let pem = certs.pem.clone();

@@ -10,7 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::node::hub::Hub;
 use crate::stats::{BrokerStats, CLOSE_CODES, LATENCY_BOUNDS_US, REFUSALS, WorkerStats};
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+pub(super) fn metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(&str, u64)],
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, value) in samples {
         let _ = writeln!(out, "{name}{labels} {value}");
@@ -52,7 +58,8 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 28] = [
+    let single: [(&str, &str, &str, u64); 29] = [
+        ("stratus_ready", "gauge", "1 while the node takes publishes (not draining, its broker reachable), else 0 (as /readyz).", u64::from(hub.is_ready())),
         ("stratus_connections", "gauge", "Open WebSocket connections.", hub.connections()),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
@@ -113,6 +120,17 @@ pub(crate) fn render(hub: &Hub) -> String {
         |w| &w.refused_by_status,
     );
     histogram(&mut out, hub);
+    user_commands(&mut out, stats);
+    let (presence_topics, members) = hub.presence_usage();
+    #[rustfmt::skip]
+    let rows = [
+        ("stratus_presence_topics", "gauge", "Topics whose presence the node keeps.", presence_topics as u64),
+        ("stratus_presence_members", "gauge", "Members listed over those topics (namespaces with presence = members).", members as u64),
+        ("stratus_presence_events_total", "counter", "Presence and occupancy pushes made (each once per topic and interval, for all its subscribers).", load(&stats.presence_events)),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(&mut out, name, kind, help, &[("", value)]);
+    }
     if let Some(history) = &hub.history {
         let (bytes, topics) = history.usage();
         #[rustfmt::skip]
@@ -127,7 +145,37 @@ pub(crate) fn render(hub: &Hub) -> String {
     if let Some(broker) = &hub.broker {
         broker_metrics(&mut out, &broker.stats);
     }
+    if let Some(hooks) = hub.hooks.get() {
+        super::hook_metrics::render(&mut out, hooks);
+    }
+    if let Some(events) = &hub.events {
+        super::events::metrics(&mut out, &events.shared.stats);
+    }
     out
+}
+
+/// User-level commands the admin API took, by action.
+fn user_commands(out: &mut String, stats: &crate::stats::Stats) {
+    use crate::model::user_control::ACTIONS;
+    let samples: Vec<(String, u64)> = ACTIONS
+        .iter()
+        .zip(&stats.user_commands)
+        .map(|(action, n)| {
+            (
+                format!("{{action=\"{action}\"}}"),
+                n.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    let samples: Vec<(&str, u64)> = samples.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    let help = "User-level commands taken by the admin API (/users/...), by action.";
+    metric(
+        out,
+        "stratus_user_commands_total",
+        "counter",
+        help,
+        &samples,
+    );
 }
 
 /// A counter with one label, one sample per value, summed over the workers.

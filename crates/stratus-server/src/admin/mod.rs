@@ -1,7 +1,9 @@
 //! The admin API, served by its own thread on its own listener: `POST /publish/{topic}`,
 //! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz` (false while draining or
-//! while the broker is unreachable). HTTP/1.1 with keep-alive,
-//! parsed with httparse; bodies need a Content-Length and are capped at `max_publish`.
+//! while the broker is unreachable), `GET /history/{topic}`, user-level control under
+//! `/users/{user}` (`users`), and the admin page at `GET /` (`page`, served without the
+//! token: it holds no data). HTTP/1.1 with keep-alive, parsed with httparse; bodies need
+//! a Content-Length and are capped at `max_publish`.
 //!
 //! With `admin_tls` configured the listener speaks HTTPS: the TLS handshake comes first
 //! (bounded by the request timeout), then the same HTTP code runs over the TLS stream.
@@ -19,7 +21,12 @@
 //! It reaches the server only through the hub (publish, readiness, the counters); it must
 //! not touch a worker, a connection or the broker thread.
 
+mod events;
+mod hook_metrics;
 mod metrics;
+mod page;
+mod presence;
+mod users;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -453,6 +460,18 @@ enum Endpoint {
     Metrics,
     Publish(String),
     History(String),
+    /// `/users/{user}...`: user-level control.
+    Users(users::UserRoute),
+    /// `GET /events`: occupied/vacated events by offset.
+    Events,
+    /// `GET /occupancy/{topic}` (false) or `GET /presence/{topic}` (true).
+    Presence(String, bool),
+    /// `GET /topics`: the node's busiest topics.
+    Topics,
+    /// `GET /`: the admin page (`page`), served without the token: it holds no data.
+    Page,
+    /// `GET /nodes`: every live node's figures.
+    Nodes,
 }
 
 /// The topic named after `prefix` in `path`, percent-decoded (`chat%3A1` is `chat:1`; a
@@ -473,6 +492,7 @@ fn route(admin: &Admin, request: &Request) -> Result<Endpoint, Response> {
         ("GET", "/metrics") => Endpoint::Metrics,
         ("POST", p) if p.starts_with("/publish/") => Endpoint::Publish(topic_in(p, "/publish/")),
         ("GET", p) if p.starts_with("/history/") => Endpoint::History(topic_in(p, "/history/")),
+        (method, p) if p.starts_with("/users/") => Endpoint::Users(users::route(method, p)?),
         (_, "/healthz" | "/readyz" | "/metrics") => {
             return Err(Response {
                 extra: "Allow: GET\r\n",
@@ -486,6 +506,39 @@ fn route(admin: &Admin, request: &Request) -> Result<Endpoint, Response> {
             });
         }
         (_, p) if p.starts_with("/history/") => {
+            return Err(Response {
+                extra: "Allow: GET\r\n",
+                ..error(405, "use GET")
+            });
+        }
+        ("GET", "/events") => Endpoint::Events,
+        ("GET", p) if p.starts_with("/occupancy/") => {
+            Endpoint::Presence(topic_in(p, "/occupancy/"), false)
+        }
+        ("GET", p) if p.starts_with("/presence/") => {
+            Endpoint::Presence(topic_in(p, "/presence/"), true)
+        }
+        ("GET", "/topics") => Endpoint::Topics,
+        ("GET", "/nodes") => Endpoint::Nodes,
+        (_, p)
+            if p.starts_with("/occupancy/")
+                || p.starts_with("/presence/")
+                || p == "/topics"
+                || p == "/nodes" =>
+        {
+            return Err(Response {
+                extra: "Allow: GET\r\n",
+                ..error(405, "use GET")
+            });
+        }
+        (_, "/events") => {
+            return Err(Response {
+                extra: "Allow: GET\r\n",
+                ..error(405, "use GET")
+            });
+        }
+        ("GET", "/") => return Ok(Endpoint::Page),
+        (_, "/") => {
             return Err(Response {
                 extra: "Allow: GET\r\n",
                 ..error(405, "use GET")
@@ -510,6 +563,12 @@ async fn answer(admin: &Admin, endpoint: Endpoint, request: &Request, body: Byte
         },
         Endpoint::Publish(topic) => publish(admin, &topic, request, body).await,
         Endpoint::History(topic) => history(admin, &topic, request).await,
+        Endpoint::Users(route) => users::answer(admin, route, request).await,
+        Endpoint::Events => events::answer(admin, request).await,
+        Endpoint::Presence(topic, members) => presence::answer(admin, &topic, members).await,
+        Endpoint::Topics => presence::busiest(admin, request),
+        Endpoint::Page => page::answer(),
+        Endpoint::Nodes => presence::nodes(admin).await,
     }
 }
 

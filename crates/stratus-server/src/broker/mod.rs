@@ -30,6 +30,7 @@
 //! node).
 
 mod history;
+mod presence;
 mod task;
 mod wire;
 

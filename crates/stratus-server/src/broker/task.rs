@@ -3,8 +3,10 @@
 //! into Redis subscriptions, reads histories, and hands what Redis sends to the node
 //! through [`Node`], never reaching into it.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,10 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::broker::history::fetch_history;
+use crate::broker::presence;
 use crate::broker::wire::{self, CONTROL_CHANNEL, channel};
 use crate::messages::{
-    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, Outgoing, PublishError, ReplyTo,
-    Retention,
+    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, NodeFigures, Outgoing,
+    PresenceOutcome, PresenceReplyTo, PublishError, ReplyTo, Retention,
 };
 use crate::model::offset::Offset;
 use crate::model::publication::Publication;
@@ -61,7 +64,8 @@ pub(crate) struct BrokerTask {
 }
 
 impl BrokerTask {
-    /// The broker thread for `client` (reading histories if `reads_history`): it takes the
+    /// The broker thread for `client` (reading histories and presence, on a connection of
+    /// its own, if `reads_history`): it takes the
     /// publishes and requests the node's `BrokerLink` sends, and may add control words to
     /// the publishes itself (through `publish_tx`). `stats` are shared with the link; the
     /// node's name on the control channel is drawn here.
@@ -231,6 +235,9 @@ impl BrokerTask {
             confirmed: HashSet::new(),
             fetches: FuturesUnordered::new(),
             queued: VecDeque::new(),
+            users: user_control::UserControl::default(),
+            reporting: Rc::new(Cell::new(false)),
+            full_report: true,
         };
         tokio::select! {
             lost = publish_loop(&mut self.publishes, publisher, &stats, node) => Some(lost),
@@ -287,6 +294,31 @@ fn apply(wanted: &mut Wanted, change: BrokerRequest, node: &dyn Node) -> bool {
         BrokerRequest::ReadHistory { reply, .. } => {
             let _ = reply.send(HistoryPage::failed("the broker is unreachable"));
         }
+        BrokerRequest::Presence {
+            topic,
+            members,
+            reply,
+        } => match reply {
+            PresenceReplyTo::Caller(reply) => {
+                let _ = reply.send(None);
+            }
+            PresenceReplyTo::Client(to) => {
+                let members = members.is_some();
+                node.presence(
+                    to,
+                    topic,
+                    PresenceOutcome {
+                        members,
+                        answer: None,
+                    },
+                );
+            }
+        },
+        // Cut off, the node's lease runs out: the cluster stops counting it.
+        BrokerRequest::PresenceTick { .. } => {}
+        BrokerRequest::Nodes { reply } => {
+            let _ = reply.send(None);
+        }
         BrokerRequest::Add(topic, arrival) => {
             wanted.insert(topic, arrival);
         }
@@ -294,6 +326,10 @@ fn apply(wanted: &mut Wanted, change: BrokerRequest, node: &dyn Node) -> bool {
             wanted.remove(&topic);
         }
         BrokerRequest::Stop => return false,
+        BrokerRequest::UserControl { reply, .. } => {
+            let unavailable = crate::model::user_control::ClusterError::BrokerUnavailable;
+            let _ = reply.send(Err(unavailable));
+        }
     }
     true
 }
@@ -448,6 +484,13 @@ struct Receiving<'a> {
     fetches: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + 'a>>>,
     /// History reads waiting for one in flight to end.
     queued: VecDeque<(Arc<str>, HistoryRead)>,
+    /// User-level commands asked of the cluster, and applied here.
+    users: user_control::UserControl,
+    /// A presence report is in flight (the next waits: what changed stays marked).
+    reporting: Rc<Cell<bool>>,
+    /// The next report carries every topic (the session is new: Redis may have lost the
+    /// node's presence while it was away).
+    full_report: bool,
 }
 
 impl Drop for Receiving<'_> {
@@ -511,14 +554,29 @@ impl<'a> Receiving<'a> {
                     Some(BrokerRequest::ReadHistory { topic, read, reply }) => {
                         self.read_for_caller(topic, read, reply);
                     }
+                    Some(BrokerRequest::Presence { topic, members, reply }) => {
+                        self.read_presence(topic, members, reply);
+                    }
+                    Some(BrokerRequest::PresenceTick { lease }) => self.report_presence(lease),
+                    Some(BrokerRequest::Nodes { reply }) => self.read_nodes(reply),
                     Some(BrokerRequest::Stop) | None => return None,
+                    Some(BrokerRequest::UserControl { command, reply }) => {
+                        let me = self.stats.node.load(Ordering::Relaxed);
+                        self.users.ask(&command, reply, &self.control, me);
+                    }
                 },
+                event = self.users.next(), if self.users.is_busy() => {
+                    self.users.handle(event, &self.control);
+                }
                 msg = stream.next() => {
                     let Some(msg) = msg else {
                         return Some("the pub/sub connection closed".into());
                     };
                     if msg.get_channel_name() == CONTROL_CHANNEL {
-                        on_control(msg.get_payload_bytes(), self.stats);
+                        let me = self.stats.node.load(Ordering::Relaxed);
+                        if !self.users.on_words(msg.get_payload_bytes(), self.node, me) {
+                            on_control(msg.get_payload_bytes(), self.stats);
+                        }
                         continue;
                     }
                     match wire::decode(msg.get_channel_name(), msg.get_payload_bytes()) {
@@ -641,6 +699,82 @@ impl<'a> Receiving<'a> {
         }
     }
 
+    /// Reads a topic's presence over the cluster, if fewer than [`MAX_FETCHES`] reads are
+    /// in flight (else, and if it fails, it is answered with `None`).
+    fn read_presence(&mut self, topic: Arc<str>, members: Option<usize>, reply: PresenceReplyTo) {
+        let node = self.node;
+        let conn = self
+            .reader
+            .clone()
+            .filter(|_| self.fetches.len() < MAX_FETCHES);
+        self.fetches.push(Box::pin(async move {
+            let answer = match conn {
+                Some(mut conn) => {
+                    let read = presence::read(&mut conn, &topic, members);
+                    tokio::time::timeout(RESPONSE_TIMEOUT, read)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                None => None,
+            };
+            match reply {
+                PresenceReplyTo::Caller(reply) => {
+                    let _ = reply.send(answer);
+                }
+                PresenceReplyTo::Client(to) => {
+                    let members = members.is_some();
+                    node.presence(to, topic, PresenceOutcome { members, answer });
+                }
+            }
+        }));
+    }
+
+    /// Reads every live node's figures (`None` if fewer than [`MAX_FETCHES`] reads are
+    /// not in flight, or it fails).
+    fn read_nodes(&mut self, reply: oneshot::Sender<Option<NodeFigures>>) {
+        let conn = self
+            .reader
+            .clone()
+            .filter(|_| self.fetches.len() < MAX_FETCHES);
+        self.fetches.push(Box::pin(async move {
+            let nodes = match conn {
+                Some(mut conn) => {
+                    tokio::time::timeout(RESPONSE_TIMEOUT, presence::nodes(&mut conn))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                None => None,
+            };
+            let _ = reply.send(nodes);
+        }));
+    }
+
+    /// Reports what changed in the node's presence (everything, on a new session) and
+    /// renews its lease, unless the last report is still in flight.
+    fn report_presence(&mut self, lease: Duration) {
+        let Some(mut conn) = self.reader.clone() else {
+            return;
+        };
+        if self.reporting.get() {
+            return;
+        }
+        let report = self
+            .node
+            .presence_report(std::mem::take(&mut self.full_report));
+        let (node, reporting) = (self.node.node_id(), self.reporting.clone());
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        reporting.set(true);
+        self.fetches.push(Box::pin(async move {
+            let written = presence::report(&mut conn, &node, lease_ms, &report);
+            if let Ok(Err(err)) = tokio::time::timeout(RESPONSE_TIMEOUT, written).await {
+                warn!(error = %err, "presence report failed");
+            }
+            reporting.set(false);
+        }));
+    }
+
     /// Starts a history read for a caller (the admin API), if fewer than [`MAX_FETCHES`]
     /// are in flight (else it answers at once that the node is busy).
     fn read_for_caller(
@@ -733,26 +867,26 @@ impl Control {
     /// Tells every node that this one is overloaded.
     fn signal_overload(&self) {
         let words = wire::overload_signal(self.stats.node.load(Ordering::Relaxed));
-        let words = Publication::from_message(Message::Binary(words.into()));
-        let Ok(words) = words else {
-            return;
+        if self.say(words, ReplyTo::Nobody) {
+            stats::add(&self.stats.overload_signals, 1);
+        }
+    }
+
+    /// Says `words` on the control channel; Redis's count of the nodes that heard goes to
+    /// `reply`. `false` if the publish queue is gone.
+    fn say(&self, words: Vec<u8>, reply: ReplyTo) -> bool {
+        let Ok(words) = Publication::from_message(Message::Binary(words.into())) else {
+            return false;
         };
         let none = Retention {
             count: 0,
             ttl: None,
         };
-        let outgoing = Outgoing::new(
-            String::new(),
-            words,
-            none,
-            ReplyTo::Nobody,
-            self.stats.clone(),
-        );
-        if self.publishes.send(outgoing).is_ok() {
-            stats::add(&self.stats.overload_signals, 1);
-        }
+        let outgoing = Outgoing::new(String::new(), words, none, reply, self.stats.clone());
+        self.publishes.send(outgoing).is_ok()
     }
 }
 
 #[cfg(test)]
 mod tests;
+mod user_control;

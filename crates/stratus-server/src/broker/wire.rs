@@ -27,6 +27,8 @@ pub(crate) const TEXT: u8 = b'T';
 pub(crate) const JSON: u8 = b'J';
 pub(crate) const BINARY: u8 = b'B';
 pub(crate) const KEYED: u8 = b'X';
+/// A server event (presence): never kept, for v1 subscribers only.
+pub(crate) const EVENT: u8 = b'E';
 
 /// A topic's channel.
 pub(crate) fn channel(topic: &str) -> String {
@@ -82,6 +84,7 @@ fn kind_byte(kind: PayloadKind) -> u8 {
         PayloadKind::Text => TEXT,
         PayloadKind::Json => JSON,
         PayloadKind::Binary => BINARY,
+        PayloadKind::Event => EVENT,
     }
 }
 
@@ -164,6 +167,11 @@ pub(crate) fn publication(payload: &[u8]) -> Option<Publication> {
             key: None,
         },
         BINARY => Publication::from_message(Message::Binary(body)).ok()?,
+        EVENT if simdutf8::basic::from_utf8(&body).is_ok() => Publication {
+            kind: PayloadKind::Event,
+            payload: body,
+            key: None,
+        },
         _ => return None,
     };
     publication.with_key(key).ok()

@@ -1,6 +1,7 @@
 //! Server settings and their defaults, and the namespaces that set options per topic
 //! prefix (`namespace`).
 
+mod hooks;
 mod namespace;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use stratus_proto::handshake::HandshakeLimits;
 
 use crate::model::auth::Auth;
 use crate::tls::TlsFiles;
+pub use hooks::Hooks;
 pub(crate) use namespace::TopicOptions;
 pub use namespace::{ClientPublish, Namespace, NamespaceOptions, PresenceMode};
 
@@ -177,6 +179,20 @@ pub struct Config {
     pub presence_lease: Duration,
     /// Options per topic prefix, over the settings above.
     pub namespaces: Vec<Namespace>,
+    /// Keep occupied/vacated events (a topic's first subscriber anywhere, and none for
+    /// `vacate_grace`): readable by offset (`GET /events`), and posted to
+    /// `occupancy_webhook` if set (which turns them on too).
+    pub occupancy_events: bool,
+    /// Where occupied/vacated events are posted (an `http://` or `https://` URL).
+    pub occupancy_webhook: Option<String>,
+    /// The shared secret the webhook's posts are signed with (HMAC-SHA256, in
+    /// `X-Stratus-Signature`); `None`: unsigned.
+    pub webhook_secret: Option<String>,
+    /// How long a topic has no subscriber anywhere before it is vacated: one that comes
+    /// back sooner (a flapping client, a rolling restart) fires nothing.
+    pub vacate_grace: Duration,
+    /// The backend hooks (connect, subscribe, publish).
+    pub hooks: Hooks,
 }
 
 impl Default for Config {
@@ -233,6 +249,11 @@ impl Default for Config {
             presence_interval: Duration::from_secs(1),
             presence_lease: Duration::from_secs(5),
             namespaces: Vec::new(),
+            occupancy_events: false,
+            occupancy_webhook: None,
+            webhook_secret: None,
+            vacate_grace: Duration::from_secs(5),
+            hooks: Hooks::default(),
         }
     }
 }
@@ -251,6 +272,15 @@ impl Config {
         }
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
+        }
+        if self.presence_interval < Duration::from_millis(10) {
+            return Err("presence-interval must be at least 0.01 s".into());
+        }
+        if self.presence_lease <= self.presence_interval {
+            return Err(
+                "presence-lease must be longer than presence-interval (each report renews it)"
+                    .into(),
+            );
         }
         if self.message_rate != 0 && self.message_rate < COMMAND_COST {
             return Err(format!(
@@ -296,6 +326,42 @@ impl Config {
             return Err("history-ttl must be more than 0".into());
         }
         self.validate_namespaces()?;
+        self.validate_occupancy()?;
+        self.hooks.validate(self.handshake_timeout)?;
+        self.validate_namespace_hooks()?;
+        Ok(())
+    }
+
+    /// Whether occupied/vacated events are kept.
+    pub(crate) fn keeps_occupancy_events(&self) -> bool {
+        self.occupancy_events || self.occupancy_webhook.is_some()
+    }
+
+    /// The webhook must be an http(s) URL; the grace and the lease must be more than 0.
+    fn validate_occupancy(&self) -> Result<(), String> {
+        if let Some(hook) = &self.occupancy_webhook {
+            let parsed =
+                url::Url::parse(hook).map_err(|e| format!("occupancy-webhook {hook:?}: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(format!(
+                    "occupancy-webhook {hook:?}: must be an http:// or https:// URL"
+                ));
+            }
+        }
+        if self.webhook_secret.as_deref() == Some("") {
+            return Err("webhook-secret must not be empty".into());
+        }
+        if self.keeps_occupancy_events()
+            && (self.vacate_grace.is_zero()
+                || self.presence_lease.is_zero()
+                || self.presence_interval.is_zero())
+        {
+            return Err(
+                "occupancy events need vacate-grace, presence-lease and presence-interval \
+                 above 0"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -340,5 +406,34 @@ mod tests {
         assert!(broker("http://127.0.0.1:6379").broker_client().is_err());
         assert!(broker("rediss://127.0.0.1:6379").broker_client().is_err());
         assert!(matches!(Config::default().broker_client(), Ok(None)));
+    }
+
+    #[test]
+    fn the_occupancy_webhook_must_be_an_http_url_and_the_grace_more_than_zero() {
+        let hook = |url: &str| Config {
+            occupancy_webhook: Some(url.into()),
+            ..Config::default()
+        };
+        assert!(
+            hook("https://app.example.com/hook")
+                .validate_occupancy()
+                .is_ok()
+        );
+        assert!(hook("http://127.0.0.1:8000/").validate_occupancy().is_ok());
+        for bad in ["ftp://example.com/", "not a url", "mailto:a@example.com"] {
+            assert!(hook(bad).validate_occupancy().is_err(), "{bad}");
+        }
+        let no_grace = Config {
+            vacate_grace: Duration::ZERO,
+            ..hook("http://127.0.0.1/")
+        };
+        assert!(no_grace.validate_occupancy().is_err());
+        let empty_secret = Config {
+            webhook_secret: Some(String::new()),
+            ..Config::default()
+        };
+        assert!(empty_secret.validate_occupancy().is_err());
+        assert!(!Config::default().keeps_occupancy_events());
+        assert!(hook("http://127.0.0.1/").keeps_occupancy_events());
     }
 }

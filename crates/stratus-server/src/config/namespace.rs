@@ -60,6 +60,10 @@ pub struct NamespaceOptions {
     /// How often subscribers get the topic's occupancy (`None` here: the server-wide
     /// setting; `Some(Duration::ZERO)`: never).
     pub occupancy_push: Option<Duration>,
+    /// Whether subscribes ask the subscribe hook (needs `Hooks::subscribe`).
+    pub subscribe_hook: Option<bool>,
+    /// Whether client publishes ask the publish hook (needs `Hooks::publish`).
+    pub publish_hook: Option<bool>,
 }
 
 /// A namespace: its prefix and its options.
@@ -86,6 +90,10 @@ pub(crate) struct TopicOptions {
     pub(crate) presence_events: bool,
     /// `None`: no occupancy push.
     pub(crate) occupancy_push: Option<Duration>,
+    /// Subscribes ask the subscribe hook.
+    pub(crate) subscribe_hook: bool,
+    /// Client publishes ask the publish hook.
+    pub(crate) publish_hook: bool,
 }
 
 impl TopicOptions {
@@ -110,6 +118,8 @@ impl Config {
             presence_max_members: self.presence_max_members,
             presence_events: self.presence_events,
             occupancy_push: self.occupancy_push,
+            subscribe_hook: self.hooks.subscribe.is_some(),
+            publish_hook: self.hooks.publish.is_some(),
         };
         let Some(ns) = self
             .namespaces
@@ -136,7 +146,18 @@ impl Config {
                 Some(every) => Some(every),
                 None => base.occupancy_push,
             },
+            subscribe_hook: o.subscribe_hook.unwrap_or(base.subscribe_hook),
+            publish_hook: o.publish_hook.unwrap_or(base.publish_hook),
         }
+    }
+
+    /// Whether any topic keeps presence (server-wide or in a namespace).
+    pub(crate) fn keeps_presence(&self) -> bool {
+        self.presence != PresenceMode::Off
+            || self
+                .namespaces
+                .iter()
+                .any(|ns| ns.options.presence.is_some_and(|p| p != PresenceMode::Off))
     }
 
     /// Whether any topic keeps a history (server-wide or in a namespace).

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
-use stratus_proto::handshake::{HandshakeLimits, Request, RequestReader};
+use bytes::{Bytes, BytesMut};
+use stratus_proto::handshake::{HandshakeLimits, Request, RequestReader, UpgradeRequest};
 use stratus_proto::{CloseCode, Message, Session};
 use stratus_uring::SendQueue;
 
@@ -55,6 +55,9 @@ pub(crate) enum Phase {
     /// An HTTP response (a refusal, or the status page) is queued; the connection ends
     /// after it.
     Answered,
+    /// The upgrade request is read and waits for the connect hook's answer (within the
+    /// handshake deadline); what arrives meanwhile waits undecoded.
+    Authorizing(Box<UpgradeRequest>),
 }
 
 /// What a connection's deadline is for.
@@ -274,7 +277,9 @@ impl Client {
     /// queue is at the cap (until it drains), or it has used up its message budget (until
     /// it refills, at `now_ms`).
     pub(crate) fn is_input_held(&self, config: &Config, now_ms: u32) -> bool {
-        self.is_queue_full(config) || self.is_over_message_rate(config, now_ms)
+        self.is_queue_full(config)
+            || self.is_over_message_rate(config, now_ms)
+            || self.is_authorizing()
     }
 
     /// Whether its queue is at the cap (what the client's messages make the server send
@@ -375,17 +380,17 @@ impl Client {
         }
     }
 
-    /// Reads the request from `buf`: the request (with the head consumed from `buf`)
-    /// once complete, `Ok(None)` while incomplete, or the refusal to send.
-    pub(crate) fn read_request(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, Refusal> {
+    /// Reads the request from `buf`: the request and its head (split off `buf`) once
+    /// complete, `Ok(None)` while incomplete, or the refusal to send.
+    pub(crate) fn read_request(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<(Request, BytesMut)>, Refusal> {
         let Phase::Handshake(reader) = &mut self.phase else {
             return Ok(None);
         };
         match reader.read_request(buf) {
-            Ok(Some((request, head_len))) => {
-                buf.advance(head_len);
-                Ok(Some(request))
-            }
+            Ok(Some((request, head_len))) => Ok(Some((request, buf.split_to(head_len)))),
             Ok(None) => Ok(None),
             Err(err) => Err(Refusal::from(&err)),
         }
@@ -405,6 +410,29 @@ impl Client {
         self.protocol = upgrade.protocol;
         self.deadline = None;
         self.queue.push(Bytes::from(upgrade.response));
+    }
+
+    /// Waits for the connect hook with `request` (read, not yet answered): its input is
+    /// held until [`Client::take_authorizing`].
+    pub(crate) fn authorize(&mut self, request: UpgradeRequest) {
+        self.phase = Phase::Authorizing(Box::new(request));
+    }
+
+    /// Whether it waits for the connect hook.
+    pub(crate) fn is_authorizing(&self) -> bool {
+        matches!(self.phase, Phase::Authorizing(_))
+    }
+
+    /// The request that waited for the connect hook, once it has answered; the caller
+    /// then opens the connection or answers it (until then nothing more is read).
+    pub(crate) fn take_authorizing(&mut self) -> Option<UpgradeRequest> {
+        match std::mem::replace(&mut self.phase, Phase::Answered) {
+            Phase::Authorizing(request) => Some(*request),
+            other => {
+                self.phase = other;
+                None
+            }
+        }
     }
 
     /// Sends a last HTTP response (a refusal, the status page), then FIN; the peer has

@@ -17,6 +17,7 @@ use crate::connection::client::{Client, Phase, queue_transmit};
 use crate::connection::conflation::Conflation;
 use crate::model::broadcast::Broadcast;
 use crate::model::protocol::{Notice, Protocol};
+use crate::model::publication::PayloadKind;
 use crate::model::recovery::Live;
 use crate::stats::{self, WorkerStats};
 
@@ -93,6 +94,9 @@ impl Client {
         broadcast: &Arc<Broadcast>,
         rules: QueueRules<'_>,
     ) -> Delivered {
+        if broadcast.publication.kind == PayloadKind::Event {
+            return self.deliver_event(broadcast, rules);
+        }
         if let Some(extras) = &mut self.extras
             && let Some(at) = extras
                 .recoveries
@@ -111,6 +115,21 @@ impl Client {
         // keeps its newest, in order.
         if rules.policy == SlowConsumer::Conflate && self.is_conflating() {
             return self.overflow(broadcast, rules);
+        }
+        self.push_broadcast(broadcast, rules)
+    }
+
+    /// A server event: to v1 connections only, never held by a recovery or conflated (a
+    /// full queue under `conflate` drops it).
+    fn deliver_event(&mut self, broadcast: &Arc<Broadcast>, rules: QueueRules<'_>) -> Delivered {
+        if self.protocol != Protocol::V1 {
+            return Delivered::Skipped;
+        }
+        if rules.policy == SlowConsumer::Conflate {
+            let len = broadcast.encoding(Protocol::V1).plain.len();
+            if self.is_conflating() || !self.has_room(len, 1, rules.cap) {
+                return Delivered::Dropped;
+            }
         }
         self.push_broadcast(broadcast, rules)
     }

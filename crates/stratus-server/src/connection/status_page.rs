@@ -67,25 +67,26 @@ fn response_head() -> String {
          X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
          Connection: close\r\n\r\n",
         PAGE.len(),
-        content_security_policy(),
+        content_security_policy(PAGE),
     )
 }
 
-/// Nothing but the page's own inline script and style, and WebSocket (or any) connections
+/// Nothing but `page`'s own inline script and style, and WebSocket (or any) connections
 /// to its own origin (CSP 3 `'self'` covers ws: and wss: on the same host and port).
-fn content_security_policy() -> String {
+/// The admin page (`admin::page`) is served with the same policy.
+pub(crate) fn content_security_policy(page: &str) -> String {
     format!(
         "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src data:; \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        inline_hashes("<script>", "</script>"),
-        inline_hashes("<style>", "</style>"),
+        inline_hashes(page, "<script>", "</script>"),
+        inline_hashes(page, "<style>", "</style>"),
     )
 }
 
-/// A CSP hash source for each block of the page between `open` and `close`.
-fn inline_hashes(open: &str, close: &str) -> String {
+/// A CSP hash source for each block of `page` between `open` and `close`.
+fn inline_hashes(page: &str, open: &str, close: &str) -> String {
     let mut sources = Vec::new();
-    let mut rest = PAGE;
+    let mut rest = page;
     while let Some((_, after)) = rest.split_once(open)
         && let Some((inline, tail)) = after.split_once(close)
     {
@@ -113,7 +114,7 @@ mod tests {
     fn policy_allows_the_one_inline_script_and_style_by_hash() {
         assert_eq!(PAGE.matches("<script").count(), 1);
         assert_eq!(PAGE.matches("<style").count(), 1);
-        let policy = content_security_policy();
+        let policy = content_security_policy(PAGE);
         assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"));
         assert!(policy.contains("; style-src 'sha256-"));
         assert_eq!(policy.matches("'sha256-").count(), 2, "{policy}");

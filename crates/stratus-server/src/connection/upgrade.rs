@@ -9,6 +9,7 @@ use stratus_proto::handshake::{HandshakeError, UpgradeRequest, http_error};
 use crate::config::{App, Config};
 use crate::model::auth::{self, Grant};
 use crate::model::broadcast::FrameChoice;
+use crate::model::hook::Connected;
 use crate::model::protocol::{Protocol, v1};
 use crate::model::topic;
 
@@ -22,6 +23,9 @@ pub(crate) struct Upgrade {
     pub(crate) grant: Option<Grant>,
     /// The protocol it speaks: v1 if it asked for `stratus.v1`, else raw.
     pub(crate) protocol: Protocol,
+    /// The topics the connect hook subscribed it to (besides `topics`, which the URL
+    /// asked for).
+    pub(crate) chosen: Vec<String>,
 }
 
 /// A refused upgrade: the HTTP status, the response, and why (for the log).
@@ -55,12 +59,36 @@ impl From<&HandshakeError> for Refusal {
     }
 }
 
-/// Accepts or refuses `request`.
-pub(crate) fn upgrade(
+/// Whether the connect hook decides `request`: a connect hook is set and the request
+/// carries no token (with JWT auth on, a request with a token is judged by the token
+/// alone, and an invalid one is 401 without asking the backend). What can be refused
+/// without the backend (the drain, the origin, the endpoint, the topics) is refused here
+/// first.
+pub(crate) fn needs_connect_hook(
     request: &UpgradeRequest,
     config: &Config,
     draining: bool,
-) -> Result<Upgrade, Refusal> {
+) -> Result<bool, Refusal> {
+    if config.hooks.connect.is_none() {
+        return Ok(false);
+    }
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    if config.auth.is_some()
+        && auth::find_token(request.authorization.as_deref(), query, &request.protocols).is_some()
+    {
+        return Ok(false);
+    }
+    admissible(request, config, draining)?;
+    subscriptions(path, query, config.app, config.max_topics_per_connection)
+        .map_err(|(status, why)| Refusal::new(status, "", why))?;
+    Ok(true)
+}
+
+/// Refuses an upgrade while draining, or from an origin not allowed.
+fn admissible(request: &UpgradeRequest, config: &Config, draining: bool) -> Result<(), Refusal> {
     if draining {
         let why = "server is shutting down".to_owned();
         return Err(Refusal::new(503, "Retry-After: 5\r\n", why));
@@ -79,11 +107,29 @@ pub(crate) fn upgrade(
         };
         return Err(Refusal::new(403, "", why));
     }
+    Ok(())
+}
+
+/// Accepts or refuses `request`: with `hooked`, as the connect hook answered (its grant,
+/// and the topics it subscribes the connection to besides those of the URL), else by its
+/// token (with auth on).
+pub(crate) fn upgrade(
+    request: &UpgradeRequest,
+    config: &Config,
+    draining: bool,
+    hooked: Option<Connected>,
+) -> Result<Upgrade, Refusal> {
+    admissible(request, config, draining)?;
     let (path, query) = request
         .target
         .split_once('?')
         .unwrap_or((&request.target, ""));
+    let (hooked, hook_topics) = match hooked {
+        Some(connected) => (Some(connected.grant), connected.subscribe),
+        None => (None, Vec::new()),
+    };
     let grant = match &config.auth {
+        _ if hooked.is_some() => hooked,
         None => None,
         Some(verifier) => {
             let token =
@@ -107,6 +153,18 @@ pub(crate) fn upgrade(
     {
         let why = format!("the token does not allow topic {denied:?}");
         return Err(Refusal::new(403, "", why));
+    }
+    // The connect hook's own subscriptions: the backend chose them, no grant check.
+    let chosen: Vec<String> = hook_topics
+        .into_iter()
+        .filter(|t| !topics.contains(t))
+        .collect();
+    if topics.len() + chosen.len() > config.max_topics_per_connection && config.app != App::Echo {
+        let why = format!(
+            "the connect hook's subscriptions pass {} topics per connection",
+            config.max_topics_per_connection
+        );
+        return Err(Refusal::new(502, "", why));
     }
     let mut session = Session::server(config.limits);
     let mut extra_headers = String::new();
@@ -147,6 +205,7 @@ pub(crate) fn upgrade(
         topics,
         grant,
         protocol,
+        chosen,
     })
 }
 

@@ -65,6 +65,8 @@ pub(crate) struct Grant {
     /// then). Kept as the claim's number: `exp` near `u64::MAX` is far past what a
     /// `SystemTime` holds, and must not overflow anything.
     pub(crate) expires: u64,
+    /// The token's `info` claim as JSON text: what presence lists beside the subject.
+    pub(crate) info: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +77,9 @@ struct Claims {
     topics: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    /// What presence shows about the connection (any JSON), as given.
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Auth {
@@ -139,6 +144,7 @@ impl Auth {
             topics: claims.topics.into_boxed_slice(),
             publish: claims.publish.into_boxed_slice(),
             expires: claims.exp,
+            info: claims.info.map(|raw| std::sync::Arc::from(raw.get())),
         })
     }
 }
@@ -153,6 +159,7 @@ impl Grant {
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             publish: Box::default(),
             expires,
+            info: None,
         }
     }
 
@@ -176,6 +183,25 @@ impl Grant {
     /// Whether the token's `publish` claim lets its connection publish to `topic`.
     pub(crate) fn may_publish(&self, topic: &str) -> bool {
         matches_any(&self.publish, topic)
+    }
+
+    /// What a connect hook's answer grants (see `model::hook`): `subject` may subscribe
+    /// to `topics` and publish to `publish` (patterns as in the token's claims) until
+    /// `expires` (`u64::MAX`: never), with `info` (JSON text) for presence.
+    pub(crate) fn from_hook(
+        subject: String,
+        topics: Vec<String>,
+        publish: Vec<String>,
+        expires: u64,
+        info: Option<std::sync::Arc<str>>,
+    ) -> Self {
+        Self {
+            subject,
+            topics: topics.into_boxed_slice(),
+            publish: publish.into_boxed_slice(),
+            expires,
+            info,
+        }
     }
 }
 

@@ -53,6 +53,14 @@ pub(crate) struct HistoryRead {
     pub(crate) resumes: bool,
 }
 
+impl Retention {
+    /// No history (server events, which are never kept).
+    pub(crate) const NONE: Self = Self {
+        count: 0,
+        ttl: None,
+    };
+}
+
 impl HistoryRead {
     /// How many entries to fetch for the page: a few for the first, then as many as the
     /// budget holds at the average seen.

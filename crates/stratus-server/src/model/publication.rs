@@ -21,6 +21,9 @@ pub(crate) enum PayloadKind {
     Json,
     /// Bytes.
     Binary,
+    /// A server event for protocol v1 subscribers (presence, occupancy): the payload is
+    /// the whole v1 push; raw-mode subscribers do not get it, and it is never kept.
+    Event,
 }
 
 /// A publication's content: its payload, what kind it is, and its key.
@@ -78,10 +81,21 @@ impl Publication {
         Ok(self)
     }
 
+    /// A server event: `text` is its v1 push.
+    pub(crate) fn event(text: String) -> Self {
+        Self {
+            kind: PayloadKind::Event,
+            payload: Bytes::from(text),
+            key: None,
+        }
+    }
+
     /// The message raw mode sends: text (JSON too) or binary, as published.
     pub(crate) fn message(&self) -> Message {
         match self.kind {
-            PayloadKind::Text | PayloadKind::Json => Message::Text(self.payload.clone()),
+            PayloadKind::Text | PayloadKind::Json | PayloadKind::Event => {
+                Message::Text(self.payload.clone())
+            }
             PayloadKind::Binary => Message::Binary(self.payload.clone()),
         }
     }

@@ -19,19 +19,21 @@ use std::time::{Instant, SystemTime};
 use stratus_uring::Wake;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, TopicOptions};
+use crate::config::{Config, PresenceMode, TopicOptions};
 use crate::messages::{
-    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, Overloaded, PublishDest,
-    PublishError, Published, Retention, WorkerMsg,
+    BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, Overloaded, PresenceOutcome,
+    PresenceReplyTo, PublishDest, PublishError, Published, Retention, WorkerMsg,
 };
 use crate::model::broadcast::Broadcast;
 use crate::model::offset::Offset;
+use crate::model::presence::{Occupancy, PresenceAnswer, PresenceReport};
 use crate::model::publication::Publication;
 use crate::model::topic;
 use crate::node::admission::{Admission, OverCap};
 use crate::node::broker_link::BrokerLink;
 use crate::node::delivery::Delivery;
 use crate::node::history::MemoryHistory;
+use crate::node::presence::{Members, PresenceTable, Who};
 use crate::stats::{self, Stats, WorkerStats};
 
 /// A worker's inbox, its wake-up, and what the publishes waiting in it hold.
@@ -44,7 +46,7 @@ pub(crate) struct WorkerLink {
 
 impl WorkerLink {
     /// Sends `msg` and wakes the worker; `false` if the worker is gone.
-    fn send(&self, msg: WorkerMsg) -> bool {
+    pub(crate) fn send(&self, msg: WorkerMsg) -> bool {
         let sent = self.tx.send(msg).is_ok();
         if sent {
             self.wake.wake();
@@ -90,6 +92,28 @@ pub(crate) struct Hub {
     pub(crate) history: Option<MemoryHistory>,
     draining: AtomicBool,
     config: Arc<Config>,
+    /// This node's name among the cluster's nodes (presence, user control): random, fixed
+    /// for the life of the process.
+    pub(crate) node_id: Arc<str>,
+    /// Where a topic's first and last subscriber on the node are reported, for the
+    /// occupied/vacated events (`None`: no events kept).
+    pub(crate) events: Option<crate::node::occupancy_events::EventsLink>,
+    /// Who is subscribed to what on the node (occupancy, members, joins and leaves).
+    presence: Mutex<PresenceTable>,
+    /// The way to the backend hooks' thread, once started (only with a hook set).
+    pub(crate) hooks: std::sync::OnceLock<crate::node::hook_link::HookLink>,
+}
+
+/// A fresh random node id (16 hex digits).
+fn fresh_node_id() -> Arc<str> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(now);
+    hasher.write_u32(std::process::id());
+    Arc::from(format!("{:016x}", hasher.finish()))
 }
 
 /// How often a paced publish checks for room.
@@ -118,6 +142,12 @@ impl Hub {
     ) -> Self {
         let history = (broker.is_none() && config.keeps_history())
             .then(|| MemoryHistory::new(config.history_memory));
+        // One name per node: the broker's (on its control channel) where there is one.
+        let node_id = match &broker {
+            Some(link) => Arc::from(format!("{:016x}", link.stats.node.load(Ordering::Relaxed))),
+            None => fresh_node_id(),
+        };
+        let presence = PresenceTable::new(node_id.clone(), broker.is_some());
         Self {
             broker,
             history,
@@ -129,6 +159,211 @@ impl Hub {
             stats: Stats::default(),
             draining: AtomicBool::new(false),
             config,
+            presence: Mutex::new(presence),
+            node_id,
+            events: None,
+            hooks: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The hub, reporting its topics' first and last subscribers to `events`.
+    pub(crate) fn with_events(
+        mut self,
+        events: Option<crate::node::occupancy_events::EventsLink>,
+    ) -> Self {
+        self.events = events;
+        self
+    }
+
+    fn presence(&self) -> std::sync::MutexGuard<'_, PresenceTable> {
+        self.presence.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `who` has subscribed to `topic` (after [`Hub::subscribe`] took it).
+    pub(crate) fn joined(&self, topic: &Arc<str>, who: &Who<'_>) {
+        let options = self.config.options(topic);
+        self.presence().join(topic, who, &options);
+    }
+
+    /// `who` has left `topic` (after [`Hub::unsubscribe`]).
+    pub(crate) fn left(&self, topic: &str, who: &Who<'_>) {
+        let options = self.config.options(topic);
+        self.presence().leave(topic, who, &options);
+    }
+
+    /// The node's figures for `GET /nodes`: connections, topics with subscribers, and the
+    /// publishes and deliveries counted since it started.
+    pub(crate) fn figures(&self) -> Vec<(&'static str, u64)> {
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("connections", self.connections()),
+            ("topics", self.topic_count() as u64),
+            ("published", count(&self.stats.published)),
+            ("delivered", count(&self.stats.delivered)),
+        ]
+    }
+
+    /// Every live node's figures (this node's alone without a broker); `None` when the
+    /// broker cannot read them now.
+    pub(crate) async fn nodes(&self) -> Option<Vec<(String, Vec<(String, u64)>)>> {
+        let Some(broker) = &self.broker else {
+            let own = self.figures().into_iter().map(|(k, v)| (k.to_owned(), v));
+            return Some(vec![(self.node_id.to_string(), own.collect())]);
+        };
+        let (reply, rx) = oneshot::channel();
+        broker.request(BrokerRequest::Nodes { reply });
+        rx.await.ok().flatten()
+    }
+
+    /// A connection's presence (`members`) or occupancy command on `topic`: over the
+    /// cluster through the broker (the answer goes to the connection's worker), else
+    /// answered now from this node.
+    pub(crate) fn ask_presence(
+        &self,
+        topic: &str,
+        members: bool,
+        to: PublishDest,
+    ) -> Option<PresenceAnswer> {
+        let Some(broker) = &self.broker else {
+            return Some(self.local_presence(topic, members));
+        };
+        let cap = self.config.options(topic).presence_max_members;
+        broker.request(BrokerRequest::Presence {
+            topic: Arc::from(topic),
+            members: members.then_some(cap),
+            reply: PresenceReplyTo::Client(to),
+        });
+        None
+    }
+
+    /// `topic`'s presence (`members`) or occupancy over the cluster (this node's without
+    /// a broker); `None` when the broker cannot read it now.
+    pub(crate) async fn cluster_presence(
+        &self,
+        topic: &str,
+        members: bool,
+    ) -> Option<PresenceAnswer> {
+        let Some(broker) = &self.broker else {
+            return Some(self.local_presence(topic, members));
+        };
+        let cap = self.config.options(topic).presence_max_members;
+        let (reply, rx) = oneshot::channel();
+        broker.request(BrokerRequest::Presence {
+            topic: Arc::from(topic),
+            members: members.then_some(cap),
+            reply: PresenceReplyTo::Caller(reply),
+        });
+        rx.await.ok().flatten()
+    }
+
+    /// `topic`'s presence on this node: its occupancy, and its members (at most its
+    /// namespace's cap) if `members`.
+    pub(crate) fn local_presence(&self, topic: &str, members: bool) -> PresenceAnswer {
+        let cap = self.config.options(topic).presence_max_members;
+        let presence = self.presence();
+        if !members {
+            return PresenceAnswer {
+                occupancy: presence.occupancy(topic),
+                members: None,
+            };
+        }
+        let Members {
+            occupancy,
+            list,
+            complete,
+        } = presence.members(topic, cap);
+        PresenceAnswer {
+            occupancy,
+            members: Some((list, complete)),
+        }
+    }
+
+    /// Topics in the node's presence, and members listed over them.
+    pub(crate) fn presence_usage(&self) -> (usize, usize) {
+        self.presence().usage()
+    }
+
+    /// The node's busiest topics (most connections first), at most `limit`.
+    pub(crate) fn busiest_topics(&self, limit: usize) -> Vec<(Arc<str>, Occupancy)> {
+        self.presence().busiest(limit)
+    }
+
+    /// The end of presence interval `tick` (counted from 1): the interval's joins and
+    /// leaves go out, occupancy pushes that are due go out (with the cluster's counts
+    /// where there is a broker), and the broker reports the node's presence to Redis.
+    pub(crate) fn presence_tick(&self, tick: u64) {
+        self.flush_presence();
+        match &self.broker {
+            Some(broker) => {
+                broker.request(BrokerRequest::PresenceTick {
+                    lease: self.config.presence_lease,
+                });
+                self.push_occupancy(tick, |topic, local| {
+                    let (reply, rx) = oneshot::channel();
+                    broker.request(BrokerRequest::Presence {
+                        topic: Arc::from(topic),
+                        members: None,
+                        reply: PresenceReplyTo::Caller(reply),
+                    });
+                    rx.blocking_recv()
+                        .ok()
+                        .flatten()
+                        .map_or(local, |answer| answer.occupancy)
+                });
+            }
+            None => self.push_occupancy(tick, |_, local| local),
+        }
+    }
+
+    /// The end of a presence interval: each topic's joins and leaves (or counts) go to
+    /// its subscribers, on every node with a broker; encoded once, v1 subscribers only.
+    fn flush_presence(&self) {
+        let events = self.presence().take_events();
+        stats::add(&self.stats.presence_events, events.len() as u64);
+        for (topic, event) in events {
+            let text = crate::node::presence::event_json(&topic, &event);
+            self.send_event(&topic, text);
+        }
+    }
+
+    /// Sends `text` (a whole v1 push) to `topic`'s v1 subscribers: through the broker (no
+    /// history) when there is one, else to this node's workers.
+    pub(crate) fn send_event(&self, topic: &str, text: String) {
+        let event = Publication::event(text);
+        let _ = match &self.broker {
+            Some(broker) => broker
+                .publish(
+                    topic,
+                    event,
+                    Retention::NONE,
+                    None,
+                    self.config.max_publish_backlog,
+                )
+                .map(|_| ()),
+            None => self.dispatch(topic, event, None).map(|_| ()),
+        };
+    }
+
+    /// Pushes their occupancy (`count` says it) to the subscribers on this node of the
+    /// topics whose namespace asks for it every so many presence intervals, when `tick`
+    /// (intervals since the start) is due.
+    pub(crate) fn push_occupancy(&self, tick: u64, count: impl Fn(&str, Occupancy) -> Occupancy) {
+        let interval = self.config.presence_interval.as_secs_f64().max(0.001);
+        let topics = self.presence().busiest(usize::MAX);
+        for (topic, local) in topics {
+            let due = self
+                .config
+                .options(&topic)
+                .occupancy_push
+                .is_some_and(|every| {
+                    let every = (every.as_secs_f64() / interval).round().max(1.0) as u64;
+                    tick.is_multiple_of(every)
+                });
+            if due {
+                stats::add(&self.stats.presence_events, 1);
+                let text = crate::node::presence::occupancy_json(&topic, count(&topic, local));
+                let _ = self.dispatch(&topic, Publication::event(text), None);
+            }
         }
     }
 
@@ -160,6 +395,9 @@ impl Hub {
             if let Some(broker) = &self.broker {
                 broker.request(BrokerRequest::Add(topic.clone(), arrival));
             }
+            if let Some(events) = &self.events {
+                events.changed(topic, true);
+            }
             TopicState {
                 workers: 0,
                 subscribers: 0,
@@ -189,6 +427,9 @@ impl Hub {
             interest.remove(topic);
             if let Some(broker) = &self.broker {
                 broker.request(BrokerRequest::Remove(topic.clone()));
+            }
+            if let Some(events) = &self.events {
+                events.changed(topic, false);
             }
         }
     }
@@ -500,7 +741,7 @@ impl Hub {
     }
 
     /// Sends `msg` to worker `w`.
-    fn tell(&self, w: usize, msg: WorkerMsg) {
+    pub(crate) fn tell(&self, w: usize, msg: WorkerMsg) {
         if let Some(link) = self.links.get(w) {
             link.send(msg);
         }
@@ -540,8 +781,34 @@ impl Node for Hub {
         self.tell(to.worker, WorkerMsg::History { to, topic, page });
     }
 
+    fn presence(&self, to: PublishDest, topic: Arc<str>, answer: PresenceOutcome) {
+        self.tell(to.worker, WorkerMsg::Presence { to, topic, answer });
+    }
+
+    fn node_id(&self) -> Arc<str> {
+        self.node_id.clone()
+    }
+
+    fn presence_report(&self, all: bool) -> PresenceReport {
+        let listed = |topic: &str| {
+            let options = self.config.options(topic);
+            (options.presence == PresenceMode::Members).then_some(options.presence_max_members)
+        };
+        PresenceReport {
+            topics: self.presence().report(all, listed),
+            node: self.figures(),
+        }
+    }
+
     fn published(&self, to: PublishDest, topic: Arc<str>, result: Result<Published, PublishError>) {
         self.tell(to.worker, WorkerMsg::Published { to, topic, result });
+    }
+
+    fn user_control(
+        &self,
+        command: Arc<crate::model::user_control::UserCommand>,
+    ) -> Vec<oneshot::Receiver<crate::model::user_control::Tally>> {
+        self.ask_workers(&command)
     }
 }
 
@@ -565,6 +832,10 @@ mod tests {
                 BrokerRequest::History { topic, .. } => format!("history {topic}"),
                 BrokerRequest::ReadHistory { topic, .. } => format!("read {topic}"),
                 BrokerRequest::Stop => "stop".into(),
+                BrokerRequest::UserControl { .. } => "user".into(),
+                BrokerRequest::Presence { topic, .. } => format!("presence {topic}"),
+                BrokerRequest::PresenceTick { .. } => "presence tick".into(),
+                BrokerRequest::Nodes { .. } => "nodes".into(),
             })
             .collect()
     }

@@ -8,4 +8,8 @@ pub(crate) mod admission;
 pub(crate) mod broker_link;
 pub(crate) mod delivery;
 pub(crate) mod history;
+pub(crate) mod hook_link;
 pub(crate) mod hub;
+pub(crate) mod occupancy_events;
+pub(crate) mod presence;
+pub(crate) mod user_control;

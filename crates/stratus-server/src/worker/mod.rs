@@ -29,12 +29,14 @@
 //! hub, which is shared, and the inboxes it keeps).
 
 mod conns;
+mod hooks;
 mod pending_replies;
 pub(crate) mod pubsub;
 mod receive;
 mod settle;
 mod sweep;
 mod unupgraded;
+mod users;
 
 use std::io;
 use std::net::TcpListener;
@@ -117,6 +119,8 @@ pub(crate) struct Worker {
     draining: Option<Instant>,
     /// The listener's TLS settings (`wss://`).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Its connections by user, for user-level control.
+    users: users::Users,
 }
 
 impl Worker {
@@ -157,6 +161,7 @@ impl Worker {
             unsent_publishes: Vec::new(),
             draining: None,
             tls,
+            users: users::Users::default(),
         })
     }
 
@@ -278,6 +283,7 @@ impl Worker {
                 }
                 WorkerMsg::Confirmed(topic) => {
                     self.pubsub.on_confirmed(&ctx, &mut self.conns, &topic);
+                    self.on_user_topic_confirmed(&topic);
                 }
                 WorkerMsg::History { to, topic, page } => {
                     self.pubsub
@@ -291,6 +297,12 @@ impl Worker {
                         .on_published(&ctx, &mut self.conns, to, &topic, result);
                 }
                 WorkerMsg::Drain => self.start_drain(),
+                WorkerMsg::Presence { to, topic, answer } => {
+                    self.pubsub
+                        .on_presence(&ctx, &mut self.conns, to, &topic, answer);
+                }
+                WorkerMsg::Hooked { to, answer } => self.on_hooked(to, answer),
+                WorkerMsg::User { command, reply } => self.on_user_command(&command, reply),
             }
         }
     }

@@ -13,13 +13,15 @@ use tracing::{debug, warn};
 
 use crate::config::App;
 use crate::connection::tls::TlsConn;
-use crate::connection::upgrade::{Refusal, upgrade};
+use crate::connection::upgrade::{Refusal, Upgrade, needs_connect_hook, upgrade};
 use crate::connection::{Client, Conn, Counted, status_page};
 use crate::model::conn_id::ConnId;
 use crate::model::rate::TokenBucket;
 use crate::stats;
 use crate::worker::Worker;
 use crate::worker::conns::Conns;
+use crate::worker::hooks;
+use crate::worker::pubsub;
 
 impl Worker {
     /// A new socket: counted among those mid-upgrade (or closed at once, past its
@@ -120,33 +122,54 @@ impl Worker {
     fn handshake(&mut self, id: ConnId, buf: &mut BytesMut) {
         let ctx = self.clock.context(&self.hub, &self.config);
         let config = ctx.config;
-        let counters = &self.hub.workers[self.index];
         let Some(conn) = self.conns.get(id) else {
             return;
         };
         let accepted = match conn.client_mut().read_request(buf) {
             Ok(None) => return,
-            Ok(Some(Request::Plain(request))) => match status_page::answer(&request, config.app) {
-                Ok(page) => {
-                    conn.client_mut().answer(page, ctx.close_deadline());
-                    buf.clear();
-                    return;
-                }
-                Err(refusal) => Err(refusal),
-            },
-            Ok(Some(Request::Upgrade(request))) => {
-                upgrade(&request, config, self.draining.is_some()).and_then(|accepted| {
-                    let caps = (config.max_connections, config.max_connections_per_ip);
-                    match self.hub.admit(conn.ip(), caps.0, caps.1) {
-                        Ok(()) => Ok(accepted),
-                        Err(over) => {
-                            let why = over.reason.to_owned();
-                            Err(Refusal::new(over.status, "Retry-After: 5\r\n", why))
-                        }
+            Ok(Some((Request::Plain(request), _))) => {
+                match status_page::answer(&request, config.app) {
+                    Ok(page) => {
+                        conn.client_mut().answer(page, ctx.close_deadline());
+                        buf.clear();
+                        return;
                     }
-                })
+                    Err(refusal) => Err(refusal),
+                }
+            }
+            Ok(Some((Request::Upgrade(request), head))) => {
+                let draining = self.draining.is_some();
+                match needs_connect_hook(&request, config, draining) {
+                    // The connection waits for the backend's answer (`worker::hooks`).
+                    Ok(true) => match hooks::ask_connect(
+                        &self.hub, self.index, conn, request, &head, ctx.now,
+                    ) {
+                        Ok(()) => return,
+                        Err(refusal) => Err(refusal),
+                    },
+                    Ok(false) => upgrade(&request, config, draining, None)
+                        .and_then(|accepted| hooks::admit(&self.hub, conn.ip(), config, accepted)),
+                    Err(refusal) => Err(refusal),
+                }
             }
             Err(refusal) => Err(refusal),
+        };
+        self.finish_handshake(id, accepted, buf);
+    }
+
+    /// The end of the HTTP phase: the refusal, or the upgrade with the topics the request
+    /// (or the connect hook) asked for, then any frames that came with it.
+    pub(super) fn finish_handshake(
+        &mut self,
+        id: ConnId,
+        accepted: Result<Upgrade, Refusal>,
+        buf: &mut BytesMut,
+    ) {
+        let ctx = self.clock.context(&self.hub, &self.config);
+        let config = ctx.config;
+        let counters = &self.hub.workers[self.index];
+        let Some(conn) = self.conns.get(id) else {
+            return;
         };
         let mut accepted = match accepted {
             Ok(accepted) => accepted,
@@ -159,7 +182,8 @@ impl Worker {
                 return;
             }
         };
-        let topics = std::mem::take(&mut accepted.topics);
+        let mut topics = std::mem::take(&mut accepted.topics);
+        let chosen = std::mem::take(&mut accepted.chosen);
         if conn.counted() == Counted::Unupgraded {
             self.unupgraded.finished(conn.ip());
         }
@@ -167,9 +191,14 @@ impl Worker {
         conn.client_mut().open(accepted, budget);
         if let Some(grant) = conn.client().grant() {
             debug!(conn = %id, subject = %grant.subject, "token accepted");
+            self.users.opened(&grant.subject, id);
         }
         conn.count_in(Counted::Open);
         stats::add(&counters.opened, 1);
+        // URL topics whose subscribes ask the backend wait for it; the connect hook's
+        // own choices do not ask again.
+        pubsub::ask_upgrade_topics(&mut self.pubsub, &ctx, id, conn.client_mut(), &mut topics);
+        topics.extend(chosen);
         self.pubsub.on_upgrade(&ctx, id, conn.client_mut(), &topics);
         self.decode(id, buf);
     }

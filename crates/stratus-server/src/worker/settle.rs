@@ -124,6 +124,9 @@ impl Worker {
             self.unupgraded.finished(conn.ip());
         }
         let ctx = self.clock.context(&self.hub, &self.config);
+        if let Some(grant) = conn.client().grant() {
+            self.users.closed(&grant.subject, id);
+        }
         self.pubsub.on_left(&ctx, id, conn.client());
         if conn.counted() == Counted::Open {
             self.hub

@@ -14,6 +14,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use serde_json::Value;
 use stratus_proto::codec::Decoded;
 pub use stratus_proto::test_support::raw_frame;
 use stratus_proto::{CloseCode, Decoder, Limits, Message, Role};
@@ -292,3 +293,81 @@ fn listens(child: &mut Child, ws: SocketAddr) -> bool {
     child.try_wait().unwrap().is_none()
 }
 pub mod proxy;
+
+/// The push server with its defaults on loopback (two workers, an admin listener, the
+/// short test timeouts), with `edit` applied.
+pub fn start_push(edit: impl FnOnce(&mut Config)) -> Server {
+    start_with(|c| {
+        *c = Config {
+            listen: c.listen,
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            workers: 2,
+            handshake_timeout: c.handshake_timeout,
+            close_timeout: c.close_timeout,
+            drain_timeout: c.drain_timeout,
+            ..Config::default()
+        };
+        edit(c);
+    })
+}
+
+/// A protocol v1 client over a raw TCP peer.
+pub struct V1 {
+    pub peer: Peer,
+}
+
+impl V1 {
+    /// Connects asking for `stratus.v1` (with more request headers); checks the answer.
+    pub fn open(server: &Server, extra_headers: &str) -> Self {
+        let headers = format!("Sec-WebSocket-Protocol: stratus.v1\r\n{extra_headers}");
+        let mut peer = Peer::connect(server.local_addr());
+        peer.send(upgrade_request_with("/ws", &headers).as_bytes());
+        let head = peer.read_head();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-protocol: stratus.v1\r\n"),
+            "{head}"
+        );
+        Self { peer }
+    }
+
+    pub fn send(&mut self, command: Value) {
+        self.peer
+            .send(&frame(true, 0, 0x1, command.to_string().as_bytes()));
+    }
+
+    /// The next message, which must be JSON text.
+    pub fn recv(&mut self) -> Value {
+        match self.peer.recv() {
+            Some(Message::Text(text)) => serde_json::from_slice(&text).unwrap(),
+            other => panic!("expected JSON text, got {other:?}"),
+        }
+    }
+
+    /// Sends `command` and returns the next message (its reply or error).
+    pub fn ask(&mut self, command: Value) -> Value {
+        self.send(command);
+        self.recv()
+    }
+
+    /// Sends `command` and checks it is refused with `code`.
+    pub fn refused(&mut self, command: Value, code: &str) {
+        let reply = self.ask(command.clone());
+        assert_eq!(reply["type"], "error", "{command} -> {reply}");
+        assert_eq!(reply["id"], command["id"], "{command} -> {reply}");
+        assert_eq!(reply["code"], code, "{command} -> {reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{reply}"
+        );
+    }
+}
+
+/// The value of header `name` in an HTTP response head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .filter_map(|line| line.split_once(": "))
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value)
+}

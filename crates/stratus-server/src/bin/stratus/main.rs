@@ -2,12 +2,14 @@
 //!
 //! `stratus` (or `stratus serve`) runs the push server with an embedded default that needs
 //! nothing else; `stratus echo` runs the echo server Autobahn tests; `stratus publish`
-//! posts a message to a running server. SIGTERM or SIGINT drains and exits 0.
+//! posts a message to a running server; `stratus config` checks and writes config files.
+//! SIGTERM or SIGINT drains and exits 0.
 
+mod packaging;
 mod publish;
 mod settings;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use stratus_server::{Config, Server};
 
@@ -39,8 +41,22 @@ enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the completion script for SHELL (packaged for bash, zsh and fish).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (stratus.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
 }
 
+// Parsed once at start: the size of `Check`'s settings costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate FILE and print the effective configuration (flags over environment over
@@ -54,6 +70,9 @@ enum ConfigCommand {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print every option of `stratus serve`, commented out and set to its default: a
+    /// config file to start from (the package installs it as /etc/stratus/stratus.toml).
+    Default,
 }
 
 /// The log filter the settings ask for (else `RUST_LOG`, else info).
@@ -146,6 +165,15 @@ fn main() -> anyhow::Result<()> {
             settings.config = Some(file);
             return check(settings, echo);
         }
+        Some(Command::Config(ConfigCommand::Default)) => {
+            print!("{}", packaging::default_config()?);
+            return Ok(());
+        }
+        Some(Command::Completions { shell }) => {
+            packaging::completions(shell, Cli::command());
+            return Ok(());
+        }
+        Some(Command::Man { dir }) => return packaging::man(Cli::command(), &dir),
     };
     let settings = settings.resolve()?;
     init_logs(&settings)?;

@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stratus_deflate::{DeflateConfig, Mode};
 use stratus_server::{
-    Auth, AuthAlgorithm, ClientPublish, Config, Namespace, NamespaceOptions, PresenceMode,
+    Auth, AuthAlgorithm, ClientPublish, Config, Hooks, Namespace, NamespaceOptions, PresenceMode,
     SlowConsumer, TlsFiles,
 };
 
@@ -221,9 +221,46 @@ pub(crate) struct Settings {
     /// crashed node's members and counts vanish after it) [5].
     #[arg(long, env = "STRATUS_PRESENCE_LEASE")]
     presence_lease: Option<f64>,
+    /// Keep occupied/vacated events (a topic's first subscriber anywhere; none for
+    /// --vacate-grace), readable with GET /events [false; on with --occupancy-webhook].
+    #[arg(long, env = "STRATUS_OCCUPANCY_EVENTS", num_args = 0..=1, default_missing_value = "true")]
+    occupancy_events: Option<bool>,
+    /// Post occupied/vacated events to this http(s) URL (JSON, signed with
+    /// --webhook-secret; retried with backoff) [none].
+    #[arg(long, env = "STRATUS_OCCUPANCY_WEBHOOK")]
+    occupancy_webhook: Option<String>,
+    /// The shared secret webhook posts are signed with (HMAC-SHA256 in
+    /// X-Stratus-Signature) [none: unsigned].
+    #[arg(long, env = "STRATUS_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Seconds a topic has no subscriber anywhere before it is vacated; one back sooner
+    /// fires nothing [5].
+    #[arg(long, env = "STRATUS_VACATE_GRACE")]
+    vacate_grace: Option<f64>,
+    /// POST each WebSocket upgrade without a token to this http(s) URL; the backend's
+    /// JSON answer says who the connection is, or refuses it [none].
+    #[arg(long, env = "STRATUS_CONNECT_HOOK")]
+    connect_hook: Option<String>,
+    /// POST each subscribe (in namespaces with subscribe-hook, every topic by default) to
+    /// this http(s) URL; the backend allows or refuses it [none].
+    #[arg(long, env = "STRATUS_SUBSCRIBE_HOOK")]
+    subscribe_hook: Option<String>,
+    /// POST each client publish (in namespaces with publish-hook, every topic by default)
+    /// to this http(s) URL; the backend allows, refuses or replaces its data [none].
+    #[arg(long, env = "STRATUS_PUBLISH_HOOK")]
+    publish_hook: Option<String>,
+    /// Seconds a hook's answer may take, waiting in line included; past it the hook
+    /// refuses (upgrade 504, v1 hook_timeout) [2].
+    #[arg(long, env = "STRATUS_HOOK_TIMEOUT")]
+    hook_timeout: Option<f64>,
+    /// Most hook requests in flight on the node; four times as many wait in line, and
+    /// past that hooks refuse at once (upgrade 503, v1 unavailable) [64].
+    #[arg(long, env = "STRATUS_HOOK_CONCURRENCY")]
+    hook_concurrency: Option<usize>,
     /// Options per topic prefix (config file only): `[namespace."chat:"]` with any of
     /// history, history-ttl, recovery, publish, max-subscribers, max-message,
-    /// slow-consumer, presence, presence-max-members, presence-events, occupancy-push.
+    /// slow-consumer, presence, presence-max-members, presence-events, occupancy-push,
+    /// subscribe-hook, publish-hook (true or false).
     #[arg(skip)]
     namespace: Option<BTreeMap<String, NamespaceSettings>>,
 }
@@ -254,6 +291,10 @@ pub(crate) struct NamespaceSettings {
     presence_events: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     occupancy_push: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscribe_hook: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish_hook: Option<bool>,
 }
 
 impl NamespaceSettings {
@@ -281,6 +322,8 @@ impl NamespaceSettings {
                 .map(|s| seconds(Some(s), "occupancy-push", Duration::ZERO))
                 .transpose()
                 .with_context(|| format!("namespace {prefix:?}"))?,
+            subscribe_hook: self.subscribe_hook,
+            publish_hook: self.publish_hook,
         })
     }
 
@@ -297,6 +340,8 @@ impl NamespaceSettings {
             presence_max_members: options.presence_max_members,
             presence_events: options.presence_events,
             occupancy_push: options.occupancy_push.map(|d| d.as_secs_f64()),
+            subscribe_hook: options.subscribe_hook,
+            publish_hook: options.publish_hook,
         }
     }
 }
@@ -492,13 +537,22 @@ impl Settings {
             occupancy_push,
             presence_interval,
             presence_lease,
+            occupancy_events,
+            occupancy_webhook,
+            webhook_secret,
+            vacate_grace,
+            connect_hook,
+            subscribe_hook,
+            publish_hook,
+            hook_timeout,
+            hook_concurrency,
             namespace
         ))
     }
 
     /// Every setting of `config` and these log settings, as a file would give them
-    /// (`stratus config check`). The admin token, the auth secret and the broker's
-    /// password are left out: they are secrets.
+    /// (`stratus config check`). The admin token, the auth secret, the webhook secret and
+    /// the broker's password are left out: they are secrets.
     pub(crate) fn effective(&self, config: &Config) -> Self {
         Self {
             config: None,
@@ -571,6 +625,15 @@ impl Settings {
             occupancy_push: Some(config.occupancy_push.map_or(0.0, |d| d.as_secs_f64())),
             presence_interval: Some(config.presence_interval.as_secs_f64()),
             presence_lease: Some(config.presence_lease.as_secs_f64()),
+            occupancy_events: Some(config.occupancy_events),
+            occupancy_webhook: config.occupancy_webhook.as_deref().map(without_password),
+            webhook_secret: None,
+            vacate_grace: Some(config.vacate_grace.as_secs_f64()),
+            connect_hook: config.hooks.connect.as_deref().map(without_password),
+            subscribe_hook: config.hooks.subscribe.as_deref().map(without_password),
+            publish_hook: config.hooks.publish.as_deref().map(without_password),
+            hook_timeout: Some(config.hooks.timeout.as_secs_f64()),
+            hook_concurrency: Some(config.hooks.concurrency),
             namespace: Some(
                 config
                     .namespaces
@@ -708,6 +771,17 @@ impl Settings {
                 base.presence_interval,
             )?,
             presence_lease: seconds(self.presence_lease, "presence-lease", base.presence_lease)?,
+            occupancy_events: self.occupancy_events.unwrap_or(base.occupancy_events),
+            occupancy_webhook: self.occupancy_webhook.or(base.occupancy_webhook),
+            webhook_secret: self.webhook_secret.or(base.webhook_secret),
+            vacate_grace: seconds(self.vacate_grace, "vacate-grace", base.vacate_grace)?,
+            hooks: Hooks {
+                connect: self.connect_hook.or(base.hooks.connect),
+                subscribe: self.subscribe_hook.or(base.hooks.subscribe),
+                publish: self.publish_hook.or(base.hooks.publish),
+                timeout: seconds(self.hook_timeout, "hook-timeout", base.hooks.timeout)?,
+                concurrency: self.hook_concurrency.unwrap_or(base.hooks.concurrency),
+            },
             namespaces: match self.namespace {
                 Some(namespaces) => namespaces
                     .iter()
@@ -856,5 +930,42 @@ mod tests {
                 .deflate
                 .is_none()
         );
+    }
+
+    #[test]
+    fn hook_settings_come_from_flags_and_the_file_and_config_check_masks_their_passwords() {
+        let file: Settings = toml::from_str(
+            r#"
+            connect-hook = "http://app:s3cret@127.0.0.1:8000/connect"
+            subscribe-hook = "http://127.0.0.1:8000/subscribe"
+            hook-timeout = 0.5
+            [namespace."public."]
+            subscribe-hook = false
+            "#,
+        )
+        .unwrap();
+        let flags = Cli::parse_from(["stratus", "--hook-concurrency", "8"]).settings;
+        let merged = Settings {
+            hook_concurrency: flags.hook_concurrency,
+            ..file
+        };
+        let config = merged.clone().apply(Config::default()).unwrap();
+        assert!(config.validate().is_ok());
+        let hooks = &config.hooks;
+        assert_eq!(
+            hooks.connect.as_deref(),
+            Some("http://app:s3cret@127.0.0.1:8000/connect")
+        );
+        assert_eq!(hooks.timeout, Duration::from_millis(500));
+        assert_eq!((hooks.concurrency, hooks.publish.as_deref()), (8, None));
+        assert_eq!(config.namespaces[0].options.subscribe_hook, Some(false));
+        let printed = toml::to_string(&merged.effective(&config)).unwrap();
+        assert!(printed.contains("hook-concurrency = 8"), "{printed}");
+        assert!(printed.contains("subscribe-hook = false"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        // A namespace may not turn on a hook whose URL is not set.
+        let orphan: Settings = toml::from_str("[namespace.\"x.\"]\npublish-hook = true\n").unwrap();
+        let config = orphan.apply(Config::default()).unwrap();
+        assert!(config.validate().unwrap_err().contains("publish-hook"));
     }
 }

@@ -43,6 +43,9 @@ pub(crate) enum Notice<'a> {
     /// The connection's token expires at `expires` (seconds since the Unix epoch): send
     /// a fresh one with a `refresh` command before then.
     Refresh { expires: u64 },
+    /// The server subscribed the connection to `topic` (user-level control): what is
+    /// published on it from now on reaches the connection.
+    Subscribed { topic: &'a str },
 }
 
 impl Notice<'_> {
@@ -56,7 +59,7 @@ impl Notice<'_> {
                     let reason = format!("{skipped} older messages were skipped (conflated)");
                     Some(raw::gap_notice(topic, &reason))
                 }
-                Self::Unsubscribed { .. } | Self::Refresh { .. } => None,
+                Self::Unsubscribed { .. } | Self::Refresh { .. } | Self::Subscribed { .. } => None,
             },
             Protocol::V1 => Some(v1::notice(self)),
         }

@@ -79,6 +79,14 @@ pub(crate) enum Op {
         token: String,
     },
     Ping,
+    /// `topic`'s members (and occupancy).
+    Presence {
+        topic: String,
+    },
+    /// `topic`'s occupancy: connections and distinct users.
+    Occupancy {
+        topic: String,
+    },
 }
 
 impl Op {
@@ -91,6 +99,8 @@ impl Op {
             Self::History { .. } => "history",
             Self::Refresh { .. } => "refresh",
             Self::Ping => "ping",
+            Self::Presence { .. } => "presence",
+            Self::Occupancy { .. } => "occupancy",
         }
     }
 
@@ -100,7 +110,9 @@ impl Op {
             Self::Subscribe { topic, .. }
             | Self::Unsubscribe { topic }
             | Self::Publish { topic, .. }
-            | Self::History { topic, .. } => Some(topic),
+            | Self::History { topic, .. }
+            | Self::Presence { topic }
+            | Self::Occupancy { topic } => Some(topic),
             Self::Refresh { .. } | Self::Ping => None,
         }
     }
@@ -140,6 +152,12 @@ pub(crate) enum ErrorCode {
     Unavailable,
     /// The token given to `refresh` is not valid, or names another subject.
     InvalidToken,
+    /// The backend hook did not answer within `--hook-timeout`.
+    HookTimeout,
+    /// The backend hook's answer could not be read.
+    HookError,
+    /// The topic's namespace keeps no presence (`presence = "off"`).
+    NoPresence,
 }
 
 impl ErrorCode {
@@ -157,6 +175,9 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
             Self::InvalidToken => "invalid_token",
+            Self::HookTimeout => "hook_timeout",
+            Self::HookError => "hook_error",
+            Self::NoPresence => "no_presence",
         }
     }
 }
@@ -265,6 +286,12 @@ pub(crate) fn parse(text: &[u8]) -> Result<Command, Malformed> {
                 .ok_or_else(|| bad(Some(&id), "missing \"token\""))?,
         },
         Some("ping") => Op::Ping,
+        Some("presence") => Op::Presence {
+            topic: topic(wire.topic)?,
+        },
+        Some("occupancy") => Op::Occupancy {
+            topic: topic(wire.topic)?,
+        },
         Some(_) => return Err(bad(Some(&id), "unknown op")),
         None => return Err(bad(Some(&id), "missing \"op\"")),
     };
@@ -319,7 +346,7 @@ pub(crate) fn publications(entries: &[(Offset, Publication)]) -> Value {
             PayloadKind::Json => {
                 serde_json::from_slice(&publication.payload).unwrap_or(Value::Null)
             }
-            PayloadKind::Text => String::from_utf8_lossy(&publication.payload)
+            PayloadKind::Text | PayloadKind::Event => String::from_utf8_lossy(&publication.payload)
                 .into_owned()
                 .into(),
             PayloadKind::Binary => {
@@ -364,6 +391,7 @@ pub(crate) fn notice(notice: &Notice<'_>) -> String {
             json!({"type": "unsubscribed", "topic": topic, "reason": reason})
         }
         Notice::Refresh { expires } => json!({"type": "refresh", "expires": expires}),
+        Notice::Subscribed { topic } => json!({"type": "subscribed", "topic": topic}),
     }
     .to_string()
 }
@@ -377,6 +405,10 @@ pub(crate) fn publication(
     publication: &Publication,
     offset: Option<Offset>,
 ) -> Message {
+    if publication.kind == PayloadKind::Event {
+        // Its payload is the push.
+        return Message::Text(publication.payload.clone());
+    }
     let offset = offset.map(|o| o.to_string());
     let key = publication.key.as_deref();
     if publication.kind == PayloadKind::Binary {

@@ -9,7 +9,9 @@
 //! the node through the hub, and takes the time from its [`Context`]: unit tests drive it
 //! directly, as quinn-proto's are driven without sockets.
 
+mod hooked;
 mod raw;
+pub(crate) mod server_side;
 mod v1;
 
 use std::collections::HashMap;
@@ -21,7 +23,7 @@ use stratus_proto::{CloseCode, Message};
 use crate::config::{COMMAND_COST, Config, TopicOptions};
 use crate::connection::{Client, Delivered, QueueRules};
 use crate::messages::{
-    HistoryDest, HistoryPage, HistoryRead, PublishDest, PublishError, Published,
+    HistoryDest, HistoryPage, HistoryRead, PresenceOutcome, PublishDest, PublishError, Published,
 };
 use crate::model::broadcast::Broadcast;
 use crate::model::conn_id::ConnId;
@@ -32,8 +34,10 @@ use crate::model::protocol::{Notice, Protocol, raw as raw_protocol, v1 as wire_v
 use crate::model::recovery::{Phase as RecoveryPhase, Recovery};
 use crate::model::topic::{self, TopicError, TopicTable};
 use crate::node::hub::{Hub, TopicFull};
+use crate::node::presence::Who;
 use crate::stats::{self, WorkerStats};
 use crate::worker::pending_replies::{PendingReplies, TooManyWaiting, Waiting};
+pub(crate) use hooked::ask_upgrade_topics;
 
 /// Entries a recovery reads beyond its topic's history size, for what Redis's
 /// approximate trimming (`MAXLEN ~`) keeps beyond it.
@@ -75,6 +79,17 @@ impl Context<'_> {
             close_deadline: self.close_deadline(),
             stats,
         }
+    }
+}
+
+/// Connection `id` of worker `worker`, as presence names it.
+fn who(worker: usize, id: ConnId, client: &Client) -> Who<'_> {
+    let grant = client.grant();
+    Who {
+        worker,
+        conn: id,
+        user: grant.map(|g| g.subject.as_str()),
+        info: grant.and_then(|g| g.info.as_ref()),
     }
 }
 
@@ -166,6 +181,8 @@ pub(crate) struct PubSub {
     history_commands: HashMap<ConnId, Vec<HistoryCommand>>,
     /// Publishes waiting for the broker's answer, per connection.
     publishes: HashMap<ConnId, u32>,
+    /// Commands waiting for a subscribe or publish hook's answer, per connection.
+    hook_waits: HashMap<ConnId, u32>,
 }
 
 impl PubSub {
@@ -177,6 +194,7 @@ impl PubSub {
             next_request: 0,
             history_commands: HashMap::new(),
             publishes: HashMap::new(),
+            hook_waits: HashMap::new(),
         }
     }
 
@@ -344,6 +362,22 @@ impl PubSub {
         }
     }
 
+    /// The broker answered connection `to.conn`'s presence or occupancy command on
+    /// `topic`.
+    pub(crate) fn on_presence(
+        &mut self,
+        ctx: &Context<'_>,
+        clients: &mut impl Clients,
+        to: PublishDest,
+        topic: &str,
+        outcome: PresenceOutcome,
+    ) {
+        if let Some(client) = clients.client(to.conn) {
+            let PresenceOutcome { members, answer } = outcome;
+            v1::presence_reply(ctx, client, &to.command, topic, members, answer);
+        }
+    }
+
     /// Connection `id`'s send finished: what the `conflate` policy held goes out as far as
     /// the queue has room, and a recovery paused for room reads its next page.
     pub(crate) fn on_sent(&mut self, ctx: &Context<'_>, id: ConnId, client: &mut Client) {
@@ -364,8 +398,9 @@ impl PubSub {
     /// Connection `id` is gone: it leaves its topics (the node's last subscriber of one
     /// tells the broker), and its waiting replies and reads are forgotten.
     pub(crate) fn on_left(&mut self, ctx: &Context<'_>, id: ConnId, client: &Client) {
+        let who = who(self.worker, id, client);
         for name in client.topics() {
-            let _ = self.remove(ctx, id, name);
+            let _ = self.remove(ctx, id, name, &who);
         }
         self.history_commands.remove(&id);
         self.publishes.remove(&id);
@@ -494,6 +529,7 @@ impl PubSub {
                 return Err(full.into());
             }
         };
+        ctx.hub.joined(&name, &who(self.worker, id, client));
         client.topics_mut().push(name.clone());
         Ok((!confirmed).then_some(name))
     }
@@ -514,7 +550,7 @@ impl PubSub {
             return Err(SubscribeError::NotSubscribed);
         };
         let name = topics.swap_remove(at);
-        let mut waiting = self.remove(ctx, id, &name);
+        let mut waiting = self.remove(ctx, id, &name, &who(self.worker, id, client));
         let recoveries = client.recoveries_mut();
         if let Some(at) = recoveries.iter().position(|r| r.topic == name) {
             let recovery = recoveries.swap_remove(at);
@@ -523,11 +559,19 @@ impl PubSub {
         Ok(waiting)
     }
 
-    /// Takes connection `id` off `name`, and its replies off the waiting ones (returned).
-    fn remove(&mut self, ctx: &Context<'_>, id: ConnId, name: &Arc<str>) -> Vec<Waiting> {
+    /// Takes connection `id` (`who`) off `name`, and its replies off the waiting ones
+    /// (returned).
+    fn remove(
+        &mut self,
+        ctx: &Context<'_>,
+        id: ConnId,
+        name: &Arc<str>,
+        who: &Who<'_>,
+    ) -> Vec<Waiting> {
         let waiting = self.pending.forget(name, id);
         let last = self.topics.unsubscribe(name, id);
         ctx.hub.unsubscribe(name, self.worker, last);
+        ctx.hub.left(name, who);
         waiting
     }
 

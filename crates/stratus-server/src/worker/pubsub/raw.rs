@@ -2,10 +2,13 @@
 //! `{"op":..,"topic":..,"ok":true}` or `"ok":false` and an error (see
 //! `model::protocol::raw`).
 
+use std::sync::Arc;
+
 use super::{Context, PubSub, Subscribed, subscribed};
 use crate::config::COMMAND_COST;
 use crate::connection::Client;
 use crate::model::conn_id::ConnId;
+use crate::model::hook::{Asker, HookKind, Pending};
 use crate::model::protocol::raw::{self, Command};
 
 impl PubSub {
@@ -30,6 +33,19 @@ impl PubSub {
                     ctx.config.message_rate / COMMAND_COST
                 );
                 raw::error_reply(Some(op), Some(topic), &why)
+            }
+            Ok(Command::Subscribe { topic, since }) if Self::asks_subscribe_hook(ctx, &topic) => {
+                // The reply waits for the backend (`hooked`).
+                let pending = Pending {
+                    topic: Arc::from(topic.as_str()),
+                    asker: Asker::Raw,
+                    since,
+                    publication: None,
+                };
+                match self.ask_hook(ctx, id, client, HookKind::Subscribe, pending) {
+                    Ok(()) => return,
+                    Err((_, why)) => raw::error_reply(Some("subscribe"), Some(&topic), &why),
+                }
             }
             Ok(Command::Subscribe { topic, since }) => {
                 match self.subscribe(ctx, id, client, &topic, since, None) {

@@ -10,11 +10,13 @@ use super::{
     Context, HistoryCommand, MAX_HISTORY_READS, MAX_PUBLISHES_WAITING, PubSub, Subscribed,
     subscribed,
 };
-use crate::config::{COMMAND_COST, ClientPublish};
+use crate::config::{COMMAND_COST, ClientPublish, PresenceMode};
 use crate::connection::Client;
 use crate::messages::{HistoryPage, HistoryRead, PublishDest, PublishError};
 use crate::model::conn_id::ConnId;
+use crate::model::hook::{Asker, HookKind, Pending};
 use crate::model::offset::{Offset, Since};
+use crate::model::presence::PresenceAnswer;
 use crate::model::protocol::Notice;
 use crate::model::protocol::v1::{self, Command, CommandId, ErrorCode, Malformed, Op};
 use crate::model::publication::Publication;
@@ -22,9 +24,9 @@ use crate::model::topic;
 use crate::stats;
 
 /// A refusal of a command: its code and why.
-struct Refusal {
-    code: ErrorCode,
-    message: String,
+pub(super) struct Refusal {
+    pub(super) code: ErrorCode,
+    pub(super) message: String,
 }
 
 impl Refusal {
@@ -77,7 +79,12 @@ impl PubSub {
         let Command { id: command_id, op } = command;
         let costly = matches!(
             op,
-            Op::Subscribe { .. } | Op::Unsubscribe { .. } | Op::History { .. } | Op::Refresh { .. }
+            Op::Subscribe { .. }
+                | Op::Unsubscribe { .. }
+                | Op::History { .. }
+                | Op::Refresh { .. }
+                | Op::Presence { .. }
+                | Op::Occupancy { .. }
         );
         if costly && !self.spend_command(ctx, client) {
             let why = format!(
@@ -88,6 +95,18 @@ impl PubSub {
         }
         let deadline = ctx.close_deadline();
         match op {
+            Op::Subscribe { topic, since } if Self::asks_subscribe_hook(ctx, topic) => {
+                // The reply waits for the backend (`hooked`).
+                valid(topic)?;
+                let pending = Pending {
+                    topic: Arc::from(topic.as_str()),
+                    asker: Asker::V1(command_id.clone()),
+                    since: *since,
+                    publication: None,
+                };
+                self.ask_hook(ctx, id, client, HookKind::Subscribe, pending)
+                    .map_err(|(code, why)| Refusal::new(code, why))?;
+            }
             Op::Subscribe { topic, since } => {
                 match self.subscribe(ctx, id, client, topic, *since, Some(command_id.clone())) {
                     Ok(Subscribed::Now) => subscribed(ctx, client, topic, Some(command_id), None),
@@ -108,7 +127,15 @@ impl PubSub {
                 );
             }
             Op::Publish { topic, publication } => {
-                self.publish(ctx, id, client, command_id, topic, publication.clone())?;
+                self.publish(
+                    ctx,
+                    id,
+                    client,
+                    command_id,
+                    topic,
+                    publication.clone(),
+                    false,
+                )?;
             }
             Op::History {
                 topic,
@@ -119,6 +146,8 @@ impl PubSub {
             }
             Op::Refresh { token } => self.refresh(ctx, id, client, command_id, token)?,
             Op::Ping => client.send_text(v1::reply(command_id, "ping", None, Map::new()), deadline),
+            Op::Presence { topic } => self.presence(ctx, id, client, command_id, topic, true)?,
+            Op::Occupancy { topic } => self.presence(ctx, id, client, command_id, topic, false)?,
         }
         Ok(())
     }
@@ -127,7 +156,9 @@ impl PubSub {
     /// claim where it asks for one), within the topic's message size and the
     /// connection's publish budget; it goes the way every publish goes (the broker
     /// included), and is answered with its offset.
-    fn publish(
+    // `hooked`: the publish hook has allowed it (its budget was spent when it was asked).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn publish(
         &mut self,
         ctx: &Context<'_>,
         id: ConnId,
@@ -135,6 +166,7 @@ impl PubSub {
         command: &CommandId,
         name: &str,
         publication: Publication,
+        hooked: bool,
     ) -> Result<(), Refusal> {
         valid(name)?;
         let options = ctx.config.options(name);
@@ -156,7 +188,7 @@ impl PubSub {
             return Err(Refusal::new(ErrorCode::TooLarge, why));
         }
         let counters = self.counters(ctx);
-        if !client.spend_publish(ctx.now_ms, ctx.config.client_publish_rate) {
+        if !hooked && !client.spend_publish(ctx.now_ms, ctx.config.client_publish_rate) {
             stats::add(&counters.publishes_limited, 1);
             let why = format!(
                 "rate limited: at most {} publishes a second",
@@ -172,6 +204,18 @@ impl PubSub {
             stats::add(&counters.publishes_limited, 1);
             let why = "too many publishes are waiting for the broker: retry when they are answered";
             return Err(Refusal::new(ErrorCode::RateLimited, why));
+        }
+        if !hooked && Self::asks_publish_hook(ctx, name) {
+            // It goes on once the backend allows it (`hooked`).
+            let pending = Pending {
+                topic: Arc::from(name),
+                asker: Asker::V1(command.clone()),
+                since: None,
+                publication: Some(publication),
+            };
+            return self
+                .ask_hook(ctx, id, client, HookKind::Publish, pending)
+                .map_err(|(code, why)| Refusal::new(code, why));
         }
         let to = PublishDest {
             worker: self.worker,
@@ -193,6 +237,41 @@ impl PubSub {
         Ok(())
     }
 
+    /// A `presence` (`members`) or `occupancy` command on `name`: allowed by the token
+    /// and the topic's namespace; answered now without a broker, when Redis answers with
+    /// one.
+    fn presence(
+        &mut self,
+        ctx: &Context<'_>,
+        id: ConnId,
+        client: &mut Client,
+        command: &CommandId,
+        name: &str,
+        members: bool,
+    ) -> Result<(), Refusal> {
+        readable(client, name)?;
+        match ctx.config.options(name).presence {
+            PresenceMode::Off => {
+                let why = "no presence is kept for this topic (--presence, or its namespace's)";
+                return Err(Refusal::new(ErrorCode::NoPresence, why));
+            }
+            PresenceMode::Counts if members => {
+                let why = "this topic's presence is counts only: ask for its occupancy";
+                return Err(Refusal::new(ErrorCode::NoPresence, why));
+            }
+            _ => {}
+        }
+        let to = PublishDest {
+            worker: self.worker,
+            conn: id,
+            command: command.clone(),
+        };
+        if let Some(answer) = ctx.hub.ask_presence(name, members, to) {
+            presence_reply(ctx, client, command, name, members, Some(answer));
+        }
+        Ok(())
+    }
+
     /// A `history` command: a page of `name`'s history after `since` (from the oldest kept
     /// without), at most `limit` publications and what the queue has room for; the reply
     /// goes with the page.
@@ -207,13 +286,7 @@ impl PubSub {
         since: Option<Since>,
         limit: usize,
     ) -> Result<(), Refusal> {
-        valid(name)?;
-        if client.grant().is_some_and(|g| !g.allows(name)) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "the token does not allow this topic",
-            ));
-        }
+        readable(client, name)?;
         if ctx.config.options(name).history == 0 {
             let why = "no history is kept for this topic (--history, or its namespace's history)";
             return Err(Refusal::new(ErrorCode::NoHistory, why));
@@ -316,6 +389,17 @@ fn valid(name: &str) -> Result<(), Refusal> {
     topic::validate(name).map_err(|e| Refusal::new(ErrorCode::InvalidTopic, e.to_string()))
 }
 
+/// Refuses a read of `name` (its history, its presence) that is not a topic, or that
+/// the connection's token does not allow.
+fn readable(client: &Client, name: &str) -> Result<(), Refusal> {
+    valid(name)?;
+    if client.grant().is_some_and(|g| !g.allows(name)) {
+        let why = "the token does not allow this topic";
+        return Err(Refusal::new(ErrorCode::Forbidden, why));
+    }
+    Ok(())
+}
+
 /// Answers publish `command` on `topic`: its offset, or why it failed.
 pub(super) fn published(
     ctx: &Context<'_>,
@@ -345,6 +429,30 @@ pub(super) fn published(
                 &err.to_string(),
             )
         }
+    };
+    client.send_text(text, ctx.close_deadline());
+}
+
+/// Answers a `presence` (`members`) or `occupancy` command with `answer`, or refuses it
+/// with `unavailable` when the broker could not read it.
+pub(super) fn presence_reply(
+    ctx: &Context<'_>,
+    client: &mut Client,
+    command: &CommandId,
+    topic: &str,
+    members: bool,
+    answer: Option<PresenceAnswer>,
+) {
+    let op = if members { "presence" } else { "occupancy" };
+    let text = match answer {
+        Some(answer) => v1::reply(command, op, Some(topic), answer.fields()),
+        None => v1::error(
+            Some(command),
+            Some(op),
+            Some(topic),
+            ErrorCode::Unavailable,
+            "the cluster's presence could not be read from the broker",
+        ),
     };
     client.send_text(text, ctx.close_deadline());
 }

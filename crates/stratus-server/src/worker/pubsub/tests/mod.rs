@@ -2,6 +2,7 @@
 //! test reads, a broker link whose requests the test answers, and the time passed in.
 //! `raw` drives raw mode's commands and recoveries, `v1` protocol v1's.
 
+mod hooked;
 mod raw;
 mod v1;
 
@@ -162,7 +163,13 @@ impl World {
                 WorkerMsg::Published { to, topic, result } => {
                     pubsub.on_published(ctx, clients, to, &topic, result);
                 }
-                WorkerMsg::Drain => {}
+                WorkerMsg::Drain | WorkerMsg::User { .. } => {}
+                WorkerMsg::Hooked { to, answer } => {
+                    pubsub.on_hook_answer(ctx, clients, to.conn, answer);
+                }
+                WorkerMsg::Presence { to, topic, answer } => {
+                    pubsub.on_presence(ctx, clients, to, &topic, answer);
+                }
             });
         }
     }

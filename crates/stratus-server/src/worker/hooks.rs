@@ -1,0 +1,120 @@
+//! The worker's side of the backend hooks: handing a request to the hook thread (never
+//! waiting on it), and going on when its answer comes back through the inbox
+//! (`WorkerMsg::Hooked`). A connection that waits for the connect hook stays counted
+//! among the sockets mid-upgrade (capped, shed oldest first) and holds its input; its
+//! handshake deadline still runs. The hook's answer finds it by its `ConnId`: one that
+//! has gone meanwhile (closed, shed, timed out) finds nothing, and the answer is dropped.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use stratus_proto::handshake::UpgradeRequest;
+
+use crate::config::Config;
+use crate::connection::Conn;
+use crate::connection::upgrade::{Refusal, Upgrade, upgrade};
+use crate::model::auth;
+use crate::model::conn_id::ConnId;
+use crate::model::hook::{
+    self, Connected, HookAnswer, HookDest, HookFailure, HookJob, HookKind, Verdict,
+};
+use crate::node::hub::Hub;
+use crate::worker::Worker;
+
+/// The refusal of an upgrade whose connect hook failed.
+pub(super) fn refusal_for(failure: &HookFailure) -> Refusal {
+    let status = failure.http_status();
+    let retry = if status == 503 {
+        "Retry-After: 5\r\n"
+    } else {
+        ""
+    };
+    Refusal::new(status, retry, format!("connect hook: {failure}"))
+}
+
+/// Admits an accepted upgrade within the connection caps (overall and per address), or
+/// refuses it (503 or 429, with Retry-After).
+pub(super) fn admit(
+    hub: &Hub,
+    ip: IpAddr,
+    config: &Config,
+    accepted: Upgrade,
+) -> Result<Upgrade, Refusal> {
+    match hub.admit(ip, config.max_connections, config.max_connections_per_ip) {
+        Ok(()) => Ok(accepted),
+        Err(over) => {
+            let why = over.reason.to_owned();
+            Err(Refusal::new(over.status, "Retry-After: 5\r\n", why))
+        }
+    }
+}
+
+/// Asks the connect hook about `request` (read from `conn`, worker `worker`, whose head
+/// is `head`): the connection waits for the answer from now on. A request that cannot be
+/// handed over (the line is full) is refused at once.
+pub(super) fn ask_connect(
+    hub: &Hub,
+    worker: usize,
+    conn: &mut Conn,
+    request: UpgradeRequest,
+    head: &[u8],
+    now: Instant,
+) -> Result<(), Refusal> {
+    let Some(link) = hub.hooks.get() else {
+        return Err(refusal_for(&HookFailure::Unavailable(
+            "the hook thread is not running".into(),
+        )));
+    };
+    let subprotocol = auth::chosen_protocol(&request.protocols);
+    let job = HookJob {
+        kind: HookKind::Connect,
+        body: hook::connect_body(head, &request.target, conn.ip(), subprotocol),
+        to: HookDest {
+            worker,
+            conn: conn.id(),
+        },
+        asked: now,
+        pending: None,
+    };
+    link.ask(job).map_err(|failure| refusal_for(&failure))?;
+    conn.client_mut().authorize(request);
+    Ok(())
+}
+
+impl Worker {
+    /// A hook's answer for connection `to.conn`.
+    pub(super) fn on_hooked(&mut self, to: HookDest, answer: HookAnswer) {
+        match answer {
+            HookAnswer::Connect(result) => self.on_connect_answer(to.conn, result),
+            HookAnswer::Subscribe(..) | HookAnswer::Publish(..) => {
+                let ctx = self.clock.context(&self.hub, &self.config);
+                self.pubsub
+                    .on_hook_answer(&ctx, &mut self.conns, to.conn, answer);
+            }
+        }
+    }
+
+    /// The connect hook answered for connection `id`: it opens (as the upgrade would
+    /// with a token granting the same) or is refused with the backend's status, or with
+    /// the failure's (504 timeout, 503 unavailable, 502 malformed).
+    fn on_connect_answer(&mut self, id: ConnId, result: Result<Verdict<Connected>, HookFailure>) {
+        let draining = self.draining.is_some();
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let Some(request) = conn.client_mut().take_authorizing() else {
+            return;
+        };
+        let accepted = match result {
+            Ok(Ok(connected)) => upgrade(&request, &self.config, draining, Some(connected))
+                .and_then(|accepted| admit(&self.hub, conn.ip(), &self.config, accepted)),
+            Ok(Err(refused)) => Err(Refusal::new(refused.status, "", refused.reason)),
+            Err(failure) => Err(refusal_for(&failure)),
+        };
+        let mut input = conn.take_input(&mut self.scratch);
+        self.finish_handshake(id, accepted, &mut input.buf);
+        if let Some(conn) = self.conns.get(id) {
+            conn.return_input(input, &mut self.scratch);
+        }
+    }
+}
