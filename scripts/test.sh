@@ -2,9 +2,10 @@
 # Runs every check Stratus has, installing what the checks need on a fresh machine:
 # formatting, lints, unit and integration tests (with a real redis-server for the
 # multi-node ones), a bounded run of every fuzz target, the status page in headless
-# Chromium, protocol v1 from Python's websockets client, the sans-IO dependency check,
-# AddressSanitizer over the unsafe code, and the Autobahn testsuite in server and client
-# mode with its gate.
+# Chromium (the status page, the admin page), protocol v1 from Python's websockets client,
+# the JS SDK against the real server, the sans-IO dependency check, the layer check,
+# AddressSanitizer over the unsafe code, the Autobahn testsuite in server and client mode
+# with its gate, the Debian package, and the Prometheus kit on a real Prometheus.
 # Non-interactive; exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
