@@ -250,6 +250,9 @@ pub(crate) enum PresenceReplyTo {
     Caller(oneshot::Sender<Option<PresenceAnswer>>),
     /// A connection's command: the answer goes to its worker through the node.
     Client(PublishDest),
+    /// An occupancy push: the cluster's counts go to the node's v1 subscribers of the
+    /// topic (nothing, if they cannot be read).
+    Push,
 }
 
 /// Where a connection's publish command is answered: its worker, the connection, and the

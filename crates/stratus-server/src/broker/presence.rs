@@ -40,14 +40,18 @@ fn members_key(node: &str, topic: &str) -> String {
     format!("stratus!presence:members:{node}:{topic}")
 }
 
-/// Renews a node's lease: KEYS = the leases; ARGV = the node, the lease (ms). Leases long
-/// expired are dropped.
+/// Renews a node's lease: KEYS = the leases; ARGV = the node, the lease (ms), how long
+/// after expiry a lease is dropped. Returns 1 if the lease was live, 0 if it had lapsed
+/// (or was never taken, or Redis lost it): then the cluster dropped what the node reported
+/// before, and its next report must carry everything.
 const LEASE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local before = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
-return now
+if before and tonumber(before) >= now then return 1 end
+return 0
 ";
 
 /// The nodes whose lease is live: KEYS = the leases.
@@ -57,23 +61,29 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
-/// Writes `report` for `node` and renews its lease of `lease_ms`, in one round trip.
+/// Writes `report` for `node` and renews its lease of `lease_ms`, in one round trip; a
+/// `full` report replaces the node's counts (a topic it no longer reports is gone).
+/// Whether the lease was still live (if not, the next report should be full).
 pub(crate) async fn report(
     conn: &mut MultiplexedConnection,
     node: &str,
     lease_ms: u64,
     report: &PresenceReport,
-) -> redis::RedisResult<()> {
+    full: bool,
+) -> redis::RedisResult<bool> {
     let occupancy = occupancy_key(node);
     let mut pipe = redis::pipe();
+    pipe.atomic();
     pipe.cmd("EVAL")
         .arg(LEASE_SCRIPT)
         .arg(1)
         .arg(NODES)
         .arg(node)
         .arg(lease_ms)
-        .arg(FORGET_AFTER_MS)
-        .ignore();
+        .arg(FORGET_AFTER_MS);
+    if full {
+        pipe.del(&occupancy).ignore();
+    }
     for topic in &report.topics {
         let members = members_key(node, &topic.topic);
         if topic.occupancy.connections == 0 {
@@ -104,7 +114,8 @@ pub(crate) async fn report(
         pipe.hset_multiple(&figures, &report.node).ignore();
         pipe.pexpire(&figures, lease_ms as i64).ignore();
     }
-    pipe.query_async(conn).await
+    let (live,): (i64,) = pipe.query_async(conn).await?;
+    Ok(live == 1)
 }
 
 /// The nodes whose lease is live.
@@ -157,8 +168,22 @@ pub(crate) async fn read(
             members: None,
         });
     };
+    // Only nodes that count the topic now: a list left behind by a report that never
+    // landed is not taken for members.
+    let counting: Vec<&String> = nodes
+        .iter()
+        .zip(&counts)
+        .filter(|(_, c)| c.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    if counting.is_empty() {
+        return Ok(PresenceAnswer {
+            occupancy,
+            members: Some((Vec::new(), occupancy.connections == 0)),
+        });
+    }
     let mut pipe = redis::pipe();
-    for node in &nodes {
+    for node in counting {
         pipe.hvals(members_key(node, topic));
     }
     let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
@@ -271,8 +296,9 @@ mod tests {
                 topics: vec![topic("t", 1, Some(vec![member("b.0.1", "z")]))],
                 node: vec![("connections", 1)],
             };
-            report(&mut conn, "a", 60_000, &a).await.expect("a");
-            report(&mut conn, "b", 300, &b).await.expect("b");
+            let first = report(&mut conn, "a", 60_000, &a, true).await.expect("a");
+            assert!(!first, "no lease before the first report");
+            report(&mut conn, "b", 300, &b, true).await.expect("b");
             let mut live = nodes(&mut conn).await.expect("nodes");
             live.sort();
             assert_eq!(
@@ -298,7 +324,10 @@ mod tests {
                 topics: vec![topic("t", 0, None)],
                 node: Vec::new(),
             };
-            report(&mut conn, "a", 60_000, &gone).await.expect("a");
+            let live = report(&mut conn, "a", 60_000, &gone, false)
+                .await
+                .expect("a");
+            assert!(live, "a's lease was live");
             let empty = read(&mut conn, "t", Some(10)).await.expect("read");
             assert_eq!(empty.occupancy, Occupancy::default());
             assert_eq!(empty.members, Some((Vec::new(), true)));

@@ -34,6 +34,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long Redis has to answer a publish batch or a ping before the node calls it lost.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every so many presence reports, one carries every topic (renewing the member lists,
+/// which expire an hour after they were last written).
+const FULL_REPORT_EVERY: u64 = 600;
 /// How long a history read may take; past it, its reader gets a gap notice.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 /// History reads in flight at once on a node; more wait in line.
@@ -237,7 +240,8 @@ impl BrokerTask {
             queued: VecDeque::new(),
             users: user_control::UserControl::default(),
             reporting: Rc::new(Cell::new(false)),
-            full_report: true,
+            full_report: Rc::new(Cell::new(true)),
+            reports: 0,
         };
         tokio::select! {
             lost = publish_loop(&mut self.publishes, publisher, &stats, node) => Some(lost),
@@ -313,9 +317,13 @@ fn apply(wanted: &mut Wanted, change: BrokerRequest, node: &dyn Node) -> bool {
                     },
                 );
             }
+            PresenceReplyTo::Push => {}
         },
-        // Cut off, the node's lease runs out: the cluster stops counting it.
-        BrokerRequest::PresenceTick { .. } => {}
+        // Cut off, the node's lease runs out and the cluster stops counting it; what
+        // changes meanwhile is dropped (the first report when back carries everything).
+        BrokerRequest::PresenceTick { .. } => {
+            node.presence_report(false);
+        }
         BrokerRequest::Nodes { reply } => {
             let _ = reply.send(None);
         }
@@ -488,9 +496,13 @@ struct Receiving<'a> {
     users: user_control::UserControl,
     /// A presence report is in flight (the next waits: what changed stays marked).
     reporting: Rc<Cell<bool>>,
-    /// The next report carries every topic (the session is new: Redis may have lost the
-    /// node's presence while it was away).
-    full_report: bool,
+    /// The next report carries every topic and replaces what Redis has: the session is
+    /// new (Redis may have lost the node's presence while it was away), a report failed,
+    /// or the node's lease had lapsed.
+    full_report: Rc<Cell<bool>>,
+    /// Reports made in this session (every [`FULL_REPORT_EVERY`]th is full, which renews
+    /// the member lists).
+    reports: u64,
 }
 
 impl Drop for Receiving<'_> {
@@ -726,6 +738,12 @@ impl<'a> Receiving<'a> {
                     let members = members.is_some();
                     node.presence(to, topic, PresenceOutcome { members, answer });
                 }
+                PresenceReplyTo::Push => {
+                    if let Some(answer) = answer {
+                        let push = Publication::event(answer.occupancy.push(&topic));
+                        let _ = node.dispatch(&topic, push, None);
+                    }
+                }
             }
         }));
     }
@@ -760,16 +778,31 @@ impl<'a> Receiving<'a> {
         if self.reporting.get() {
             return;
         }
-        let report = self
-            .node
-            .presence_report(std::mem::take(&mut self.full_report));
-        let (node, reporting) = (self.node.node_id(), self.reporting.clone());
+        let full =
+            self.full_report.replace(false) || self.reports.is_multiple_of(FULL_REPORT_EVERY);
+        self.reports += 1;
+        let report = self.node.presence_report(full);
+        let (node, reporting, again) = (
+            self.node.node_id(),
+            self.reporting.clone(),
+            self.full_report.clone(),
+        );
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         reporting.set(true);
         self.fetches.push(Box::pin(async move {
-            let written = presence::report(&mut conn, &node, lease_ms, &report);
-            if let Ok(Err(err)) = tokio::time::timeout(RESPONSE_TIMEOUT, written).await {
-                warn!(error = %err, "presence report failed");
+            let written = presence::report(&mut conn, &node, lease_ms, &report, full);
+            match tokio::time::timeout(RESPONSE_TIMEOUT, written).await {
+                Ok(Ok(true)) => {}
+                // The lease had lapsed: the cluster lost what the node reported before.
+                Ok(Ok(false)) => again.set(true),
+                Ok(Err(err)) => {
+                    warn!(error = %err, "presence report failed");
+                    again.set(true);
+                }
+                Err(_) => {
+                    warn!("presence report timed out");
+                    again.set(true);
+                }
             }
             reporting.set(false);
         }));

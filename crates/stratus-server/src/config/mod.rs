@@ -276,9 +276,10 @@ impl Config {
         if self.presence_interval < Duration::from_millis(10) {
             return Err("presence-interval must be at least 0.01 s".into());
         }
-        if self.presence_lease <= self.presence_interval {
+        if self.presence_lease < self.presence_interval * 2 {
             return Err(
-                "presence-lease must be longer than presence-interval (each report renews it)"
+                "presence-lease must be at least twice presence-interval (each report renews \
+                 it; one late report must not lapse it)"
                     .into(),
             );
         }

@@ -151,6 +151,16 @@ impl Config {
         }
     }
 
+    /// Whether any topic's subscribers get occupancy pushes (server-wide or in a
+    /// namespace).
+    pub(crate) fn pushes_occupancy(&self) -> bool {
+        self.occupancy_push.is_some()
+            || self
+                .namespaces
+                .iter()
+                .any(|ns| ns.options.occupancy_push.is_some_and(|d| !d.is_zero()))
+    }
+
     /// Whether any topic keeps presence (server-wide or in a namespace).
     pub(crate) fn keeps_presence(&self) -> bool {
         self.presence != PresenceMode::Off

@@ -53,6 +53,19 @@ pub(crate) struct Occupancy {
     pub(crate) users: u64,
 }
 
+impl Occupancy {
+    /// As its v1 push: `{"type":"occupancy","topic":..,"connections":..,"users":..}`.
+    pub(crate) fn push(self, topic: &str) -> String {
+        serde_json::json!({
+            "type": "occupancy",
+            "topic": topic,
+            "connections": self.connections,
+            "users": self.users,
+        })
+        .to_string()
+    }
+}
+
 /// An answer to a presence or occupancy question: the counts, and the members when they
 /// were asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

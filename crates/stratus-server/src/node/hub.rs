@@ -33,7 +33,7 @@ use crate::node::admission::{Admission, OverCap};
 use crate::node::broker_link::BrokerLink;
 use crate::node::delivery::Delivery;
 use crate::node::history::MemoryHistory;
-use crate::node::presence::{Members, PresenceTable, Who};
+use crate::node::presence::{Event, Members, PresenceTable, Who, event_json};
 use crate::stats::{self, Stats, WorkerStats};
 
 /// A worker's inbox, its wake-up, and what the publishes waiting in it hold.
@@ -290,39 +290,56 @@ impl Hub {
 
     /// The end of presence interval `tick` (counted from 1): the interval's joins and
     /// leaves go out, occupancy pushes that are due go out (with the cluster's counts
-    /// where there is a broker), and the broker reports the node's presence to Redis.
+    /// where there is a broker, read by the broker without holding this thread), and the
+    /// broker reports the node's presence to Redis.
     pub(crate) fn presence_tick(&self, tick: u64) {
-        self.flush_presence();
-        match &self.broker {
-            Some(broker) => {
-                broker.request(BrokerRequest::PresenceTick {
-                    lease: self.config.presence_lease,
-                });
-                self.push_occupancy(tick, |topic, local| {
-                    let (reply, rx) = oneshot::channel();
-                    broker.request(BrokerRequest::Presence {
-                        topic: Arc::from(topic),
-                        members: None,
-                        reply: PresenceReplyTo::Caller(reply),
-                    });
-                    rx.blocking_recv()
-                        .ok()
-                        .flatten()
-                        .map_or(local, |answer| answer.occupancy)
-                });
-            }
-            None => self.push_occupancy(tick, |_, local| local),
-        }
-    }
-
-    /// The end of a presence interval: each topic's joins and leaves (or counts) go to
-    /// its subscribers, on every node with a broker; encoded once, v1 subscribers only.
-    fn flush_presence(&self) {
         let events = self.presence().take_events();
         stats::add(&self.stats.presence_events, events.len() as u64);
         for (topic, event) in events {
-            let text = crate::node::presence::event_json(&topic, &event);
-            self.send_event(&topic, text);
+            match event {
+                // Past the cap: the topic's counts, the cluster's where there is one.
+                Event::Counts(local) => self.push_occupancy(&topic, local),
+                changes => self.send_event(&topic, event_json(&topic, &changes)),
+            }
+        }
+        if let Some(broker) = &self.broker {
+            broker.request(BrokerRequest::PresenceTick {
+                lease: self.config.presence_lease,
+            });
+        }
+        if !self.config.pushes_occupancy() {
+            return;
+        }
+        let interval = self.config.presence_interval.as_secs_f64().max(0.001);
+        let topics = self.presence().busiest(usize::MAX);
+        for (topic, local) in topics {
+            let due = self
+                .config
+                .options(&topic)
+                .occupancy_push
+                .is_some_and(|every| {
+                    let every = (every.as_secs_f64() / interval).round().max(1.0) as u64;
+                    tick.is_multiple_of(every)
+                });
+            if due {
+                stats::add(&self.stats.presence_events, 1);
+                self.push_occupancy(&topic, local);
+            }
+        }
+    }
+
+    /// Pushes `topic`'s occupancy to its v1 subscribers on this node: the cluster's, read
+    /// by the broker, where there is one, else `local`.
+    fn push_occupancy(&self, topic: &str, local: Occupancy) {
+        match &self.broker {
+            Some(broker) => broker.request(BrokerRequest::Presence {
+                topic: Arc::from(topic),
+                members: None,
+                reply: PresenceReplyTo::Push,
+            }),
+            None => {
+                let _ = self.dispatch(topic, Publication::event(local.push(topic)), None);
+            }
         }
     }
 
@@ -342,29 +359,6 @@ impl Hub {
                 .map(|_| ()),
             None => self.dispatch(topic, event, None).map(|_| ()),
         };
-    }
-
-    /// Pushes their occupancy (`count` says it) to the subscribers on this node of the
-    /// topics whose namespace asks for it every so many presence intervals, when `tick`
-    /// (intervals since the start) is due.
-    pub(crate) fn push_occupancy(&self, tick: u64, count: impl Fn(&str, Occupancy) -> Occupancy) {
-        let interval = self.config.presence_interval.as_secs_f64().max(0.001);
-        let topics = self.presence().busiest(usize::MAX);
-        for (topic, local) in topics {
-            let due = self
-                .config
-                .options(&topic)
-                .occupancy_push
-                .is_some_and(|every| {
-                    let every = (every.as_secs_f64() / interval).round().max(1.0) as u64;
-                    tick.is_multiple_of(every)
-                });
-            if due {
-                stats::add(&self.stats.presence_events, 1);
-                let text = crate::node::presence::occupancy_json(&topic, count(&topic, local));
-                let _ = self.dispatch(&topic, Publication::event(text), None);
-            }
-        }
     }
 
     fn interest(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, TopicState>> {

@@ -11,7 +11,7 @@
 //! the cap become one occupancy event. The table is a plain structure under the hub's
 //! lock: tested without a thread or a clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::{PresenceMode, TopicOptions};
@@ -92,9 +92,13 @@ impl TopicPresence {
         if self.overflowed {
             return;
         }
-        if !joined && let Some(at) = self.joins.iter().position(|m| m.client == member.client) {
-            // Joined and left within the interval: neither is news.
-            self.joins.swap_remove(at);
+        // Joined and left (or left and joined again) within the interval: neither is news.
+        let undone = match joined {
+            true => &mut self.leaves,
+            false => &mut self.joins,
+        };
+        if let Some(at) = undone.iter().position(|m| m.client == member.client) {
+            undone.swap_remove(at);
             return;
         }
         if self.joins.len() + self.leaves.len() >= cap {
@@ -120,6 +124,10 @@ pub(crate) struct PresenceTable {
     /// Changes are reported to the cluster (with a broker): a changed topic is kept until
     /// the next report takes it.
     reports: bool,
+    /// Topics changed since the last report, and topics with joins or leaves since the
+    /// last interval: what the interval's work looks at, instead of every topic.
+    changed: HashSet<Arc<str>>,
+    eventful: HashSet<Arc<str>>,
 }
 
 impl PresenceTable {
@@ -130,6 +138,8 @@ impl PresenceTable {
             node,
             topics: HashMap::new(),
             reports,
+            changed: HashSet::new(),
+            eventful: HashSet::new(),
         }
     }
 
@@ -170,6 +180,10 @@ impl PresenceTable {
         }
         if options.presence_events {
             state.note(member, true, options.presence_max_members);
+            self.eventful.insert(topic.clone());
+        }
+        if reports {
+            self.changed.insert(topic.clone());
         }
     }
 
@@ -178,12 +192,18 @@ impl PresenceTable {
         if options.presence == PresenceMode::Off {
             return;
         }
-        if !self.topics.contains_key(topic) {
+        let Some(name) = self.topics.get_key_value(topic).map(|(k, _)| k.clone()) else {
             return;
-        }
+        };
         // Unlisted members (counts only) are made for the event.
         let unlisted = options.presence_events.then(|| self.member(who));
         let reports = self.reports;
+        if reports {
+            self.changed.insert(name.clone());
+        }
+        if options.presence_events {
+            self.eventful.insert(name);
+        }
         let Some(state) = self.topics.get_mut(topic) else {
             return;
         };
@@ -258,7 +278,10 @@ impl PresenceTable {
     /// cap), and the topics left with nothing are forgotten.
     pub(crate) fn take_events(&mut self) -> Vec<(Arc<str>, Event)> {
         let mut events = Vec::new();
-        for (topic, state) in &mut self.topics {
+        for topic in std::mem::take(&mut self.eventful) {
+            let Some(state) = self.topics.get_mut(&topic) else {
+                continue;
+            };
             if state.overflowed {
                 state.overflowed = false;
                 events.push((topic.clone(), Event::Counts(state.occupancy())));
@@ -267,8 +290,10 @@ impl PresenceTable {
                 let leaves = std::mem::take(&mut state.leaves);
                 events.push((topic.clone(), Event::Changes { joins, leaves }));
             }
+            if state.is_idle() {
+                self.topics.remove(&topic);
+            }
         }
-        self.topics.retain(|_, s| !s.is_idle());
         events
     }
 
@@ -281,13 +306,21 @@ impl PresenceTable {
         all: bool,
         listed: impl Fn(&str) -> Option<usize>,
     ) -> Vec<TopicReport> {
+        let changed = std::mem::take(&mut self.changed);
+        let topics: Vec<Arc<str>> = match all {
+            true => self.topics.keys().cloned().collect(),
+            false => changed.into_iter().collect(),
+        };
         let mut report = Vec::new();
-        for (topic, state) in &mut self.topics {
+        for topic in topics {
+            let Some(state) = self.topics.get_mut(&topic) else {
+                continue;
+            };
             if !(state.dirty || all && state.connections > 0) {
                 continue;
             }
             state.dirty = false;
-            let members = listed(topic)
+            let members = listed(&topic)
                 .filter(|&cap| state.members.len() <= cap)
                 .map(|_| state.members.values().cloned().collect());
             report.push(TopicReport {
@@ -295,8 +328,10 @@ impl PresenceTable {
                 occupancy: state.occupancy(),
                 members,
             });
+            if state.is_idle() {
+                self.topics.remove(&topic);
+            }
         }
-        self.topics.retain(|_, s| !s.is_idle());
         report
     }
 }
@@ -316,19 +351,8 @@ pub(crate) fn event_json(topic: &str, event: &Event) -> String {
             out.push('}');
             out
         }
-        Event::Counts(occupancy) => occupancy_json(topic, *occupancy),
+        Event::Counts(occupancy) => occupancy.push(topic),
     }
-}
-
-/// An occupancy push: `{"type":"occupancy","topic":..,"connections":..,"users":..}`.
-pub(crate) fn occupancy_json(topic: &str, occupancy: Occupancy) -> String {
-    serde_json::json!({
-        "type": "occupancy",
-        "topic": topic,
-        "connections": occupancy.connections,
-        "users": occupancy.users,
-    })
-    .to_string()
 }
 
 #[cfg(test)]
@@ -477,6 +501,22 @@ mod tests {
             event_json("t", &events[0].1),
             r#"{"connections":11,"topic":"t","type":"occupancy","users":2}"#
         );
+    }
+
+    #[test]
+    fn leaving_and_joining_again_within_an_interval_is_no_news() {
+        let mut table = PresenceTable::new(Arc::from("n"), true);
+        let t: Arc<str> = Arc::from("t");
+        let o = options(PresenceMode::Members, true, 10);
+        table.join(&t, &who(1, Some("a")), &o);
+        assert_eq!(table.take_events().len(), 1);
+        table.leave("t", &who(1, Some("a")), &o);
+        table.join(&t, &who(1, Some("a")), &o);
+        assert!(
+            table.take_events().is_empty(),
+            "left and back: nothing to tell"
+        );
+        assert_eq!(table.occupancy("t").connections, 1);
     }
 
     #[test]
