@@ -26,11 +26,17 @@ def round_line(path, name, rnd):
           f"server core {'-' if busy is None else f'{busy:.0%}'} busy")
 
 
-def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
+def gather(out, prefix):
+    """The reports OUT/PREFIX-NAME-ROUND.json, whole, in lists by NAME."""
     runs = {}
     for f in sorted(glob.glob(f"{out}/{prefix}-*-*.json")):
         name = f.rsplit("/", 1)[1][len(prefix) + 1:].rsplit("-", 1)[0]
-        runs.setdefault(name, []).append(json.load(open(f))["results"])
+        runs.setdefault(name, []).append(json.load(open(f)))
+    return runs
+
+
+def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
+    runs = {name: [r["results"] for r in reports] for name, reports in gather(out, prefix).items()}
     results = {}
     for name, rs in runs.items():
         rates = [r["deliveries_per_s"] for r in rs]

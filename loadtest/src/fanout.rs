@@ -93,6 +93,16 @@ pub(crate) enum Protocol {
     V1,
 }
 
+impl Protocol {
+    /// The subprotocols a connection offers to speak it (`Sec-WebSocket-Protocol`).
+    pub(crate) fn offered(self) -> Vec<String> {
+        match self {
+            Protocol::Raw => Vec::new(),
+            Protocol::V1 => vec!["stratus.v1".to_owned()],
+        }
+    }
+}
+
 /// Posts messages over one keep-alive connection to the admin API.
 pub(crate) struct Publisher {
     reader: BufReader<TcpStream>,
@@ -166,13 +176,9 @@ fn wait_for_nodes(publisher: &mut Publisher, nodes: usize) -> anyhow::Result<()>
 
 pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(args.duration)?;
-    let protocols = match args.protocol {
-        Protocol::Raw => Vec::new(),
-        Protocol::V1 => vec!["stratus.v1".to_owned()],
-    };
     let config = ClientConfig {
         deflate: args.deflate,
-        protocols,
+        protocols: args.protocol.offered(),
         ..ClientConfig::default()
     };
     let mut handoffs = Vec::with_capacity(args.subscribers);

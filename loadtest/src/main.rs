@@ -5,6 +5,7 @@
 //! Traffic goes only where the URL points; run it against loopback.
 
 mod broadcast_peer;
+mod churn;
 mod compare;
 mod connections;
 mod driver;
@@ -45,6 +46,9 @@ enum Scenario {
     Hostile(hostile::HostileArgs),
     /// Idle connections opened at a bounded rate; server memory per connection.
     Connections(connections::ConnectionsArgs),
+    /// Subscribers held on a topic while connections come and go; server CPU per churned
+    /// connection.
+    Churn(churn::ChurnArgs),
     /// The echo scenario against several servers, A B A B, with ratios.
     Compare(compare::CompareArgs),
     /// Run a peer server to compare against (tokio-tungstenite, fastwebsockets, raw TCP).
@@ -65,7 +69,7 @@ struct Common {
     /// Pin the server (`--server-pid`) to this CPU.
     #[arg(long)]
     server_cpu: Option<usize>,
-    /// The server's PID, for `--server-cpu`.
+    /// The server's PID, for `--server-cpu` (and, in `churn`, to read its CPU time).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Report how busy this CPU (the server's) was while measuring: a server core short
@@ -98,6 +102,10 @@ fn main() -> anyhow::Result<()> {
         Scenario::Connections(args) => {
             args.common.pin()?;
             connections::run(args)
+        }
+        Scenario::Churn(args) => {
+            args.common.pin()?;
+            churn::run(args)
         }
         Scenario::Compare(args) => {
             args.common().pin()?;

@@ -41,6 +41,27 @@ pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// Clock ticks per second in `/proc` times (`USER_HZ`: 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+/// The CPU time process `pid` has used so far, all its threads, user and system, in
+/// seconds (`utime` + `stime` of `/proc/PID/stat`, to 10 ms).
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing paren.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the name.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        let field = fields.get(i).context("short /proc/PID/stat")?;
+        Ok(field.parse()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
+}
+
 /// Jiffies CPU `cpu` spent busy and in total so far (from /proc/stat).
 fn cpu_times(cpu: usize) -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;

@@ -180,6 +180,47 @@ fn connections_reports_handshake_rate_and_memory() {
     s.stop().unwrap();
 }
 
+/// Churning v1 connections beside held ones, on a server listing members with join/leave
+/// events: every connection due churns, the held subscribers get the presence pushes,
+/// and the server's CPU time is read (the server runs in this process).
+#[test]
+fn churn_cycles_connections_and_counts_presence_pushes() {
+    let s = Server::start(Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        workers: 1,
+        presence: stratus_server::PresenceMode::Members,
+        presence_events: true,
+        presence_interval: std::time::Duration::from_millis(200),
+        ..Config::default()
+    })
+    .unwrap();
+    let url = format!("ws://{}/ws", s.local_addr());
+    let pid = std::process::id().to_string();
+    let r = run(&[
+        "churn",
+        "--url",
+        &url,
+        "-n",
+        "10",
+        "-r",
+        "40",
+        "-d",
+        "1",
+        "--hold",
+        "0.5",
+        "--settle",
+        "0.3",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(r["churned"].as_u64().unwrap(), 40, "{r}");
+    assert_eq!(r["failed"].as_u64().unwrap(), 0, "{r}");
+    assert_eq!(r["held_closed_by_server"].as_u64().unwrap(), 0);
+    assert!(r["held_presence_pushes"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["server_cpu_us_per_churned"].as_f64().is_some());
+    s.stop().unwrap();
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -153,13 +153,23 @@ pub enum Request {
 }
 
 /// A GET or HEAD that does not ask for WebSocket. A driver may answer it itself; one
-/// that speaks only WebSocket refuses it with [`PlainRequest::refusal`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// that speaks only WebSocket refuses it with [`PlainRequest::refusal`]. The headers a
+/// driver needs to serve a GET itself (an event stream) are read as an upgrade's are; a
+/// HEAD carries none of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlainRequest {
     /// The request target (path and query).
     pub target: String,
     /// HEAD: the response carries headers only.
     pub head: bool,
+    /// The Host header, if any.
+    pub host: Option<String>,
+    /// The Origin header, if any.
+    pub origin: Option<String>,
+    /// The Authorization header, if any.
+    pub authorization: Option<String>,
+    /// The Last-Event-ID header (Server-Sent Events), if any.
+    pub last_event_id: Option<String>,
 }
 
 impl PlainRequest {
@@ -334,6 +344,7 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<Request, Handshak
             return Ok(Request::Plain(PlainRequest {
                 target: target(),
                 head: true,
+                ..PlainRequest::default()
             }));
         }
         _ => return Err(HandshakeError::MethodNotAllowed),
@@ -350,6 +361,7 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<Request, Handshak
     let mut protocols = Vec::new();
     let mut extensions = Vec::new();
     let mut authorization = None;
+    let mut last_event_id = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -379,12 +391,18 @@ fn validate_request(req: &httparse::Request<'_, '_>) -> Result<Request, Handshak
             );
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             extensions.push(text(h.value)?.to_owned());
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            last_event_id = Some(text(h.value)?.trim().to_owned());
         }
     }
     if plain {
         return Ok(Request::Plain(PlainRequest {
             target: target(),
             head: false,
+            host,
+            origin,
+            authorization,
+            last_event_id,
         }));
     }
     if !upgrade {

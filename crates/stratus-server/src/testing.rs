@@ -50,6 +50,7 @@ pub(crate) fn open_client_speaking(
         grant,
         protocol,
         chosen: Vec::new(),
+        resume: None,
     };
     client.open(upgrade, TokenBucket::full(config.message_rate, 0));
     take_output(&mut client);
@@ -70,7 +71,7 @@ pub(crate) fn loopback_conn(id: ConnId) -> (Conn, TcpStream) {
 }
 
 /// Everything `client` has queued, as if it were all sent.
-fn take_output(client: &mut Client) -> BytesMut {
+pub(crate) fn take_output(client: &mut Client) -> BytesMut {
     let mut out = BytesMut::new();
     loop {
         let mut batch = Vec::new();

@@ -246,6 +246,37 @@ fn the_connect_hook_grants_the_user_its_topics_and_initial_subscriptions_from_co
 }
 
 #[test]
+fn the_connect_hooks_own_subscriptions_need_no_grant_for_them() {
+    // No `topics`: the grant allows no subscribe, yet the backend's choice is live.
+    let backend =
+        Backend::start(|_, _| json_answer(json!({"user": "ann", "subscribe": ["user.ann"]})));
+    let server = start(connect_hook(&backend.url, Duration::from_secs(2)), |_| {});
+    let headers = "Sec-WebSocket-Protocol: stratus.v1\r\n";
+    let (mut peer, head) = upgrade(&server, "/ws", headers, b"");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    server
+        .publish_json("user.ann", r#"{"hi":1}"#, None)
+        .unwrap();
+    let push = recv_json(&mut peer);
+    assert_eq!(
+        (push["topic"].as_str(), &push["data"]),
+        (Some("user.ann"), &json!({"hi": 1}))
+    );
+    // The client's own subscribes still need the grant.
+    peer.send(&frame(
+        true,
+        0,
+        0x1,
+        br#"{"id":1,"op":"subscribe","topic":"user.bob"}"#,
+    ));
+    let refused = recv_json(&mut peer);
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("forbidden"))
+    );
+}
+
+#[test]
 fn a_connect_hook_that_times_out_is_504_and_one_that_is_down_is_503() {
     let backend = slow_backend("late");
     let server = start(
@@ -254,7 +285,10 @@ fn a_connect_hook_that_times_out_is_504_and_one_that_is_down_is_503() {
     );
     let (mut peer, head) = upgrade(&server, "/ws", "", b"");
     assert!(head.starts_with("HTTP/1.1 504 "), "{head}");
-    assert!(peer.read_to_end().contains("did not answer"));
+    assert!(
+        peer.read_to_end()
+            .contains("the backend did not answer in time")
+    );
     assert_eq!(hook_count(&metrics(&server), "connect", "timeout"), 1);
 
     // Nothing listening: connection refused.
@@ -269,7 +303,10 @@ fn a_connect_hook_that_times_out_is_504_and_one_that_is_down_is_503() {
     let (mut peer, head) = upgrade(&down, "/ws", "", b"");
     assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
     assert!(head.contains("Retry-After"), "{head}");
-    assert!(peer.read_to_end().contains("unavailable"));
+    let body = peer.read_to_end();
+    assert!(body.contains("the backend is unavailable"), "{body}");
+    // Not the connection error, which names the backend's address.
+    assert!(!body.contains(&closed.to_string()), "{body}");
     assert_eq!(hook_count(&metrics(&down), "connect", "unavailable"), 1);
 
     // A backend answering 500 is an outage too.
@@ -291,7 +328,16 @@ fn a_malformed_connect_answer_is_502() {
     for case in ["case=text", "case=redirect", "case=both"] {
         let (mut peer, head) = upgrade(&server, &format!("/ws?{case}"), "", b"");
         assert!(head.starts_with("HTTP/1.1 502 "), "{case}: {head}");
-        assert!(peer.read_to_end().contains("malformed"), "{case}");
+        let body = peer.read_to_end();
+        assert!(
+            body.contains("the backend's answer was not understood"),
+            "{case}: {body}"
+        );
+        // The backend's answer is not quoted to the client.
+        assert!(
+            !body.contains("not json") && !body.contains("expected"),
+            "{case}: {body}"
+        );
     }
     assert_eq!(hook_count(&metrics(&server), "connect", "malformed"), 3);
 }

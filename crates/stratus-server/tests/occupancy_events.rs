@@ -517,3 +517,65 @@ fn an_event_left_unposted_by_a_node_that_died_is_posted_by_another() {
         "posted once, by the successor"
     );
 }
+
+/// The names of the webhook group's consumers.
+fn webhook_consumers(redis: &Redis) -> Vec<String> {
+    let mut conn = redis.connection().unwrap();
+    let reply: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("stratus:events")
+        .arg("stratus-webhook")
+        .query(&mut conn)
+        .unwrap();
+    reply
+        .iter()
+        .filter_map(|c| match c.get("name") {
+            Some(redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_webhook_consumer_of_a_node_that_is_gone_is_removed_once_long_idle() {
+    let redis = Redis::start();
+    let backend = Backend::start();
+    let mut conn = redis.connection().unwrap();
+    // A node that ran once and is gone: its consumer holds nothing and never reads again.
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("stratus:events")
+        .arg("stratus-webhook")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg("stratus:events")
+        .arg("stratus-webhook")
+        .arg("ghost")
+        .query(&mut conn)
+        .unwrap();
+    let (broker, url) = (redis.url(), backend.url());
+    // Removed past 10 leases (3 s) idle.
+    let _node = Node::start(&[
+        "--broker",
+        &*broker,
+        "--occupancy-webhook",
+        &*url,
+        "--presence-interval",
+        "0.1",
+        "--presence-lease",
+        "0.3",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let consumers = webhook_consumers(&redis);
+        if !consumers.iter().any(|c| c == "ghost") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never removed: {consumers:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

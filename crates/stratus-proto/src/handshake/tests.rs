@@ -238,6 +238,8 @@ fn get_and_head_without_upgrade_headers_are_plain_requests() {
         Request::Plain(PlainRequest {
             target: "/index.html?x=1".into(),
             head,
+            host: (!head).then(|| "example.com".into()),
+            ..PlainRequest::default()
         })
     };
     let browser = ["Host: example.com", "Connection: keep-alive", "Accept: */*"];
@@ -367,4 +369,31 @@ fn bad_101_fails_before_any_frame() {
         let response = response_with(&request, edit);
         assert_eq!(hs.read(&response).unwrap_err(), expected);
     }
+}
+
+#[test]
+fn a_plain_get_carries_the_headers_an_event_stream_needs() {
+    let lines = [
+        "GET /sse?topic=a HTTP/1.1",
+        "Host: push.example",
+        "Origin: https://push.example",
+        "Authorization: Bearer abc",
+        "Last-Event-ID:  5-1 ",
+    ];
+    let Ok(Request::Plain(plain)) = read_any(&lines) else {
+        panic!("not a plain request");
+    };
+    assert_eq!(plain.host.as_deref(), Some("push.example"));
+    assert_eq!(plain.origin.as_deref(), Some("https://push.example"));
+    assert_eq!(plain.authorization.as_deref(), Some("Bearer abc"));
+    assert_eq!(plain.last_event_id.as_deref(), Some("5-1"));
+    let bad = request(&["GET /sse HTTP/1.1", "Host: h", "Last-Event-ID: \u{e9}"]);
+    let mut bytes = bad;
+    // Not UTF-8: refused as malformed, as an upgrade's headers are.
+    let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
+    bytes[at] = 0xff;
+    assert!(matches!(
+        RequestReader::new(HandshakeLimits::default()).read_request(&bytes),
+        Err(HandshakeError::Malformed(_))
+    ));
 }

@@ -22,7 +22,7 @@ use crate::connection::tls::TlsConn;
 use crate::connection::upgrade::{Refusal, Upgrade};
 use crate::model::auth::Grant;
 use crate::model::broadcast::FrameChoice;
-use crate::model::protocol::{Notice, Protocol};
+use crate::model::protocol::{Notice, Protocol, sse};
 use crate::model::rate::TokenBucket;
 use crate::model::recovery::{RECOVERY_TIMEOUT, Recovery};
 
@@ -58,6 +58,10 @@ pub(crate) enum Phase {
     /// The upgrade request is read and waits for the connect hook's answer (within the
     /// handshake deadline); what arrives meanwhile waits undecoded.
     Authorizing(Box<UpgradeRequest>),
+    /// An open Server-Sent Events stream (`connection::sse`): events go out unframed,
+    /// heartbeats instead of pings, input is read and dropped; a close ends it with FIN
+    /// behind what is queued.
+    Stream,
 }
 
 /// What a connection's deadline is for.
@@ -302,7 +306,12 @@ impl Client {
 
     /// Whether it is open and not closing: messages flow both ways.
     pub(crate) fn is_open_for_messages(&self) -> bool {
-        matches!(&self.phase, Phase::Open(session) if !session.close_sent())
+        matches!(&self.phase, Phase::Open(session) if !session.close_sent()) || self.is_streaming()
+    }
+
+    /// Whether it is an open event stream (not yet closing).
+    pub(crate) fn is_streaming(&self) -> bool {
+        matches!(self.phase, Phase::Stream)
     }
 
     /// When its token expires, if a protocol v1 connection should now be asked (once)
@@ -402,7 +411,10 @@ impl Client {
     /// message budget, full.
     pub(crate) fn open(&mut self, upgrade: Upgrade, inbound: TokenBucket) {
         self.inbound = inbound;
-        self.phase = Phase::Open(upgrade.session);
+        self.phase = match upgrade.protocol {
+            Protocol::Sse => Phase::Stream,
+            _ => Phase::Open(upgrade.session),
+        };
         self.frames = upgrade.frames;
         if let Some(grant) = upgrade.grant {
             self.extras_mut().grant = Some(grant);
@@ -501,6 +513,17 @@ impl Client {
         if self.is_timing_message() {
             self.deadline = None;
         }
+        if self.is_streaming() {
+            // An event stream has no Close: what is queued goes out (unless discarded),
+            // then FIN.
+            if discard {
+                self.queue.discard_pending();
+            }
+            self.phase = Phase::Answered;
+            self.fin_due = true;
+            self.set_deadline(Deadline::Close, deadline);
+            return;
+        }
         let Phase::Open(session) = &mut self.phase else {
             return;
         };
@@ -516,6 +539,16 @@ impl Client {
 
     /// Pings it at `now` (a silent connection), unless it is closing.
     fn ping(&mut self, now: Instant, close_deadline: Instant) {
+        if self.is_streaming() {
+            // A heartbeat, which expects no answer; only on an idle stream (anything
+            // queued keeps the stream alive already, and a slow reader's queue does not
+            // grow with heartbeats).
+            if !self.queue.has_pending() {
+                self.queue.push(Bytes::from_static(sse::HEARTBEAT));
+            }
+            self.last_seen = now;
+            return;
+        }
         let Some(session) = self.session() else {
             return;
         };
@@ -532,6 +565,10 @@ impl Client {
     /// per recovery) must reach a client that lost messages whatever the slow-consumer
     /// policy did.
     pub(crate) fn send_text(&mut self, text: String, close_deadline: Instant) {
+        if self.is_streaming() {
+            self.queue.push(Bytes::from(text));
+            return;
+        }
         if let Some(session) = self.session().filter(|s| !s.close_sent()) {
             let _ = session.send(&Message::text(text));
             self.transmit(close_deadline);

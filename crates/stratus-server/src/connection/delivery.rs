@@ -119,14 +119,14 @@ impl Client {
         self.push_broadcast(broadcast, rules)
     }
 
-    /// A server event: to v1 connections only, never held by a recovery or conflated (a
+    /// A server event: to v1 connections and event streams only, never held by a recovery or conflated (a
     /// full queue under `conflate` drops it).
     fn deliver_event(&mut self, broadcast: &Arc<Broadcast>, rules: QueueRules<'_>) -> Delivered {
-        if self.protocol != Protocol::V1 {
+        if !matches!(self.protocol, Protocol::V1 | Protocol::Sse) {
             return Delivered::Skipped;
         }
         if rules.policy == SlowConsumer::Conflate {
-            let len = broadcast.encoding(Protocol::V1).plain.len();
+            let len = broadcast.encoding(self.protocol).plain.len();
             if self.is_conflating() || !self.has_room(len, 1, rules.cap) {
                 return Delivered::Dropped;
             }

@@ -17,6 +17,7 @@
 pub(crate) mod client;
 pub(crate) mod conflation;
 pub(crate) mod delivery;
+pub(crate) mod sse;
 pub(crate) mod status_page;
 pub(crate) mod tls;
 pub(crate) mod upgrade;

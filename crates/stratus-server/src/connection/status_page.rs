@@ -128,6 +128,7 @@ mod tests {
                 &PlainRequest {
                     target: target.into(),
                     head: false,
+                    ..PlainRequest::default()
                 },
                 app,
             )

@@ -27,6 +27,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tracing::warn;
 
+use super::consumers;
 use super::scripts::{EVENTS, EVENTS_MAXLEN, GROUP, SWEEP_LIMIT, Scripts};
 use super::{EventsTask, Sending, count, set_queued};
 use crate::model::occupancy_events::{EventKind, OccupancyEvent};
@@ -357,6 +358,12 @@ impl Cluster {
             Ok(_) => Vec::new(),
             Err(err) => return self.lost(&err),
         };
+        // What dead nodes held has moved: their consumers can go.
+        match within(consumers::remove_idle(&mut conn, node, self.task.lease)).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "webhook consumers of gone nodes removed"),
+            Err(err) => return self.lost(&err),
+        }
         let read: redis::RedisResult<Value> = within(
             redis::cmd("XREADGROUP")
                 .arg("GROUP")

@@ -15,6 +15,7 @@
 //! The thread ends when the hub is gone (its read channel closes).
 
 mod cluster;
+mod consumers;
 mod scripts;
 mod webhook;
 

@@ -73,6 +73,13 @@ impl Webhook {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("occupancy webhook client: {e}"))?;
+        if secret.is_none() {
+            // Valid, but the receiver cannot tell these posts from anyone else's.
+            tracing::warn!(
+                "occupancy webhook: no --webhook-secret, posts go unsigned \
+                 (no X-Stratus-Signature)"
+            );
+        }
         Ok(Self {
             client,
             url,
@@ -128,6 +135,8 @@ impl Webhook {
                 false
             }
             Err(err) => {
+                // Without the URL: it may carry credentials (userinfo, query).
+                let err = err.without_url();
                 tracing::debug!(error = %err, "occupancy webhook unreachable");
                 false
             }

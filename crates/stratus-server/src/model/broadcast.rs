@@ -13,7 +13,7 @@ use stratus_proto::frame::RSV1;
 use stratus_proto::{Encoder, Message, OpCode};
 
 use crate::model::offset::Offset;
-use crate::model::protocol::{Protocol, raw, v1};
+use crate::model::protocol::{Protocol, raw, sse, v1};
 use crate::model::publication::Publication;
 use crate::stats::{self, WorkerStats};
 
@@ -44,6 +44,15 @@ impl Encoding {
         Self {
             plain: Encoder::server().message(&message),
             message,
+            compressed: OnceLock::new(),
+        }
+    }
+
+    /// An encoding sent as `bytes`, unframed (an event stream's event).
+    fn unframed(bytes: Bytes) -> Self {
+        Self {
+            plain: bytes.clone(),
+            message: Message::Text(bytes),
             compressed: OnceLock::new(),
         }
     }
@@ -104,6 +113,9 @@ pub(crate) struct Broadcast {
     /// Raw mode's offset notice, which precedes the message on subscriptions with
     /// offsets, framed once.
     offset_frame: OnceLock<Bytes>,
+    /// Its Server-Sent Events event (unframed), made the first time an event-stream
+    /// subscriber needs it.
+    sse: OnceLock<Encoding>,
 }
 
 impl Broadcast {
@@ -123,6 +135,7 @@ impl Broadcast {
             offset,
             v1: OnceLock::new(),
             offset_frame: OnceLock::new(),
+            sse: OnceLock::new(),
         }
     }
 
@@ -138,6 +151,13 @@ impl Broadcast {
             Protocol::Raw => &self.raw,
             Protocol::V1 => self.v1.get_or_init(|| {
                 Encoding::new(v1::publication(&self.topic, &self.publication, self.offset))
+            }),
+            Protocol::Sse => self.sse.get_or_init(|| {
+                Encoding::unframed(sse::publication(
+                    &self.topic,
+                    &self.publication,
+                    self.offset,
+                ))
             }),
         }
     }
@@ -184,5 +204,13 @@ mod tests {
             Message::text("hello"),
             "raw mode sends the message as published"
         );
+        let event = broadcast.encoding(Protocol::Sse).plain.clone();
+        assert_eq!(
+            &event[..],
+            b"event: t\ndata: hello\n\n",
+            "an event, unframed"
+        );
+        let again = broadcast.encoding(Protocol::Sse).plain.clone();
+        assert_eq!(event.as_ptr(), again.as_ptr(), "made once");
     }
 }

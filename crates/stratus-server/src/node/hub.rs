@@ -293,7 +293,8 @@ impl Hub {
     /// where there is a broker, read by the broker without holding this thread), and the
     /// broker reports the node's presence to Redis.
     pub(crate) fn presence_tick(&self, tick: u64) {
-        let events = self.presence().take_events();
+        let cap = |topic: &str| self.config.options(topic).presence_max_members;
+        let events = self.presence().take_events(tick, cap);
         stats::add(&self.stats.presence_events, events.len() as u64);
         for (topic, event) in events {
             match event {

@@ -61,8 +61,13 @@ struct TopicPresence {
     /// Joins and leaves since the last interval, where the topic has presence events.
     joins: Vec<Member>,
     leaves: Vec<Member>,
-    /// More changed in this interval than the cap: the event is counts.
+    /// More changed in this interval than the cap, or the topic has more subscribers than
+    /// the cap: the event is counts.
     overflowed: bool,
+    /// The interval from which the topic's next push may go: a topic with more
+    /// subscribers than the cap gets one at most every subscribers / cap intervals, so
+    /// its pushes cost about `cap` deliveries an interval however large it grows.
+    next_push: u64,
     /// Changed since the last report to the cluster.
     dirty: bool,
 }
@@ -90,6 +95,13 @@ impl TopicPresence {
             return;
         };
         if self.overflowed {
+            return;
+        }
+        if self.connections > cap as u64 {
+            // Too many to list: counts, paced by the topic's size.
+            self.overflowed = true;
+            self.joins.clear();
+            self.leaves.clear();
             return;
         }
         // Joined and left (or left and joined again) within the interval: neither is news.
@@ -276,14 +288,26 @@ impl PresenceTable {
 
     /// The interval is over: each topic's event (joins and leaves, or counts past the
     /// cap), and the topics left with nothing are forgotten.
-    pub(crate) fn take_events(&mut self) -> Vec<(Arc<str>, Event)> {
+    pub(crate) fn take_events(
+        &mut self,
+        tick: u64,
+        cap: impl Fn(&str) -> usize,
+    ) -> Vec<(Arc<str>, Event)> {
         let mut events = Vec::new();
+        let mut later = Vec::new();
         for topic in std::mem::take(&mut self.eventful) {
             let Some(state) = self.topics.get_mut(&topic) else {
                 continue;
             };
+            if state.overflowed && tick < state.next_push {
+                // Counts for a large topic, not due yet: they wait (and stay current).
+                later.push(topic);
+                continue;
+            }
             if state.overflowed {
                 state.overflowed = false;
+                let cap = cap(&topic).max(1) as u64;
+                state.next_push = tick + state.connections.div_ceil(cap).max(1);
                 events.push((topic.clone(), Event::Counts(state.occupancy())));
             } else if !state.joins.is_empty() || !state.leaves.is_empty() {
                 let joins = std::mem::take(&mut state.joins);
@@ -294,6 +318,7 @@ impl PresenceTable {
                 self.topics.remove(&topic);
             }
         }
+        self.eventful.extend(later);
         events
     }
 
@@ -422,7 +447,7 @@ mod tests {
         let o = options(PresenceMode::Off, true, 10);
         table.join(&t, &who(1, Some("a")), &o);
         assert_eq!(table.occupancy("t"), Occupancy::default());
-        assert!(table.take_events().is_empty());
+        assert!(table.take_events(1, |_| 3).is_empty());
         assert!(table.report(true, |_| None).is_empty());
     }
 
@@ -463,7 +488,7 @@ mod tests {
         table.join(&t, &who(2, Some("b")), &o);
         table.join(&t, &who(3, Some("c")), &o);
         table.leave("t", &who(3, Some("c")), &o);
-        let events = table.take_events();
+        let events = table.take_events(1, |_| 3);
         assert_eq!(events.len(), 1);
         let Event::Changes { joins, leaves } = &events[0].1 else {
             panic!("changes");
@@ -475,9 +500,9 @@ mod tests {
             "c joined and left within the interval: {users:?}"
         );
         assert!(leaves.is_empty());
-        assert!(table.take_events().is_empty(), "nothing new");
+        assert!(table.take_events(1, |_| 3).is_empty(), "nothing new");
         table.leave("t", &who(1, Some("a")), &o);
-        let events = table.take_events();
+        let events = table.take_events(1, |_| 3);
         let Event::Changes { leaves, .. } = &events[0].1 else {
             panic!("changes");
         };
@@ -486,7 +511,7 @@ mod tests {
         for c in 10..20 {
             table.join(&t, &who(c, Some("x")), &o);
         }
-        let events = table.take_events();
+        let events = table.take_events(1, |_| 3);
         assert_eq!(
             events,
             vec![(
@@ -504,16 +529,43 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_larger_than_the_cap_gets_counts_paced_by_its_size() {
+        let mut table = PresenceTable::new(Arc::from("n"), false);
+        let t: Arc<str> = Arc::from("t");
+        let o = options(PresenceMode::Members, true, 2);
+        for c in 0..10 {
+            table.join(&t, &who(c, None), &o);
+        }
+        let counts = |events: Vec<(Arc<str>, Event)>| -> Vec<u64> {
+            events
+                .into_iter()
+                .map(|(_, e)| match e {
+                    Event::Counts(o) => o.connections,
+                    Event::Changes { .. } => panic!("no lists past the cap: {e:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(counts(table.take_events(1, |_| 2)), [10]);
+        // Ten subscribers, two a push: the next one five intervals later, current then.
+        table.leave("t", &who(0, None), &o);
+        for tick in 2..6 {
+            assert!(table.take_events(tick, |_| 2).is_empty(), "tick {tick}");
+        }
+        table.leave("t", &who(1, None), &o);
+        assert_eq!(counts(table.take_events(6, |_| 2)), [8]);
+    }
+
+    #[test]
     fn leaving_and_joining_again_within_an_interval_is_no_news() {
         let mut table = PresenceTable::new(Arc::from("n"), true);
         let t: Arc<str> = Arc::from("t");
         let o = options(PresenceMode::Members, true, 10);
         table.join(&t, &who(1, Some("a")), &o);
-        assert_eq!(table.take_events().len(), 1);
+        assert_eq!(table.take_events(1, |_| 3).len(), 1);
         table.leave("t", &who(1, Some("a")), &o);
         table.join(&t, &who(1, Some("a")), &o);
         assert!(
-            table.take_events().is_empty(),
+            table.take_events(1, |_| 3).is_empty(),
             "left and back: nothing to tell"
         );
         assert_eq!(table.occupancy("t").connections, 1);

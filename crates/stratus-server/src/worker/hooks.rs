@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use stratus_proto::handshake::UpgradeRequest;
+use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::connection::Conn;
@@ -21,15 +22,27 @@ use crate::model::hook::{
 use crate::node::hub::Hub;
 use crate::worker::Worker;
 
-/// The refusal of an upgrade whose connect hook failed.
+/// The refusal of an upgrade whose connect hook failed. The client (not authenticated
+/// yet) gets a generic body per status; the failure's detail (error chains, the
+/// backend's answer quoted) goes to the log only.
 pub(super) fn refusal_for(failure: &HookFailure) -> Refusal {
     let status = failure.http_status();
-    let retry = if status == 503 {
-        "Retry-After: 5\r\n"
-    } else {
-        ""
+    let (retry, body) = match status {
+        503 => ("Retry-After: 5\r\n", "the backend is unavailable"),
+        504 => ("", "the backend did not answer in time"),
+        _ => ("", "the backend's answer was not understood"),
     };
-    Refusal::new(status, retry, format!("connect hook: {failure}"))
+    match failure {
+        HookFailure::Unavailable(_) | HookFailure::Malformed(_) => {
+            warn!(status, error = %failure, "connect hook failed");
+        }
+        HookFailure::Timeout | HookFailure::Busy => {
+            debug!(status, error = %failure, "connect hook failed");
+        }
+    }
+    let mut refusal = Refusal::new(status, retry, body.to_owned());
+    refusal.why = format!("connect hook: {failure}");
+    refusal
 }
 
 /// Admits an accepted upgrade within the connection caps (overall and per address), or
@@ -115,6 +128,49 @@ impl Worker {
         self.finish_handshake(id, accepted, &mut input.buf);
         if let Some(conn) = self.conns.get(id) {
             conn.return_input(input, &mut self.scratch);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_hook_failure_tells_the_client_no_detail() {
+        let secret = "error sending request for url (http://user:pw@backend/connect)";
+        let cases = [
+            (
+                HookFailure::Timeout,
+                504,
+                "the backend did not answer in time",
+            ),
+            (
+                HookFailure::Unavailable(secret.into()),
+                503,
+                "the backend is unavailable",
+            ),
+            (HookFailure::Busy, 503, "the backend is unavailable"),
+            (
+                HookFailure::Malformed(format!("expected value: {secret}")),
+                502,
+                "the backend's answer was not understood",
+            ),
+        ];
+        for (failure, status, body) in cases {
+            let refusal = refusal_for(&failure);
+            let response = String::from_utf8_lossy(&refusal.response).into_owned();
+            assert_eq!(refusal.status, status);
+            assert!(
+                response.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{response}"
+            );
+            assert!(
+                response.ends_with(&format!("\r\n\r\n{body}\n")),
+                "{response}"
+            );
+            assert!(!response.contains("pw@"), "{response}");
+            assert!(refusal.why.contains(&failure.to_string()), "logged in full");
         }
     }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use crate::config::App;
 use crate::connection::tls::TlsConn;
 use crate::connection::upgrade::{Refusal, Upgrade, needs_connect_hook, upgrade};
-use crate::connection::{Client, Conn, Counted, status_page};
+use crate::connection::{Client, Conn, Counted, sse, status_page};
 use crate::model::conn_id::ConnId;
 use crate::model::rate::TokenBucket;
 use crate::stats;
@@ -127,6 +127,11 @@ impl Worker {
         };
         let accepted = match conn.client_mut().read_request(buf) {
             Ok(None) => return,
+            Ok(Some((Request::Plain(request), _))) if sse::is_sse(&request) => {
+                // An event stream: admitted as an upgrade is (the connect hook aside).
+                sse::accept(&request, config, self.draining.is_some())
+                    .and_then(|accepted| hooks::admit(&self.hub, conn.ip(), config, accepted))
+            }
             Ok(Some((Request::Plain(request), _))) => {
                 match status_page::answer(&request, config.app) {
                     Ok(page) => {
@@ -184,6 +189,7 @@ impl Worker {
         };
         let mut topics = std::mem::take(&mut accepted.topics);
         let chosen = std::mem::take(&mut accepted.chosen);
+        let resume = accepted.resume.take();
         if conn.counted() == Counted::Unupgraded {
             self.unupgraded.finished(conn.ip());
         }
@@ -198,8 +204,14 @@ impl Worker {
         // URL topics whose subscribes ask the backend wait for it; the connect hook's
         // own choices do not ask again.
         pubsub::ask_upgrade_topics(&mut self.pubsub, &ctx, id, conn.client_mut(), &mut topics);
-        topics.extend(chosen);
-        self.pubsub.on_upgrade(&ctx, id, conn.client_mut(), &topics);
+        if conn.client().is_streaming() {
+            topics.extend(chosen);
+            self.pubsub
+                .on_stream(&ctx, id, conn.client_mut(), &topics, resume);
+        } else {
+            self.pubsub
+                .on_upgrade_with(&ctx, id, conn.client_mut(), &topics, &chosen);
+        }
         self.decode(id, buf);
     }
 

@@ -76,6 +76,10 @@ pub(crate) struct Users {
     index: UserIndex,
     awaiting: HashMap<Arc<str>, Vec<ConnId>>,
     awaiting_len: usize,
+    /// The topics each connection in `awaiting` waits for: what it leaves behind when it
+    /// goes or is unsubscribed (a topic that leaves the hub's interest is never
+    /// confirmed, so its waiters would stay otherwise).
+    awaited_by: HashMap<ConnId, Vec<Arc<str>>>,
 }
 
 impl Users {
@@ -84,9 +88,37 @@ impl Users {
         self.index.opened(user, id, unix_ms());
     }
 
-    /// Connection `id` of `user` is gone.
+    /// Connection `id` of `user` is gone: it waits for no confirmation any more.
     pub(crate) fn closed(&mut self, user: &str, id: ConnId) {
         self.index.closed(user, id);
+        for topic in self.awaited_by.remove(&id).unwrap_or_default() {
+            self.unwait(&topic, id);
+        }
+    }
+
+    /// Connection `id` was unsubscribed from `topic`: it is not told `subscribed`.
+    fn unsubscribed(&mut self, topic: &str, id: ConnId) {
+        let Some(topics) = self.awaited_by.get_mut(&id) else {
+            return;
+        };
+        topics.retain(|t| &**t != topic);
+        if topics.is_empty() {
+            self.awaited_by.remove(&id);
+        }
+        self.unwait(topic, id);
+    }
+
+    /// Takes `id` out of `topic`'s waiters.
+    fn unwait(&mut self, topic: &str, id: ConnId) {
+        let Some(waiting) = self.awaiting.get_mut(topic) else {
+            return;
+        };
+        let before = waiting.len();
+        waiting.retain(|c| *c != id);
+        self.awaiting_len -= before - waiting.len();
+        if waiting.is_empty() {
+            self.awaiting.remove(topic);
+        }
     }
 
     /// Connection `id` waits for `topic`'s confirmation to be told `subscribed`; `false`
@@ -95,6 +127,7 @@ impl Users {
         if self.awaiting_len >= MAX_AWAITING {
             return false;
         }
+        self.awaited_by.entry(id).or_default().push(topic.clone());
         self.awaiting.entry(topic).or_default().push(id);
         self.awaiting_len += 1;
         true
@@ -104,6 +137,14 @@ impl Users {
     fn take(&mut self, topic: &str) -> Vec<ConnId> {
         let taken = self.awaiting.remove(topic).unwrap_or_default();
         self.awaiting_len -= taken.len();
+        for id in &taken {
+            if let Some(topics) = self.awaited_by.get_mut(id) {
+                topics.retain(|t| &**t != topic);
+                if topics.is_empty() {
+                    self.awaited_by.remove(id);
+                }
+            }
+        }
         taken
     }
 }
@@ -118,6 +159,7 @@ fn describe(node: &str, worker: usize, conn: &Conn, since_ms: u64) -> UserConn {
         protocol: match client.protocol() {
             Protocol::Raw => "raw",
             Protocol::V1 => "v1",
+            Protocol::Sse => "sse",
         }
         .to_owned(),
         topics: client.topics().iter().map(|t| t.to_string()).collect(),
@@ -157,10 +199,12 @@ impl Worker {
                         Ok(())
                     }
                 }
-                UserAction::Unsubscribe { topic } => self
-                    .pubsub
-                    .unsubscribe_for_server(&ctx, id, conn.client_mut(), topic)
-                    .map_err(|e| e.word()),
+                UserAction::Unsubscribe { topic } => {
+                    self.users.unsubscribed(topic, id);
+                    self.pubsub
+                        .unsubscribe_for_server(&ctx, id, conn.client_mut(), topic)
+                        .map_err(|e| e.word())
+                }
                 UserAction::Subscribe { topic } => {
                     subscribe(&mut self.pubsub, &mut self.users, &ctx, id, conn, topic)
                 }
@@ -253,5 +297,30 @@ mod tests {
         assert!(users.take("t").is_empty(), "taken once");
         users.awaiting_len = MAX_AWAITING;
         assert!(!users.wait(topic, ConnId::new(0, 1)), "past the bound: now");
+    }
+
+    #[test]
+    fn a_connection_that_goes_or_is_unsubscribed_waits_no_more() {
+        let mut users = Users::default();
+        let (a, b) = (ConnId::new(0, 1), ConnId::new(1, 1));
+        let (t, u): (Arc<str>, Arc<str>) = (Arc::from("t"), Arc::from("u"));
+        users.opened("ann", a);
+        users.opened("bob", b);
+        assert!(users.wait(t.clone(), a));
+        assert!(users.wait(u.clone(), a));
+        assert!(users.wait(t.clone(), b));
+        // Neither topic is ever confirmed (they left the hub's interest).
+        users.closed("ann", a);
+        users.unsubscribed("t", b);
+        assert_eq!(users.awaiting_len, 0);
+        assert!(users.awaiting.is_empty());
+        assert!(users.awaited_by.is_empty());
+        // A confirmation after an unsubscribe of another topic still finds its waiter.
+        assert!(users.wait(t.clone(), b));
+        assert!(users.wait(u, b));
+        users.unsubscribed("u", b);
+        assert_eq!(users.take("t"), [b]);
+        assert_eq!(users.awaiting_len, 0);
+        assert!(users.awaited_by.is_empty());
     }
 }

@@ -152,6 +152,26 @@ impl Peer {
         String::from_utf8_lossy(&self.buf).into_owned()
     }
 
+    /// Reads through the next `delimiter` (an event stream's blank line): what came up to
+    /// and with it, or `None` once the server closed TCP with nothing more (a partial block
+    /// fails the test).
+    pub fn read_through(&mut self, delimiter: &[u8]) -> Option<String> {
+        loop {
+            let found = self
+                .buf
+                .windows(delimiter.len())
+                .position(|w| w == delimiter);
+            if let Some(end) = found {
+                let block = self.buf.split_to(end + delimiter.len());
+                return Some(String::from_utf8(block.to_vec()).unwrap());
+            }
+            if self.fill() == 0 {
+                assert!(self.buf.is_empty(), "a partial block: {:?}", self.buf);
+                return None;
+            }
+        }
+    }
+
     fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 65536];
         match self.stream.read(&mut chunk) {

@@ -9,6 +9,7 @@
 //! made, a token to refresh) is a [`Notice`], printed in the connection's protocol.
 
 pub(crate) mod raw;
+pub(crate) mod sse;
 pub(crate) mod v1;
 
 use crate::model::offset::Offset;
@@ -21,6 +22,9 @@ pub(crate) enum Protocol {
     Raw,
     /// `stratus.v1`: pushes in envelopes that name their topic, commands with ids.
     V1,
+    /// Server-Sent Events (`GET /sse`): receive-only, events named for their topic or
+    /// type (`sse`).
+    Sse,
 }
 
 /// Something the server tells a client on its own.
@@ -62,6 +66,7 @@ impl Notice<'_> {
                 Self::Unsubscribed { .. } | Self::Refresh { .. } | Self::Subscribed { .. } => None,
             },
             Protocol::V1 => Some(v1::notice(self)),
+            Protocol::Sse => Some(sse::notice(self)),
         }
     }
 }

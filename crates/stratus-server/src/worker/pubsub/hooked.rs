@@ -63,8 +63,8 @@ impl PubSub {
         if let Err(err) = topic::validate(&pending.topic) {
             return Err((ErrorCode::InvalidTopic, err.to_string()));
         }
-        let waiting = self.hook_waits.entry(id).or_default();
-        if *waiting >= MAX_HOOKS_WAITING {
+        // Counted only once the hook has it: a refused ask leaves no entry behind.
+        if self.hook_waits.get(&id).copied().unwrap_or(0) >= MAX_HOOKS_WAITING {
             let why = format!("at most {MAX_HOOKS_WAITING} commands may wait for the backend");
             return Err((ErrorCode::RateLimited, why));
         }
@@ -109,7 +109,7 @@ impl PubSub {
         };
         link.ask(job)
             .map_err(|failure| (failure.v1_code(), failure.to_string()))?;
-        *waiting += 1;
+        *self.hook_waits.entry(id).or_default() += 1;
         Ok(())
     }
 

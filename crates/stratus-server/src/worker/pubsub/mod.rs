@@ -12,6 +12,7 @@
 mod hooked;
 mod raw;
 pub(crate) mod server_side;
+mod sse;
 mod v1;
 
 use std::collections::HashMap;
@@ -215,8 +216,29 @@ impl PubSub {
         client: &mut Client,
         topics: &[String],
     ) {
-        for name in topics {
-            if let Err(err) = self.add(ctx, id, client, name) {
+        self.on_upgrade_with(ctx, id, client, topics, &[]);
+    }
+
+    /// [`Self::on_upgrade`], and `chosen`, the connect hook's own choices, subscribed too
+    /// with no grant check (the backend chose them).
+    pub(crate) fn on_upgrade_with(
+        &mut self,
+        ctx: &Context<'_>,
+        id: ConnId,
+        client: &mut Client,
+        topics: &[String],
+        chosen: &[String],
+    ) {
+        let asked = topics.iter().map(|t| (t, true));
+        for (name, checked) in asked.chain(chosen.iter().map(|t| (t, false))) {
+            let added = if checked {
+                self.add(ctx, id, client, name)
+            } else {
+                topic::validate(name)
+                    .map_err(SubscribeError::from)
+                    .and_then(|()| self.add_granted(ctx, id, client, name))
+            };
+            if let Err(err) = added {
                 let why = format!("cannot subscribe to {name}: {err}");
                 client.close(
                     CloseCode::TRY_AGAIN_LATER,
@@ -245,6 +267,8 @@ impl PubSub {
                 let reply = match client.protocol() {
                     Protocol::Raw => raw_protocol::error_reply(None, None, why),
                     Protocol::V1 => wire_v1::error(None, None, None, ErrorCode::BadRequest, why),
+                    // An event stream's input is never decoded.
+                    Protocol::Sse => return,
                 };
                 client.send_text(reply, ctx.close_deadline());
                 return;
@@ -254,6 +278,7 @@ impl PubSub {
         match client.protocol() {
             Protocol::Raw => self.on_raw(ctx, id, client, text),
             Protocol::V1 => self.on_v1(ctx, id, client, text),
+            Protocol::Sse => {}
         }
     }
 
@@ -404,6 +429,7 @@ impl PubSub {
         }
         self.history_commands.remove(&id);
         self.publishes.remove(&id);
+        self.hook_waits.remove(&id);
     }
 
     // Fan-out.
@@ -510,6 +536,18 @@ impl PubSub {
         if client.grant().is_some_and(|g| !g.allows(name)) {
             return Err(SubscribeError::NotAllowed);
         }
+        self.add_granted(ctx, id, client, name)
+    }
+
+    /// [`Self::add`] past the checks of the name and the grant (done, or not wanted for
+    /// the connect hook's own choices).
+    fn add_granted(
+        &mut self,
+        ctx: &Context<'_>,
+        id: ConnId,
+        client: &mut Client,
+        name: &str,
+    ) -> Result<Option<Arc<str>>, SubscribeError> {
         if let Some(name) = client.topics().iter().find(|t| &***t == name) {
             return Ok((!ctx.hub.is_confirmed(name)).then(|| name.clone()));
         }

@@ -171,3 +171,32 @@ fn a_publish_goes_on_with_the_data_the_hook_gives() {
         "{sent:?}"
     );
 }
+
+#[test]
+fn an_ask_the_hook_cannot_take_or_a_connection_that_leaves_keeps_no_hook_count() {
+    let (mut world, mut jobs) = hooked();
+    let a = world.connect_speaking(Protocol::V1, None);
+    send(
+        &mut world,
+        a,
+        json!({"id": 1, "op": "subscribe", "topic": "room"}),
+    );
+    assert!(jobs.try_recv().is_ok(), "asked");
+    assert_eq!(world.pubsub.hook_waits.get(&a), Some(&1));
+    // It leaves before the answer: its count goes with it.
+    let gone = world.clients.0.remove(&a).expect("connected");
+    world.with(|pubsub, _, ctx| pubsub.on_left(ctx, a, &gone));
+    assert!(world.pubsub.hook_waits.is_empty());
+
+    // The hook thread has stopped: the ask is refused and nothing is counted.
+    drop(jobs);
+    let b = world.connect_speaking(Protocol::V1, None);
+    send(
+        &mut world,
+        b,
+        json!({"id": 2, "op": "subscribe", "topic": "room"}),
+    );
+    let replies = json_texts(&mut world, b);
+    assert_eq!(replies[0]["code"], "unavailable", "{replies:?}");
+    assert!(world.pubsub.hook_waits.is_empty());
+}

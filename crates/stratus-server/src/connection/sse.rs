@@ -1,0 +1,261 @@
+//! Accepting a Server-Sent Events request (`GET /sse?topic=a&topic=b`, pub/sub app
+//! only): the same checks as a WebSocket upgrade, made by the same code (the drain, the
+//! Origin, the token from `Authorization: Bearer` or `?token=`, the topics and the
+//! per-connection topic cap), plus where the stream resumes (`Last-Event-ID`, or `since`
+//! in the query). The connect hook is not asked: an event stream is judged by its token
+//! alone. What the stream sends is `model::protocol::sse`.
+
+use stratus_proto::handshake::{HandshakeError, PlainRequest, UpgradeRequest};
+
+use crate::config::{App, Config};
+use crate::connection::upgrade::{Refusal, Upgrade, upgrade};
+use crate::model::offset::Since;
+use crate::model::protocol::{Protocol, sse};
+
+/// The event-stream endpoint.
+pub(crate) const PATH: &str = "/sse";
+
+/// Whether `request` asks for an event stream (a GET of [`PATH`]).
+pub(crate) fn is_sse(request: &PlainRequest) -> bool {
+    !request.head
+        && request
+            .target
+            .split_once('?')
+            .map_or(&*request.target, |(p, _)| p)
+            == PATH
+}
+
+/// Accepts an event-stream request as an [`Upgrade`] speaking [`Protocol::Sse`] (its
+/// response the 200 that opens the stream, its resume point from `Last-Event-ID` or
+/// `since`), or refuses it as an upgrade would be refused.
+pub(crate) fn accept(
+    request: &PlainRequest,
+    config: &Config,
+    draining: bool,
+) -> Result<Upgrade, Refusal> {
+    if config.app != App::PubSub {
+        let why = format!("no event stream at {PATH} on the echo server");
+        return Err(Refusal::new(404, "", why));
+    }
+    let Some(host) = request.host.clone() else {
+        return Err(Refusal::from(&HandshakeError::MissingHost));
+    };
+    let query = request.target.split_once('?').map_or("", |(_, q)| q);
+    let resume = resume_point(request.last_event_id.as_deref(), query)?;
+    // The upgrade's own checks, on the same headers and query (at the WebSocket path).
+    let as_upgrade = UpgradeRequest {
+        target: format!("/ws?{query}"),
+        host,
+        origin: request.origin.clone(),
+        key: String::new(),
+        protocols: Vec::new(),
+        extensions: Vec::new(),
+        authorization: request.authorization.clone(),
+    };
+    let mut accepted = upgrade(&as_upgrade, config, draining, None)?;
+    if accepted.topics.is_empty() {
+        let why = "an event stream needs at least one topic (?topic=...)".to_owned();
+        return Err(Refusal::new(400, "", why));
+    }
+    accepted.protocol = Protocol::Sse;
+    accepted.response = sse::RESPONSE_HEAD.as_bytes().to_vec();
+    accepted.resume = resume;
+    Ok(accepted)
+}
+
+/// Where the stream resumes: `Last-Event-ID` (what a browser sends on reconnecting)
+/// over `since` in the query; an empty one is none.
+fn resume_point(last_event_id: Option<&str>, query: &str) -> Result<Option<Since>, Refusal> {
+    let since = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "since")
+        .map(|(_, v)| v.into_owned());
+    let Some(text) = last_event_id.map(str::to_owned).or(since) else {
+        return Ok(None);
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match Since::parse(&text) {
+        Some(since) => Ok(Some(since)),
+        None => {
+            let why = format!("invalid event id {text:?}: an offset is <ms>-<seq>");
+            Err(Refusal::new(400, "", why))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::offset::Offset;
+
+    fn get(target: &str) -> PlainRequest {
+        PlainRequest {
+            target: target.into(),
+            host: Some("127.0.0.1:8080".into()),
+            ..PlainRequest::default()
+        }
+    }
+
+    #[test]
+    fn only_a_get_of_the_endpoint_is_an_event_stream() {
+        assert!(is_sse(&get("/sse")));
+        assert!(is_sse(&get("/sse?topic=a")));
+        assert!(!is_sse(&get("/ssex")));
+        assert!(!is_sse(&get("/")));
+        let head = PlainRequest {
+            head: true,
+            ..get("/sse")
+        };
+        assert!(!is_sse(&head));
+    }
+
+    #[test]
+    fn a_stream_is_accepted_with_its_topics_and_resume_point() {
+        let config = Config::default();
+        let ok = accept(&get("/sse?topic=a&topic=b&since=5-1"), &config, false).unwrap();
+        assert_eq!(ok.topics, ["a", "b"]);
+        assert_eq!(ok.protocol, Protocol::Sse);
+        assert_eq!(ok.resume, Some(Since::After(Offset(5, 1))));
+        assert!(
+            ok.response
+                .starts_with(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream")
+        );
+        let header = PlainRequest {
+            last_event_id: Some("9-0".into()),
+            ..get("/sse?topic=a&since=5-1")
+        };
+        let resumed = accept(&header, &config, false).unwrap();
+        assert_eq!(
+            resumed.resume,
+            Some(Since::After(Offset(9, 0))),
+            "Last-Event-ID wins"
+        );
+    }
+
+    #[test]
+    fn refusals_are_an_upgrades() {
+        let config = Config::default();
+        let status = |request: &PlainRequest, draining| {
+            accept(request, &config, draining).err().map(|r| r.status)
+        };
+        assert_eq!(status(&get("/sse"), false), Some(400), "no topic");
+        assert_eq!(status(&get("/sse?topic=a&since=x"), false), Some(400));
+        assert_eq!(status(&get("/sse?topic=a%20b"), false), Some(400));
+        assert_eq!(status(&get("/sse?topic=a"), true), Some(503), "draining");
+        let foreign = PlainRequest {
+            origin: Some("http://evil.example".into()),
+            ..get("/sse?topic=a")
+        };
+        assert_eq!(status(&foreign, false), Some(403));
+        let no_host = PlainRequest {
+            host: None,
+            ..get("/sse?topic=a")
+        };
+        assert_eq!(status(&no_host, false), Some(400));
+        let many: String = (0..=config.max_topics_per_connection)
+            .map(|i| format!("topic=t{i}&"))
+            .collect();
+        assert_eq!(status(&get(&format!("/sse?{many}")), false), Some(400));
+        let echo = Config {
+            app: App::Echo,
+            ..Config::default()
+        };
+        assert_eq!(
+            accept(&get("/sse?topic=a"), &echo, false)
+                .err()
+                .map(|r| r.status),
+            Some(404)
+        );
+    }
+
+    mod stream {
+        use std::time::{Duration, Instant};
+
+        use stratus_proto::CloseCode;
+
+        use crate::config::{Config, SlowConsumer};
+        use crate::connection::{Client, Delivered, QueueRules, Tick};
+        use crate::model::broadcast::Broadcast;
+        use crate::model::offset::Offset;
+        use crate::model::protocol::{Notice, Protocol};
+        use crate::stats::WorkerStats;
+        use crate::testing::{open_client_speaking, take_output};
+
+        fn stream(config: &Config, now: Instant) -> Client {
+            open_client_speaking(Protocol::Sse, config, now, None)
+        }
+
+        fn rules(stats: &WorkerStats, cap: usize, policy: SlowConsumer) -> QueueRules<'_> {
+            QueueRules {
+                cap,
+                policy,
+                close_deadline: Instant::now() + Duration::from_secs(1),
+                stats,
+            }
+        }
+
+        fn output(client: &mut Client) -> String {
+            String::from_utf8(take_output(client).to_vec()).unwrap()
+        }
+
+        #[test]
+        fn broadcasts_and_notices_go_out_as_events_and_silence_as_heartbeats() {
+            let config = Config::default();
+            let stats = WorkerStats::default();
+            let now = Instant::now();
+            let mut client = stream(&config, now);
+            assert!(client.is_streaming() && client.is_open_for_messages());
+            let news = Broadcast::text("news", "a\nb", Some(Offset(3, 0)));
+            let queued = client.deliver(&news, rules(&stats, usize::MAX, SlowConsumer::Close));
+            assert_eq!(queued, Delivered::Queued);
+            let gap = Notice::Gap {
+                topic: "news",
+                reason: "r",
+            };
+            client.notify(&gap, now);
+            assert_eq!(
+                output(&mut client),
+                "event: news\nid: 3-0\ndata: a\ndata: b\n\n\
+                 event: gap\ndata: {\"reason\":\"r\",\"topic\":\"news\",\"type\":\"gap\"}\n\n"
+            );
+            let later = now + config.ping_interval;
+            assert_eq!(client.tick(&config, later, 0, None), Tick::Changed);
+            assert_eq!(output(&mut client), ": heartbeat\n\n");
+            // No answer is expected: the stream is not closed for one.
+            let much_later = later + config.ping_interval + config.pong_timeout;
+            assert_eq!(client.tick(&config, much_later, 0, None), Tick::Changed);
+            assert_eq!(output(&mut client), ": heartbeat\n\n");
+            assert!(client.is_streaming());
+        }
+
+        #[test]
+        fn a_slow_reader_under_close_ends_and_a_drain_flushes_first() {
+            let config = Config::default();
+            let stats = WorkerStats::default();
+            let now = Instant::now();
+            let mut slow = stream(&config, now);
+            let message = Broadcast::text("t", &"x".repeat(100), None);
+            let small = rules(&stats, 300, SlowConsumer::Close);
+            assert_eq!(slow.deliver(&message, small), Delivered::Queued);
+            assert_eq!(slow.deliver(&message, small), Delivered::ClosedSlow);
+            assert!(slow.wants_fin() && !slow.is_streaming());
+            assert_eq!(output(&mut slow), "", "what waited is discarded");
+            assert_eq!(slow.deliver(&message, small), Delivered::Skipped);
+
+            let mut drained = stream(&config, now);
+            assert_eq!(drained.deliver(&message, small), Delivered::Queued);
+            drained.close(CloseCode::GOING_AWAY, "shutting down", now, false);
+            assert!(drained.wants_fin());
+            assert!(
+                output(&mut drained).starts_with("event: t\ndata: xxx"),
+                "flushed"
+            );
+            let mut dropping = stream(&config, now);
+            let drop = rules(&stats, 300, SlowConsumer::Drop);
+            assert_eq!(dropping.deliver(&message, drop), Delivered::Queued);
+            assert_eq!(dropping.deliver(&message, drop), Delivered::Dropped);
+            assert!(dropping.is_streaming());
+        }
+    }
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Reports for compare-presence.sh (the `churn` scenario side by side).
+
+  churn_report.py round FILE NAME ROUND
+      one line per run: churn achieved, failures, what the held subscribers got, server CPU
+  churn_report.py summary OUT BASE
+      gathers OUT/churn-NAME-ROUND.json into OUT/compare-churn.json (per setup: the mean server
+      CPU per churned connection and every round's figures) with each setup's cost over BASE's,
+      (setup - base) / base, and prints them
+"""
+import json
+import sys
+
+from fanout_report import gather
+
+
+def round_line(path, name, rnd):
+    r = json.load(open(path))["results"]
+    busy = r.get("server_cpu_busy")
+    print(f"round {rnd} {name:>8}: {r['closed_per_s']:.0f} churned/s (failed {r['failed']}, "
+          f"skipped {r['skipped']}), held got {r['held_presence_pushes']} presence + "
+          f"{r['held_occupancy_pushes']} occupancy pushes ({r['held_bytes_received'] / 1e6:.1f} MB), "
+          f"{r['held_closed_by_server']} held closed by the server; server {r['server_cpu_s']} CPU s, "
+          f"{r['server_cpu_us_per_churned']} us per churned connection, "
+          f"core {'-' if busy is None else f'{busy:.0%}'} busy")
+
+
+def summary(out, base):
+    reports = gather(out, "churn")
+    runs = {name: [r["results"] for r in rs] for name, rs in reports.items()}
+    params = next(iter(reports.values()))[0]["params"]
+    results = {}
+    for name, rs in runs.items():
+        per = [r["server_cpu_us_per_churned"] for r in rs]
+        results[name] = {
+            "mean_server_cpu_us_per_churned": round(sum(per) / len(per), 1),
+            "server_cpu_us_per_churned": per,
+            "server_cpu_s": [r["server_cpu_s"] for r in rs],
+            "churned_per_s": [r["closed_per_s"] for r in rs],
+            "failed": [r["failed"] for r in rs],
+            "skipped": [r["skipped"] for r in rs],
+            "held_presence_pushes": [r["held_presence_pushes"] for r in rs],
+            "held_occupancy_pushes": [r["held_occupancy_pushes"] for r in rs],
+            "held_bytes_received": [r["held_bytes_received"] for r in rs],
+            "held_closed_by_server": [r["held_closed_by_server"] for r in rs],
+            "server_cpu_busy": [r.get("server_cpu_busy") for r in rs],
+        }
+    off = results[base]["mean_server_cpu_us_per_churned"]
+    costs = {f"{name}_cost_over_{base}":
+             round((res["mean_server_cpu_us_per_churned"] - off) / max(off, 1e-9), 3)
+             for name, res in results.items() if name != base}
+    report = {"scenario": f"churn, presence setups against {base}", "params": params,
+              "results": results, **costs}
+    json.dump(report, open(f"{out}/compare-churn.json", "w"), indent=2)
+    for name, res in results.items():
+        print(f"{name:>8}: {res['mean_server_cpu_us_per_churned']} us server CPU per churned "
+              f"connection {res['server_cpu_us_per_churned']}")
+    for key, cost in costs.items():
+        print(f"{key.replace('_cost_over_', ' cost over ')}: {cost:+.1%}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["round"]:
+        round_line(*sys.argv[2:5])
+    elif sys.argv[1:2] == ["summary"]:
+        summary(*sys.argv[2:4])
+    else:
+        sys.exit(__doc__)
