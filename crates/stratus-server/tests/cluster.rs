@@ -656,7 +656,13 @@ fn flat_out(publishing: &Node, subscribed: &Node) -> usize {
                         }
                         seq += 1;
                     }
-                    while publish_keep_alive(&mut stream, "flat", &format!("{p}:end")) != 200 {
+                    // The end marker's refusals count too (the node counts every 503).
+                    loop {
+                        match publish_keep_alive(&mut stream, "flat", &format!("{p}:end")) {
+                            200 => break,
+                            503 => refused += 1,
+                            other => panic!("publish answered {other}"),
+                        }
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     (accepted, refused)
