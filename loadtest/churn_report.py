@@ -7,22 +7,38 @@
       gathers OUT/churn-NAME-ROUND.json into OUT/compare-churn.json (per setup: the mean server
       CPU per churned connection and every round's figures) with each setup's cost over BASE's,
       (setup - base) / base, and prints them
+
+Other work on the server's core inflates the server's own CPU time per connection (seen here:
+the same setup 2-3x dearer in a round where the core was busy with something else), so each
+round also gets its interference: the core's busy fraction less the server's own share of the
+window. The cost is also given over the clean rounds alone (interference at most
+CLEAN_INTERFERENCE), where every setup has one.
 """
 import json
 import sys
 
 from fanout_report import gather
 
+CLEAN_INTERFERENCE = 0.05
+
+
+def interference(r):
+    """The server core's busy fraction not spent by the server (None without a core watch)."""
+    busy = r.get("server_cpu_busy")
+    return None if busy is None else round(busy - r["server_cpu_s"] / r["window_s"], 3)
+
 
 def round_line(path, name, rnd):
     r = json.load(open(path))["results"]
     busy = r.get("server_cpu_busy")
+    other = interference(r)
     print(f"round {rnd} {name:>8}: {r['closed_per_s']:.0f} churned/s (failed {r['failed']}, "
           f"skipped {r['skipped']}), held got {r['held_presence_pushes']} presence + "
           f"{r['held_occupancy_pushes']} occupancy pushes ({r['held_bytes_received'] / 1e6:.1f} MB), "
           f"{r['held_closed_by_server']} held closed by the server; server {r['server_cpu_s']} CPU s, "
           f"{r['server_cpu_us_per_churned']} us per churned connection, "
-          f"core {'-' if busy is None else f'{busy:.0%}'} busy")
+          f"core {'-' if busy is None else f'{busy:.0%}'} busy "
+          f"({'-' if other is None else f'{other:.0%}'} by other work)")
 
 
 def summary(out, base):
@@ -44,19 +60,32 @@ def summary(out, base):
             "held_bytes_received": [r["held_bytes_received"] for r in rs],
             "held_closed_by_server": [r["held_closed_by_server"] for r in rs],
             "server_cpu_busy": [r.get("server_cpu_busy") for r in rs],
+            "interference": [interference(r) for r in rs],
         }
+        clean = [r["server_cpu_us_per_churned"] for r in rs
+                 if (interference(r) or 0) <= CLEAN_INTERFERENCE]
+        if clean:
+            results[name]["clean_mean_server_cpu_us_per_churned"] = round(sum(clean) / len(clean), 1)
+            results[name]["clean_rounds"] = len(clean)
     off = results[base]["mean_server_cpu_us_per_churned"]
     costs = {f"{name}_cost_over_{base}":
              round((res["mean_server_cpu_us_per_churned"] - off) / max(off, 1e-9), 3)
              for name, res in results.items() if name != base}
+    clean_off = results[base].get("clean_mean_server_cpu_us_per_churned")
+    clean_costs = {f"{name}_clean_cost_over_{base}":
+                   round((res["clean_mean_server_cpu_us_per_churned"] - clean_off) / clean_off, 3)
+                   for name, res in results.items()
+                   if name != base and clean_off and "clean_rounds" in res}
     report = {"scenario": f"churn, presence setups against {base}", "params": params,
-              "results": results, **costs}
+              "results": results, "clean_interference": CLEAN_INTERFERENCE, **costs, **clean_costs}
     json.dump(report, open(f"{out}/compare-churn.json", "w"), indent=2)
     for name, res in results.items():
         print(f"{name:>8}: {res['mean_server_cpu_us_per_churned']} us server CPU per churned "
-              f"connection {res['server_cpu_us_per_churned']}")
-    for key, cost in costs.items():
-        print(f"{key.replace('_cost_over_', ' cost over ')}: {cost:+.1%}")
+              f"connection {res['server_cpu_us_per_churned']}, interference {res['interference']}; "
+              f"clean rounds: {res.get('clean_rounds', 0)}, mean "
+              f"{res.get('clean_mean_server_cpu_us_per_churned', '-')} us")
+    for key, cost in {**costs, **clean_costs}.items():
+        print(f"{key.replace('_cost_over_', ' cost over ').replace('_', ' ')}: {cost:+.1%}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 //! Origin, the token from `Authorization: Bearer` or `?token=`, the topics and the
 //! per-connection topic cap), plus where the stream resumes (`Last-Event-ID`, or `since`
 //! in the query). The connect hook is not asked: an event stream is judged by its token
-//! alone. What the stream sends is `model::protocol::sse`.
+//! alone. A request from a page on an allowed origin is answered with that origin in
+//! `Access-Control-Allow-Origin`: a browser reads a cross-origin stream (`EventSource`,
+//! `fetch`) only then. What the stream sends is `model::protocol::sse`.
 
 use stratus_proto::handshake::{HandshakeError, PlainRequest, UpgradeRequest};
 
@@ -58,9 +60,25 @@ pub(crate) fn accept(
         return Err(Refusal::new(400, "", why));
     }
     accepted.protocol = Protocol::Sse;
-    accepted.response = sse::RESPONSE_HEAD.as_bytes().to_vec();
+    accepted.response = response_head(request.origin.as_deref());
     accepted.resume = resume;
     Ok(accepted)
+}
+
+/// The 200 that opens the stream; for a request with an `Origin` (one the upgrade's
+/// check let through), that origin in `Access-Control-Allow-Origin`, so the page may
+/// read the stream. An origin that is not a plain header value is not echoed.
+fn response_head(origin: Option<&str>) -> Vec<u8> {
+    let mut head = sse::RESPONSE_HEAD.as_bytes().to_vec();
+    if let Some(origin) =
+        origin.filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        head.truncate(head.len() - 2); // the blank line that ends the head
+        head.extend_from_slice(b"Access-Control-Allow-Origin: ");
+        head.extend_from_slice(origin.as_bytes());
+        head.extend_from_slice(b"\r\nVary: Origin\r\n\r\n");
+    }
+    head
 }
 
 /// Where the stream resumes: `Last-Event-ID` (what a browser sends on reconnecting)
@@ -130,6 +148,34 @@ mod tests {
             resumed.resume,
             Some(Since::After(Offset(9, 0))),
             "Last-Event-ID wins"
+        );
+    }
+
+    #[test]
+    fn an_allowed_origin_may_read_the_stream() {
+        let config = Config {
+            allowed_origins: vec!["http://app.example".into()],
+            ..Config::default()
+        };
+        let request = PlainRequest {
+            origin: Some("http://app.example".into()),
+            ..get("/sse?topic=a")
+        };
+        let ok = accept(&request, &config, false).unwrap();
+        let head = String::from_utf8(ok.response).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
+        assert!(head.ends_with(
+            "\r\nAccess-Control-Allow-Origin: http://app.example\r\nVary: Origin\r\n\r\n"
+        ));
+        let same_origin = accept(&get("/sse?topic=a"), &config, false).unwrap();
+        let head = String::from_utf8(same_origin.response).unwrap();
+        assert!(
+            !head.contains("Access-Control"),
+            "no Origin, nothing to allow"
+        );
+        assert_eq!(
+            response_head(Some("http://a b")),
+            sse::RESPONSE_HEAD.as_bytes()
         );
     }
 
