@@ -1,8 +1,8 @@
 //! Backend hooks against a real HTTP backend over loopback (a small server each test
 //! starts and scripts): the connect hook's grant, refusal, timeout, outage and malformed
 //! answer, cookies passed through, frames sent with the upgrade kept while it waits, a
-//! slow backend not holding up other connections on the same worker, the subscribe and
-//! publish hooks, and the counts in /metrics.
+//! slow backend not holding up other connections on the same worker, an event stream
+//! judged by the connect hook, the subscribe and publish hooks, and the counts in /metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -86,6 +86,19 @@ impl Backend {
     fn answered(&self) -> usize {
         *self.answered.lock().unwrap()
     }
+}
+
+/// A backend that answers `grant` to a request with the cookie `session=good`, and
+/// refuses any other with 401 "log in first".
+fn session_backend(grant: Value) -> Backend {
+    Backend::start(move |_, request| {
+        let cookie = request["headers"]["cookie"].as_str().unwrap_or("");
+        if cookie.contains("session=good") {
+            json_answer(grant.clone())
+        } else {
+            json_answer(json!({"refuse": {"status": 401, "reason": "log in first"}}))
+        }
+    })
 }
 
 /// A backend that lets `user` in after 1.5 s (past the tests' hook timeouts).
@@ -179,17 +192,10 @@ fn hook_count(page: &str, hook: &str, outcome: &str) -> u64 {
 
 #[test]
 fn the_connect_hook_grants_the_user_its_topics_and_initial_subscriptions_from_cookies() {
-    let backend = Backend::start(|_, request| {
-        let cookie = request["headers"]["cookie"].as_str().unwrap_or("");
-        if cookie.contains("session=good") {
-            json_answer(json!({
-                "user": "ann", "topics": ["chat.*"], "info": {"name": "Ann"},
-                "subscribe": ["chat.lobby"]
-            }))
-        } else {
-            json_answer(json!({"refuse": {"status": 401, "reason": "log in first"}}))
-        }
-    });
+    let backend = session_backend(json!({
+        "user": "ann", "topics": ["chat.*"], "info": {"name": "Ann"},
+        "subscribe": ["chat.lobby"]
+    }));
     let server = start(connect_hook(&backend.url, Duration::from_secs(2)), |_| {});
     let headers =
         "Cookie: session=good\r\nCookie: theme=dark\r\nSec-WebSocket-Protocol: stratus.v1\r\n";
@@ -654,4 +660,70 @@ fn past_the_hook_concurrency_and_its_line_upgrades_are_refused_at_once() {
     );
     let page = metrics(&server);
     assert_eq!(hook_count(&page, "connect", "busy") as usize, busy);
+}
+
+#[test]
+fn an_event_stream_is_judged_by_the_connect_hook_from_its_cookies() {
+    let backend = session_backend(json!({
+        "user": "ann", "topics": ["chat.*"], "subscribe": ["chat.lobby"]
+    }));
+    let server = start(connect_hook(&backend.url, Duration::from_secs(2)), |_| {});
+    let addr = server.local_addr();
+    let open = |target: &str, headers: &str| {
+        let mut peer = Peer::connect(addr);
+        peer.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        peer.send(format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n").as_bytes());
+        let head = peer.read_head();
+        (peer, head)
+    };
+    let next_event = |peer: &mut Peer| loop {
+        let block = peer.read_through(b"\n\n").expect("an event");
+        if !block.starts_with(':') {
+            return block;
+        }
+    };
+
+    let (mut stream, head) = open("/sse?topic=chat.a", "Cookie: session=good\r\n");
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"),
+        "{head}"
+    );
+    let asked = backend.requests();
+    assert_eq!(asked.len(), 1);
+    let request = &asked[0];
+    assert_eq!(request["transport"], "sse");
+    assert_eq!(request["path"], "/sse");
+    assert_eq!(request["query"], "topic=chat.a");
+    assert_eq!(request["headers"]["cookie"], "session=good");
+    assert_eq!(request["subprotocol"], Value::Null);
+    // The backend's initial subscription and the URL's topic are both on the stream.
+    for topic in ["chat.lobby", "chat.a"] {
+        server.publish_json(topic, r#"{"hi":1}"#, None).unwrap();
+        assert_eq!(
+            next_event(&mut stream),
+            format!("event: {topic}\ndata: {{\"hi\":1}}\n\n")
+        );
+    }
+    // No topic in the URL: the backend's own subscription is enough.
+    let (mut own, head) = open("/sse", "Cookie: session=good\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    server
+        .publish_json("chat.lobby", r#"{"hi":2}"#, None)
+        .unwrap();
+    assert_eq!(
+        next_event(&mut own),
+        "event: chat.lobby\ndata: {\"hi\":2}\n\n"
+    );
+    // A URL topic outside the grant is refused.
+    let (_, head) = open("/sse?topic=news", "Cookie: session=good\r\n");
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    // Without the cookie: the backend's refusal, status and reason.
+    let (mut refused, head) = open("/sse?topic=chat.a", "");
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    assert!(refused.read_to_end().contains("log in first"));
+    let page = metrics(&server);
+    assert_eq!(hook_count(&page, "connect", "allowed"), 3);
+    assert_eq!(hook_count(&page, "connect", "refused"), 1);
 }

@@ -18,6 +18,7 @@ use stratus_uring::SendQueue;
 
 use crate::config::Config;
 use crate::connection::conflation::Conflation;
+use crate::connection::sse::Stream;
 use crate::connection::tls::TlsConn;
 use crate::connection::upgrade::{Refusal, Upgrade};
 use crate::model::auth::Grant;
@@ -55,13 +56,20 @@ pub(crate) enum Phase {
     /// An HTTP response (a refusal, or the status page) is queued; the connection ends
     /// after it.
     Answered,
-    /// The upgrade request is read and waits for the connect hook's answer (within the
+    /// The request is read and waits for the connect hook's answer (within the
     /// handshake deadline); what arrives meanwhile waits undecoded.
-    Authorizing(Box<UpgradeRequest>),
+    Authorizing(Box<Asked>),
     /// An open Server-Sent Events stream (`connection::sse`): events go out unframed,
     /// heartbeats instead of pings, input is read and dropped; a close ends it with FIN
     /// behind what is queued.
     Stream,
+}
+
+/// A request waiting for the connect hook: an upgrade, or an event stream (judged as the
+/// upgrade `request`, with what the stream adds).
+pub(crate) struct Asked {
+    pub(crate) request: UpgradeRequest,
+    pub(crate) stream: Option<Stream>,
 }
 
 /// What a connection's deadline is for.
@@ -424,10 +432,10 @@ impl Client {
         self.queue.push(Bytes::from(upgrade.response));
     }
 
-    /// Waits for the connect hook with `request` (read, not yet answered): its input is
+    /// Waits for the connect hook with `asked` (read, not yet answered): its input is
     /// held until [`Client::take_authorizing`].
-    pub(crate) fn authorize(&mut self, request: UpgradeRequest) {
-        self.phase = Phase::Authorizing(Box::new(request));
+    pub(crate) fn authorize(&mut self, asked: Asked) {
+        self.phase = Phase::Authorizing(Box::new(asked));
     }
 
     /// Whether it waits for the connect hook.
@@ -437,9 +445,9 @@ impl Client {
 
     /// The request that waited for the connect hook, once it has answered; the caller
     /// then opens the connection or answers it (until then nothing more is read).
-    pub(crate) fn take_authorizing(&mut self) -> Option<UpgradeRequest> {
+    pub(crate) fn take_authorizing(&mut self) -> Option<Asked> {
         match std::mem::replace(&mut self.phase, Phase::Answered) {
-            Phase::Authorizing(request) => Some(*request),
+            Phase::Authorizing(asked) => Some(*asked),
             other => {
                 self.phase = other;
                 None

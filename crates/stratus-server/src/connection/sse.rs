@@ -2,15 +2,17 @@
 //! only): the same checks as a WebSocket upgrade, made by the same code (the drain, the
 //! Origin, the token from `Authorization: Bearer` or `?token=`, the topics and the
 //! per-connection topic cap), plus where the stream resumes (`Last-Event-ID`, or `since`
-//! in the query). The connect hook is not asked: an event stream is judged by its token
-//! alone. A request from a page on an allowed origin is answered with that origin in
-//! `Access-Control-Allow-Origin`: a browser reads a cross-origin stream (`EventSource`,
-//! `fetch`) only then. What the stream sends is `model::protocol::sse`.
+//! in the query). Where the connect hook decides upgrades without a token, it decides
+//! event streams too (told `"transport": "sse"`): an application that signs its users in
+//! with cookies serves `EventSource` pages the same way. A request from a page on an
+//! allowed origin is answered with that origin in `Access-Control-Allow-Origin` (and
+//! `-Credentials`): a browser reads a cross-origin stream (`EventSource`, `fetch`) only
+//! then. What the stream sends is `model::protocol::sse`.
 
 use stratus_proto::handshake::{HandshakeError, PlainRequest, UpgradeRequest};
 
 use crate::config::{App, Config};
-use crate::connection::upgrade::{Refusal, Upgrade, upgrade};
+use crate::connection::upgrade::{Refusal, Upgrade};
 use crate::model::offset::Since;
 use crate::model::protocol::{Protocol, sse};
 
@@ -27,14 +29,22 @@ pub(crate) fn is_sse(request: &PlainRequest) -> bool {
             == PATH
 }
 
-/// Accepts an event-stream request as an [`Upgrade`] speaking [`Protocol::Sse`] (its
-/// response the 200 that opens the stream, its resume point from `Last-Event-ID` or
-/// `since`), or refuses it as an upgrade would be refused.
-pub(crate) fn accept(
+/// What an event-stream request carries beyond the upgrade it is judged as.
+#[derive(Debug, Clone)]
+pub(crate) struct Stream {
+    /// Where it resumes (`Last-Event-ID`, or `since`).
+    pub(crate) resume: Option<Since>,
+    /// The request's own target (`/sse?...`), for the connect hook.
+    pub(crate) target: String,
+}
+
+/// Reads an event-stream request as the WebSocket upgrade it is judged as (the same
+/// headers and query, at the WebSocket path) and what the stream adds; refuses a request
+/// on the echo server, one without `Host`, or one whose resume point is not an offset.
+pub(crate) fn as_upgrade(
     request: &PlainRequest,
     config: &Config,
-    draining: bool,
-) -> Result<Upgrade, Refusal> {
+) -> Result<(UpgradeRequest, Stream), Refusal> {
     if config.app != App::PubSub {
         let why = format!("no event stream at {PATH} on the echo server");
         return Err(Refusal::new(404, "", why));
@@ -44,8 +54,7 @@ pub(crate) fn accept(
     };
     let query = request.target.split_once('?').map_or("", |(_, q)| q);
     let resume = resume_point(request.last_event_id.as_deref(), query)?;
-    // The upgrade's own checks, on the same headers and query (at the WebSocket path).
-    let as_upgrade = UpgradeRequest {
+    let upgrade = UpgradeRequest {
         target: format!("/ws?{query}"),
         host,
         origin: request.origin.clone(),
@@ -54,19 +63,35 @@ pub(crate) fn accept(
         extensions: Vec::new(),
         authorization: request.authorization.clone(),
     };
-    let mut accepted = upgrade(&as_upgrade, config, draining, None)?;
-    if accepted.topics.is_empty() {
+    let stream = Stream {
+        resume,
+        target: request.target.clone(),
+    };
+    Ok((upgrade, stream))
+}
+
+/// Turns `accepted` (the upgrade of a request from `origin`) into the stream: it speaks
+/// [`Protocol::Sse`], its response is the 200 that opens the stream, it resumes where
+/// `stream` says. A stream with no topic (none asked for, none chosen by the connect
+/// hook) is refused.
+pub(crate) fn open(
+    mut accepted: Upgrade,
+    origin: Option<&str>,
+    stream: Stream,
+) -> Result<Upgrade, Refusal> {
+    if accepted.topics.is_empty() && accepted.chosen.is_empty() {
         let why = "an event stream needs at least one topic (?topic=...)".to_owned();
         return Err(Refusal::new(400, "", why));
     }
     accepted.protocol = Protocol::Sse;
-    accepted.response = response_head(request.origin.as_deref());
-    accepted.resume = resume;
+    accepted.response = response_head(origin);
+    accepted.resume = stream.resume;
     Ok(accepted)
 }
 
 /// The 200 that opens the stream; for a request with an `Origin` (one the upgrade's
-/// check let through), that origin in `Access-Control-Allow-Origin`, so the page may
+/// check let through), that origin in `Access-Control-Allow-Origin`, with credentials
+/// allowed, so the page may
 /// read the stream. An origin that is not a plain header value is not echoed.
 fn response_head(origin: Option<&str>) -> Vec<u8> {
     let mut head = sse::RESPONSE_HEAD.as_bytes().to_vec();
@@ -76,7 +101,10 @@ fn response_head(origin: Option<&str>) -> Vec<u8> {
         head.truncate(head.len() - 2); // the blank line that ends the head
         head.extend_from_slice(b"Access-Control-Allow-Origin: ");
         head.extend_from_slice(origin.as_bytes());
-        head.extend_from_slice(b"\r\nVary: Origin\r\n\r\n");
+        // Cookies too (`withCredentials`): a WebSocket from that origin carries them anyway.
+        head.extend_from_slice(
+            b"\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n\r\n",
+        );
     }
     head
 }
@@ -105,7 +133,15 @@ fn resume_point(last_event_id: Option<&str>, query: &str) -> Result<Option<Since
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::upgrade::upgrade;
     use crate::model::offset::Offset;
+
+    /// An event stream judged without a connect hook, as the worker judges one.
+    fn accept(request: &PlainRequest, config: &Config, draining: bool) -> Result<Upgrade, Refusal> {
+        let (as_upgrade, stream) = as_upgrade(request, config)?;
+        let accepted = upgrade(&as_upgrade, config, draining, None)?;
+        open(accepted, request.origin.as_deref(), stream)
+    }
 
     fn get(target: &str) -> PlainRequest {
         PlainRequest {
@@ -165,7 +201,8 @@ mod tests {
         let head = String::from_utf8(ok.response).unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
         assert!(head.ends_with(
-            "\r\nAccess-Control-Allow-Origin: http://app.example\r\nVary: Origin\r\n\r\n"
+            "\r\nAccess-Control-Allow-Origin: http://app.example\r\n\
+             Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n\r\n"
         ));
         let same_origin = accept(&get("/sse?topic=a"), &config, false).unwrap();
         let head = String::from_utf8(same_origin.response).unwrap();

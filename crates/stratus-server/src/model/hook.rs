@@ -163,6 +163,8 @@ pub(crate) struct ConnectRequest<'a> {
     pub(crate) remote_addr: String,
     /// The subprotocol the server will answer with (`stratus.v1`, `stratus`), if any.
     pub(crate) subprotocol: Option<&'a str>,
+    /// `websocket` for an upgrade, `sse` for an event stream (`GET /sse`).
+    pub(crate) transport: &'a str,
 }
 
 /// The headers of a request head (`GET ... HTTP/1.1\r\n...\r\n\r\n`) as the connect hook
@@ -191,12 +193,14 @@ pub(crate) fn headers_of(head: &[u8]) -> serde_json::Map<String, serde_json::Val
     map
 }
 
-/// Builds a connect request body for an upgrade.
+/// Builds a connect request body for an upgrade (`transport` `websocket`) or an event
+/// stream (`sse`).
 pub(crate) fn connect_body(
     head: &[u8],
     target: &str,
     ip: IpAddr,
     subprotocol: Option<&str>,
+    transport: &str,
 ) -> Vec<u8> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let request = ConnectRequest {
@@ -205,6 +209,7 @@ pub(crate) fn connect_body(
         query,
         remote_addr: ip.to_string(),
         subprotocol,
+        transport,
     };
     serde_json::to_vec(&request).unwrap_or_default()
 }
@@ -487,6 +492,7 @@ mod tests {
             "/ws?topic=a&x=1",
             IpAddr::from([10, 0, 0, 7]),
             Some("stratus.v1"),
+            "websocket",
         );
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["headers"]["cookie"], "a=1; b=2", "cookies joined");
@@ -496,6 +502,7 @@ mod tests {
         assert_eq!(json["query"], "topic=a&x=1");
         assert_eq!(json["remote_addr"], "10.0.0.7");
         assert_eq!(json["subprotocol"], "stratus.v1");
+        assert_eq!(json["transport"], "websocket");
     }
 
     #[test]

@@ -8,11 +8,12 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use stratus_proto::handshake::UpgradeRequest;
 use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::connection::Conn;
+use crate::connection::client::Asked;
+use crate::connection::sse;
 use crate::connection::upgrade::{Refusal, Upgrade, upgrade};
 use crate::model::auth;
 use crate::model::conn_id::ConnId;
@@ -45,14 +46,28 @@ pub(super) fn refusal_for(failure: &HookFailure) -> Refusal {
     refusal
 }
 
-/// Admits an accepted upgrade within the connection caps (overall and per address), or
-/// refuses it (503 or 429, with Retry-After).
-pub(super) fn admit(
+/// Accepts `asked` (an upgrade, or an event stream), as the connect hook's answer
+/// `connected` grants where it was asked, within the connection caps; or refuses it.
+pub(super) fn accept(
     hub: &Hub,
     ip: IpAddr,
     config: &Config,
-    accepted: Upgrade,
+    draining: bool,
+    asked: Asked,
+    connected: Option<Connected>,
 ) -> Result<Upgrade, Refusal> {
+    let Asked { request, stream } = asked;
+    let accepted = upgrade(&request, config, draining, connected)?;
+    let accepted = match stream {
+        Some(stream) => sse::open(accepted, request.origin.as_deref(), stream)?,
+        None => accepted,
+    };
+    admit(hub, ip, config, accepted)
+}
+
+/// Admits an accepted upgrade within the connection caps (overall and per address), or
+/// refuses it (503 or 429, with Retry-After).
+fn admit(hub: &Hub, ip: IpAddr, config: &Config, accepted: Upgrade) -> Result<Upgrade, Refusal> {
     match hub.admit(ip, config.max_connections, config.max_connections_per_ip) {
         Ok(()) => Ok(accepted),
         Err(over) => {
@@ -69,7 +84,7 @@ pub(super) fn ask_connect(
     hub: &Hub,
     worker: usize,
     conn: &mut Conn,
-    request: UpgradeRequest,
+    asked: Asked,
     head: &[u8],
     now: Instant,
 ) -> Result<(), Refusal> {
@@ -78,10 +93,17 @@ pub(super) fn ask_connect(
             "the hook thread is not running".into(),
         )));
     };
-    let subprotocol = auth::chosen_protocol(&request.protocols);
+    let body = match &asked.stream {
+        Some(stream) => hook::connect_body(head, &stream.target, conn.ip(), None, "sse"),
+        None => {
+            let subprotocol = auth::chosen_protocol(&asked.request.protocols);
+            let target = &asked.request.target;
+            hook::connect_body(head, target, conn.ip(), subprotocol, "websocket")
+        }
+    };
     let job = HookJob {
         kind: HookKind::Connect,
-        body: hook::connect_body(head, &request.target, conn.ip(), subprotocol),
+        body,
         to: HookDest {
             worker,
             conn: conn.id(),
@@ -90,7 +112,7 @@ pub(super) fn ask_connect(
         pending: None,
     };
     link.ask(job).map_err(|failure| refusal_for(&failure))?;
-    conn.client_mut().authorize(request);
+    conn.client_mut().authorize(asked);
     Ok(())
 }
 
@@ -115,12 +137,18 @@ impl Worker {
         let Some(conn) = self.conns.get(id) else {
             return;
         };
-        let Some(request) = conn.client_mut().take_authorizing() else {
+        let Some(asked) = conn.client_mut().take_authorizing() else {
             return;
         };
         let accepted = match result {
-            Ok(Ok(connected)) => upgrade(&request, &self.config, draining, Some(connected))
-                .and_then(|accepted| admit(&self.hub, conn.ip(), &self.config, accepted)),
+            Ok(Ok(connected)) => accept(
+                &self.hub,
+                conn.ip(),
+                &self.config,
+                draining,
+                asked,
+                Some(connected),
+            ),
             Ok(Err(refused)) => Err(Refusal::new(refused.status, "", refused.reason)),
             Err(failure) => Err(refusal_for(&failure)),
         };

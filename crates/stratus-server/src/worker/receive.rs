@@ -12,8 +12,9 @@ use stratus_proto::handshake::Request;
 use tracing::{debug, warn};
 
 use crate::config::App;
+use crate::connection::client::Asked;
 use crate::connection::tls::TlsConn;
-use crate::connection::upgrade::{Refusal, Upgrade, needs_connect_hook, upgrade};
+use crate::connection::upgrade::{Refusal, Upgrade, needs_connect_hook};
 use crate::connection::{Client, Conn, Counted, sse, status_page};
 use crate::model::conn_id::ConnId;
 use crate::model::rate::TokenBucket;
@@ -125,12 +126,18 @@ impl Worker {
         let Some(conn) = self.conns.get(id) else {
             return;
         };
-        let accepted = match conn.client_mut().read_request(buf) {
+        let draining = self.draining.is_some();
+        let asked = match conn.client_mut().read_request(buf) {
             Ok(None) => return,
-            Ok(Some((Request::Plain(request), _))) if sse::is_sse(&request) => {
-                // An event stream: admitted as an upgrade is (the connect hook aside).
-                sse::accept(&request, config, self.draining.is_some())
-                    .and_then(|accepted| hooks::admit(&self.hub, conn.ip(), config, accepted))
+            Ok(Some((Request::Plain(request), head))) if sse::is_sse(&request) => {
+                // An event stream: judged as the upgrade it stands for.
+                sse::as_upgrade(&request, config).map(|(request, stream)| {
+                    let asked = Asked {
+                        request,
+                        stream: Some(stream),
+                    };
+                    (asked, head)
+                })
             }
             Ok(Some((Request::Plain(request), _))) => {
                 match status_page::answer(&request, config.app) {
@@ -143,20 +150,27 @@ impl Worker {
                 }
             }
             Ok(Some((Request::Upgrade(request), head))) => {
-                let draining = self.draining.is_some();
-                match needs_connect_hook(&request, config, draining) {
-                    // The connection waits for the backend's answer (`worker::hooks`).
-                    Ok(true) => match hooks::ask_connect(
-                        &self.hub, self.index, conn, request, &head, ctx.now,
-                    ) {
-                        Ok(()) => return,
-                        Err(refusal) => Err(refusal),
-                    },
-                    Ok(false) => upgrade(&request, config, draining, None)
-                        .and_then(|accepted| hooks::admit(&self.hub, conn.ip(), config, accepted)),
-                    Err(refusal) => Err(refusal),
+                let asked = Asked {
+                    request,
+                    stream: None,
+                };
+                Ok((asked, head))
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let accepted = asked.and_then(|(asked, head)| {
+            match needs_connect_hook(&asked.request, config, draining)? {
+                // The connection waits for the backend's answer (`worker::hooks`).
+                true => hooks::ask_connect(&self.hub, self.index, conn, asked, &head, ctx.now)
+                    .map(|()| None),
+                false => {
+                    hooks::accept(&self.hub, conn.ip(), config, draining, asked, None).map(Some)
                 }
             }
+        });
+        let accepted = match accepted {
+            Ok(None) => return,
+            Ok(Some(accepted)) => Ok(accepted),
             Err(refusal) => Err(refusal),
         };
         self.finish_handshake(id, accepted, buf);
