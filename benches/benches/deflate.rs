@@ -1,6 +1,6 @@
-//! The two permessage-deflate engines side by side: libdeflate (whole message, no
-//! context) and zlib-rs (streaming, here without context takeover so both compress each
-//! message alone), compressing and inflating JSON-like and binary payloads of 64 B,
+//! The two permessage-deflate engines side by side: stateless (whole message, no
+//! context: zlib-rs compression reset per message, libdeflate inflation) and zlib-rs
+//! (streaming, here without context takeover so both compress each message alone), compressing and inflating JSON-like and binary payloads of 64 B,
 //! 1 KiB and 64 KiB. Throughput is in bytes of uncompressed payload. Compression ratios
 //! are printed once per payload, and for a stream of 100 distinct 1 KiB JSON messages
 //! with and without context takeover (repeating one message in a timing loop would
@@ -9,13 +9,13 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stratus_benches::{binary_payload, json_payload, json_payload_seeded};
 use stratus_deflate::Engine;
-use stratus_deflate::libdeflate::Libdeflate;
+use stratus_deflate::stateless::Stateless;
 use stratus_deflate::zlib::Zlib;
 
 type Make = fn() -> Box<dyn Engine>;
 
 const ENGINES: [(&str, Make); 2] = [
-    ("libdeflate", || Box::new(Libdeflate)),
+    ("stateless", || Box::new(Stateless)),
     ("zlib-rs", || Box::new(Zlib::new(15, true))),
 ];
 

@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use stratus_deflate::zlib::{CHUNK, Zlib};
-use stratus_deflate::{Engine, libdeflate::Libdeflate};
+use stratus_deflate::{Engine, stateless::Stateless};
 use stratus_fuzz::{PeakAlloc, Reads};
 use stratus_proto::DecompressError;
 
@@ -33,14 +33,14 @@ enum Kind {
 impl Kind {
     fn inflater(self) -> Box<dyn Engine> {
         match self {
-            Self::Libdeflate => Box::new(Libdeflate),
+            Self::Libdeflate => Box::new(Stateless),
             Self::Zlib(reset) => Box::new(Zlib::new(15, reset)),
         }
     }
 
     fn deflater(self, window_bits: u8) -> Box<dyn Engine> {
         match self {
-            Self::Libdeflate => Box::new(Libdeflate),
+            Self::Libdeflate => Box::new(Stateless),
             Self::Zlib(reset) => Box::new(Zlib::new(window_bits, reset)),
         }
     }

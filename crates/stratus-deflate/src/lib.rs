@@ -1,11 +1,12 @@
 //! RFC 7692 permessage-deflate for Stratus: negotiation on both sides and two engines
 //! behind one trait, plugged into `stratus-proto` as a [`MessageCompression`].
 //!
-//! - [`libdeflate`](crate::libdeflate): a whole message at a time, no context takeover,
-//!   no per-connection state (one compressor and decompressor per thread). The server's
-//!   default ("shared" mode): it answers `server_no_context_takeover;
-//!   client_no_context_takeover`, so a message compressed once is valid for every
-//!   subscriber of a broadcast and nothing is kept per connection between messages.
+//! - [`stateless`](crate::stateless): a whole message at a time, no context takeover,
+//!   no per-connection state (one zlib-rs compressor, reset per message, and one
+//!   libdeflate decompressor per thread). The server's default ("shared" mode): it
+//!   answers `server_no_context_takeover; client_no_context_takeover`, so a message
+//!   compressed once is valid for every subscriber of a broadcast and nothing is kept per
+//!   connection between messages.
 //! - [`zlib`](crate::zlib) (zlib-rs through flate2): streaming, for context takeover and
 //!   LZ77 windows of 9..15 bits: the "dedicated" mode, and whatever a peer requires that
 //!   the shared mode cannot honour (a client asking for `server_max_window_bits=9`).
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod libdeflate;
 pub mod negotiate;
 pub mod params;
+pub mod stateless;
 pub mod zlib;
 
 pub use engine::{Engine, PerMessageDeflate};

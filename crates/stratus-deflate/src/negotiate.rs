@@ -6,14 +6,14 @@ use stratus_proto::extensions;
 
 use crate::EXTENSION_NAME;
 use crate::engine::{Engine, PerMessageDeflate};
-use crate::libdeflate::Libdeflate;
+use crate::stateless::Stateless;
 use crate::params::{DeflateParams, ParamError, WindowBits};
 use crate::zlib::Zlib;
 
 /// How a server compresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// No context takeover in either direction, libdeflate on both: nothing kept per
+    /// No context takeover in either direction, the stateless engine on both: nothing kept per
     /// connection between messages, and a broadcast is compressed once for everyone.
     /// A client that requires a smaller server window than the shared frames use is
     /// answered as it asked, and the server sends it every message uncompressed (see
@@ -86,19 +86,19 @@ impl Negotiated {
     }
 
     /// Whether this side's compressed messages are the context-free, full-window output
-    /// of libdeflate, identical for every connection that agreed the same: a broadcast
+    /// of the stateless engine, identical for every connection that agreed the same: a broadcast
     /// may then be compressed once and the frame shared.
     pub fn shares_frames(&self) -> bool {
         let (announced, _, bits) = self.outgoing();
         announced && bits == 15
     }
 
-    /// The inflater for what the peer sends: libdeflate, statelessly, where the peer
+    /// The inflater for what the peer sends: the stateless engine where the peer
     /// resets its context after every message; the streaming engine with context
     /// elsewhere.
     fn inflater(&self) -> Box<dyn Engine> {
         if self.peer_resets() {
-            Box::new(Libdeflate)
+            Box::new(Stateless)
         } else {
             Box::new(Zlib::new(15, false))
         }
@@ -117,16 +117,15 @@ impl Negotiated {
         }
     }
 
-    /// The connection's compression. Outgoing: libdeflate where the peer knows we keep no
-    /// context (its inflater resets, so libdeflate's final block is fine) and the full
-    /// window is allowed; the streaming engine, sync-flushed, elsewhere; nothing for an
-    /// 8-bit window. Incoming: libdeflate, statelessly, where the peer resets; the
+    /// The connection's compression. Outgoing: the stateless engine where the peer knows
+    /// we keep no context and the full window is allowed; the streaming engine elsewhere;
+    /// nothing for an 8-bit window. Incoming: the stateless engine where the peer resets; the
     /// streaming engine with context elsewhere.
     pub fn compression(&self, threshold: usize) -> PerMessageDeflate {
         let (announced, resets, bits) = self.outgoing();
         let outgoing: Option<Box<dyn Engine>> = match bits {
             8 => None,
-            15 if announced => Some(Box::new(Libdeflate)),
+            15 if announced => Some(Box::new(Stateless)),
             bits => Some(Box::new(Zlib::new(bits, resets))),
         };
         let incoming = self.inflater();

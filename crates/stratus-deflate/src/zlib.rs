@@ -7,7 +7,7 @@
 //! Compression ends each message with a sync flush and strips its `00 00 ff ff`.
 //! Inflation appends the trailer (and, without context takeover, an empty final block:
 //! the message must then be a complete stream, so truncated data is corrupt, as in the
-//! libdeflate engine) and produces output in chunks of [`CHUNK`] bytes,
+//! stateless engine) and produces output in chunks of [`CHUNK`] bytes,
 //! stopping with `TooLarge` as soon as the limit is crossed: a bomb costs at most the
 //! limit plus one chunk. A message within the limit is joined into one buffer at the end.
 //!
@@ -67,30 +67,13 @@ impl Engine for Zlib {
         let deflate = self.deflate.get_or_insert_with(|| {
             Compress::new_with_window_bits(Compression::new(6), false, bits)
         });
-        let start = deflate.total_in();
-        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
-        loop {
-            let consumed = (deflate.total_in() - start) as usize;
-            if out.capacity() - out.len() < 64 {
-                out.reserve(out.capacity().max(256));
-            }
-            deflate
-                .compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)
-                .ok()?;
-            let consumed = (deflate.total_in() - start) as usize;
-            if consumed == payload.len() && out.len() < out.capacity() {
-                break;
-            }
-        }
-        if self.no_context_takeover {
+        let out = sync_flushed(deflate, payload);
+        // A failure leaves what the peer never saw in the window: start afresh (output
+        // that refers to no earlier message is valid whatever context the peer keeps).
+        if self.no_context_takeover || out.is_none() {
             deflate.reset();
         }
-        let body = out.len().checked_sub(TRAILER.len())?;
-        if out[body..] != TRAILER {
-            return None;
-        }
-        out.truncate(body);
-        Some(Bytes::from(out))
+        out.map(Bytes::from)
     }
 
     fn decompress(&mut self, payload: &[u8], max: usize) -> Result<Bytes, DecompressError> {
@@ -104,6 +87,31 @@ impl Engine for Zlib {
         }
         result.map(|(out, _)| out)
     }
+}
+
+/// Compresses `payload` ending with a sync flush, whose `00 00 ff ff` is stripped.
+fn sync_flushed(deflate: &mut Compress, payload: &[u8]) -> Option<Vec<u8>> {
+    let start = deflate.total_in();
+    let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+    loop {
+        let consumed = (deflate.total_in() - start) as usize;
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(256));
+        }
+        deflate
+            .compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)
+            .ok()?;
+        let consumed = (deflate.total_in() - start) as usize;
+        if consumed == payload.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    let body = out.len().checked_sub(TRAILER.len())?;
+    if out[body..] != TRAILER {
+        return None;
+    }
+    out.truncate(body);
+    Some(out)
 }
 
 /// Inflates `payload` and the trailer into chunks of [`CHUNK`] bytes, failing as soon as

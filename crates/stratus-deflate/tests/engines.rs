@@ -1,12 +1,13 @@
 //! Both engines against an independent deflate implementation (miniz_oxide), in both
-//! directions, with and without context takeover, and on bad input.
+//! directions, with and without context takeover (and read by an inflater that never
+//! resets), and on bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use miniz_oxide::deflate::core::{CompressorOxide, create_comp_flags_from_zip_params};
 use miniz_oxide::inflate::stream::InflateState;
 use miniz_oxide::{DataFormat, MZFlush, MZStatus};
 use proptest::prelude::*;
-use stratus_deflate::libdeflate::Libdeflate;
+use stratus_deflate::stateless::Stateless;
 use stratus_deflate::zlib::Zlib;
 use stratus_deflate::{Engine, TRAILER};
 use stratus_proto::DecompressError;
@@ -101,7 +102,7 @@ fn json_like(n: usize, seed: u32) -> Vec<u8> {
 /// Every engine configuration this crate builds, with whether it keeps context.
 fn engines() -> Vec<(Box<dyn Engine>, bool)> {
     vec![
-        (Box::new(Libdeflate), false),
+        (Box::new(Stateless), false),
         (Box::new(Zlib::new(15, true)), false),
         (Box::new(Zlib::new(15, false)), true),
         (Box::new(Zlib::new(9, true)), false),
@@ -135,6 +136,22 @@ fn our_output_inflates_with_miniz() {
                 MinizInflater::new().inflate(&z)
             };
             assert_eq!(out, m, "{engine:?}");
+        }
+    }
+}
+
+/// A peer that keeps one inflater for the whole connection, whatever was negotiated (as
+/// Node's WebSocket, undici, does), reads every message of every engine: none ends a
+/// message with a final block (BFINAL=1), after which such an inflater has ended its
+/// stream and gives every later message as empty.
+#[test]
+fn one_inflater_kept_across_messages_reads_every_engines_output() {
+    for (mut engine, _) in engines() {
+        let mut kept = MinizInflater::new();
+        for m in messages() {
+            let z = engine.compress(&m).expect("compresses");
+            assert_eq!(z[0] & 1, 0, "{engine:?}: the first block is not final");
+            assert_eq!(kept.inflate(&z), m, "{engine:?}");
         }
     }
 }
@@ -200,7 +217,7 @@ fn corrupt_data_is_rejected() {
 
 #[test]
 fn truncated_data_is_rejected_by_every_engine_without_context() {
-    let z = Libdeflate.compress(&json_like(4096, 9)).unwrap();
+    let z = Stateless.compress(&json_like(4096, 9)).unwrap();
     // Found by the inflate fuzz target: RFC 7692 §7.2.3.3's stored block without its
     // final 0x00 stops mid-block once the trailer is appended; zlib returned "Hello".
     let stored_cut: &[u8] = &[0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
@@ -230,7 +247,7 @@ fn truncated_data_is_rejected_by_every_engine_without_context() {
 fn output_over_the_limit_is_too_large_in_both_engines() {
     let big = vec![b'x'; 100_000];
     for (mut engine, _) in engines() {
-        let z = Libdeflate.compress(&big).unwrap();
+        let z = Stateless.compress(&big).unwrap();
         assert_eq!(
             engine.decompress(&z, 99_999),
             Err(DecompressError::TooLarge),

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
-use stratus_deflate::libdeflate::Libdeflate;
+use stratus_deflate::stateless::Stateless;
 use stratus_deflate::zlib::{CHUNK, Zlib};
 use stratus_deflate::{DeflateConfig, Engine, Mode, TRAILER, negotiate};
 use stratus_proto::frame::{OpCode, RSV1};
@@ -89,7 +89,7 @@ fn gigabyte_bomb_is_too_large_with_bounded_memory_in_both_engines() {
     assert!(bomb.len() < 2 << 20, "bomb is {} bytes", bomb.len());
     let engines: [(Box<dyn Engine>, usize); 2] = [
         // libdeflate: one output buffer at most the limit, and a copy of the input.
-        (Box::new(Libdeflate), LIMIT + bomb.len() + (64 << 10)),
+        (Box::new(Stateless), LIMIT + bomb.len() + (64 << 10)),
         // zlib: the limit plus one chunk, and the inflater's state.
         (Box::new(Zlib::new(15, true)), LIMIT + CHUNK + (64 << 10)),
     ];
@@ -125,10 +125,10 @@ fn bomb_inflates_to_a_gigabyte() {
 #[test]
 fn a_kilobyte_that_inflates_to_a_megabyte_is_too_large_for_a_small_limit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let small = Libdeflate.compress(&vec![0u8; 1 << 20]).unwrap();
+    let small = Stateless.compress(&vec![0u8; 1 << 20]).unwrap();
     assert!(small.len() <= 1100, "{} bytes", small.len());
     for mut engine in [
-        Box::new(Libdeflate) as Box<dyn Engine>,
+        Box::new(Stateless) as Box<dyn Engine>,
         Box::new(Zlib::new(15, true)),
     ] {
         let (result, peak) = peak_during(|| engine.decompress(&small, 64 << 10));
@@ -170,10 +170,10 @@ fn bomb_on_a_compressed_session_closes_with_1009() {
 fn per_connection_state_is_bounded_by_the_windows() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let message = br#"{"topic":"prices","symbol":"SYM1","bid":101.25,"ask":101.5}"#.repeat(20);
-    let inflatable = Libdeflate.compress(&message).unwrap();
+    let inflatable = Stateless.compress(&message).unwrap();
     // Warm this thread's libdeflate state, shared by every shared-mode connection.
-    let _ = Libdeflate.compress(&message);
-    let _ = Libdeflate.decompress(&inflatable, 1 << 20);
+    let _ = Stateless.compress(&message);
+    let _ = Stateless.decompress(&inflatable, 1 << 20);
     let cases: [(&str, Mode, &str, usize); 4] = [
         ("shared", Mode::Shared, "permessage-deflate", 1024),
         (

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Peer, frame, start_server, start_with};
-use stratus_deflate::libdeflate::{compress_message, decompress_message};
+use stratus_deflate::stateless::{compress_message, decompress_message};
 use stratus_deflate::{DeflateConfig, Mode};
 use stratus_proto::CloseCode;
 use stratus_proto::frame::RSV1;

@@ -77,7 +77,7 @@ impl Encoding {
             } else {
                 OpCode::Binary
             };
-            let frame = stratus_deflate::libdeflate::compress_message(self.payload())
+            let frame = stratus_deflate::stateless::compress_message(self.payload())
                 .map(|z| Encoder::server().frame(opcode, RSV1, &z));
             if let Some(frame) = &frame {
                 stats::add(&stats.deflate_in, self.payload().len() as u64);
