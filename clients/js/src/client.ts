@@ -1,19 +1,31 @@
 /**
- * The client: one WebSocket speaking `stratus.v1`, reopened with jittered exponential
- * backoff whenever it drops, every subscription resumed from the last offset it delivered.
+ * The client: one WebSocket speaking `stratus.v1` (or, where no WebSocket opens, a
+ * receive-only Server-Sent Events stream of its subscriptions), reopened with jittered
+ * exponential backoff whenever it drops, every subscription resumed from the last offset
+ * it delivered.
  *
  * What it owns, and the bound on each:
  * - the subscriptions, one per topic, removed when they end;
  * - commands sent and waiting for their reply (`maxPending`), each with a timeout;
  * - commands made while disconnected (`maxOfflineQueue`), sent in order on reconnect;
- *   past either cap a command is refused at once with `queue_full`.
+ *   past either cap a command is refused at once with `queue_full`;
+ * - over SSE, one event-stream request at a time, its parser capped (16 MiB of text).
+ *
+ * Transports (`transports`, default `["websocket", "sse"]`): each attempt uses the
+ * current one; one that fails before it ever opened passes the turn to the next at once,
+ * and the backoff delay comes after the whole list failed. A transport that opened is
+ * kept for later reconnects; when it then fails to open, the list starts again from its
+ * head. Before settling for SSE after a failed WebSocket, the client checks that the
+ * server answers HTTP and tries a WebSocket once more (a server that was just starting
+ * must not leave its clients receive-only).
  */
 
 import { backoffDelay, resolveBackoff, type BackoffOptions, type ResolvedBackoff } from "./backoff.js";
 import { base64ToBytes, decodeBinaryPublication } from "./binary.js";
 import { Emitter } from "./emitter.js";
 import { StratusError, type ErrorReply } from "./errors.js";
-import { isOffset } from "./offset.js";
+import { EventStreamRequest, probe, type EventStreamEnd } from "./event-stream.js";
+import { compareOffsets, isOffset } from "./offset.js";
 import {
   SUBPROTOCOL,
   type GapNotice,
@@ -33,6 +45,7 @@ import {
   type SubscribeReply,
   type UnsubscribedNotice,
 } from "./protocol.js";
+import type { ServerSentEvent } from "./sse.js";
 import { Subscription, type SubscribeOptions, type SubscriptionHost } from "./subscription.js";
 
 /** The part of the WebSocket API the SDK uses (the browser's, Node's, or the `ws` package's). */
@@ -49,6 +62,9 @@ export interface WebSocketLike {
 }
 
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** How the client reaches the server: a `stratus.v1` WebSocket, or a receive-only event stream. */
+export type Transport = "websocket" | "sse";
 
 /** Why `getToken` is called. */
 export interface TokenContext {
@@ -88,6 +104,31 @@ export interface ClientOptions {
   connectTimeout?: number;
   /** The WebSocket implementation (default: `globalThis.WebSocket`). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The transports to try, in order (default `["websocket", "sse"]`): `["sse"]` forces
+   * Server-Sent Events, `["websocket"]` turns the fallback off.
+   */
+  transports?: Transport[];
+  /**
+   * The event-stream endpoint (default: from the WebSocket URL, `ws:` to `http:`, `wss:`
+   * to `https:`, its last path segment replaced by `sse`, its query dropped:
+   * `ws://host/ws` gives `http://host/sse`).
+   */
+  sseUrl?: string;
+  /** The fetch implementation for SSE (default: `globalThis.fetch`). */
+  fetch?: typeof fetch;
+  /**
+   * Milliseconds an open event stream may stay silent (not even a heartbeat) before it is
+   * dropped and reopened (default 60000, twice the server's default `--ping-interval`;
+   * 0: no limit).
+   */
+  sseIdleTimeout?: number;
+  /**
+   * Whether an SSE publication's text is handed out parsed when it is JSON (default true,
+   * as a WebSocket gives JSON publications), or always as the string (false). The event
+   * does not say whether a publication was JSON, text or binary (base64).
+   */
+  sseParseJson?: boolean;
   /** The random source of the backoff jitter (default `Math.random`), for tests. */
   random?: () => number;
 }
@@ -95,13 +136,19 @@ export interface ClientOptions {
 export type ClientState = "disconnected" | "connecting" | "connected";
 
 export interface ConnectedEvent {
-  transport: "websocket";
+  transport: Transport;
+  /** The WebSocket URL, or the event-stream URL (without topics or token) over SSE. */
   url: string;
+  /** The WebSocket subprotocol (`stratus.v1`); `""` over SSE. */
   protocol: string;
 }
 
 export interface DisconnectedEvent {
-  /** The WebSocket close code (1006 when the connection failed or dropped). */
+  /**
+   * The WebSocket close code (1006 when the connection failed or dropped). Over SSE: 1006,
+   * or 1008 with the reason "token expired" after a 401 or a stream ended by its token's
+   * expiry.
+   */
   code: number;
   reason: string;
   /** Whether the client will reconnect (false after `close()`). */
@@ -111,14 +158,14 @@ export interface DisconnectedEvent {
 }
 
 export interface ClientEvents {
-  /** A connection is open and speaks `stratus.v1`; subscriptions are being resumed. */
+  /** A connection is open (a `stratus.v1` WebSocket, or SSE); subscriptions are being resumed. */
   connected: [event: ConnectedEvent];
   /** The connection closed (or an attempt failed). */
   disconnected: [event: DisconnectedEvent];
   /** Something went wrong that no promise reports (a failed attempt, a refused refresh, an error without id). */
   error: [error: StratusError];
-  /** The transport in use, on each connection. */
-  transport: [transport: "websocket"];
+  /** The transport in use, on each connection (before `connected`). */
+  transport: [transport: Transport];
   /** The token was refreshed on the open connection (after a server `refresh` notice, or `refresh()`). */
   refreshed: [reply: RefreshReply];
   /** The state changed. */
@@ -156,6 +203,23 @@ interface Queued {
   pending: Pending;
 }
 
+/** An open (or opening) event stream: the request and what it carries. */
+interface SseStream {
+  topics: Set<string>;
+  /** Topics not on the last stream that opened on this connection (a refusal is theirs). */
+  added: Set<string>;
+  /** The resume point sent. */
+  since: string | undefined;
+  token: string | null;
+  request: EventStreamRequest | null;
+  open: boolean;
+}
+
+/** SSE event names that carry a v1 notice or push (with the same `type`) as data. */
+const SSE_NOTICES: ReadonlySet<string> = new Set(["gap", "skip", "unsubscribed", "subscribed", "presence", "occupancy"]);
+
+const TRANSPORTS: readonly Transport[] = ["websocket", "sse"];
+
 const OPEN = 1;
 
 export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
@@ -172,7 +236,30 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     connectTimeout: number;
     WebSocket: WebSocketConstructor | undefined;
     random: () => number;
+    fetch: typeof fetch | undefined;
+    sseIdleTimeout: number;
+    sseParseJson: boolean;
   };
+  /** The event-stream endpoint (docs/protocol.md section 21). */
+  readonly sseUrl: string;
+  #transports: readonly Transport[];
+  /** The transport of the next (or current) attempt, as an index into `#transports`. */
+  #index = 0;
+  /** The transport that opened last: kept for reconnects until it fails to open. */
+  #kept: Transport | null = null;
+  /** The transport of the open connection. */
+  #current: Transport | null = null;
+  /** This round of attempts already checked that SSE is needed (the server answers HTTP, a WebSocket does not open). */
+  #fallbackConfirmed = false;
+  /** Whether the current WebSocket attempt opened. */
+  #wsOpened = false;
+  #stream: SseStream | null = null;
+  /** The topics of the last stream that opened on this connection. */
+  #sseOpenTopics = new Set<string>();
+  #sseSyncQueued = false;
+  /** The newest offset delivered over SSE (on any topic): where a reopened stream resumes. */
+  #sseNewest: string | null = null;
+  #lastToken: string | null = null;
   #state: ClientState = "disconnected";
   /** Whether the application wants a connection (`connect()` without `close()` since). */
   #wanted = false;
@@ -216,7 +303,34 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
       connectTimeout: count(options.connectTimeout, 10_000, "connectTimeout"),
       WebSocket: options.WebSocket,
       random: options.random ?? Math.random,
+      fetch: options.fetch,
+      sseIdleTimeout: count(options.sseIdleTimeout, 60_000, "sseIdleTimeout"),
+      sseParseJson: options.sseParseJson ?? true,
     };
+    const transports = options.transports ?? TRANSPORTS;
+    if (
+      !Array.isArray(transports) ||
+      transports.length === 0 ||
+      transports.some((t) => !TRANSPORTS.includes(t)) ||
+      new Set(transports).size !== transports.length
+    ) {
+      throw new StratusError("invalid_argument", `transports must list "websocket" and/or "sse", each once: ${JSON.stringify(transports)}`);
+    }
+    this.#transports = [...transports];
+    if (options.sseUrl !== undefined) {
+      let sse: URL;
+      try {
+        sse = new URL(options.sseUrl);
+      } catch {
+        throw new StratusError("invalid_argument", `not a URL: ${options.sseUrl}`);
+      }
+      if (sse.protocol !== "http:" && sse.protocol !== "https:") {
+        throw new StratusError("invalid_argument", `sseUrl must be http:// or https://: ${options.sseUrl}`);
+      }
+      this.sseUrl = sse.toString();
+    } else {
+      this.sseUrl = sseUrlFor(parsed);
+    }
   }
 
   // ---- getters -------------------------------------------------------------------------
@@ -226,8 +340,8 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
   }
 
   /** The transport of the current connection (null while there is none). */
-  get transport(): "websocket" | null {
-    return this.#state === "connected" ? "websocket" : null;
+  get transport(): Transport | null {
+    return this.#state === "connected" ? this.#current : null;
   }
 
   /** The active subscriptions by topic. */
@@ -285,6 +399,9 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
         // already closing
       }
     }
+    this.#stopStream();
+    this.#current = null;
+    this.#sseOpenTopics = new Set();
     const error = new StratusError("closed", "the client was closed");
     this.#failPending(error);
     for (const q of this.#queue.splice(0)) this.#settle(q.pending, null, error);
@@ -294,15 +411,15 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     if (was !== "disconnected") this.emit("disconnected", { code: 1000, reason: "client closed", reconnect: false });
   }
 
+  /** One connection attempt over the current transport. */
   async #open(): Promise<void> {
     const generation = ++this.#generation;
     this.#setState("connecting");
-    const expired = this.#lastClose?.code === 1008 && this.#lastClose.reason === "token expired";
+    const transport = this.#transports[this.#index] ?? "websocket";
     let token: string | null = null;
     if (this.#options.getToken) {
       try {
-        token = await this.#options.getToken({ reason: expired ? "expired" : "connect" });
-        if (typeof token !== "string") throw new TypeError("getToken() must return a string");
+        token = await this.#takeToken(transport === "sse");
       } catch (cause) {
         if (generation !== this.#generation) return;
         this.emit("error", new StratusError("token", `getToken() failed: ${describe(cause)}`, { cause }));
@@ -311,6 +428,26 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
       }
       if (generation !== this.#generation) return;
     }
+    if (transport === "sse") void this.#openSse(generation, token);
+    else this.#openWebSocket(token);
+  }
+
+  /**
+   * A token from `getToken()` (which must be set): reason `expired` after a close for
+   * an expired token or, over SSE, when the last token's `exp` has passed.
+   */
+  async #takeToken(sse: boolean): Promise<string> {
+    const getToken = this.#options.getToken!;
+    const expired =
+      (this.#lastClose?.code === 1008 && this.#lastClose.reason === "token expired") ||
+      (sse && this.#lastToken !== null && tokenExpired(this.#lastToken));
+    const token = await getToken({ reason: expired ? "expired" : "connect" });
+    if (typeof token !== "string") throw new TypeError("getToken() must return a string");
+    this.#lastToken = token;
+    return token;
+  }
+
+  #openWebSocket(token: string | null): void {
     const url = new URL(this.url);
     const protocols = [SUBPROTOCOL, ...this.#options.protocols];
     if (token !== null) {
@@ -323,7 +460,7 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
         "error",
         new StratusError("transport", "no WebSocket implementation: pass options.WebSocket (Node 20 needs --experimental-websocket)"),
       );
-      this.#scheduleReconnect(1006, "no WebSocket implementation");
+      this.#attemptFailed(1006, "no WebSocket implementation");
       return;
     }
     let ws: WebSocketLike;
@@ -331,10 +468,11 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
       ws = new Impl(url.toString(), protocols);
     } catch (cause) {
       this.emit("error", new StratusError("transport", `the WebSocket could not be created: ${describe(cause)}`, { cause }));
-      this.#scheduleReconnect(1006, "the WebSocket could not be created");
+      this.#attemptFailed(1006, "the WebSocket could not be created");
       return;
     }
     this.#ws = ws;
+    this.#wsOpened = false;
     ws.binaryType = "arraybuffer";
     if (this.#options.connectTimeout > 0) {
       this.#connectTimer = setTimeout(() => {
@@ -346,6 +484,7 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     }
     ws.onopen = () => {
       if (this.#ws !== ws) return;
+      this.#wsOpened = true;
       if (this.#connectTimer !== null) clearTimeout(this.#connectTimer);
       this.#connectTimer = null;
       if (ws.protocol !== SUBPROTOCOL) {
@@ -377,6 +516,9 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
   #onOpen(ws: WebSocketLike): void {
     this.#attempt = 0;
     this.#lastClose = null;
+    this.#kept = "websocket";
+    this.#current = "websocket";
+    this.#fallbackConfirmed = false;
     this.#setState("connected");
     this.emit("transport", "websocket");
     this.emit("connected", { transport: "websocket", url: this.url, protocol: ws.protocol });
@@ -411,11 +553,34 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     this.#lastClose = { code, reason };
     this.#failPending(new StratusError("disconnected", `the connection closed (${code}${reason ? ` ${reason}` : ""}) before the reply`));
     for (const sub of this.#subs.values()) this.#resetSubscription(sub);
+    if (this.#wsOpened) this.#scheduleReconnect(code, reason);
+    else this.#attemptFailed(code, reason);
+  }
+
+  /**
+   * The attempt failed before its transport opened: the next transport at once, or, after
+   * the last one (or when the kept transport failed), the backoff delay and the list's head.
+   */
+  #attemptFailed(code: number, reason: string): void {
+    const failed = this.#transports[this.#index];
+    if (this.#kept === failed) {
+      this.#kept = null;
+      this.#index = 0;
+    } else if (this.#index + 1 < this.#transports.length) {
+      this.#index++;
+      this.#current = null;
+      if (this.#wanted) void this.#open();
+      return;
+    } else {
+      this.#index = 0;
+    }
     this.#scheduleReconnect(code, reason);
   }
 
   #scheduleReconnect(code: number, reason: string): void {
     this.#ws = null;
+    this.#current = null;
+    this.#fallbackConfirmed = false;
     if (!this.#wanted) {
       this.#setState("disconnected");
       this.emit("disconnected", { code, reason, reconnect: false });
@@ -497,14 +662,14 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
 
   /**
    * A text frame that is not a JSON object. v1 never sends one, so the connection cannot
-   * be trusted (Node 20's built-in WebSocket, for one, delivers compressed messages as
-   * empty strings): report it and reconnect, resuming from the last offset delivered.
+   * be trusted (a WebSocket implementation that fails to inflate a message may deliver it
+   * as an empty string): report it and reconnect, resuming from the last offset delivered.
    */
   #protocolError(ws: WebSocketLike, data: string): void {
     const hint =
       data === ""
-        ? " (an empty text frame: this WebSocket implementation probably fails to inflate permessage-deflate messages " +
-          "that end in a final block, as Node 20's built-in one does; use another implementation or a server with --deflate off)"
+        ? " (an empty text frame: this WebSocket implementation probably failed to inflate a permessage-deflate " +
+          "message; use another implementation or a server with --deflate off)"
         : "";
     this.emit(
       "error",
@@ -568,6 +733,304 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     }
   }
 
+  // ---- Server-Sent Events --------------------------------------------------------------
+
+  /**
+   * Whether commands are refused with `receive_only`: the client is on (or reconnecting
+   * over) the SSE transport, which has no way to send them.
+   */
+  #receiveOnly(): boolean {
+    return this.#wanted && this.#kept === "sse" && this.#transports[this.#index] === "sse";
+  }
+
+  /**
+   * One attempt over SSE. A stream needs a topic, so without subscriptions (and to
+   * confirm a fallback from a WebSocket) a topic-less request checks that the server
+   * answers; otherwise the stream of the subscriptions is opened.
+   */
+  async #openSse(generation: number, token: string | null): Promise<void> {
+    const fetchImpl = this.#fetch();
+    if (!fetchImpl) {
+      this.emit("error", new StratusError("transport", "no fetch implementation: pass options.fetch"));
+      this.#attemptFailed(1006, "no fetch implementation");
+      return;
+    }
+    const confirm =
+      this.#kept !== "sse" && !this.#fallbackConfirmed && this.#transports.slice(0, this.#index).includes("websocket");
+    if (confirm || (this.#wantedTopics().size === 0 && !this.#fallbackConfirmed)) {
+      const result = await probe(this.#sseRequestUrl([], undefined, token), fetchImpl, this.#options.connectTimeout);
+      if (generation !== this.#generation) return;
+      if (result !== "ok") {
+        this.#sseAttemptFailed(result, token);
+        return;
+      }
+      if (confirm) {
+        // The server answers HTTP. It may have been down when the WebSocket failed (a
+        // restart): one more WebSocket attempt, at once, before settling for SSE.
+        this.#fallbackConfirmed = true;
+        this.#index = this.#transports.indexOf("websocket");
+        void this.#open();
+        return;
+      }
+    }
+    const topics = this.#wantedTopics();
+    if (topics.size === 0) {
+      this.#onSseOpen(); // connected, with no stream until the first subscription
+      return;
+    }
+    this.#sendStream(this.#newStream(topics), token);
+  }
+
+  #fetch(): typeof fetch | undefined {
+    return this.#options.fetch ?? (globalThis as { fetch?: typeof fetch }).fetch;
+  }
+
+  /** The topics of the active subscriptions: what the stream must carry. */
+  #wantedTopics(): Set<string> {
+    const topics = new Set<string>();
+    for (const sub of this.#subs.values()) if (sub.active) topics.add(sub.topic);
+    return topics;
+  }
+
+  /** The stream's resume point: the newest offset delivered on any topic (offsets are time-ordered). */
+  #streamSince(): string | undefined {
+    let best = this.#sseNewest;
+    for (const sub of this.#subs.values()) {
+      const { since } = sub.resumeFrom();
+      if (since !== undefined && isOffset(since) && (best === null || compareOffsets(since, best) > 0)) best = since;
+    }
+    return best ?? undefined;
+  }
+
+  #sseRequestUrl(topics: Iterable<string>, since: string | undefined, token: string | null): string {
+    const url = new URL(this.sseUrl);
+    for (const topic of topics) url.searchParams.append("topic", topic);
+    if (since !== undefined) url.searchParams.set("since", since);
+    if (token !== null) url.searchParams.set("token", token);
+    return url.toString();
+  }
+
+  #newStream(topics: Set<string>): SseStream {
+    const added = new Set<string>();
+    for (const t of topics) if (!this.#sseOpenTopics.has(t)) added.add(t);
+    const stream: SseStream = { topics, added, since: undefined, token: null, request: null, open: false };
+    this.#stream = stream;
+    return stream;
+  }
+
+  #sendStream(stream: SseStream, token: string | null): void {
+    if (this.#stream !== stream) return;
+    const fetchImpl = this.#fetch();
+    if (!fetchImpl) {
+      this.#onStreamEnd(stream, { kind: "failed", error: new TypeError("no fetch implementation: pass options.fetch") });
+      return;
+    }
+    stream.since = this.#streamSince();
+    stream.token = token;
+    stream.request = new EventStreamRequest({
+      url: this.#sseRequestUrl(stream.topics, stream.since, token),
+      fetch: fetchImpl,
+      connectTimeout: this.#options.connectTimeout,
+      idleTimeout: this.#options.sseIdleTimeout,
+      onOpen: () => this.#onStreamOpen(stream),
+      onEvent: (event) => this.#onStreamEvent(stream, event),
+      onEnd: (end) => this.#onStreamEnd(stream, end),
+    });
+    stream.request.start();
+  }
+
+  #stopStream(): void {
+    const stream = this.#stream;
+    this.#stream = null;
+    stream?.request?.close();
+  }
+
+  /** The connection is up over SSE (a stream opened, or the server answered and no stream is needed yet). */
+  #onSseOpen(): void {
+    this.#attempt = 0;
+    this.#lastClose = null;
+    this.#kept = "sse";
+    this.#current = "sse";
+    this.#fallbackConfirmed = false;
+    this.#sseOpenTopics = new Set();
+    this.#setState("connected");
+    this.emit("transport", "sse");
+    this.emit("connected", { transport: "sse", url: this.sseUrl, protocol: "" });
+    for (const w of this.#connectWaiters.splice(0)) w.resolve();
+    // What was queued while connecting cannot be sent over a receive-only stream.
+    for (const q of this.#queue.splice(0)) this.#settle(q.pending, null, receiveOnlyError(q.pending.op, q.pending.topic));
+  }
+
+  #onStreamOpen(stream: SseStream): void {
+    if (this.#stream !== stream) return;
+    stream.open = true;
+    if (this.#state !== "connected") {
+      this.#onSseOpen();
+      if (this.#stream !== stream) return; // a listener closed the client
+    }
+    this.#sseOpenTopics = new Set(stream.topics);
+    for (const topic of stream.topics) {
+      this.#subs.get(topic)?.handleStreamOpen({
+        type: "reply",
+        id: 0,
+        op: "subscribe",
+        topic,
+        offset: stream.since ?? null,
+        recovering: stream.since !== undefined,
+      });
+    }
+    this.#scheduleSseSync(); // subscriptions made or ended while it opened
+  }
+
+  #onStreamEvent(stream: SseStream, event: ServerSentEvent): void {
+    if (this.#stream !== stream) return;
+    const name = event.type;
+    if (event.id === undefined && SSE_NOTICES.has(name)) {
+      const notice = parseObject(event.data);
+      if (notice !== null && notice.type === name) {
+        if (name === "unsubscribed" && typeof notice.topic === "string") {
+          stream.topics.delete(notice.topic); // the server dropped it from the stream
+          this.#sseOpenTopics.delete(notice.topic);
+        }
+        this.#dispatch(notice);
+        if (stream.topics.size === 0) this.#scheduleSseSync(); // nothing left to carry: closed
+        return;
+      }
+    }
+    // A publication: the event is named for its topic, its id is the offset.
+    const sub = this.#subs.get(name);
+    if (!sub) return;
+    const offset = event.id !== undefined && isOffset(event.id) ? event.id : null;
+    const delivered = sub.handlePublication({ topic: name, data: this.#sseData(event.data), offset, key: null, binary: false });
+    if (delivered && offset !== null && (this.#sseNewest === null || compareOffsets(offset, this.#sseNewest) > 0)) {
+      this.#sseNewest = offset;
+    }
+  }
+
+  #sseData(text: string): unknown {
+    if (!this.#options.sseParseJson) return text;
+    try {
+      return JSON.parse(text);
+    } catch {
+      return text;
+    }
+  }
+
+  #onStreamEnd(stream: SseStream, end: EventStreamEnd): void {
+    if (this.#stream !== stream) return;
+    this.#stream = null;
+    if (this.#state !== "connected") {
+      this.#sseAttemptFailed(end, stream.token);
+      return;
+    }
+    const refusedTopics = !stream.open && end.kind === "refused" && (end.status === 400 || end.status === 403);
+    if (refusedTopics && stream.added.size > 0) {
+      // The stream before these topics were added was accepted: the refusal is theirs,
+      // as a refused subscribe is on a WebSocket. They fail; the stream reopens without them.
+      const refusal = this.#streamError(end, stream.token).error;
+      const code = refusal?.code ?? "forbidden";
+      const message = refusal?.message ?? `the server refused the event stream (${end.status})`;
+      for (const topic of stream.added) {
+        const sub = this.#subs.get(topic);
+        if (!sub) continue;
+        this.#subs.delete(topic);
+        sub.fail(new StratusError(code, message, { op: "subscribe", topic }));
+      }
+      this.#scheduleSseSync();
+      return;
+    }
+    const { code, reason, error } = this.#streamError(end, stream.token);
+    if (error) this.emit("error", error);
+    this.#sseDropped(code, reason);
+  }
+
+  /** The connection over SSE is gone (its stream dropped, or a reopen failed): reconnect, resuming. */
+  #sseDropped(code: number, reason: string): void {
+    this.#stopStream();
+    this.#lastClose = { code, reason };
+    this.#current = null;
+    this.#sseOpenTopics = new Set();
+    for (const sub of this.#subs.values()) this.#resetSubscription(sub);
+    this.#scheduleReconnect(code, reason);
+  }
+
+  /** An SSE attempt failed before the connection was up. */
+  #sseAttemptFailed(end: EventStreamEnd, token: string | null): void {
+    const { code, reason, error } = this.#streamError(end, token);
+    if (error) this.emit("error", error);
+    this.#lastClose = { code, reason };
+    this.#attemptFailed(code, reason);
+  }
+
+  /** What an ended request means: the error to report (if any), and the close code and reason it counts as. */
+  #streamError(end: EventStreamEnd, token: string | null): { code: number; reason: string; error: StratusError | null } {
+    const expired = { code: 1008, reason: "token expired" };
+    switch (end.kind) {
+      case "refused": {
+        const detail = end.body ? `: ${end.body}` : "";
+        if (end.status === 401) {
+          // As a WebSocket closed with 1008 "token expired": the next getToken() says "expired".
+          return { ...expired, error: new StratusError("invalid_token", `the server refused the token (401)${detail}`) };
+        }
+        const codes: Record<number, string> = { 400: "bad_request", 403: "forbidden", 429: "rate_limited", 503: "unavailable" };
+        const errorCode = end.status === 0 ? "protocol_error" : (codes[end.status] ?? "transport");
+        const what = end.status === 0 ? "the server's answer is" : `the server refused the event stream (${end.status})`;
+        return { code: 1006, reason: `HTTP ${end.status}`, error: new StratusError(errorCode, `${what}${detail}`) };
+      }
+      case "timeout":
+        return { code: 1006, reason: "connect timeout", error: new StratusError("timeout", `the event stream did not open within ${end.ms} ms`) };
+      case "failed":
+        return {
+          code: 1006,
+          reason: "",
+          error: new StratusError("transport", `the event stream failed: ${describe(end.error)}`, { cause: end.error }),
+        };
+      case "ended":
+        // The server ends a stream when its token expires (there is no refresh over SSE).
+        if (token !== null && tokenExpired(token)) return { ...expired, error: null };
+        return { code: 1006, reason: "the event stream ended", error: null };
+      case "idle":
+        return { code: 1006, reason: "idle", error: new StratusError("timeout", `nothing arrived on the event stream for ${end.ms} ms`) };
+      case "too_large":
+        return { code: 1006, reason: "unreadable stream", error: new StratusError("protocol_error", end.message) };
+    }
+  }
+
+  /** Reopens the stream with the subscriptions' topics, once for all the changes made in one go. */
+  #scheduleSseSync(): void {
+    if (this.#sseSyncQueued) return;
+    this.#sseSyncQueued = true;
+    queueMicrotask(() => {
+      this.#sseSyncQueued = false;
+      this.#sseSync();
+    });
+  }
+
+  #sseSync(): void {
+    if (this.#state !== "connected" || this.#current !== "sse") return;
+    const wanted = this.#wantedTopics();
+    const stream = this.#stream;
+    if (stream ? stream.topics.size > 0 && sameSet(stream.topics, wanted) : wanted.size === 0) return;
+    this.#stopStream();
+    if (wanted.size === 0) return; // still connected; no stream until the next subscription
+    void this.#reopenStream(this.#newStream(wanted));
+  }
+
+  async #reopenStream(stream: SseStream): Promise<void> {
+    let token: string | null = null;
+    if (this.#options.getToken) {
+      try {
+        token = await this.#takeToken(true);
+      } catch (cause) {
+        if (this.#stream !== stream) return;
+        this.emit("error", new StratusError("token", `getToken() failed: ${describe(cause)}`, { cause }));
+        this.#sseDropped(1006, "no token");
+        return;
+      }
+    }
+    this.#sendStream(stream, token);
+  }
+
   // ---- tokens --------------------------------------------------------------------------
 
   async #onRefreshNotice(notice: RefreshNotice): Promise<void> {
@@ -601,6 +1064,7 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
    * refuses it (the old token stays in force).
    */
   async refresh(token?: string): Promise<RefreshReply> {
+    if (this.#receiveOnly()) throw receiveOnlyError("refresh", null);
     if (token === undefined) {
       if (!this.#options.getToken) throw new StratusError("invalid_argument", "refresh() without a token needs options.getToken");
       token = await this.#options.getToken({ reason: "refresh" });
@@ -627,12 +1091,15 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     if (existing && existing.active) return existing;
     const sub = new Subscription(this, topic, options);
     this.#subs.set(topic, sub);
-    if (this.#state === "connected") this.#sendSubscribe(sub);
+    if (this.#state === "connected") {
+      if (this.#current === "sse") this.#scheduleSseSync();
+      else this.#sendSubscribe(sub);
+    }
     return sub;
   }
 
   #sendSubscribe(sub: Subscription): void {
-    if (this.#subs.get(sub.topic) !== sub || !sub.active || this.#state !== "connected") return;
+    if (this.#subs.get(sub.topic) !== sub || !sub.active || this.#state !== "connected" || this.#current !== "websocket") return;
     if (sub.retryTimer !== null) return; // a retry is scheduled
     const { since, fromTracker } = sub.resumeFrom();
     const fields: Record<string, unknown> = { topic: sub.topic };
@@ -683,6 +1150,10 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
   async unsubscribeTopic(sub: Subscription): Promise<void> {
     if (this.#subs.get(sub.topic) === sub) this.#subs.delete(sub.topic);
     if (this.#state !== "connected") return; // the next connection will not have it
+    if (this.#current === "sse") {
+      this.#scheduleSseSync(); // the stream reopens without it
+      return;
+    }
     try {
       await this.#command("unsubscribe", { topic: sub.topic }, { internal: true });
     } catch {
@@ -703,6 +1174,12 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     if (sub) {
       this.#subs.delete(topic);
       sub.end("unsubscribed", new StratusError("unsubscribed", "unsubscribed before the server confirmed", { op: "subscribe", topic }));
+    }
+    if (this.#receiveOnly()) {
+      // Over SSE the stream is the subscription: it reopens without the topic.
+      if (!sub) return reject("not_subscribed", `not subscribed to ${JSON.stringify(topic)}`, "unsubscribe", topic);
+      this.#scheduleSseSync();
+      return Promise.resolve({ type: "reply", id: 0, op: "unsubscribe", topic } as ReplyBase);
     }
     return this.#command("unsubscribe", { topic });
   }
@@ -792,6 +1269,10 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
   ): void {
     const internal = opts.internal ?? false;
     const topic = typeof fields.topic === "string" ? fields.topic : null;
+    if (!internal && this.#receiveOnly()) {
+      reject(receiveOnlyError(op, topic));
+      return;
+    }
     {
       const connected = this.#state === "connected" && this.#ws !== null && this.#ws.readyState === OPEN;
       if (internal && !connected) {
@@ -878,4 +1359,49 @@ function asStratusError(error: unknown): StratusError {
 
 function reject<T>(code: string, message: string, op: string, topic: string | null = null): Promise<T> {
   return Promise.reject(new StratusError(code, message, { op, topic }));
+}
+
+function receiveOnlyError(op: string, topic: string | null): StratusError {
+  return new StratusError("receive_only", `${op} cannot be sent over Server-Sent Events (receive-only)`, { op, topic });
+}
+
+/** The default event-stream URL: the WebSocket URL's scheme to HTTP, its last path segment `sse`, no query. */
+function sseUrlFor(ws: URL): string {
+  const url = new URL(ws.toString());
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.search = "";
+  url.hash = "";
+  const parts = url.pathname.split("/");
+  parts[parts.length - 1] = "sse";
+  url.pathname = parts.join("/");
+  return url.toString();
+}
+
+/** Whether a JWT's `exp` has passed (within a second); false for anything that is not a JWT with an `exp`. */
+function tokenExpired(token: string): boolean {
+  const payload = token.split(".")[1];
+  if (payload === undefined) return false;
+  try {
+    const b64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const claims: unknown = JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
+    const exp = claims !== null && typeof claims === "object" ? (claims as { exp?: unknown }).exp : undefined;
+    return typeof exp === "number" && exp * 1000 <= Date.now() + 1000;
+  } catch {
+    return false;
+  }
+}
+
+function parseObject(text: string): Record<string, unknown> | null {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v !== null && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+function sameSet<T>(a: ReadonlySet<T>, b: ReadonlySet<T>): boolean {
+  if (a.size !== b.size) return false;
+  for (const x of a) if (!b.has(x)) return false;
+  return true;
 }

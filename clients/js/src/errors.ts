@@ -37,12 +37,17 @@ export const SDK_CODES = [
   "unsubscribed",
   /** The server did not answer with the `stratus.v1` subprotocol, or sent a frame v1 does not allow. */
   "protocol_error",
-  /** The WebSocket could not be opened, or failed. */
+  /** The WebSocket (or the event stream) could not be opened, or failed. */
   "transport",
   /** `getToken()` threw or returned something that is not a string. */
   "token",
   /** The arguments of a call were not valid (checked before anything is sent). */
   "invalid_argument",
+  /**
+   * The client is connected (or reconnecting) over Server-Sent Events, which only
+   * receives: publish, history, presence, occupancy, refresh and ping cannot be sent.
+   */
+  "receive_only",
 ] as const;
 
 export type ServerErrorCode = (typeof SERVER_CODES)[number];

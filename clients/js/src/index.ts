@@ -3,6 +3,7 @@
  * Node 20+, with no dependencies.
  *
  * What it does for you: one connection with reconnects (jittered exponential backoff),
+ * a receive-only Server-Sent Events fallback where no WebSocket opens,
  * subscriptions that resume from the last offset they delivered (each publication once,
  * a `gap` event where the server's history no longer reaches), token refresh through
  * `getToken()`, commands that settle with their reply or a {@link StratusError} with the
@@ -23,6 +24,7 @@ export type {
   HistoryOptions,
   PublishOptions,
   TokenContext,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
 } from "./client.js";
@@ -37,4 +39,6 @@ export type { ParsedOffset } from "./offset.js";
 export { decodeBinaryPublication, encodeBinaryPublication, base64ToBytes, BINARY_PUB } from "./binary.js";
 export type { BinaryPublication } from "./binary.js";
 export { SUBPROTOCOL } from "./protocol.js";
+export { EventStreamParser, EventStreamTooLarge, DEFAULT_MAX_BUFFERED } from "./sse.js";
+export type { ServerSentEvent } from "./sse.js";
 export type * from "./protocol.js";

@@ -6,7 +6,7 @@
 
 import { Emitter } from "./emitter.js";
 import { StratusError } from "./errors.js";
-import { OffsetTracker } from "./offset.js";
+import { OffsetTracker, isOffset } from "./offset.js";
 import type {
   GapNotice,
   OccupancyNotice,
@@ -148,6 +148,22 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     // Where the server says the subscription starts: the `since` sent, or earlier when the
     // server's history was reset (a restarted node); every publication after it follows.
     if (typeof reply.offset === "string") this.#tracker.reset(reply.offset);
+    this.#subscribed(reply);
+  }
+
+  /**
+   * An event stream carrying the topic opened (SSE): subscribed, if it was not already.
+   * The position stays: the stream's resume point is not this topic's. @internal
+   */
+  handleStreamOpen(reply: SubscribeReply): void {
+    if (!this.active || this.#state === "subscribed") return;
+    // An offset asked for with `since` is where it starts, as a subscribe reply says on a
+    // WebSocket: nothing at or before it is delivered.
+    if (this.#tracker.last === null && this.#since !== undefined && isOffset(this.#since)) this.#tracker.reset(this.#since);
+    this.#subscribed(reply);
+  }
+
+  #subscribed(reply: SubscribeReply): void {
     this.retryAttempt = 0;
     this.#setState("subscribed");
     this.emit("subscribed", reply);
@@ -177,11 +193,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.emit("subscribing");
   }
 
-  /** @internal */
-  handlePublication(p: Publication): void {
-    if (!this.active) return;
-    if (!this.#tracker.accept(p.offset)) return; // a duplicate: at or before the last offset delivered
+  /** Whether it was delivered (not a duplicate, the subscription active). @internal */
+  handlePublication(p: Publication): boolean {
+    if (!this.active) return false;
+    if (!this.#tracker.accept(p.offset)) return false; // a duplicate: at or before the last offset delivered
     this.emit("message", p);
+    return true;
   }
 
   /** @internal */

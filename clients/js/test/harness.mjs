@@ -9,6 +9,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { after } from "node:test";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(here, "../../..");
@@ -113,9 +114,6 @@ export async function startServer({ args = [], config = null, port = 0, adminPor
     "--workers", "1",
     "--log-format", "json",
   ];
-  // Node 20's built-in WebSocket cannot read the server's compressed frames (see
-  // docs/protocol.md section 2); the deflate test turns it back on.
-  if (!args.includes("--deflate")) full.push("--deflate", "off");
   if (config !== null) {
     const file = path.join(dir, "stratus.toml");
     writeFileSync(file, config);
@@ -265,3 +263,28 @@ function redisPing(port) {
 
 /** Fast reconnects for tests. */
 export const FAST = { initial: 50, max: 300, factor: 2, jitter: 0.5 };
+
+/**
+ * What a test file starts, stopped after its tests (newest first): `track(client)` closes
+ * a client, `serve(opts)` starts a server and stops it; push anything else onto
+ * `cleanups`. Call once, at the top of the file.
+ */
+export function scope() {
+  const cleanups = [];
+  after(() => {
+    for (const f of cleanups.reverse()) f();
+  });
+  return {
+    cleanups,
+    track(c) {
+      cleanups.push(() => c.close());
+      return c;
+    },
+    serve(opts) {
+      return startServer(opts).then((s) => {
+        cleanups.push(() => s.cleanup());
+        return s;
+      });
+    },
+  };
+}

@@ -29,7 +29,7 @@ async function connected(sub, info) {
 before(async () => {
   server = await startServer({
     config: CONFIG,
-    args: ["--auth", "hs256", "--auth-secret", SECRET, "--presence-interval", "0.1", "--deflate", "off"],
+    args: ["--auth", "hs256", "--auth-secret", SECRET, "--presence-interval", "0.1"],
   });
 });
 

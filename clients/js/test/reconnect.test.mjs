@@ -5,27 +5,12 @@
 // drained on connect.
 
 import assert from "node:assert/strict";
-import { after, test } from "node:test";
+import { test } from "node:test";
 
 import { Client } from "../dist/index.js";
-import { FAST, STEP, adminPublish, freePort, next, record, startRedis, startServer, until, within } from "./harness.mjs";
+import { FAST, STEP, adminPublish, freePort, next, record, scope, startRedis, until, within } from "./harness.mjs";
 
-const cleanups = [];
-after(() => {
-  for (const f of cleanups.reverse()) f();
-});
-
-function track(c) {
-  cleanups.push(() => c.close());
-  return c;
-}
-
-function serve(opts) {
-  return startServer(opts).then((s) => {
-    cleanups.push(() => s.cleanup());
-    return s;
-  });
-}
+const { cleanups, track, serve } = scope();
 
 test("SIGKILL and restart with Redis history: every publication once, in order, no gap", async () => {
   const redis = await startRedis();
