@@ -228,8 +228,18 @@ fn the_upgrade_checks_apply_token_origin_and_topic_cap() {
     let foreign = format!("{bearer}Origin: http://evil.example\r\n");
     let refused = Stream::open(addr, "/sse?topic=t", &foreign);
     assert_eq!(refused.status(), 403, "{}", refused.head);
+    assert_eq!(header(&refused.head, "access-control-allow-origin"), None);
     let own = format!("{bearer}Origin: http://{addr}\r\n");
-    Stream::accepted(addr, "/sse?topic=t", &own);
+    let opened = Stream::accepted(addr, "/sse?topic=t", &own);
+    let page = format!("http://{addr}");
+    let allowed = header(&opened.head, "access-control-allow-origin");
+    assert_eq!(allowed, Some(page.as_str()));
+    // A refusal is readable by the page too: it can tell 401 from 503.
+    let tokenless = format!("Origin: http://{addr}\r\n");
+    let unauthorized = Stream::open(addr, "/sse?topic=t", &tokenless);
+    assert_eq!(unauthorized.status(), 401, "{}", unauthorized.head);
+    let allowed = header(&unauthorized.head, "access-control-allow-origin");
+    assert_eq!(allowed, Some(page.as_str()));
     let many = Stream::open(addr, "/sse?topic=t&topic=u&topic=v", &bearer);
     assert_eq!(many.status(), 400, "past --max-topics");
     server.stop().unwrap();
@@ -247,16 +257,30 @@ fn a_slow_reader_under_close_is_ended_and_websocket_subscribers_get_everything()
     ws.send(common::upgrade_request("/ws?topic=t").as_bytes());
     assert!(ws.read_head().starts_with("HTTP/1.1 101"));
     let pad = "y".repeat(4096);
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let reading = read.clone();
     let reader = std::thread::spawn(move || {
         for seq in 0..2000u32 {
             let Some(Message::Text(text)) = ws.recv() else {
                 panic!("message {seq} missing");
             };
             assert!(text.starts_with(format!("{seq} ").as_bytes()));
+            reading.store(seq + 1, Ordering::Release);
         }
     });
-    // 2000 x 4 KiB: far more than the queue cap plus what the kernel buffers.
+    // 2000 x 4 KiB: far more than the queue cap plus what the kernel buffers. Published
+    // at the WebSocket reader's pace (at most 8 ahead of it, well within the cap), so a
+    // busy machine that starves the reader thread does not make it a slow consumer too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for seq in 0..2000u32 {
+        while seq > read.load(Ordering::Acquire) + 8 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader stopped at {seq}"
+            );
+            assert!(!reader.is_finished(), "the reader ended early");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         publish(&server, "t", &format!("{seq} {pad}"));
     }
     reader.join().unwrap();

@@ -12,7 +12,7 @@
 use stratus_proto::handshake::{HandshakeError, PlainRequest, UpgradeRequest};
 
 use crate::config::{App, Config};
-use crate::connection::upgrade::{Refusal, Upgrade};
+use crate::connection::upgrade::{Refusal, Upgrade, origin_allowed};
 use crate::model::offset::Since;
 use crate::model::protocol::{Protocol, sse};
 
@@ -89,24 +89,47 @@ pub(crate) fn open(
     Ok(accepted)
 }
 
-/// The 200 that opens the stream; for a request with an `Origin` (one the upgrade's
-/// check let through), that origin in `Access-Control-Allow-Origin`, with credentials
-/// allowed, so the page may
-/// read the stream. An origin that is not a plain header value is not echoed.
+/// The 200 that opens the stream, readable by the page that asked (see [`cors`]).
 fn response_head(origin: Option<&str>) -> Vec<u8> {
     let mut head = sse::RESPONSE_HEAD.as_bytes().to_vec();
-    if let Some(origin) =
-        origin.filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_graphic()))
-    {
-        head.truncate(head.len() - 2); // the blank line that ends the head
-        head.extend_from_slice(b"Access-Control-Allow-Origin: ");
-        head.extend_from_slice(origin.as_bytes());
-        // Cookies too (`withCredentials`): a WebSocket from that origin carries them anyway.
-        head.extend_from_slice(
-            b"\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n\r\n",
-        );
+    if let Some(lines) = cors(origin) {
+        let end = head.len() - 2; // before the blank line that ends the head
+        head.splice(end..end, lines.into_bytes());
     }
     head
+}
+
+/// A refusal of an event stream, readable by the page that asked (see [`cors`]): so a
+/// script on another allowed origin can tell an expired token (401) from an overloaded
+/// server (503) and act on it, not just see a failed request.
+pub(crate) fn readable(mut refusal: Refusal, origin: Option<&str>) -> Refusal {
+    if let Some(lines) = cors(origin)
+        && let Some(status_line) = refusal.response.windows(2).position(|w| w == b"\r\n")
+    {
+        let at = status_line + 2;
+        refusal.response.splice(at..at, lines.into_bytes());
+    }
+    refusal
+}
+
+/// The origin of an event-stream request that passes the Origin check, if it has one:
+/// what [`readable`] echoes.
+pub(crate) fn page_origin(request: &PlainRequest, config: &Config) -> Option<String> {
+    let origin = request.origin.as_ref()?;
+    let host = request.host.as_deref()?;
+    origin_allowed(origin, host, &config.allowed_origins).then(|| origin.clone())
+}
+
+/// The header lines that let a page on `origin` (one the Origin check let through) read
+/// the response: that origin in `Access-Control-Allow-Origin`, with credentials (cookies,
+/// `withCredentials`: a WebSocket from that origin carries them anyway). None without an
+/// origin, or for one that is not a plain header value.
+fn cors(origin: Option<&str>) -> Option<String> {
+    let origin = origin.filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_graphic()))?;
+    Some(format!(
+        "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\n\
+         Vary: Origin\r\n"
+    ))
 }
 
 /// Where the stream resumes: `Last-Event-ID` (what a browser sends on reconnecting)
@@ -214,6 +237,35 @@ mod tests {
             response_head(Some("http://a b")),
             sse::RESPONSE_HEAD.as_bytes()
         );
+    }
+
+    #[test]
+    fn a_refusal_is_readable_by_an_allowed_page_only() {
+        let config = Config {
+            allowed_origins: vec!["http://app.example".into()],
+            ..Config::default()
+        };
+        let from = |origin: &str| PlainRequest {
+            origin: Some(origin.into()),
+            ..get("/sse?topic=a")
+        };
+        let page = page_origin(&from("http://app.example"), &config);
+        assert_eq!(page.as_deref(), Some("http://app.example"));
+        assert_eq!(page_origin(&from("http://evil.example"), &config), None);
+        assert_eq!(page_origin(&get("/sse?topic=a"), &config), None);
+        let refusal = Refusal::new(401, "WWW-Authenticate: Bearer\r\n", "no token".into());
+        let readable = readable(refusal.clone(), page.as_deref());
+        let text = String::from_utf8(readable.response).unwrap();
+        assert!(
+            text.starts_with(
+                "HTTP/1.1 401 Unauthorized\r\nAccess-Control-Allow-Origin: http://app.example\r\n\
+                 Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("WWW-Authenticate: Bearer\r\n") && text.ends_with("no token\n"));
+        assert_eq!(readable.status, 401);
+        assert_eq!(super::readable(refusal.clone(), None), refusal);
     }
 
     #[test]

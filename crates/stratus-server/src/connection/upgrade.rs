@@ -218,7 +218,7 @@ pub(crate) fn upgrade(
 /// with no allow-list only from the server's own origin (so a page elsewhere cannot
 /// use a visitor's browser to reach a server on localhost or an intranet), with `*` from
 /// anywhere, else from the listed origins (ASCII case ignored).
-fn origin_allowed(origin: &str, host: &str, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(origin: &str, host: &str, allowed: &[String]) -> bool {
     if allowed.is_empty() {
         return origin.split_once("://").is_some_and(|(scheme, authority)| {
             authority_without_default_port(scheme, authority)

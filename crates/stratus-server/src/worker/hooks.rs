@@ -140,6 +140,9 @@ impl Worker {
         let Some(asked) = conn.client_mut().take_authorizing() else {
             return;
         };
+        // An event stream's page (its origin passed the check before the hook was asked)
+        // may read a refusal.
+        let page = asked.stream.as_ref().and(asked.request.origin.clone());
         let accepted = match result {
             Ok(Ok(connected)) => accept(
                 &self.hub,
@@ -151,7 +154,8 @@ impl Worker {
             ),
             Ok(Err(refused)) => Err(Refusal::new(refused.status, "", refused.reason)),
             Err(failure) => Err(refusal_for(&failure)),
-        };
+        }
+        .map_err(|refusal| sse::readable(refusal, page.as_deref()));
         let mut input = conn.take_input(&mut self.scratch);
         self.finish_handshake(id, accepted, &mut input.buf);
         if let Some(conn) = self.conns.get(id) {

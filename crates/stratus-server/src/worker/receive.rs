@@ -127,10 +127,13 @@ impl Worker {
             return;
         };
         let draining = self.draining.is_some();
+        // The origin of an event stream's page, which may read a refusal.
+        let mut page = None;
         let asked = match conn.client_mut().read_request(buf) {
             Ok(None) => return,
             Ok(Some((Request::Plain(request), head))) if sse::is_sse(&request) => {
                 // An event stream: judged as the upgrade it stands for.
+                page = sse::page_origin(&request, config);
                 sse::as_upgrade(&request, config).map(|(request, stream)| {
                     let asked = Asked {
                         request,
@@ -171,7 +174,7 @@ impl Worker {
         let accepted = match accepted {
             Ok(None) => return,
             Ok(Some(accepted)) => Ok(accepted),
-            Err(refusal) => Err(refusal),
+            Err(refusal) => Err(sse::readable(refusal, page.as_deref())),
         };
         self.finish_handshake(id, accepted, buf);
     }
