@@ -191,8 +191,8 @@ export async function probe(url: string, fetchImpl: typeof fetch, timeout: numbe
         }, timeout)
       : null;
   try {
-    // no-cors: a page on another origin gets an opaque answer (the server does not allow
-    // reading its refusals), which still says that something answered.
+    // no-cors: the probe only asks whether something answers; a page on another origin
+    // gets an opaque answer, which says as much.
     const response = await fetchImpl(url, { signal: controller.signal, mode: "no-cors" });
     if (response.type === "opaque" || response.status === 400 || response.status === 200) {
       void response.body?.cancel().catch(() => {});
