@@ -126,6 +126,7 @@ pub(crate) fn history_read(from: Since, budget: usize) -> HistoryRead {
         page: PAGE,
         limit: 1000,
         resumes: true,
+        shared_start: false,
     }
 }
 

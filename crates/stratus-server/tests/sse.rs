@@ -180,6 +180,54 @@ fn ids_come_with_history_and_last_event_id_resumes_then_goes_live() {
 }
 
 #[test]
+fn one_resume_point_for_several_topics_is_a_moment_missing_nothing_and_no_false_gap() {
+    let server = start(|c| c.history = 100);
+    let addr = server.local_addr();
+    let mut first = Stream::accepted(addr, "/sse?topic=a&topic=b", "");
+    publish(&server, "a", "a1");
+    // Offsets are per topic: two topics' first publications in one millisecond share one
+    // (a moment that is both; see docs/protocol.md section 21).
+    std::thread::sleep(Duration::from_millis(3));
+    publish(&server, "b", "b1");
+    let a1 = first.event().unwrap();
+    let b1 = first.event().unwrap();
+    assert_eq!((a1.data.as_str(), b1.data.as_str()), ("a1", "b1"));
+    drop(first);
+    // Resumed from b1 (the newest seen, not an offset of topic a): a has nothing newer
+    // and is no gap; b goes on from b1.
+    let since = b1.id.expect("an id");
+    let resume = format!("Last-Event-ID: {since}\r\n");
+    let mut resumed = Stream::accepted(addr, "/sse?topic=a&topic=b", &resume);
+    publish(&server, "a", "a2");
+    publish(&server, "b", "b2");
+    let live: Vec<(String, String)> = (0..2)
+        .map(|_| resumed.event().unwrap())
+        .map(|e| (e.name, e.data))
+        .collect();
+    let expected = [("a", "a2"), ("b", "b2")].map(|(n, d)| (n.to_owned(), d.to_owned()));
+    assert_eq!(live, expected, "no gap event, nothing twice");
+    drop(resumed);
+    // Resumed from a1: b1, b2 and a2 were published after it, and come once each.
+    let since = a1.id.expect("an id");
+    let resume = format!("Last-Event-ID: {since}\r\n");
+    let mut older = Stream::accepted(addr, "/sse?topic=a&topic=b", &resume);
+    let mut missed: Vec<String> = (0..3).map(|_| older.event().unwrap().data).collect();
+    missed.sort();
+    assert_eq!(missed, ["a2", "b1", "b2"]);
+    publish(&server, "a", "a3");
+    assert_eq!(older.event().unwrap().data, "a3", "then live, no gap");
+    drop(older);
+    // One `since` per topic (what the SDK sends): each from its own; `$` starts live.
+    let each = format!("/sse?topic=a&since={since}&topic=b&since=%24");
+    let mut own = Stream::accepted(addr, &each, "");
+    let replayed: Vec<String> = (0..2).map(|_| own.event().unwrap().data).collect();
+    assert_eq!(replayed, ["a2", "a3"], "a from a1, b from now");
+    publish(&server, "b", "b3");
+    assert_eq!(own.event().unwrap().data, "b3");
+    server.stop().unwrap();
+}
+
+#[test]
 fn a_resume_on_a_topic_without_history_is_a_gap() {
     let server = start(|_| {});
     let mut stream = Stream::accepted(

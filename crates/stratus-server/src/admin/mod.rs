@@ -666,6 +666,7 @@ async fn history(admin: &Admin, topic: &str, request: &Request) -> Response {
         page: limit,
         limit: usize::MAX,
         resumes: false,
+        shared_start: false,
     };
     let Some(page) = admin.hub.history(topic, read).await else {
         return error(404, "no history is kept for this topic");

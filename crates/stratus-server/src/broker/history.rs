@@ -13,8 +13,9 @@ use crate::model::publication::Publication;
 type RawEntry = (String, Vec<Vec<u8>>);
 
 /// One page of `topic`'s history for `read`. Redis trims the oldest entries first, so
-/// while the entry at the read's offset is still there nothing after it was trimmed; once
-/// it is gone, some may have been (Redis does not say how far it trimmed).
+/// while the entry at the read's offset (or any older one) is still there nothing after
+/// it was trimmed; once none is, some may have been (Redis does not say how far it
+/// trimmed).
 pub(crate) async fn fetch_history(
     conn: &mut MultiplexedConnection,
     topic: &str,
@@ -46,9 +47,27 @@ pub(crate) async fn fetch_history(
         .into_iter()
         .filter_map(|(id, fields)| Some((Offset::parse(&id)?, wire::publication(fields.get(1)?)?)))
         .collect();
+    // The read's own entry gone (or never one: an event stream's shared resume point):
+    // an entry kept at or before it says nothing after it was trimmed. A second round
+    // trip, only then.
+    let mut oldest = None;
+    if let Since::After(after) = read.from
+        && entries.first().is_none_or(|(first, _)| *first != after)
+    {
+        let before: Vec<RawEntry> = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg(after.to_string())
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        oldest = before.first().and_then(|(id, _)| Offset::parse(id));
+    }
     let extent = Extent {
         newest,
         removed_up_to: None,
+        oldest,
     };
     Ok(HistoryPage::cut(&read, entries, extent))
 }

@@ -13,7 +13,7 @@ use stratus_proto::handshake::{HandshakeError, PlainRequest, UpgradeRequest};
 
 use crate::config::{App, Config};
 use crate::connection::upgrade::{Refusal, Upgrade, origin_allowed};
-use crate::model::offset::Since;
+use crate::model::offset::{Resume, Since};
 use crate::model::protocol::{Protocol, sse};
 
 /// The event-stream endpoint.
@@ -32,8 +32,8 @@ pub(crate) fn is_sse(request: &PlainRequest) -> bool {
 /// What an event-stream request carries beyond the upgrade it is judged as.
 #[derive(Debug, Clone)]
 pub(crate) struct Stream {
-    /// Where it resumes (`Last-Event-ID`, or `since`).
-    pub(crate) resume: Option<Since>,
+    /// Where its topics resume (`Last-Event-ID`, or `since`).
+    pub(crate) resume: Option<Resume>,
     /// The request's own target (`/sse?...`), for the connect hook.
     pub(crate) target: String,
 }
@@ -132,23 +132,51 @@ fn cors(origin: Option<&str>) -> Option<String> {
     ))
 }
 
-/// Where the stream resumes: `Last-Event-ID` (what a browser sends on reconnecting)
-/// over `since` in the query; an empty one is none.
-fn resume_point(last_event_id: Option<&str>, query: &str) -> Result<Option<Since>, Refusal> {
-    let since = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "since")
-        .map(|(_, v)| v.into_owned());
-    let Some(text) = last_event_id.map(str::to_owned).or(since) else {
-        return Ok(None);
-    };
-    if text.is_empty() {
-        return Ok(None);
-    }
-    match Since::parse(&text) {
-        Some(since) => Ok(Some(since)),
-        None => {
+/// Where the stream's topics resume: `Last-Event-ID` (what a browser sends on
+/// reconnecting) over `since` in the query, for every topic; or, with a `since` for
+/// every `topic`, each topic from its own (paired in order; what the SDK sends). An
+/// empty one is none.
+fn resume_point(last_event_id: Option<&str>, query: &str) -> Result<Option<Resume>, Refusal> {
+    let parse = |text: &str| {
+        Since::parse(text).ok_or_else(|| {
             let why = format!("invalid event id {text:?}: an offset is <ms>-<seq>");
+            Refusal::new(400, "", why)
+        })
+    };
+    if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
+        return Ok(Some(Resume::All(parse(id)?)));
+    }
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "since" || k == "topic")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let since: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "since")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let topics: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "topic")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match since[..] {
+        [] | [""] => Ok(None),
+        [one] => Ok(Some(Resume::All(parse(one)?))),
+        _ if since.len() != topics.len() => {
+            let why = format!(
+                "{} since for {} topics: give one for all, or one per topic",
+                since.len(),
+                topics.len()
+            );
             Err(Refusal::new(400, "", why))
+        }
+        _ => {
+            let each = topics
+                .iter()
+                .zip(&since)
+                .map(|(topic, since)| Ok(((*topic).to_owned(), parse(since)?)));
+            Ok(Some(Resume::Each(each.collect::<Result<_, Refusal>>()?)))
         }
     }
 }
@@ -193,7 +221,7 @@ mod tests {
         let ok = accept(&get("/sse?topic=a&topic=b&since=5-1"), &config, false).unwrap();
         assert_eq!(ok.topics, ["a", "b"]);
         assert_eq!(ok.protocol, Protocol::Sse);
-        assert_eq!(ok.resume, Some(Since::After(Offset(5, 1))));
+        assert_eq!(ok.resume, Some(Resume::All(Since::After(Offset(5, 1)))));
         assert!(
             ok.response
                 .starts_with(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream")
@@ -205,9 +233,29 @@ mod tests {
         let resumed = accept(&header, &config, false).unwrap();
         assert_eq!(
             resumed.resume,
-            Some(Since::After(Offset(9, 0))),
+            Some(Resume::All(Since::After(Offset(9, 0)))),
             "Last-Event-ID wins"
         );
+        let each = accept(
+            &get("/sse?topic=a&since=5-1&topic=b&since=%24"),
+            &config,
+            false,
+        );
+        let expected = vec![
+            ("a".to_owned(), Since::After(Offset(5, 1))),
+            ("b".to_owned(), Since::Now),
+        ];
+        assert_eq!(
+            each.unwrap().resume,
+            Some(Resume::Each(expected)),
+            "one per topic"
+        );
+        let unpaired = accept(
+            &get("/sse?topic=a&since=5-1&since=6-0&topic=b&topic=c"),
+            &config,
+            false,
+        );
+        assert_eq!(unpaired.err().map(|r| r.status), Some(400));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::config::{App, Config};
 use crate::model::auth::{self, Grant};
 use crate::model::broadcast::FrameChoice;
 use crate::model::hook::Connected;
-use crate::model::offset::Since;
+use crate::model::offset::Resume;
 use crate::model::protocol::{Protocol, v1};
 use crate::model::topic;
 
@@ -27,9 +27,9 @@ pub(crate) struct Upgrade {
     /// The topics the connect hook subscribed it to (besides `topics`, which the URL
     /// asked for).
     pub(crate) chosen: Vec<String>,
-    /// An event stream's resume point (`Last-Event-ID` or `since`), for each of its
-    /// topics that keeps history.
-    pub(crate) resume: Option<Since>,
+    /// Where an event stream's topics resume (`Last-Event-ID`, or `since`: one for all
+    /// its topics, or one per topic), for those that keep history.
+    pub(crate) resume: Option<Resume>,
 }
 
 /// A refused upgrade: the HTTP status, the response, and why (for the log).

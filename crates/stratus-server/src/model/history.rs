@@ -51,6 +51,10 @@ pub(crate) struct HistoryRead {
     /// answered with a gap if the topic is unsubscribed first. A `history` command's read
     /// does not wait for anything.
     pub(crate) resumes: bool,
+    /// The start is a moment (an event stream's resume point: with one for several
+    /// topics, the newest offset it delivered on any of them), not necessarily one of
+    /// this topic's offsets: a topic with nothing newer has missed nothing.
+    pub(crate) shared_start: bool,
 }
 
 impl Retention {
@@ -123,6 +127,10 @@ pub(crate) struct Extent {
     /// that is known: a read from at or after it misses nothing even if its own entry
     /// is gone.
     pub(crate) removed_up_to: Option<Offset>,
+    /// An entry kept at or before the read's start, if one is known (the oldest, or any
+    /// such): entries go oldest first, so a read from at or after it misses nothing
+    /// either.
+    pub(crate) oldest: Option<Offset>,
 }
 
 impl HistoryPage {
@@ -170,6 +178,16 @@ impl HistoryPage {
         let Some(newest) = extent.newest else {
             return Self::unavailable("no history is kept for this topic any more");
         };
+        if after > newest && read.shared_start {
+            // Nothing on this topic since that moment: live messages from its newest on.
+            return Self {
+                entries: Vec::new(),
+                gap: None,
+                floor: newest,
+                more: false,
+                failed: false,
+            };
+        }
         if after > newest {
             return Self {
                 entries: Vec::new(),
@@ -179,7 +197,8 @@ impl HistoryPage {
                 failed: false,
             };
         }
-        let complete = extent.removed_up_to.is_some_and(|removed| after >= removed);
+        let complete = extent.removed_up_to.is_some_and(|removed| after >= removed)
+            || extent.oldest.is_some_and(|oldest| oldest <= after);
         let mut gap = match entries.first() {
             Some((first, _)) if *first == after => {
                 entries.remove(0);
@@ -233,7 +252,49 @@ mod tests {
         Extent {
             newest: Some(Offset(newest, 0)),
             removed_up_to: removed.map(|ms| Offset(ms, 0)),
+            oldest: None,
         }
+    }
+
+    #[test]
+    fn a_read_from_a_moment_between_entries_misses_nothing_if_the_oldest_is_before_it() {
+        // An event stream's resume point is another topic's offset: not one of these.
+        let kept = Extent {
+            oldest: Some(Offset(1, 0)),
+            ..extent(6, None)
+        };
+        let shared = HistoryRead {
+            shared_start: true,
+            ..read(Since::After(Offset(4, 5)), 1 << 20)
+        };
+        let page = HistoryPage::cut(&shared, entries(5..=6), kept);
+        let offsets: Vec<u64> = page.entries.iter().map(|(o, _)| o.0).collect();
+        assert_eq!((offsets, page.gap), (vec![5, 6], None));
+        let own = HistoryPage::cut(
+            &read(Since::After(Offset(4, 5)), 1 << 20),
+            entries(5..=6),
+            kept,
+        );
+        assert_eq!(own.gap, None, "everything after the oldest kept is kept");
+        let trimmed = Extent {
+            oldest: Some(Offset(5, 0)),
+            ..kept
+        };
+        let page = HistoryPage::cut(&shared, entries(5..=6), trimmed);
+        assert!(
+            page.gap.is_some(),
+            "entries before 5 are gone: some may be missed"
+        );
+        // Nothing on this topic since that moment: no gap, live from its newest on.
+        let later = HistoryRead {
+            shared_start: true,
+            ..read(Since::After(Offset(9, 0)), 1 << 20)
+        };
+        let page = HistoryPage::cut(&later, Vec::new(), kept);
+        assert_eq!(
+            (page.gap, page.floor, page.entries.len()),
+            (None, Offset(6, 0), 0)
+        );
     }
 
     #[test]
@@ -289,6 +350,7 @@ mod tests {
         let empty = Extent {
             newest: None,
             removed_up_to: None,
+            oldest: None,
         };
         let page = HistoryPage::cut(&read(Since::Now, 1 << 20), Vec::new(), empty);
         assert_eq!(

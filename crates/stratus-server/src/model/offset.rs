@@ -29,6 +29,25 @@ impl fmt::Display for Offset {
     }
 }
 
+/// Where an event stream's topics resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// Every topic from one point: `Last-Event-ID`, or a single `since`.
+    All(Since),
+    /// Each topic from its own point: a `since` for every `topic`, paired in order.
+    Each(Vec<(String, Since)>),
+}
+
+impl Resume {
+    /// Where `topic` resumes (`None`: it starts live, with no notice).
+    pub(crate) fn of(&self, topic: &str) -> Option<Since> {
+        match self {
+            Self::All(since) => Some(*since),
+            Self::Each(each) => each.iter().find(|(t, _)| t == topic).map(|(_, s)| *s),
+        }
+    }
+}
+
 /// Where a subscription with offsets starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Since {

@@ -170,6 +170,7 @@ impl MemoryHistory {
             let extent = Extent {
                 newest: None,
                 removed_up_to: None,
+                oldest: None,
             };
             return HistoryPage::cut(read, Vec::new(), extent);
         };
@@ -187,7 +188,9 @@ impl MemoryHistory {
         };
         let extent = Extent {
             newest: log.entries.back().map(|(o, _)| *o).or(log.last),
-            removed_up_to: log.removed_up_to,
+            // A topic's log lives as long as the node: none removed means none ever was.
+            removed_up_to: Some(log.removed_up_to.unwrap_or(Offset::ZERO)),
+            oldest: log.entries.front().map(|(o, _)| *o),
         };
         HistoryPage::cut(read, entries, extent)
     }

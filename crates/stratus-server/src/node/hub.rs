@@ -1026,6 +1026,7 @@ mod tests {
             page: crate::model::history::PAGE,
             limit: 10,
             resumes: true,
+            shared_start: false,
         };
         hub.read_history(t.clone(), read);
         let Ok(WorkerMsg::History { page, .. }) = inboxes[0].try_recv() else {

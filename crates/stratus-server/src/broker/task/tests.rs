@@ -237,6 +237,7 @@ fn the_task_mirrors_interest_publishes_and_reads_history_for_its_node() {
             page: crate::model::history::PAGE,
             limit: 100,
             resumes: true,
+            shared_start: false,
         };
         let topic = topic.clone();
         task.requests
@@ -312,6 +313,7 @@ fn history_reads_while_redis_is_unreachable_are_answered_with_a_gap() {
         page: crate::model::history::PAGE,
         limit: 100,
         resumes: true,
+        shared_start: false,
     };
     task.requests
         .send(BrokerRequest::History {

@@ -508,7 +508,17 @@ impl PubSub {
         };
         if let Some(from) = read {
             let reply = if v1 { reply.clone() } else { None };
-            self.recover(ctx, id, client, &options, topic.clone(), from, room, reply);
+            self.recover(
+                ctx,
+                id,
+                client,
+                &options,
+                topic.clone(),
+                from,
+                false,
+                room,
+                reply,
+            );
             if v1 {
                 return Ok(Subscribed::Later);
             }
@@ -639,6 +649,7 @@ impl PubSub {
         options: &TopicOptions,
         topic: Arc<str>,
         from: Since,
+        shared_start: bool,
         room: usize,
         reply: Option<CommandId>,
     ) {
@@ -668,6 +679,7 @@ impl PubSub {
             page: PAGE,
             limit: options.history.saturating_add(RECOVERY_SLACK),
             resumes: true,
+            shared_start,
         };
         ctx.hub.read_history(topic, read);
     }
@@ -800,6 +812,7 @@ impl PubSub {
                     .history
                     .saturating_add(RECOVERY_SLACK),
                 resumes: true,
+                shared_start: false,
             };
             reads.push((recovery.topic.clone(), read));
         }

@@ -1,11 +1,14 @@
 //! An event stream's subscriptions: the topics of its URL, each resumed from its
-//! `Last-Event-ID` (or `since`) through the same recovery as a v1 subscribe's `since`
-//! where the topic keeps history; a topic that keeps none starts live, with a gap event
-//! (what was published while the client was away is lost).
+//! `Last-Event-ID` or `since` (one for all topics, or one per topic) through the same
+//! recovery as a v1 subscribe's `since` where the topic keeps history; a topic that keeps
+//! none starts live, with a gap event (what was published while the client was away is
+//! lost). A stream's resume point is read as a moment: with one for several topics it
+//! is another topic's offset for all but one, and a topic with nothing newer has missed
+//! nothing.
 
 use crate::connection::Client;
 use crate::model::conn_id::ConnId;
-use crate::model::offset::Since;
+use crate::model::offset::{Resume, Since};
 use crate::model::protocol::Notice;
 
 use super::{Context, PubSub};
@@ -19,10 +22,10 @@ impl PubSub {
         id: ConnId,
         client: &mut Client,
         topics: &[String],
-        resume: Option<Since>,
+        resume: Option<Resume>,
     ) {
         self.on_upgrade(ctx, id, client, topics);
-        let Some(from) = resume else {
+        let Some(resume) = resume else {
             return;
         };
         if !client.is_streaming() {
@@ -31,6 +34,9 @@ impl PubSub {
         }
         for name in topics {
             let Some(topic) = client.topics().iter().find(|t| &***t == name).cloned() else {
+                continue;
+            };
+            let Some(from) = resume.of(name) else {
                 continue;
             };
             let options = ctx.config.options(name);
@@ -45,7 +51,8 @@ impl PubSub {
                     .config
                     .max_send_queue
                     .saturating_sub(client.queued_bytes());
-                self.recover(ctx, id, client, &options, topic, from, room, None);
+                // A stream's resume point is a moment (see `HistoryRead::shared_start`).
+                self.recover(ctx, id, client, &options, topic, from, true, room, None);
             } else if matches!(from, Since::After(_)) {
                 let reason = "the topic keeps no history: messages published meanwhile are lost";
                 let gap = Notice::Gap {

@@ -321,6 +321,7 @@ impl PubSub {
             page: limit,
             limit: usize::MAX,
             resumes: false,
+            shared_start: false,
         };
         ctx.hub.read_history(Arc::from(name), read);
         Ok(())
