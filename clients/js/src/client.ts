@@ -25,7 +25,7 @@ import { base64ToBytes, decodeBinaryPublication } from "./binary.js";
 import { Emitter } from "./emitter.js";
 import { StratusError, type ErrorReply } from "./errors.js";
 import { EventStreamRequest, probe, type EventStreamEnd } from "./event-stream.js";
-import { compareOffsets, isOffset } from "./offset.js";
+import { compareOffsets, isOffset, offsetBefore } from "./offset.js";
 import {
   SUBPROTOCOL,
   type GapNotice,
@@ -208,8 +208,8 @@ interface SseStream {
   topics: Set<string>;
   /** Topics not on the last stream that opened on this connection (a refusal is theirs). */
   added: Set<string>;
-  /** The resume point sent. */
-  since: string | undefined;
+  /** Where each topic resumes, as sent (one `since` per topic). */
+  since: Map<string, string>;
   token: string | null;
   request: EventStreamRequest | null;
   open: boolean;
@@ -256,6 +256,8 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
   #stream: SseStream | null = null;
   /** The topics of the last stream that opened on this connection. */
   #sseOpenTopics = new Set<string>();
+  /** Topics a stream carried since `connect()` (their position is at least the stream's newest). */
+  #sseCarried = new Set<string>();
   #sseSyncQueued = false;
   /** The newest offset delivered over SSE (on any topic): where a reopened stream resumes. */
   #sseNewest: string | null = null;
@@ -758,7 +760,7 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     const confirm =
       this.#kept !== "sse" && !this.#fallbackConfirmed && this.#transports.slice(0, this.#index).includes("websocket");
     if (confirm || (this.#wantedTopics().size === 0 && !this.#fallbackConfirmed)) {
-      const result = await probe(this.#sseRequestUrl([], undefined, token), fetchImpl, this.#options.connectTimeout);
+      const result = await probe(this.#sseRequestUrl(new Map(), token), fetchImpl, this.#options.connectTimeout);
       if (generation !== this.#generation) return;
       if (result !== "ok") {
         this.#sseAttemptFailed(result, token);
@@ -792,20 +794,30 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     return topics;
   }
 
-  /** The stream's resume point: the newest offset delivered on any topic (offsets are time-ordered). */
-  #streamSince(): string | undefined {
-    let best = this.#sseNewest;
-    for (const sub of this.#subs.values()) {
-      const { since } = sub.resumeFrom();
-      if (since !== undefined && isOffset(since) && (best === null || compareOffsets(since, best) > 0)) best = since;
+  /**
+   * Where each topic of a stream resumes (one `since` per topic, docs/protocol.md section
+   * 21, so each resumes exactly): its own newest offset, or the `since` it asked for; for
+   * a topic an earlier stream carried that has neither, just before the newest offset
+   * delivered on any topic (it missed nothing until then); else `$` (live).
+   */
+  #streamPositions(topics: Set<string>): Map<string, string> {
+    const moment = this.#sseNewest === null ? null : offsetBefore(this.#sseNewest);
+    const positions = new Map<string, string>();
+    for (const topic of topics) {
+      const since = this.#subs.get(topic)?.resumeFrom().since;
+      if (since !== undefined && (since === "$" || isOffset(since))) positions.set(topic, since);
+      else if (moment !== null && this.#sseCarried.has(topic)) positions.set(topic, moment);
+      else positions.set(topic, "$");
     }
-    return best ?? undefined;
+    return positions;
   }
 
-  #sseRequestUrl(topics: Iterable<string>, since: string | undefined, token: string | null): string {
+  #sseRequestUrl(positions: Map<string, string>, token: string | null): string {
     const url = new URL(this.sseUrl);
-    for (const topic of topics) url.searchParams.append("topic", topic);
-    if (since !== undefined) url.searchParams.set("since", since);
+    for (const [topic, since] of positions) {
+      url.searchParams.append("topic", topic);
+      url.searchParams.append("since", since);
+    }
     if (token !== null) url.searchParams.set("token", token);
     return url.toString();
   }
@@ -813,7 +825,7 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
   #newStream(topics: Set<string>): SseStream {
     const added = new Set<string>();
     for (const t of topics) if (!this.#sseOpenTopics.has(t)) added.add(t);
-    const stream: SseStream = { topics, added, since: undefined, token: null, request: null, open: false };
+    const stream: SseStream = { topics, added, since: new Map(), token: null, request: null, open: false };
     this.#stream = stream;
     return stream;
   }
@@ -825,10 +837,10 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
       this.#onStreamEnd(stream, { kind: "failed", error: new TypeError("no fetch implementation: pass options.fetch") });
       return;
     }
-    stream.since = this.#streamSince();
+    stream.since = this.#streamPositions(stream.topics);
     stream.token = token;
     stream.request = new EventStreamRequest({
-      url: this.#sseRequestUrl(stream.topics, stream.since, token),
+      url: this.#sseRequestUrl(stream.since, token),
       fetch: fetchImpl,
       connectTimeout: this.#options.connectTimeout,
       idleTimeout: this.#options.sseIdleTimeout,
@@ -870,13 +882,16 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     }
     this.#sseOpenTopics = new Set(stream.topics);
     for (const topic of stream.topics) {
+      this.#sseCarried.add(topic);
+      const since = stream.since.get(topic);
+      const resumed = since !== undefined && isOffset(since);
       this.#subs.get(topic)?.handleStreamOpen({
         type: "reply",
         id: 0,
         op: "subscribe",
         topic,
-        offset: stream.since ?? null,
-        recovering: stream.since !== undefined,
+        offset: resumed ? since : null,
+        recovering: resumed,
       });
     }
     this.#scheduleSseSync(); // subscriptions made or ended while it opened
@@ -1090,6 +1105,7 @@ export class Client extends Emitter<ClientEvents> implements SubscriptionHost {
     const existing = this.#subs.get(topic);
     if (existing && existing.active) return existing;
     const sub = new Subscription(this, topic, options);
+    this.#sseCarried.delete(topic); // a new subscription: nothing owed from before it
     this.#subs.set(topic, sub);
     if (this.#state === "connected") {
       if (this.#current === "sse") this.#scheduleSseSync();

@@ -34,7 +34,7 @@ export { StratusError, SERVER_CODES, SDK_CODES, RETRYABLE_CODES } from "./errors
 export type { ErrorCode, ErrorReply, SdkErrorCode, ServerErrorCode } from "./errors.js";
 export { backoffDelay, resolveBackoff, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions, ResolvedBackoff } from "./backoff.js";
-export { compareOffsets, isOffset, parseOffset, OffsetTracker } from "./offset.js";
+export { compareOffsets, isOffset, offsetBefore, parseOffset, OffsetTracker } from "./offset.js";
 export type { ParsedOffset } from "./offset.js";
 export { decodeBinaryPublication, encodeBinaryPublication, base64ToBytes, BINARY_PUB } from "./binary.js";
 export type { BinaryPublication } from "./binary.js";

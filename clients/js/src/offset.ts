@@ -86,3 +86,17 @@ export class OffsetTracker {
     return true;
   }
 }
+
+/**
+ * The offset just before `offset` (the same milliseconds with the sequence one less, or
+ * the millisecond before with the largest sequence), or null before `0-0`: a resume
+ * point from which a publication with exactly `offset` on another topic is not taken as
+ * already received (offsets are unique within a topic only).
+ */
+export function offsetBefore(offset: string): string | null {
+  const p = parseOffset(offset);
+  if (!p) throw new TypeError(`not an offset: ${JSON.stringify(offset)}`);
+  if (p.seq > 0n) return `${p.ms}-${p.seq - 1n}`;
+  if (p.ms > 0n) return `${p.ms - 1n}-${U64_MAX}`;
+  return null;
+}

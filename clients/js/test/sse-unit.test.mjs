@@ -338,7 +338,7 @@ describe("client over SSE (scripted fetch)", () => {
     c.close();
   });
 
-  test("subscriptions make one stream; changes in one go make one reopen, resuming from the newest offset delivered", async () => {
+  test("subscriptions make one stream; changes in one go make one reopen, resuming each topic from its own position", async () => {
     const streams = [];
     const fetch = scriptedFetch((call) => {
       if (topics(call).length === 0) return topicless();
@@ -355,7 +355,7 @@ describe("client over SSE (scripted fetch)", () => {
     await fetch.called(2);
     const [ra, rb] = await within(Promise.all([a.ready, b.ready]), 2000, "subscribed");
     assert.deepEqual(topics(fetch.calls[1]), ["a", "b", "d"]);
-    assert.equal(fetch.calls[1].url.searchParams.get("since"), null);
+    assert.deepEqual(fetch.calls[1].url.searchParams.getAll("since"), ["$", "$", "$"], "one per topic: live");
     assert.equal(ra.offset, null);
     assert.equal(rb.op, "subscribe");
     assert.equal(a.state, "subscribed");
@@ -367,13 +367,15 @@ describe("client over SSE (scripted fetch)", () => {
     streams[0].send("event: d\ndata: no history\n\n");
     await until(() => got.length === 3, 2000, "three publications");
 
-    // Two changes in one go: one reopen, resuming from the newest offset delivered (200-0).
+    // Two changes in one go: one reopen. b resumes from its own offset; d, carried but
+    // with no offset of its own, from just before the newest delivered on any topic (it
+    // missed nothing until then); e, new, live.
     void a.unsubscribe();
     const e = c.subscribe("e");
     await fetch.called(3);
     assert.ok(fetch.calls[1].aborted, "the old stream is closed");
     assert.deepEqual(topics(fetch.calls[2]), ["b", "d", "e"]);
-    assert.equal(fetch.calls[2].url.searchParams.get("since"), "200-0");
+    assert.deepEqual(fetch.calls[2].url.searchParams.getAll("since"), ["200-0", "199-18446744073709551615", "$"]);
     await within(e.ready, 2000, "e subscribed");
     assert.equal(b.state, "subscribed");
     // What the resume repeats is dropped; what is new arrives.
@@ -395,12 +397,12 @@ describe("client over SSE (scripted fetch)", () => {
     c.close();
   });
 
-  test("the first stream resumes from the newest `since` given; each subscription starts after its own", async () => {
+  test("the first stream resumes each topic from the `since` it asked for, and each starts after its own", async () => {
     const { streams, fetch, c } = streamingClient();
     const a = c.subscribe("a", { since: "5-0" });
     const b = c.subscribe("b", { since: "9-0" });
     await within(c.connect(), 2000, "connect");
-    assert.equal(fetch.calls[0].url.searchParams.get("since"), "9-0");
+    assert.deepEqual(fetch.calls[0].url.searchParams.getAll("since"), ["5-0", "9-0"]);
     assert.equal((await a.ready).recovering, true);
     const got = [];
     for (const s of [a, b]) s.on("message", (m) => got.push(m.offset));

@@ -123,7 +123,7 @@ test("fallback: a proxy refuses WebSocket upgrades; the client ends up on SSE an
   // Requests: the topic-less check, then the stream; both plain GETs with the token-free query.
   assert.equal(proxy.stats.requests.length, 2);
   assert.equal(proxy.stats.requests[0], "/sse");
-  assert.equal(proxy.stats.requests[1], "/sse?topic=fb");
+  assert.equal(proxy.stats.requests[1], "/sse?topic=fb&since=%24");
   c.close();
   proxy.close();
 });

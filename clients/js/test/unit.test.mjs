@@ -14,6 +14,7 @@ import {
   compareOffsets,
   decodeBinaryPublication,
   encodeBinaryPublication,
+  offsetBefore,
   parseOffset,
   resolveBackoff,
 } from "../dist/index.js";
@@ -81,6 +82,14 @@ describe("backoff", () => {
 });
 
 describe("offsets", () => {
+  test("the offset just before another: the sequence one less, or the millisecond before at the largest", () => {
+    assert.equal(offsetBefore("10-3"), "10-2");
+    assert.equal(offsetBefore("10-0"), "9-18446744073709551615");
+    assert.equal(compareOffsets(offsetBefore("9007199254740993-0"), "9007199254740993-0"), -1);
+    assert.equal(offsetBefore("0-0"), null);
+    assert.throws(() => offsetBefore("x"), TypeError);
+  });
+
   test("order as (ms, seq) pairs, not as strings", () => {
     assert.equal(compareOffsets("9-0", "10-0"), -1);
     assert.equal(compareOffsets("10-0", "9-0"), 1);

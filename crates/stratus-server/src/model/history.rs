@@ -123,9 +123,9 @@ pub(crate) struct HistoryPage {
 pub(crate) struct Extent {
     /// The newest entry's offset (`None`: no history, or none kept any more).
     pub(crate) newest: Option<Offset>,
-    /// Every entry removed so far (trimmed or expired) is at or below this offset, when
-    /// that is known: a read from at or after it misses nothing even if its own entry
-    /// is gone.
+    /// Every entry removed so far (trimmed or expired), or given before the history
+    /// began (a node's previous run), is at or below this offset, when that is known: a
+    /// read from at or after it misses nothing even if its own entry is gone.
     pub(crate) removed_up_to: Option<Offset>,
     /// An entry kept at or before the read's start, if one is known (the oldest, or any
     /// such): entries go oldest first, so a read from at or after it misses nothing
@@ -175,7 +175,19 @@ impl HistoryPage {
             }
             Since::After(after) => after,
         };
+        let complete = extent.removed_up_to.is_some_and(|removed| after >= removed)
+            || extent.oldest.is_some_and(|oldest| oldest <= after);
         let Some(newest) = extent.newest else {
+            if complete {
+                // Nothing was ever published on it after that offset.
+                return Self {
+                    entries: Vec::new(),
+                    gap: None,
+                    floor: after,
+                    more: false,
+                    failed: false,
+                };
+            }
             return Self::unavailable("no history is kept for this topic any more");
         };
         if after > newest && read.shared_start {
@@ -197,8 +209,6 @@ impl HistoryPage {
                 failed: false,
             };
         }
-        let complete = extent.removed_up_to.is_some_and(|removed| after >= removed)
-            || extent.oldest.is_some_and(|oldest| oldest <= after);
         let mut gap = match entries.first() {
             Some((first, _)) if *first == after => {
                 entries.remove(0);

@@ -80,6 +80,10 @@ struct Inner {
     /// Every entry kept, oldest first, over all topics: what goes first past the cap.
     order: VecDeque<(Arc<str>, Offset)>,
     bytes: usize,
+    /// The first offset this node gave (on any topic): from there on every topic's
+    /// publications are in its log (a topic without one has had none), while what came
+    /// before (a previous run of the node) is unknown.
+    began: Option<Offset>,
 }
 
 /// The node's history of every topic whose options keep one.
@@ -125,6 +129,7 @@ impl MemoryHistory {
         let log = inner.topics.entry(name.clone()).or_default();
         let offset = log.next_offset(now_ms);
         log.last = Some(offset);
+        inner.began.get_or_insert(offset);
         let cost = Log::cost(publication);
         log.entries.push_back((offset, publication.clone()));
         log.bytes += cost;
@@ -167,9 +172,10 @@ impl MemoryHistory {
         let mut inner = self.inner();
         let inner = &mut *inner;
         let Some(log) = inner.topics.get_mut(topic) else {
+            // Nothing published on it since the node began.
             let extent = Extent {
                 newest: None,
-                removed_up_to: None,
+                removed_up_to: inner.began,
                 oldest: None,
             };
             return HistoryPage::cut(read, Vec::new(), extent);
@@ -188,8 +194,8 @@ impl MemoryHistory {
         };
         let extent = Extent {
             newest: log.entries.back().map(|(o, _)| *o).or(log.last),
-            // A topic's log lives as long as the node: none removed means none ever was.
-            removed_up_to: Some(log.removed_up_to.unwrap_or(Offset::ZERO)),
+            // None removed: the log holds everything since the node began.
+            removed_up_to: log.removed_up_to.or(inner.began),
             oldest: log.entries.front().map(|(o, _)| *o),
         };
         HistoryPage::cut(read, entries, extent)
@@ -276,6 +282,31 @@ mod tests {
         );
         let now = history.read("t", &read(Since::Now), aged, 100);
         assert_eq!((now.floor, now.gap), (offsets[4], None));
+    }
+
+    #[test]
+    fn the_node_knows_what_it_holds_since_it_began_and_nothing_before() {
+        let history = MemoryHistory::new(1 << 20);
+        let before = Offset(5, 0);
+        let nothing = history.read("a", &read(Since::After(before)), KEEP, 10);
+        assert!(
+            nothing.gap.is_some(),
+            "nothing given yet: a previous run's offset"
+        );
+        let began = publish(&history, "a", 10, KEEP);
+        let b1 = publish(&history, "b", 20, KEEP);
+        // A moment between entries of another topic: b has all since the node began.
+        let page = history.read("b", &read(Since::After(began)), KEEP, 30);
+        let got: Vec<Offset> = page.entries.iter().map(|(o, _)| *o).collect();
+        assert_eq!((got, page.gap), (vec![b1], None));
+        // A topic never published on: nothing missed since the node began.
+        let quiet = history.read("c", &read(Since::After(began)), KEEP, 30);
+        assert_eq!((quiet.gap, quiet.entries.len()), (None, 0));
+        // From before the node began (its previous run): unknown, a gap.
+        let earlier = history.read("b", &read(Since::After(before)), KEEP, 30);
+        assert!(earlier.gap.is_some());
+        let earlier = history.read("c", &read(Since::After(before)), KEEP, 30);
+        assert!(earlier.gap.is_some());
     }
 
     #[test]
