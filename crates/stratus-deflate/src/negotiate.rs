@@ -6,8 +6,8 @@ use stratus_proto::extensions;
 
 use crate::EXTENSION_NAME;
 use crate::engine::{Engine, PerMessageDeflate};
-use crate::stateless::Stateless;
 use crate::params::{DeflateParams, ParamError, WindowBits};
+use crate::stateless::Stateless;
 use crate::zlib::Zlib;
 
 /// How a server compresses.
