@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Reports for the side-by-side fanout scripts (compare-fanout.sh, compare-cluster.sh).
+"""Reports for the side-by-side fanout scripts (compare-fanout.sh, compare-cluster.sh,
+compare-protocols.sh, compare-sse.sh).
 
   fanout_report.py round FILE NAME ROUND
-      one line per run: deliveries/s, publishes/s, missing, latency, server core busy
+      one line per run: deliveries/s, publishes/s, missing, latency, server core busy, and
+      server CPU per delivery where the run measured it (`--server-pid`)
   fanout_report.py summary OUT PREFIX SCENARIO BASE SUBS SIZE RATE PUBLISHERS SECS
       gathers OUT/PREFIX-NAME-ROUND.json into OUT/compare-PREFIX.json (per setup: the mean and
-      every round's figures) with each setup's mean over BASE's, and prints the ratios
+      every round's figures) with each setup's mean over BASE's, and prints the ratios: of
+      deliveries/s, and of server CPU per delivery where every run measured it
 """
 import glob
 import json
@@ -23,7 +26,18 @@ def round_line(path, name, rnd):
           f"closed {r.get('subscribers_closed', 0)}, drained in {r.get('drain_s', 0)} s, "
           f"p50 {lat['p50_us']} us, "
           f"p99 {lat['p99_us']} us, p99.9 {lat['p999_us']} us, "
-          f"server core {'-' if busy is None else f'{busy:.0%}'} busy")
+          f"server core {'-' if busy is None else f'{busy:.0%}'} busy"
+          + cpu_text(r.get("server_cpu_us_per_delivery"))
+          + cpu_text(r.get("client_cpu_us_per_delivery"), "load generator"))
+
+
+def cpu_text(us, whose="server"):
+    """", server CPU X us/delivery" where measured."""
+    return "" if us is None else f", {whose} CPU {us:.2f} us/delivery"
+
+
+def mean(values):
+    return sum(values) / len(values)
 
 
 def gather(out, prefix):
@@ -48,15 +62,33 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
                          "latency_p99_us": [r["latency"]["p99_us"] for r in rs],
                          "latency_p999_us": [r["latency"]["p999_us"] for r in rs],
                          "server_cpu_busy": [r.get("server_cpu_busy") for r in rs]}
+        cpu = [r.get("server_cpu_us_per_delivery") for r in rs]
+        if all(us is not None for us in cpu):
+            results[name]["server_cpu_us_per_delivery"] = cpu
+            results[name]["server_cpu_us_per_delivery_mean"] = round(mean(cpu), 3)
     ratios = {f"{name}_over_{base}": round(results[name]["mean"] / max(results[base]["mean"], 1), 2)
               for name in results if name != base}
+    cpu_ratios = {f"{name}_over_{base}_server_cpu_per_delivery":
+                  round(results[name]["server_cpu_us_per_delivery_mean"]
+                        / max(results[base]["server_cpu_us_per_delivery_mean"], 1e-9), 2)
+                  for name in results if name != base
+                  and "server_cpu_us_per_delivery_mean" in results[name]
+                  and "server_cpu_us_per_delivery_mean" in results[base]}
     report = {"scenario": scenario,
               "params": {"subscribers": int(subs), "size": int(size), "rate": float(rate),
                          "publishers": int(publishers), "duration_s": float(secs)},
-              "results": results, **ratios}
+              "results": results, **ratios, **cpu_ratios}
     json.dump(report, open(f"{out}/compare-{prefix}.json", "w"), indent=2)
+    for name, r in results.items():
+        p50, p99 = r["latency_p50_us"], r["latency_p99_us"]
+        print(f"{name}: {r['mean']} deliveries/s (mean of {len(p50)}), "
+              f"p50 {min(p50)}-{max(p50)} us, p99 {min(p99)}-{max(p99)} us"
+              + cpu_text(r.get("server_cpu_us_per_delivery_mean")))
     for key, ratio in ratios.items():
         print(f"{key.replace('_over_', ' / ')} deliveries/s: {ratio:.2f}")
+    for key, ratio in cpu_ratios.items():
+        key = key.removesuffix("_server_cpu_per_delivery").replace("_over_", " / ")
+        print(f"{key} server CPU per delivery: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # peers (servers on CPU 0, generator on CPU 1), idle-connection memory, and the charts.
 # Builds nothing: run `cargo build --release -p stratus-server -p stratus-loadtest` first.
 #
-#   loadtest/performance.sh [OUTDIR]        (about 8 minutes)
+#   loadtest/performance.sh [OUTDIR]        (about 11 minutes)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -22,6 +22,8 @@ for rate in 0 15; do
   echo "== fanout, raw mode vs protocol v1, 10,000 subscribers x 64 B, rate $rate (0: flat out)"
   loadtest/compare-protocols.sh 10000 64 5 3 "$rate" "$out/protocols-rate$rate" | grep -v '^results'
 done
+echo "== fanout, WebSocket vs Server-Sent Events, 10,000 subscribers x 64 B, rates 0 (flat out), 5, 20"
+loadtest/compare-sse.sh 10000 64 5 4 0,5,20 "$out/sse" | grep -v '^results'
 for n in 10000 19000; do
   echo "== idle connections: $n"
   taskset -c 0 "$bin/stratus" serve --listen 127.0.0.1:19301 --admin-listen 127.0.0.1:19391 \

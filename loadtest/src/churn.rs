@@ -32,9 +32,9 @@ use tokio_tungstenite::tungstenite::handshake::client::Request;
 
 use crate::driver::{Conn, Driver, Received, connect_many};
 use crate::fanout::Protocol;
-use crate::pin::{CpuWatch, cpu_seconds};
+use crate::pin::{CpuWatch, ProcessCpu};
 use crate::progress::Ticker;
-use crate::report;
+use crate::report::{self, round2};
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ChurnArgs {
@@ -361,8 +361,7 @@ pub(crate) fn run(args: ChurnArgs) -> anyhow::Result<()> {
         progress.clone(),
     );
     let server_watch = args.common.watch_cpu.map(CpuWatch::start).transpose()?;
-    let server_pid = args.common.server_pid;
-    let cpu_before = server_pid.map(cpu_seconds).transpose()?;
+    let server_cpu = args.common.server_pid.map(ProcessCpu::start).transpose()?;
     let window = Instant::now();
     let churner = std::thread::Builder::new().name("churn".into()).spawn({
         let (args, progress) = (args.clone(), progress.clone());
@@ -377,7 +376,7 @@ pub(crate) fn run(args: ChurnArgs) -> anyhow::Result<()> {
     }
     drop(on);
     let window = window.elapsed();
-    let cpu_after = server_pid.map(cpu_seconds).transpose()?;
+    let server_cpu_s = server_cpu.map(|c| c.seconds()).transpose()?;
     let server_busy = server_watch.map(|w| w.busy()).transpose()?;
     let churned = churner
         .join()
@@ -387,10 +386,8 @@ pub(crate) fn run(args: ChurnArgs) -> anyhow::Result<()> {
     driver.close_all(Duration::from_secs(5))?;
 
     let churn_s = churned.elapsed.as_secs_f64();
-    let server_cpu_s = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
     let per_connection_us =
         server_cpu_s.map(|s| (s * 1e6 / churned.closed.max(1) as f64 * 10.0).round() / 10.0);
-    let round2 = |x: f64| (x * 100.0).round() / 100.0;
     report::finish(
         "churn",
         json!({"url": args.url, "topic": args.topic, "held": args.count, "rate": args.rate,

@@ -4,8 +4,9 @@
 //! core on the protocol, not on a task, a wake-up and two syscalls per message, so it can
 //! outrun the server it measures (the scenarios check that the server's core is busy).
 //!
-//! Connections open with blocking calls ([`stratus_client::connect_blocking`]) and are
-//! handed over; raw TCP connections (no WebSocket) are driven the same way.
+//! Connections open with blocking calls ([`stratus_client::connect_blocking`], or
+//! [`sse::open`] for an event stream) and are handed over; raw TCP connections (no
+//! WebSocket) are driven the same way.
 
 use std::io;
 use std::net::TcpStream;
@@ -17,22 +18,53 @@ use stratus_client::{ClientConfig, Handoff};
 use stratus_proto::{CloseCode, Message, Session};
 use stratus_uring::{Event, Ring, RingConfig, SendQueue};
 
+use crate::sse::{self, EventParser};
+
 /// Most frames per `sendmsg`.
 const MAX_IOV: usize = 512;
+
+/// Most bytes of an event-stream line or event a connection holds.
+const EVENT_LIMIT: usize = 1 << 20;
+
+/// Attempts at opening a connection the server resets (a peer's accept queue
+/// overflowing while thousands open at once) before the run fails.
+const OPEN_ATTEMPTS: usize = 5;
 
 /// What arrived on a connection.
 pub(crate) enum Received {
     /// A WebSocket message (pings and Close are answered by the session).
     Message(Message),
+    /// A Server-Sent Event (heartbeat comments are skipped by the parser).
+    Event(sse::Event),
     /// Raw TCP bytes: how many.
     Raw(usize),
+}
+
+impl Received {
+    /// What a subscriber was pushed: a text message's payload, or an event's data.
+    pub(crate) fn text(&self) -> Option<&[u8]> {
+        match self {
+            Received::Message(Message::Text(text)) => Some(text),
+            Received::Event(event) => Some(&event.data),
+            Received::Message(_) | Received::Raw(_) => None,
+        }
+    }
+}
+
+/// How a connection's bytes are read.
+enum Framing {
+    /// WebSocket frames.
+    WebSocket(Session),
+    /// A Server-Sent Events stream (receive only).
+    EventStream(EventParser),
+    /// Raw TCP: bytes are counted, not parsed.
+    Raw,
 }
 
 /// One connection's state.
 pub(crate) struct Conn {
     socket: TcpStream,
-    /// `None` for raw TCP.
-    session: Option<Session>,
+    framing: Framing,
     buf: BytesMut,
     queue: SendQueue,
     sending: bool,
@@ -45,7 +77,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// Queues a message (WebSocket connections).
     pub(crate) fn send(&mut self, message: &Message) {
-        if let Some(session) = &mut self.session {
+        if let Framing::WebSocket(session) = &mut self.framing {
             let _ = session.send(message);
             while let Some(frame) = session.poll_transmit() {
                 self.queue.push(frame);
@@ -64,21 +96,19 @@ impl Conn {
     }
 }
 
-/// Opens `count` WebSocket connections to `url` for a [`Driver`]. A connection the server
-/// resets while thousands open at once (a peer's accept queue overflowing) is retried a
-/// few times before the run fails.
-pub(crate) fn connect_many(
-    url: &str,
-    config: &ClientConfig,
+/// Opens `count` connections with `open`, retrying one that fails with an error `reset`
+/// says may pass (the server reset it while thousands open at once) a few times.
+fn open_many<T, E>(
     count: usize,
-) -> Result<Vec<Handoff>, stratus_client::Error> {
-    const ATTEMPTS: usize = 5;
+    mut open: impl FnMut() -> Result<T, E>,
+    reset: impl Fn(&E) -> bool,
+) -> Result<Vec<T>, E> {
     (0..count)
         .map(|_| {
             let mut attempt = 1;
             loop {
-                match stratus_client::connect_blocking(url, config.clone()) {
-                    Err(stratus_client::Error::Io(_)) if attempt < ATTEMPTS => {
+                match open() {
+                    Err(e) if reset(&e) && attempt < OPEN_ATTEMPTS => {
                         attempt += 1;
                         std::thread::sleep(Duration::from_millis(50));
                     }
@@ -89,13 +119,38 @@ pub(crate) fn connect_many(
         .collect()
 }
 
+/// Opens `count` WebSocket connections to `url` for a [`Driver`] (a reset is retried).
+pub(crate) fn connect_many(
+    url: &str,
+    config: &ClientConfig,
+    count: usize,
+) -> Result<Vec<Handoff>, stratus_client::Error> {
+    open_many(
+        count,
+        || stratus_client::connect_blocking(url, config.clone()),
+        |e| matches!(e, stratus_client::Error::Io(_)),
+    )
+}
+
+/// Opens `count` event streams at `url` (`http://`) for a [`Driver`] (a reset is retried).
+pub(crate) fn open_streams(url: &str, count: usize) -> Result<Vec<sse::Stream>, sse::OpenError> {
+    let target = sse::Target::parse(url)?;
+    let timeout = ClientConfig::default().connect_timeout;
+    open_many(
+        count,
+        || sse::open(&target, timeout),
+        |e| matches!(e, sse::OpenError::Io(_)),
+    )
+}
+
 /// The connections and their ring.
 pub(crate) struct Driver {
     ring: Ring,
     conns: Vec<Conn>,
     dirty: Vec<usize>,
     spare: Vec<Vec<Bytes>>,
-    messages: Vec<Message>,
+    /// What one receive carried, handed to the caller once its connection is free.
+    received: Vec<Received>,
 }
 
 impl Driver {
@@ -109,7 +164,19 @@ impl Driver {
         }
         let conns = handoffs
             .into_iter()
-            .map(|h| Conn::new(h.socket, Some(h.session), h.leftover))
+            .map(|h| Conn::new(h.socket, Framing::WebSocket(h.session), h.leftover))
+            .collect();
+        Self::with(conns)
+    }
+
+    /// Drives event streams opened with [`open_streams`].
+    pub(crate) fn sse(streams: Vec<sse::Stream>) -> io::Result<Self> {
+        let conns = streams
+            .into_iter()
+            .map(|s| {
+                let parser = EventParser::new(EVENT_LIMIT);
+                Conn::new(s.socket, Framing::EventStream(parser), s.leftover)
+            })
             .collect();
         Self::with(conns)
     }
@@ -118,7 +185,7 @@ impl Driver {
     pub(crate) fn raw(sockets: Vec<TcpStream>) -> io::Result<Self> {
         let conns = sockets
             .into_iter()
-            .map(|s| Conn::new(s, None, BytesMut::new()))
+            .map(|s| Conn::new(s, Framing::Raw, BytesMut::new()))
             .collect();
         Self::with(conns)
     }
@@ -129,7 +196,7 @@ impl Driver {
             conns,
             dirty: Vec::new(),
             spare: Vec::new(),
-            messages: Vec::new(),
+            received: Vec::new(),
         };
         for i in 0..driver.conns.len() {
             driver.mark(i);
@@ -212,21 +279,38 @@ impl Driver {
         conn.receiving &= more;
         match result {
             Ok(0) => conn.done = true,
-            Ok(n) => match &mut conn.session {
-                None => on(conn, i, Received::Raw(n)),
-                Some(session) => {
-                    conn.buf.extend_from_slice(self.ring.received());
-                    while let Ok(Some(message)) = session.handle_read(&mut conn.buf) {
-                        self.messages.push(message);
+            Ok(n) => {
+                match &mut conn.framing {
+                    Framing::Raw => self.received.push(Received::Raw(n)),
+                    Framing::WebSocket(session) => {
+                        conn.buf.extend_from_slice(self.ring.received());
+                        while let Ok(Some(message)) = session.handle_read(&mut conn.buf) {
+                            self.received.push(Received::Message(message));
+                        }
+                        while let Some(frame) = session.poll_transmit() {
+                            conn.queue.push(frame);
+                        }
                     }
-                    while let Some(frame) = session.poll_transmit() {
-                        conn.queue.push(frame);
-                    }
-                    for message in self.messages.drain(..) {
-                        on(conn, i, Received::Message(message));
+                    Framing::EventStream(parser) => {
+                        conn.buf.extend_from_slice(self.ring.received());
+                        loop {
+                            match parser.handle_read(&mut conn.buf) {
+                                Ok(Some(event)) => self.received.push(Received::Event(event)),
+                                Ok(None) => break,
+                                Err(_) => {
+                                    // Not a stream this parser can follow: stop reading it.
+                                    conn.buf.clear();
+                                    conn.done = true;
+                                    break;
+                                }
+                            }
+                        }
                     }
                 }
-            },
+                for received in self.received.drain(..) {
+                    on(conn, i, received);
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
             Err(_) => conn.done = true,
         }
@@ -256,18 +340,18 @@ impl Driver {
     }
 
     /// Closes every WebSocket connection cleanly (Close, then the server's Close and
-    /// FIN), waiting at most `timeout`; raw connections get FIN.
+    /// FIN), waiting at most `timeout`; event streams and raw connections get FIN.
     pub(crate) fn close_all(&mut self, timeout: Duration) -> io::Result<()> {
         for i in 0..self.conns.len() {
             let conn = &mut self.conns[i];
-            match &mut conn.session {
-                Some(session) => {
+            match &mut conn.framing {
+                Framing::WebSocket(session) => {
                     session.close(CloseCode::NORMAL, "");
                     while let Some(frame) = session.poll_transmit() {
                         conn.queue.push(frame);
                     }
                 }
-                None => {
+                Framing::EventStream(_) | Framing::Raw => {
                     let _ = conn.socket.shutdown(std::net::Shutdown::Write);
                 }
             }
@@ -278,10 +362,10 @@ impl Driver {
 }
 
 impl Conn {
-    fn new(socket: TcpStream, session: Option<Session>, leftover: BytesMut) -> Self {
+    fn new(socket: TcpStream, framing: Framing, leftover: BytesMut) -> Self {
         Self {
             socket,
-            session,
+            framing,
             buf: leftover,
             queue: SendQueue::default(),
             sending: false,

@@ -150,7 +150,7 @@ pub(crate) fn measure(args: &EchoArgs, url: &str) -> anyhow::Result<EchoResult> 
     let mut messages = 0u64;
     driver.run(Instant::now() + duration, |conn, i, received| {
         let echoed = match received {
-            Received::Message(_) => 1,
+            Received::Message(_) | Received::Event(_) => 1,
             Received::Raw(n) => {
                 partial[i] += n;
                 let whole = partial[i] / args.size;

@@ -3,6 +3,11 @@
 //! message carries its publish time; subscribers record publish-to-receive latency.
 //! Given several nodes of a cluster (sharing topics through a broker), subscribers and
 //! publishers are spread over them, so most deliveries cross from one node to another.
+//!
+//! Subscribers hold a WebSocket each (`--transport websocket`, raw mode or protocol v1),
+//! or a Server-Sent Events stream each (`--transport sse`: `GET /sse?topic=`); an event's
+//! data is counted and timed exactly as a text message's payload, and everything else
+//! (publishers, pacing, the server's CPU, the report) is the same for both.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,18 +19,19 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 use stratus_client::ClientConfig;
-use stratus_proto::Message;
 
-use crate::driver::{Conn, Driver, Received, connect_many};
-use crate::pin::CpuWatch;
+use crate::driver::{Conn, Driver, Received, connect_many, open_streams};
+use crate::pin::{CpuWatch, ProcessCpu};
 use crate::progress::Ticker;
-use crate::report::{self, Latency};
+use crate::report::{self, Latency, round2};
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct FanoutArgs {
-    /// The server's WebSocket URL (the topic is added as `?topic=`); several,
-    /// comma-separated, spread the subscribers over the nodes of a cluster in turn.
-    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080/ws")]
+    /// The server's URL for subscribers (the topic is added as `?topic=`): its WebSocket
+    /// URL (default ws://127.0.0.1:8080/ws) or, with `--transport sse`, its event-stream
+    /// URL (default http://127.0.0.1:8080/sse); several, comma-separated, spread the
+    /// subscribers over the nodes of a cluster in turn.
+    #[arg(long, value_delimiter = ',')]
     url: Vec<String>,
     /// The server's admin listener, for publishing; several, comma-separated, spread
     /// the publishers over them in turn.
@@ -50,13 +56,18 @@ pub(crate) struct FanoutArgs {
     /// Seconds to publish.
     #[arg(short, long, default_value_t = 10.0)]
     duration: f64,
-    /// Subscribers offer permessage-deflate.
+    /// How subscribers connect: a WebSocket each, or a Server-Sent Events stream each
+    /// (receive only, its own protocol: no `--protocol`, no `--deflate`).
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: Transport,
+    /// Subscribers offer permessage-deflate (WebSocket only).
     #[arg(long)]
     deflate: bool,
-    /// The protocol the subscribers speak: raw (messages as published) or v1 (each in an
-    /// envelope naming its topic, `Sec-WebSocket-Protocol: stratus.v1`).
-    #[arg(long, value_enum, default_value = "raw")]
-    protocol: Protocol,
+    /// The WebSocket protocol the subscribers speak: raw (messages as published; the
+    /// default) or v1 (each in an envelope naming its topic, `Sec-WebSocket-Protocol:
+    /// stratus.v1`).
+    #[arg(long, value_enum)]
+    protocol: Option<Protocol>,
     #[command(flatten)]
     pub(crate) common: crate::Common,
 }
@@ -101,6 +112,87 @@ impl Protocol {
             Protocol::V1 => vec!["stratus.v1".to_owned()],
         }
     }
+}
+
+/// How fanout subscribers connect.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A WebSocket each (`--protocol` raw or v1).
+    Websocket,
+    /// A Server-Sent Events stream each (`GET /sse?topic=`).
+    Sse,
+}
+
+impl Transport {
+    fn default_url(self) -> &'static str {
+        match self {
+            Transport::Websocket => "ws://127.0.0.1:8080/ws",
+            Transport::Sse => "http://127.0.0.1:8080/sse",
+        }
+    }
+}
+
+impl FanoutArgs {
+    /// The subscribers' URLs, topic included, one per node; a flag or URL the transport
+    /// does not take is an error that says why.
+    fn subscriber_urls(&self) -> anyhow::Result<Vec<String>> {
+        let is = |schemes: &[&str]| {
+            let scheme = |url: &&String| schemes.iter().any(|s| url.starts_with(s));
+            self.url.iter().find(scheme).cloned()
+        };
+        match self.transport {
+            Transport::Websocket => {
+                if let Some(url) = is(&["http://", "https://"]) {
+                    bail!(
+                        "{url} is not a WebSocket URL (ws://): for Server-Sent Events \
+                         subscribers add --transport sse"
+                    );
+                }
+            }
+            Transport::Sse => {
+                if self.protocol.is_some() {
+                    bail!(
+                        "--protocol picks a WebSocket protocol (raw or v1); Server-Sent \
+                         Events (--transport sse) is its own protocol: drop --protocol"
+                    );
+                }
+                if self.deflate {
+                    bail!(
+                        "--deflate offers permessage-deflate, a WebSocket extension; an \
+                         event stream (--transport sse) is not compressed: drop --deflate"
+                    );
+                }
+                if let Some(url) = is(&["ws://", "wss://"]) {
+                    bail!(
+                        "{url} is a WebSocket URL: with --transport sse give the event \
+                         stream's URL, http://HOST:PORT/sse"
+                    );
+                }
+            }
+        }
+        let urls = if self.url.is_empty() {
+            vec![self.transport.default_url().to_owned()]
+        } else {
+            self.url.clone()
+        };
+        Ok(urls
+            .iter()
+            .map(|url| format!("{url}?topic={}", self.topic))
+            .collect())
+    }
+}
+
+/// Opens `subscribers` connections spread over `urls` in turn, `open(url, count)` each.
+fn spread<T, E>(
+    urls: &[String],
+    subscribers: usize,
+    mut open: impl FnMut(&str, usize) -> Result<Vec<T>, E>,
+) -> Result<Vec<T>, E> {
+    let mut opened = Vec::with_capacity(subscribers);
+    for (i, url) in urls.iter().enumerate() {
+        opened.extend(open(url, (subscribers + urls.len() - 1 - i) / urls.len())?);
+    }
+    Ok(opened)
 }
 
 /// Posts messages over one keep-alive connection to the admin API.
@@ -176,30 +268,30 @@ fn wait_for_nodes(publisher: &mut Publisher, nodes: usize) -> anyhow::Result<()>
 
 pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(args.duration)?;
-    let config = ClientConfig {
-        deflate: args.deflate,
-        protocols: args.protocol.offered(),
-        ..ClientConfig::default()
-    };
-    let mut handoffs = Vec::with_capacity(args.subscribers);
-    for (i, url) in args.url.iter().enumerate() {
-        let count = (args.subscribers + args.url.len() - 1 - i) / args.url.len();
-        let url = format!("{url}?topic={}", args.topic);
-        handoffs.extend(connect_many(&url, &config, count)?);
-    }
+    let urls = args.subscriber_urls()?;
     let admins = args.admin.clone();
     let Some(&first) = admins.first() else {
         bail!("--admin needs at least one address");
     };
-    wait_for_nodes(&mut Publisher::connect(first, &args.topic)?, args.url.len())?;
-    let mut driver = Driver::new(handoffs)?;
+    let protocol = args.protocol.unwrap_or(Protocol::Raw);
+    let mut driver = match args.transport {
+        Transport::Websocket => {
+            let config = ClientConfig {
+                deflate: args.deflate,
+                protocols: protocol.offered(),
+                ..ClientConfig::default()
+            };
+            let open = |url: &str, n| connect_many(url, &config, n);
+            Driver::new(spread(&urls, args.subscribers, open)?)?
+        }
+        Transport::Sse => Driver::sse(spread(&urls, args.subscribers, open_streams)?)?,
+    };
+    wait_for_nodes(&mut Publisher::connect(first, &args.topic)?, urls.len())?;
     let count = Arc::new(AtomicU64::new(0));
     let mut hist = report::histogram()?;
     let mut deliveries = 0u64;
     let mut on = |_: &mut Conn, _: usize, received: Received| {
-        if let Received::Message(Message::Text(t)) = received
-            && let Some(ts) = stamp_of(&t)
-        {
+        if let Some(ts) = received.text().and_then(stamp_of) {
             let us = (now_ns().saturating_sub(ts) / 1000) as u64;
             let _ = hist.record(us.max(1));
             deliveries += 1;
@@ -208,6 +300,8 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     };
     let ticker = Ticker::start(duration, count.clone());
     let server_watch = args.common.watch_cpu.map(CpuWatch::start).transpose()?;
+    let server_cpu = args.common.server_pid.map(ProcessCpu::start).transpose()?;
+    let own_cpu = ProcessCpu::start(std::process::id())?;
     let publishers: Vec<_> = (0..args.publishers.max(1))
         .map(|i| {
             let args = args.clone();
@@ -264,6 +358,11 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let drain_s = drain_started.elapsed().as_secs_f64();
+    // The server's CPU from the first publish to the last delivery, over the deliveries;
+    // and this process's (subscribers and publishers), to show it is not what sets the pace.
+    let per_delivery = |s: f64| round2(s * 1e6 / deliveries.max(1) as f64);
+    let server_cpu_s = server_cpu.map(|c| c.seconds()).transpose()?;
+    let client_cpu_s = own_cpu.seconds()?;
     // Subscribers the server closed (as slow consumers, say) before the end.
     let closed = driver.conns().iter().filter(|c| c.is_done()).count();
     ticker.finish();
@@ -273,16 +372,113 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "fanout",
         json!({"url": args.url, "admin": args.admin, "subscribers": args.subscribers, "size": args.size,
                "rate": args.rate, "publishers": args.publishers, "duration_s": secs, "deflate": args.deflate,
-               "protocol": format!("{:?}", args.protocol).to_lowercase()}),
+               "transport": format!("{:?}", args.transport).to_lowercase(),
+               "protocol": (args.transport == Transport::Websocket)
+                   .then(|| format!("{protocol:?}").to_lowercase())}),
         json!({"published": published,
                "refused": refused,
                "subscribers_closed": closed,
                "deliveries": deliveries,
                "missing": expected.saturating_sub(deliveries),
-               "drain_s": (drain_s * 100.0).round() / 100.0,
+               "drain_s": round2(drain_s),
                "deliveries_per_s": (in_window as f64 / secs).round(),
                "latency": Latency::of(&hist),
-               "server_cpu_busy": server_busy}),
+               "server_cpu_busy": server_busy,
+               "server_cpu_s": server_cpu_s.map(round2),
+               "server_cpu_us_per_delivery": server_cpu_s.map(per_delivery),
+               "client_cpu_s": round2(client_cpu_s),
+               "client_cpu_us_per_delivery": per_delivery(client_cpu_s)}),
         args.common.out.as_deref(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fanout: FanoutArgs,
+    }
+
+    fn urls(args: &[&str]) -> anyhow::Result<Vec<String>> {
+        let cli = Cli::try_parse_from(std::iter::once("fanout").chain(args.iter().copied()))?;
+        cli.fanout.subscriber_urls()
+    }
+
+    fn refusal(args: &[&str]) -> String {
+        urls(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_transport_has_its_own_default_url() {
+        assert_eq!(urls(&[]).unwrap(), ["ws://127.0.0.1:8080/ws?topic=fanout"]);
+        assert_eq!(
+            urls(&["--transport", "sse", "--topic", "t"]).unwrap(),
+            ["http://127.0.0.1:8080/sse?topic=t"]
+        );
+        assert_eq!(
+            urls(&[
+                "--transport",
+                "sse",
+                "--url",
+                "http://a:1/sse,http://b:2/sse"
+            ])
+            .unwrap(),
+            ["http://a:1/sse?topic=fanout", "http://b:2/sse?topic=fanout"]
+        );
+    }
+
+    #[test]
+    fn websocket_flags_with_sse_are_refused_saying_why() {
+        for protocol in ["raw", "v1"] {
+            let why = refusal(&["--transport", "sse", "--protocol", protocol]);
+            assert!(why.contains("its own protocol: drop --protocol"), "{why}");
+        }
+        let why = refusal(&["--transport", "sse", "--deflate"]);
+        assert!(why.contains("drop --deflate"), "{why}");
+        let why = refusal(&["--transport", "sse", "--url", "ws://127.0.0.1:8080/ws"]);
+        assert!(why.contains("http://HOST:PORT/sse"), "{why}");
+    }
+
+    #[test]
+    fn an_http_url_for_websocket_subscribers_points_to_sse() {
+        let why = refusal(&["--url", "http://127.0.0.1:8080/sse"]);
+        assert!(why.contains("add --transport sse"), "{why}");
+        assert!(urls(&["--protocol", "v1", "--deflate"]).is_ok());
+    }
+
+    #[test]
+    fn subscribers_spread_over_the_nodes_in_turn() {
+        let nodes = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let mut asked = Vec::new();
+        let opened = spread(&nodes, 10, |url, n| {
+            asked.push((url.to_owned(), n));
+            Ok::<_, ()>(vec![0; n])
+        })
+        .unwrap();
+        assert_eq!(opened.len(), 10);
+        let counts: Vec<usize> = asked.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [4, 3, 3]);
+    }
+
+    #[test]
+    fn an_events_data_carries_the_stamp_a_message_does() {
+        let message = stamped(64);
+        assert_eq!(message.len(), 64);
+        let sent = stamp_of(message.as_bytes()).unwrap();
+        let event = Received::Event(crate::sse::Event {
+            kind: bytes::Bytes::from_static(b"fanout"),
+            id: bytes::Bytes::new(),
+            data: bytes::Bytes::from(message.clone()),
+        });
+        let text = Received::Message(stratus_proto::Message::text(message));
+        assert_eq!(event.text().and_then(stamp_of), Some(sent));
+        assert_eq!(text.text().and_then(stamp_of), Some(sent));
+    }
 }

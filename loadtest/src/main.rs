@@ -17,6 +17,7 @@ mod pin;
 mod plot;
 mod progress;
 mod report;
+mod sse;
 
 use std::path::PathBuf;
 
@@ -69,7 +70,8 @@ struct Common {
     /// Pin the server (`--server-pid`) to this CPU.
     #[arg(long)]
     server_cpu: Option<usize>,
-    /// The server's PID, for `--server-cpu` (and, in `churn`, to read its CPU time).
+    /// The server's PID, for `--server-cpu` (and, in `churn` and `fanout`, to read its CPU
+    /// time: server CPU per churned connection, per delivery).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Report how busy this CPU (the server's) was while measuring: a server core short

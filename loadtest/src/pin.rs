@@ -46,7 +46,7 @@ const USER_HZ: f64 = 100.0;
 
 /// The CPU time process `pid` has used so far, all its threads, user and system, in
 /// seconds (`utime` + `stime` of `/proc/PID/stat`, to 10 ms).
-pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count fields after its closing paren.
     let rest = stat
@@ -60,6 +60,27 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         Ok(field.parse()?)
     };
     Ok((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
+}
+
+/// The CPU time a process uses over a measurement (all its threads, user and system):
+/// start it, then read the seconds.
+pub(crate) struct ProcessCpu {
+    pid: u32,
+    start: f64,
+}
+
+impl ProcessCpu {
+    pub(crate) fn start(pid: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            pid,
+            start: cpu_seconds(pid)?,
+        })
+    }
+
+    /// The CPU seconds process `pid` used since `start` (to 10 ms).
+    pub(crate) fn seconds(&self) -> anyhow::Result<f64> {
+        Ok(cpu_seconds(self.pid)? - self.start)
+    }
 }
 
 /// Jiffies CPU `cpu` spent busy and in total so far (from /proc/stat).

@@ -29,6 +29,11 @@ impl Latency {
     }
 }
 
+/// `x` to two decimals, for the report.
+pub(crate) fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
 /// A histogram of microseconds, 1 µs to 100 s at 3 significant digits.
 pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 100_000_000, 3)?)

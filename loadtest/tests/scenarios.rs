@@ -64,6 +64,55 @@ fn fanout_delivers_every_publish_to_every_subscriber() {
     s.stop().unwrap();
 }
 
+/// The same fanout with Server-Sent Events subscribers (`GET /sse?topic=`): every event's
+/// data counted as a message would be, and the server's and the generator's CPU per
+/// delivery reported.
+#[test]
+fn fanout_over_server_sent_events_delivers_every_publish_to_every_subscriber() {
+    let s = server(App::PubSub);
+    let url = format!("http://{}/sse", s.local_addr());
+    let admin = s.admin_addr().unwrap().to_string();
+    let pid = std::process::id().to_string();
+    let r = run(&[
+        "fanout",
+        "--transport",
+        "sse",
+        "--url",
+        &url,
+        "--admin",
+        &admin,
+        "-n",
+        "50",
+        "-r",
+        "200",
+        "-d",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 0);
+    assert_eq!(r["deliveries"].as_u64().unwrap(), published * 50);
+    assert_eq!(r["missing"].as_u64().unwrap(), 0);
+    assert_eq!(r["subscribers_closed"].as_u64().unwrap(), 0);
+    assert!(r["latency"]["p50_us"].as_u64().unwrap() > 0);
+    assert!(r["server_cpu_us_per_delivery"].as_f64().unwrap() >= 0.0);
+    assert!(r["client_cpu_us_per_delivery"].as_f64().unwrap() >= 0.0);
+    s.stop().unwrap();
+}
+
+/// `--transport sse` with a WebSocket-only flag fails before connecting, saying why.
+#[test]
+fn fanout_over_sse_refuses_websocket_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stratus-load"))
+        .args(["fanout", "--transport", "sse", "--protocol", "v1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("drop --protocol"), "{stderr}");
+}
+
 /// Two nodes sharing topics through a real `redis-server` (`scripts/install-redis.sh`
 /// installs it): subscribers and publishers spread over both, every publish reaches every
 /// subscriber on both nodes.
