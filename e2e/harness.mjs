@@ -4,7 +4,12 @@
 // always stops both and exits non-zero with the reason (and the server's last log lines).
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { createServer as createHttpServer } from "node:http";
+import { connect, createServer as createNetServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { chromium } from "playwright-core";
 
 export const STEP_MS = 15_000;
@@ -42,11 +47,14 @@ export function within(what, promise) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-// Starts `stratus serve` with `args` on ports the kernel picks; resolves to its two
-// addresses ({ ws, admin }) and the process ({ child }).
-export function startServer(args) {
+// Starts `stratus serve` with `args` on ports the kernel picks (or on `at.ws` and
+// `at.admin`, "127.0.0.1:<port>", to restart a server where it was); resolves to its two
+// addresses ({ ws, admin }) and the process ({ child }). The last one started is the one
+// stopped at the end.
+export function startServer(args, at = {}) {
   check(Boolean(BINARY) && existsSync(BINARY), `STRATUS_BIN is not a file: ${BINARY}`);
-  const all = ["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", ...args];
+  const all = ["serve", "--listen", at.ws ?? "127.0.0.1:0", "--admin-listen", at.admin ?? "127.0.0.1:0",
+    "--log-format", "json", ...args];
   server = spawn(BINARY, all, { stdio: ["ignore", "ignore", "pipe"] });
   const child = server;
   return new Promise((resolve, reject) => {
@@ -104,6 +112,9 @@ export async function openPage() {
   return { page, errors };
 }
 
+// What onCleanup() added, stopped after the browser and the server.
+const cleanups = [];
+
 // Stops the browser and the server (each bounded), whatever happened.
 async function cleanup() {
   const bounded = (promise, ms) =>
@@ -115,6 +126,7 @@ async function cleanup() {
     await bounded(exited, 5_000);
     if (server.exitCode === null && server.signalCode === null) server.kill("SIGKILL");
   }
+  for (const stop of cleanups.splice(0).reverse()) await bounded(Promise.resolve().then(stop), 5_000);
 }
 
 // Runs `test` within `overallMs`, cleans up, reports and exits (0: passed).
@@ -143,4 +155,185 @@ export async function run(name, test, overallMs) {
   }
   console.log(`${name} e2e passed (${checks} checks)`);
   process.exit(0);
+}
+
+// ---- For the tests that restart the server, run Redis, and serve their own pages ---------
+
+// Runs `stop` (may be async, bounded at 5 s) at the end, after the browser and the server.
+export function onCleanup(stop) {
+  cleanups.push(stop);
+}
+
+// Sends `signal` to a server startServer() started and resolves once it has exited
+// (fails after STEP_MS).
+export async function stopServer(addr, signal = "SIGKILL") {
+  const { child } = addr;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill(signal);
+  await within(`the server exits after ${signal}`, exited);
+}
+
+// Polls `probe` (may be async) every 25 ms until it returns something truthy, which it
+// resolves to; fails with `what` after STEP_MS.
+export async function until(what, probe) {
+  const deadline = Date.now() + STEP_MS;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Failure(`${what}: not within ${STEP_MS / 1000} s`);
+    await sleep(25);
+  }
+}
+
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// A port the kernel says is free now.
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createNetServer();
+    probe.on("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+// A redis-server of the test's own on a free loopback port (no persistence, its files in
+// a temporary directory), answering PING; resolves to { url }. Stopped at the end.
+export async function startRedis() {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), "stratus-e2e-redis-"));
+  const redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "",
+    "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
+  let ended = null;
+  redis.on("error", (err) => (ended = `cannot start redis-server (scripts/install-redis.sh installs it): ${err.message}`));
+  redis.on("exit", (code, signal) => (ended ??= `redis-server exited (code ${code}, signal ${signal})`));
+  const stop = () => {
+    if (redis.exitCode === null && redis.signalCode === null) redis.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  };
+  onCleanup(stop);
+  process.on("exit", stop);
+  await until("redis-server answers PING", () => {
+    if (ended) throw new Failure(ended);
+    return redisPing(port);
+  });
+  return { url: `redis://127.0.0.1:${port}` };
+}
+
+function redisPing(port) {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1");
+    socket.setTimeout(1_000);
+    socket.on("connect", () => socket.write("PING\r\n"));
+    socket.on("data", (data) => {
+      socket.destroy();
+      resolve(data.toString().startsWith("+PONG"));
+    });
+    socket.on("error", () => resolve(false));
+    socket.on("timeout", () => {
+      socket.destroy();
+      resolve(false);
+    });
+  });
+}
+
+const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".map": "application/json" };
+
+// A static file server on its own loopback port (another origin than the server's):
+// `roots` maps a path prefix ("/pages/") to a directory. Only GET, only files under the
+// roots, no caching. Resolves to { origin }. Stopped at the end.
+export async function serveFiles(roots) {
+  const files = createHttpServer(async (req, res) => {
+    const url = new URL(req.url, "http://files");
+    const root = Object.entries(roots).find(([prefix]) => url.pathname.startsWith(prefix));
+    const fail = (status) => res.writeHead(status, { "Content-Type": "text/plain" }).end(`${status}\n`);
+    if (req.method !== "GET") return fail(405);
+    if (!root) return fail(404);
+    const [prefix, dir] = root;
+    let file;
+    let body;
+    try {
+      file = path.resolve(dir, `.${decodeURIComponent(url.pathname.slice(prefix.length - 1))}`);
+      if (!file.startsWith(path.resolve(dir) + path.sep)) return fail(403);
+      body = await readFile(file);
+    } catch {
+      return fail(404);
+    }
+    res.writeHead(200, {
+      "Content-Type": TYPES[path.extname(file)] ?? "application/octet-stream",
+      "Cache-Control": "no-store",
+    });
+    res.end(body);
+  });
+  await new Promise((resolve, reject) => {
+    files.once("error", reject);
+    files.listen(0, "127.0.0.1", resolve);
+  });
+  onCleanup(() => new Promise((resolve) => {
+    files.closeAllConnections();
+    files.close(resolve);
+  }));
+  return { origin: `http://127.0.0.1:${files.address().port}` };
+}
+
+// POST /publish/{topic} on the admin API with `body` as JSON (or `type`); resolves to
+// its answer ({ offset, ... }), failing on anything but 200.
+export async function adminPublish(admin, topic, body, type = "application/json") {
+  const response = await within(`publish to ${topic}`, fetch(`http://${admin}/publish/${encodeURIComponent(topic)}`, {
+    method: "POST",
+    headers: { "Content-Type": type },
+    body: type === "application/json" ? JSON.stringify(body) : body,
+    signal: AbortSignal.timeout(STEP_MS),
+  }));
+  const text = await response.text();
+  check(response.status === 200, `publish to ${topic} answered ${response.status}: ${text}`);
+  return JSON.parse(text);
+}
+
+// Resolves once GET /readyz on the admin API answers 200: with a broker, the server logs
+// "listening" before it has reached Redis, and answers publishes 503 until it has.
+export async function untilReady(admin) {
+  await until(`the server at ${admin} is ready (GET /readyz)`, async () => {
+    try {
+      const response = await fetch(`http://${admin}/readyz`, { signal: AbortSignal.timeout(1_000) });
+      await response.arrayBuffer();
+      return response.status === 200;
+    } catch {
+      return false;
+    }
+  });
+}
+
+// Two loopback addresses ({ ws, admin }) for startServer(args, at) that a restart can
+// take again: below the kernel's ephemeral range (where ports are only ever bound on
+// purpose), so that no outgoing connection on this machine takes one of them while the
+// server is down; each free when picked.
+export async function restartablePorts() {
+  let low = 32768;
+  try {
+    low = Number((await readFile("/proc/sys/net/ipv4/ip_local_port_range", "utf8")).trim().split(/\s+/)[0]) || low;
+  } catch {
+    // not Linux: the usual bound
+  }
+  const floor = Math.max(10_000, low - 12_000);
+  const picked = [];
+  for (let tries = 0; picked.length < 2 && tries < 50; tries++) {
+    const port = floor + Math.floor(Math.random() * (low - floor));
+    if (!picked.includes(port) && (await canListen(port))) picked.push(port);
+  }
+  check(picked.length === 2, `no two free ports found between ${floor} and ${low}`);
+  return { ws: `127.0.0.1:${picked[0]}`, admin: `127.0.0.1:${picked[1]}` };
+}
+
+function canListen(port) {
+  return new Promise((resolve) => {
+    const probe = createNetServer();
+    probe.once("error", () => resolve(false));
+    probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
+  });
 }

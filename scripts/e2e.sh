@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Browser end-to-end tests of the status page (e2e/status-page.mjs) and of the admin page
-# (e2e/admin-page.mjs), sharing e2e/harness.mjs: installs what it needs
-# when missing (Debian's chromium; Node.js and npm; playwright-core from
-# e2e/package-lock.json), builds the `stratus` binary, and runs the test in headless
-# Chromium. Non-interactive; exits non-zero on any failure.
+# Browser end-to-end tests of the status page (e2e/status-page.mjs), of the admin page
+# (e2e/admin-page.mjs), of a page using the JavaScript SDK (e2e/sdk-page.mjs: receiving,
+# publishing, a server restart with Redis history, the fallback to Server-Sent Events) and
+# of the browser's own EventSource on /sse (e2e/eventsource.mjs), sharing e2e/harness.mjs:
+# installs what they need when missing (Debian's chromium; Node.js and npm; playwright-core
+# from e2e/package-lock.json; redis-server through scripts/install-redis.sh; the SDK's
+# TypeScript from clients/js/package-lock.json), builds the `stratus` binary and the SDK,
+# and runs the tests in headless Chromium. Non-interactive; exits non-zero on any failure.
 #
 # STRATUS_BIN=path runs that binary (a release build, say) instead of building one.
 set -euo pipefail
@@ -27,6 +30,9 @@ fi
 echo "chromium: $(/usr/bin/chromium --version 2>/dev/null | tail -n 1); node $(node --version); npm $(npm --version 2>/dev/null)"
 
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+# The SDK page imports clients/js/dist; the SDK and EventSource tests run their own Redis.
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+bash scripts/install-redis.sh >/dev/null
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -44,3 +50,5 @@ fi
 # Each test bounds itself at 60 s; this is the backstop should node itself hang.
 STRATUS_BIN="$STRATUS_BIN" timeout --kill-after=10 120 node e2e/status-page.mjs
 STRATUS_BIN="$STRATUS_BIN" timeout --kill-after=10 120 node e2e/admin-page.mjs
+STRATUS_BIN="$STRATUS_BIN" timeout --kill-after=10 120 node e2e/sdk-page.mjs
+STRATUS_BIN="$STRATUS_BIN" timeout --kill-after=10 120 node e2e/eventsource.mjs
