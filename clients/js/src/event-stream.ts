@@ -104,7 +104,10 @@ export class EventStreamRequest {
     const fetchImpl = o.fetch;
     let response: Response;
     try {
-      response = await fetchImpl(o.url, { signal: this.#controller.signal });
+      // Cookies go along across origins too, as they do with a WebSocket: a server whose
+      // connect hook signs users in by cookie sees them (it allows credentials only to
+      // the origins it lets in).
+      response = await fetchImpl(o.url, { signal: this.#controller.signal, credentials: "include" });
     } catch (error) {
       this.#end({ kind: "failed", error });
       return;

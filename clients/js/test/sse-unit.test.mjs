@@ -360,6 +360,7 @@ describe("client over SSE (scripted fetch)", () => {
     assert.equal(rb.op, "subscribe");
     assert.equal(a.state, "subscribed");
     assert.deepEqual(fetch.calls[1].init.headers, undefined, "no headers: a CORS simple request");
+    assert.equal(fetch.calls[1].init.credentials, "include", "cookies go along, as with a WebSocket");
 
     const got = [];
     for (const s of [a, b, d]) s.on("message", (m) => got.push([m.topic, m.data, m.offset]));
