@@ -2,7 +2,7 @@
 # Runs every check Stratus has, installing what the checks need on a fresh machine:
 # formatting, lints, unit and integration tests (with a real redis-server for the
 # multi-node ones), a bounded run of every fuzz target, the status page in headless
-# Chromium (the status page, the admin page), protocol v1 from Python's websockets client,
+# Chromium (the status page, the admin page, a page using the SDK, EventSource), protocol v1 from Python's websockets client,
 # the JS SDK against the real server, the sans-IO dependency check, the layer check,
 # AddressSanitizer over the unsafe code, the Autobahn testsuite in server and client mode
 # with its gate, the Debian package, and the Prometheus kit on a real Prometheus.
@@ -33,7 +33,7 @@ cargo test --workspace
 step "cargo fuzz: every target for 60 s on its seed corpus (nightly, ASan)"
 bash scripts/fuzz.sh 60
 
-step "browser end-to-end: the status page in headless Chromium (installs chromium, playwright-core)"
+step "browser end-to-end in headless Chromium: status page, admin page, a page using the SDK, EventSource (installs chromium, playwright-core, redis)"
 bash scripts/e2e.sh
 
 step "protocol v1 from Python (websockets): interop/python/test_v1.py"
