@@ -508,17 +508,7 @@ impl PubSub {
         };
         if let Some(from) = read {
             let reply = if v1 { reply.clone() } else { None };
-            self.recover(
-                ctx,
-                id,
-                client,
-                &options,
-                topic.clone(),
-                from,
-                false,
-                room,
-                reply,
-            );
+            self.recover(ctx, id, client, &options, topic.clone(), from, room, reply);
             if v1 {
                 return Ok(Subscribed::Later);
             }
@@ -649,7 +639,6 @@ impl PubSub {
         options: &TopicOptions,
         topic: Arc<str>,
         from: Since,
-        shared_start: bool,
         room: usize,
         reply: Option<CommandId>,
     ) {
@@ -679,7 +668,8 @@ impl PubSub {
             page: PAGE,
             limit: options.history.saturating_add(RECOVERY_SLACK),
             resumes: true,
-            shared_start,
+            // An event stream's resume point is a moment (see `HistoryRead::shared_start`).
+            shared_start: client.is_streaming(),
         };
         ctx.hub.read_history(topic, read);
     }

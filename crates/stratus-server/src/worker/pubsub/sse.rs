@@ -51,8 +51,7 @@ impl PubSub {
                     .config
                     .max_send_queue
                     .saturating_sub(client.queued_bytes());
-                // A stream's resume point is a moment (see `HistoryRead::shared_start`).
-                self.recover(ctx, id, client, &options, topic, from, true, room, None);
+                self.recover(ctx, id, client, &options, topic, from, room, None);
             } else if matches!(from, Since::After(_)) {
                 let reason = "the topic keeps no history: messages published meanwhile are lost";
                 let gap = Notice::Gap {
