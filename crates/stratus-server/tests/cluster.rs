@@ -7,116 +7,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::node::{Node, subscriber};
 use common::proxy::{Faults, Proxy};
-use common::{Peer, admin, sample, signal, spawn_server};
+use common::{Peer, admin, signal};
 use stratus_proto::{CloseCode, Message};
 use stratus_server::{Config, PublishError, Reach, Server};
 use stratus_testkit::Redis;
-
-/// A new client on `ws`, subscribed to `topic` at the upgrade.
-fn subscriber(ws: SocketAddr, topic: &str) -> Peer {
-    let mut peer = Peer::connect(ws);
-    peer.send(common::upgrade_request(&format!("/ws?topic={topic}")).as_bytes());
-    let head = peer.read_head();
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    peer
-}
-
-/// A `stratus serve` node with the broker, killed when dropped.
-struct Node {
-    child: Child,
-    ws: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Node {
-    fn start(redis: &Redis) -> Self {
-        Self::start_with(redis, &[])
-    }
-
-    /// A node with more flags.
-    fn start_with(redis: &Redis, extra: &[&str]) -> Self {
-        Self::start_on(&redis.url(), extra)
-    }
-
-    /// A node with the broker at `url` (a proxy before Redis, say).
-    fn start_on(url: &str, extra: &[&str]) -> Self {
-        let mut args = vec!["serve", "--workers", "2", "--broker", url];
-        args.extend_from_slice(&["--log-level", "warn"]);
-        args.extend_from_slice(extra);
-        let (child, ws, admin) = spawn_server(&args);
-        let node = Self { child, ws, admin };
-        node.wait_ready(true);
-        node
-    }
-
-    fn subscriber(&self, topic: &str) -> Peer {
-        subscriber(self.ws, topic)
-    }
-
-    /// Publishes through the admin API: the status and the body.
-    fn publish(&self, topic: &str, text: &str) -> (u16, String) {
-        admin(
-            self.admin,
-            &format!(
-                "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                text.len()
-            ),
-        )
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        admin(
-            self.admin,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-        )
-    }
-
-    fn metric(&self, name: &str) -> u64 {
-        sample(&self.get("/metrics").1, name)
-    }
-
-    /// Waits until `/readyz` says `ready`.
-    fn wait_ready(&self, ready: bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let (status, body) = self.get("/readyz");
-            if (status == 200) == ready {
-                let broker = if ready { "up" } else { "down" };
-                assert!(body.contains(&format!("\"broker\":\"{broker}\"")), "{body}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "readiness did not become {ready}: {status} {body}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until this node is subscribed in Redis to `topics` topics.
-    fn wait_topics(&self, topics: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.metric("stratus_broker_topics") != topics {
-            assert!(
-                Instant::now() < deadline,
-                "broker topics never reached {topics}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Each node publishes `count` messages `"{node}:{seq}:{tag}"` to `topic`, all three at
 /// once (one thread per node, each waiting for every answer before the next publish);

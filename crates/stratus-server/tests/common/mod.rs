@@ -312,6 +312,7 @@ fn listens(child: &mut Child, ws: SocketAddr) -> bool {
     std::thread::sleep(Duration::from_millis(100));
     child.try_wait().unwrap().is_none()
 }
+pub mod node;
 pub mod proxy;
 
 /// The push server with its defaults on loopback (two workers, an admin listener, the
@@ -339,8 +340,13 @@ pub struct V1 {
 impl V1 {
     /// Connects asking for `stratus.v1` (with more request headers); checks the answer.
     pub fn open(server: &Server, extra_headers: &str) -> Self {
+        Self::connect(server.local_addr(), extra_headers)
+    }
+
+    /// The same, to the WebSocket listener at `addr` (a `stratus` process, say).
+    pub fn connect(addr: SocketAddr, extra_headers: &str) -> Self {
         let headers = format!("Sec-WebSocket-Protocol: stratus.v1\r\n{extra_headers}");
-        let mut peer = Peer::connect(server.local_addr());
+        let mut peer = Peer::connect(addr);
         peer.send(upgrade_request_with("/ws", &headers).as_bytes());
         let head = peer.read_head();
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");

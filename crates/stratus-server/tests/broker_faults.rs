@@ -1,0 +1,518 @@
+//! Nodes cut off from their Redis by a fault proxy (`common::proxy`) for five seconds, then
+//! let back, while another node publishes steadily: one node per kind of fault (every
+//! connection reset, a blackhole, what the node sends held, what Redis sends held), and one
+//! whose link is only slowed, all at the same moment in one shared setup so the whole file
+//! takes one fault's time.
+//!
+//! For each cut node, while cut: a publish on it is answered 503 within the response
+//! timeout (never a hang) and readiness turns false; once let back, readiness turns true on
+//! its own (the time it takes is printed), subscribers of a topic without history get one
+//! gap notice per topic, and a v1 subscriber of a history topic that resumes from its last
+//! offset at the gap notice gets every message published meanwhile exactly once, in order.
+//! The slowed node stays ready and misses nothing. The publishing node's own subscribers
+//! are never interrupted. Needs `redis-server` on the PATH (`scripts/test.sh` installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::V1;
+use common::node::Node;
+use common::proxy::{Cut, Faults, Proxy};
+use serde_json::{Value, json};
+use stratus_testkit::Redis;
+
+/// How long each fault lasts.
+const CUT: Duration = Duration::from_secs(5);
+/// Latency added each way on the slowed node's broker link: a round trip well within the
+/// broker's response timeout (2 s).
+const SLOW: Duration = Duration::from_millis(400);
+/// A topic in the namespace that keeps a history (see [`NamespaceFile`]).
+const HISTORY_TOPIC: &str = "h:feed";
+/// Topics without a history.
+const PLAIN_TOPICS: [&str; 2] = ["plain:a", "plain:b"];
+/// How often the publishing node publishes to each topic.
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+/// How long a publish to a node that has not yet noticed the cut may wait for its 503:
+/// the broker's response timeout (2 s), and room for a busy machine.
+const REFUSED_WITHIN: Duration = Duration::from_secs(4);
+/// How soon a cut node must notice the cut by itself: the ping's interval (1 s) and
+/// timeout (2 s), and room for a busy machine.
+const NOTICED_WITHIN: Duration = Duration::from_secs(4);
+/// The longest a message from the publishing node may take to reach its own subscriber,
+/// whatever the cut nodes do (it takes milliseconds; the cut lasts five seconds).
+const PROMPT: Duration = Duration::from_secs(1);
+
+#[test]
+fn nodes_cut_from_redis_come_back_on_their_own_and_a_slow_link_costs_nothing() {
+    let redis = Redis::start();
+    let config = NamespaceFile::new();
+    let flags = ["--config", config.path()];
+    let publisher = Node::start_with(&redis, &flags);
+    let target = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+    let mut faults = vec![Fault::Cut(Cut::Drop, Probe::AtOnce), Fault::Slow(SLOW)];
+    for cut in [Cut::Blackhole, Cut::ToTarget, Cut::ToClient] {
+        faults.extend([
+            Fault::Cut(cut, Probe::AtOnce),
+            Fault::Cut(cut, Probe::Later),
+        ]);
+    }
+    // Started side by side: each start waits for its node to listen and subscribe.
+    let nodes: Vec<FaultyNode> = std::thread::scope(|scope| {
+        let starting: Vec<_> = faults
+            .iter()
+            .map(|&fault| scope.spawn(move || FaultyNode::start(fault, target, &flags)))
+            .collect();
+        starting.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let (mut witness, _) = subscribed(&publisher, &all_topics());
+    publisher.wait_topics(3);
+
+    let started = Instant::now();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Raised when the nodes are done, or as a check fails: the publisher stops.
+        let stopping = Raise(&stop);
+        let publishing = scope.spawn(|| publish_until(&publisher, &stop, started));
+        let witnessed = scope.spawn(move || witness_delivery(&mut witness, started));
+        let faulted: Vec<_> = nodes
+            .iter()
+            .map(|node| scope.spawn(move || node.fault_and_check(started)))
+            .collect();
+        // Every node is back, and has had messages since: then the last ones.
+        for node in faulted {
+            node.join().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        drop(stopping);
+        let rounds = publishing.join().unwrap();
+        let worst = witnessed.join().unwrap();
+        eprintln!(
+            "the publishing node: {rounds} messages per topic, each at its own subscriber \
+             within {worst:?}"
+        );
+        assert!(worst < PROMPT, "the publishing node stalled: {worst:?}");
+        for node in &nodes {
+            node.check_delivery(rounds);
+        }
+    });
+    assert_eq!(publisher.metric("stratus_broker_disconnects_total"), 0);
+    for node in &nodes {
+        let lost = match node.fault {
+            Fault::Cut(..) => 1,
+            Fault::Slow(_) => 0,
+        };
+        assert_eq!(
+            node.node.metric("stratus_broker_disconnects_total"),
+            lost,
+            "{:?}: sessions lost",
+            node.fault
+        );
+    }
+}
+
+/// What the proxy does to a node's broker connections for [`CUT`].
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Cut(Cut, Probe),
+    /// This much more latency each way: slower, never lost.
+    Slow(Duration),
+}
+
+/// When a cut node is first asked to publish.
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    /// As the cut starts: the publish waits for Redis, which never answers, and is
+    /// refused at the response timeout (which also ends the session).
+    AtOnce,
+    /// Once the node has noticed the cut by itself (the pub/sub connection's ping, or
+    /// the connection closing).
+    Later,
+}
+
+/// A node whose broker connections go through a proxy, with its subscribers: the
+/// resuming one of the history topic, the one of the topics without history (each on its
+/// own thread until the end markers).
+struct FaultyNode {
+    fault: Fault,
+    node: Node,
+    proxy: Proxy,
+    readers: Mutex<Vec<JoinHandle<Delivered>>>,
+}
+
+/// What one subscriber on a faulty node got, per topic.
+#[derive(Debug, Default)]
+struct Delivered {
+    /// Sequence numbers taken, in order of arrival.
+    seqs: HashMap<String, Vec<u64>>,
+    /// Gap notices.
+    gaps: HashMap<String, usize>,
+}
+
+impl FaultyNode {
+    fn start(fault: Fault, target: SocketAddr, flags: &[&str]) -> Self {
+        let proxy = Proxy::start(target, Faults::default());
+        let node = Node::start_on(&format!("redis://{}/0", proxy.addr), flags);
+        let (resuming, replies) = subscribed(&node, &[HISTORY_TOPIC]);
+        let since = replies[0]["offset"].as_str().unwrap().to_owned();
+        let (plain, _) = subscribed(&node, &PLAIN_TOPICS);
+        node.wait_topics(3);
+        let readers = vec![
+            std::thread::spawn(move || read_resuming(resuming, since)),
+            std::thread::spawn(move || read_plain(plain)),
+        ];
+        Self {
+            fault,
+            node,
+            proxy,
+            readers: Mutex::new(readers),
+        }
+    }
+
+    /// Lets traffic flow a moment, applies the fault for [`CUT`], lifts it, and checks
+    /// what the node says and answers meanwhile.
+    fn fault_and_check(&self, started: Instant) {
+        std::thread::sleep(Duration::from_millis(500).saturating_sub(started.elapsed()));
+        match self.fault {
+            Fault::Cut(cut, probe) => self.cut(cut, probe),
+            Fault::Slow(latency) => self.slow(latency),
+        }
+        // Publishes on it work again.
+        let (status, body) = self.node.publish("probe", "back");
+        assert_eq!(status, 200, "{:?}: {body}", self.fault);
+    }
+
+    /// Cuts the node off for [`CUT`]: readiness turns false (within the ping's interval
+    /// and timeout, if no publish shows the cut first), publishes on it are refused within
+    /// the response timeout, and readiness turns true again once the cut ends; prints how
+    /// long each took.
+    fn cut(&self, cut: Cut, probe: Probe) {
+        self.proxy.cut(cut);
+        let cut_at = Instant::now();
+        // At once, before the node may have noticed: refused, not left hanging.
+        let first = matches!(probe, Probe::AtOnce).then(|| self.refused());
+        self.wait_ready(false, Duration::from_secs(10));
+        let noticed = cut_at.elapsed();
+        assert!(noticed < NOTICED_WITHIN, "{:?}: {noticed:?}", self.fault);
+        // Once it has noticed, refused at once.
+        let then = self.refused();
+        assert!(then < Duration::from_secs(1), "{:?}: {then:?}", self.fault);
+        while cut_at.elapsed() + Duration::from_millis(600) < CUT {
+            self.refused();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        std::thread::sleep(CUT.saturating_sub(cut_at.elapsed()));
+        self.proxy.restore();
+        let restored_at = Instant::now();
+        self.wait_ready(true, Duration::from_secs(15));
+        let recovered = restored_at.elapsed();
+        let first = first.map_or(String::new(), |f| {
+            format!("a publish refused after {f:?}, ")
+        });
+        eprintln!(
+            "{:?}: {first}not ready after {noticed:?}; ready again {recovered:?} after the \
+             restore",
+            self.fault
+        );
+    }
+
+    /// Slows the node's broker link for [`CUT`]: it stays ready and its publishes are
+    /// taken, each after the round trip; prints the slowest.
+    fn slow(&self, latency: Duration) {
+        self.proxy.slow(latency);
+        let slowed_at = Instant::now();
+        let mut slowest = Duration::ZERO;
+        while slowed_at.elapsed() < CUT {
+            let asked = Instant::now();
+            let (status, body) = self.node.publish("probe", "slow");
+            assert_eq!(status, 200, "{:?}: {body}", self.fault);
+            slowest = slowest.max(asked.elapsed());
+            let (status, body) = self.node.get("/readyz");
+            assert_eq!(status, 200, "{:?}: {body}", self.fault);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.proxy.restore();
+        assert!(
+            slowest >= 2 * latency,
+            "{slowest:?}: the link was not slowed"
+        );
+        eprintln!("Slow({latency:?}): ready throughout, the slowest publish took {slowest:?}");
+    }
+
+    /// Publishes on the cut node: it must answer 503 within [`REFUSED_WITHIN`]; how long
+    /// it took.
+    fn refused(&self) -> Duration {
+        let asked = Instant::now();
+        let (status, body) = self.node.publish("probe", "lost?");
+        let took = asked.elapsed();
+        let fault = self.fault;
+        assert_eq!(status, 503, "{fault:?}: {body}");
+        assert!(body.contains("broker is unavailable"), "{fault:?}: {body}");
+        assert!(took < REFUSED_WITHIN, "{fault:?}: the 503 took {took:?}");
+        took
+    }
+
+    /// Waits until `/readyz` says `ready`, `within` at most.
+    fn wait_ready(&self, ready: bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.node.get("/readyz");
+            if (status == 200) == ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?}: readiness did not become {ready}: {status} {body}",
+                self.fault
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Checks what the node's subscribers got, `rounds` messages having been published to
+    /// each topic: cut, one gap notice per topic (and everything for the resuming
+    /// subscriber of the history topic); slowed, everything and no gap.
+    fn check_delivery(&self, rounds: u64) {
+        let fault = self.fault;
+        let gaps = match fault {
+            Fault::Cut(..) => Some(&1),
+            Fault::Slow(_) => None,
+        };
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap());
+        let mut delivered = readers.into_iter().map(|r| r.join().unwrap());
+        let (resumed, plain) = (delivered.next().unwrap(), delivered.next().unwrap());
+        assert_eq!(resumed.gaps.get(HISTORY_TOPIC), gaps, "{fault:?}");
+        let every: Vec<u64> = (0..rounds).collect();
+        assert_eq!(
+            resumed.seqs[HISTORY_TOPIC], every,
+            "{fault:?}: every message, once, in order"
+        );
+        // The others: what came was in order, none twice, and one run of messages was
+        // missing at the gap notice (the reader checked).
+        for topic in PLAIN_TOPICS {
+            assert_eq!(
+                plain.gaps.get(topic),
+                gaps,
+                "{fault:?}: gap notices, {topic}"
+            );
+            let seqs = &plain.seqs[topic];
+            assert_eq!(seqs.last(), Some(&(rounds - 1)), "{fault:?} {topic}");
+            if gaps.is_none() {
+                assert_eq!(seqs, &every, "{fault:?}: every message, once, in order");
+            }
+            eprintln!(
+                "{fault:?}: {topic} without history missed {} of {rounds}",
+                rounds as usize - seqs.len()
+            );
+        }
+    }
+}
+
+/// Every topic the nodes' subscribers take.
+fn all_topics() -> Vec<&'static str> {
+    let mut topics = vec![HISTORY_TOPIC];
+    topics.extend(PLAIN_TOPICS);
+    topics
+}
+
+/// A v1 client of `node` subscribed to `topics`, reading for longer than a cut and a
+/// recovery take; the subscribe replies.
+fn subscribed(node: &Node, topics: &[&str]) -> (V1, Vec<Value>) {
+    let mut client = V1::connect(node.ws, "");
+    client
+        .peer
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let replies = topics
+        .iter()
+        .enumerate()
+        .map(|(id, topic)| {
+            let reply = client.ask(json!({"id": id, "op": "subscribe", "topic": topic}));
+            assert_eq!(
+                (&reply["type"], &reply["id"]),
+                (&json!("reply"), &json!(id))
+            );
+            reply
+        })
+        .collect();
+    (client, replies)
+}
+
+/// Publishes `"{seq}:{ms since started}"` to every topic every [`PUBLISH_EVERY`] on
+/// `node` until `stop`, each accepted; then `"end"` to each. How many went to each.
+fn publish_until(node: &Node, stop: &AtomicBool, started: Instant) -> u64 {
+    let mut seq = 0;
+    while !stop.load(Ordering::Relaxed) {
+        for topic in all_topics() {
+            let stamp = started.elapsed().as_millis();
+            let (status, body) = node.publish(topic, &format!("{seq}:{stamp}"));
+            assert_eq!(status, 200, "the publishing node refused: {body}");
+        }
+        seq += 1;
+        std::thread::sleep(PUBLISH_EVERY);
+    }
+    for topic in all_topics() {
+        assert_eq!(node.publish(topic, "end").0, 200);
+    }
+    seq
+}
+
+/// A push: its topic, and its sequence number and stamp (`None` for the end marker).
+fn parse_push(push: &Value) -> (String, Option<(u64, u64)>) {
+    assert_eq!(push["type"], "pub", "{push}");
+    let topic = push["topic"].as_str().unwrap().to_owned();
+    let data = push["data"].as_str().unwrap();
+    let numbers = data
+        .split_once(':')
+        .map(|(seq, stamp)| (seq.parse().unwrap(), stamp.parse().unwrap()));
+    assert!(numbers.is_some() || data == "end", "{push}");
+    (topic, numbers)
+}
+
+/// Reads the publishing node's own subscriber to the end markers: every message, in
+/// order, no gap; the longest any took from its publish.
+fn witness_delivery(client: &mut V1, started: Instant) -> Duration {
+    let mut next: HashMap<String, u64> = HashMap::new();
+    let mut ended = 0;
+    let mut worst = Duration::ZERO;
+    while ended < all_topics().len() {
+        let (topic, numbers) = parse_push(&client.recv());
+        let Some((seq, stamp)) = numbers else {
+            ended += 1;
+            continue;
+        };
+        let expected = next.entry(topic.clone()).or_default();
+        assert_eq!(seq, *expected, "{topic}: in order, none missing");
+        *expected += 1;
+        worst = worst.max(
+            started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(stamp)),
+        );
+    }
+    worst
+}
+
+/// Reads a subscriber of the topics without history to the end markers: per topic, an
+/// unbroken run, one gap notice, and an unbroken run again (what came between was lost).
+fn read_plain(mut client: V1) -> Delivered {
+    let mut got = Delivered::default();
+    let mut after_gap: HashMap<String, bool> = HashMap::new();
+    let mut ended = 0;
+    while ended < PLAIN_TOPICS.len() {
+        let message = client.recv();
+        let topic = message["topic"].as_str().unwrap().to_owned();
+        if message["type"] == "gap" {
+            assert!(is_cut_off(&message), "{message}");
+            *got.gaps.entry(topic.clone()).or_default() += 1;
+            after_gap.insert(topic, true);
+            continue;
+        }
+        let (topic, numbers) = parse_push(&message);
+        let Some((seq, _)) = numbers else {
+            ended += 1;
+            continue;
+        };
+        let seqs = got.seqs.entry(topic.clone()).or_default();
+        let expected = seqs.last().map_or(0, |last| last + 1);
+        // Right after the gap notice, some may be missing; nowhere else.
+        if after_gap.insert(topic.clone(), false) == Some(true) {
+            assert!(seq >= expected, "{topic}: {seq} after {seqs:?}");
+        } else {
+            assert_eq!(seq, expected, "{topic}: in order, none missing or twice");
+        }
+        seqs.push(seq);
+    }
+    got
+}
+
+/// Reads the history topic's subscriber (subscribed at offset `since`) to the end
+/// marker, as a resuming client does: at a gap notice it subscribes again from the offset
+/// of the last message it took, and takes nothing more until that subscribe's reply (what
+/// came meanwhile follows it again).
+fn read_resuming(mut client: V1, since: String) -> Delivered {
+    let mut got = Delivered::default();
+    let mut last = since;
+    let mut resuming: Option<u64> = None;
+    let mut ids = 100;
+    loop {
+        let message = client.recv();
+        match message["type"].as_str() {
+            Some("gap") => {
+                assert!(is_cut_off(&message), "{message}");
+                *got.gaps.entry(HISTORY_TOPIC.to_owned()).or_default() += 1;
+                ids += 1;
+                let since = last.clone();
+                client.send(
+                    json!({"id": ids, "op": "subscribe", "topic": HISTORY_TOPIC, "since": since}),
+                );
+                resuming = Some(ids);
+            }
+            Some("reply") => {
+                assert_eq!(Some(message["id"].as_u64().unwrap()), resuming, "{message}");
+                assert_eq!(message["offset"].as_str(), Some(last.as_str()), "{message}");
+                assert_eq!(message["recovering"], true, "{message}");
+                resuming = None;
+            }
+            _ if resuming.is_some() => {}
+            _ => {
+                let (topic, numbers) = parse_push(&message);
+                assert_eq!(topic, HISTORY_TOPIC);
+                let Some((seq, _)) = numbers else {
+                    return got;
+                };
+                let seqs = got.seqs.entry(topic).or_default();
+                let expected = seqs.last().map_or(0, |last| last + 1);
+                assert_eq!(seq, expected, "in order, none missing or twice");
+                seqs.push(seq);
+                message["offset"].as_str().unwrap().clone_into(&mut last);
+            }
+        }
+    }
+}
+
+/// Whether `notice` is the gap notice of a node that was cut off from its broker.
+fn is_cut_off(notice: &Value) -> bool {
+    notice["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("cut off from the broker"))
+}
+
+/// Raises its flag when dropped (also while a panic unwinds).
+struct Raise<'a>(&'a AtomicBool);
+
+impl Drop for Raise<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A config file for the nodes: topics under `h:` keep a history, the others none.
+struct NamespaceFile(PathBuf);
+
+impl NamespaceFile {
+    fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("stratus-broker-faults-{}.toml", std::process::id()));
+        std::fs::write(&path, "[namespace.\"h:\"]\nhistory = 5000\n").unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for NamespaceFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
