@@ -41,7 +41,8 @@ mod tls;
 mod worker;
 
 pub use config::{
-    App, ClientPublish, Config, Hooks, Namespace, NamespaceOptions, PresenceMode, SlowConsumer,
+    App, BrokerAuth, ClientPublish, Config, Hooks, Namespace, NamespaceOptions, PresenceMode,
+    Secret, SlowConsumer, redact,
 };
 pub use messages::{PublishError, Published, Reach};
 pub use model::auth::{Auth, AuthAlgorithm};

@@ -26,8 +26,10 @@ pub(crate) trait Node: Sync {
     /// The node's subscription to `topic` (for its `arrival`) is confirmed in the broker:
     /// the subscribe replies waiting for it go out.
     fn confirm(&self, topic: &Arc<str>, arrival: u64);
-    /// The broker connection is lost: no topic is confirmed until it is back.
-    fn unconfirm_all(&self);
+    /// The connection to broker shard `shard` (its index in the `--broker` list) is lost:
+    /// none of the topics that shard carries is confirmed until it is back. Topics on the
+    /// other shards are untouched.
+    fn unconfirm_shard(&self, shard: usize);
     /// Dispatches a publication from the broker to the node's workers, or says they are
     /// behind.
     fn dispatch(

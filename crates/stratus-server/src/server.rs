@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::events::EventsTask;
 use crate::messages::{BrokerRequest, Node, PublishError};
 use crate::model::publication::Publication;
-use crate::node::broker_link::BrokerLink;
+use crate::node::broker_link::{BrokerLink, ShardLink};
 use crate::node::delivery::Delivery;
 use crate::node::hub::{Hub, WorkerLink};
 use crate::node::occupancy_events::EventsLink;
@@ -68,6 +68,37 @@ fn spawn_presence_clock(
             }
         })?;
     Ok((thread, stop))
+}
+
+/// The hub's link to the broker and one broker task per Redis shard in `clients`, in
+/// `--broker` order (the first also carries presence, user-level control and the control
+/// channel); `None` without a client.
+fn broker_shards(
+    clients: Vec<redis::Client>,
+    config: &Config,
+) -> Option<(BrokerLink, Vec<BrokerTask>)> {
+    let ends = || {
+        let publishes = mpsc::unbounded_channel();
+        let requests = mpsc::unbounded_channel();
+        (publishes, requests, Arc::new(BrokerStats::default()))
+    };
+    let mut clients = clients.into_iter();
+    let first = clients.next()?;
+    let ((publish_tx, publish_rx), (request_tx, request_rx), stats) = ends();
+    let link = ShardLink::new(publish_tx.clone(), request_tx, stats.clone());
+    // The first shard reads presence too, on the connection it reads histories on.
+    let reads = config.keeps_history() || config.keeps_presence();
+    let publishes = (publish_tx, publish_rx);
+    let first = BrokerTask::new(first, reads, publishes, request_rx, stats);
+    let (mut links, mut tasks) = (Vec::new(), Vec::new());
+    for (index, client) in (1..).zip(clients) {
+        let ((publish_tx, publishes), (request_tx, requests), stats) = ends();
+        links.push(ShardLink::new(publish_tx, request_tx, stats.clone()));
+        let reads = config.keeps_history();
+        tasks.push(first.shard(index, client, reads, publishes, requests, stats));
+    }
+    tasks.insert(0, first);
+    Some((BrokerLink::new(link, links), tasks))
 }
 
 fn invalid(message: String) -> io::Error {
@@ -115,19 +146,11 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()?
             .into_iter()
             .unzip();
-        let (broker, broker_task) = match config.broker_client().map_err(invalid)? {
-            Some(client) => {
-                let (publish_tx, publish_rx) = mpsc::unbounded_channel();
-                let (request_tx, request_rx) = mpsc::unbounded_channel();
-                let stats = Arc::new(BrokerStats::default());
-                let link = BrokerLink::new(publish_tx.clone(), request_tx, stats.clone());
-                let publishes = (publish_tx, publish_rx);
-                let reads = config.keeps_history() || config.keeps_presence();
-                let task = BrokerTask::new(client, reads, publishes, request_rx, stats);
-                (Some(link), Some(task))
-            }
-            None => (None, None),
-        };
+        let (broker, broker_tasks) = config
+            .broker_shards()
+            .map_err(invalid)?
+            .and_then(|clients| broker_shards(clients, &config))
+            .unzip();
         let config = Arc::new(config);
         let (events_link, events_inbox) = match config.keeps_occupancy_events() {
             true => {
@@ -138,20 +161,21 @@ impl Server {
         };
         let hub = Arc::new(Hub::new(links, broker, config.clone()).with_events(events_link));
         if let Some(inbox) = events_inbox {
+            // On the first shard, with the rest of what is the node's and not a topic's.
             let redis = config.broker_client().map_err(invalid)?;
             EventsTask::new(inbox, hub.node_id.clone(), &config, redis)
                 .map_err(invalid)?
                 .spawn()?;
         }
-        let broker = broker_task
-            .map(|task| {
+        let broker = broker_tasks
+            .map(|tasks| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
                 let node: Arc<dyn Node + Send> = hub.clone();
                 std::thread::Builder::new()
                     .name("stratus-broker".into())
-                    .spawn(move || task.run(runtime, node))
+                    .spawn(move || BrokerTask::run(tasks, runtime, node))
             })
             .transpose()?;
         let hooks = crate::hooks::start(&config, &hub)?;

@@ -23,7 +23,7 @@ use crate::model::history::{HistoryDest, HistoryRead, PAGE};
 use crate::model::offset::Since;
 use crate::model::protocol::Protocol;
 use crate::model::rate::TokenBucket;
-use crate::node::broker_link::BrokerLink;
+use crate::node::broker_link::{BrokerLink, ShardLink};
 use crate::node::hub::{Hub, WorkerLink};
 use crate::stats::BrokerStats;
 
@@ -155,6 +155,22 @@ pub(crate) fn hub(
     Vec<mpsc::UnboundedReceiver<WorkerMsg>>,
     Option<BrokerEnds>,
 ) {
+    let (hub, inboxes, ends) = sharded_hub(workers, usize::from(broker), config);
+    (hub, inboxes, ends.into_iter().next())
+}
+
+/// A hub over `workers` inboxes the test reads, with `config`, and a broker link over
+/// `shards` shards (each connected; none: no broker) whose other ends the test holds, in
+/// shard order.
+pub(crate) fn sharded_hub(
+    workers: usize,
+    shards: usize,
+    config: impl Into<Arc<Config>>,
+) -> (
+    Hub,
+    Vec<mpsc::UnboundedReceiver<WorkerMsg>>,
+    Vec<BrokerEnds>,
+) {
     let (links, inboxes) = (0..workers)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -163,21 +179,27 @@ pub(crate) fn hub(
             (WorkerLink { tx, wake, backlog }, rx)
         })
         .unzip();
-    let (link, ends) = match broker {
-        true => {
+    let (mut shard_links, ends): (Vec<ShardLink>, Vec<BrokerEnds>) = (0..shards)
+        .map(|_| {
             let (publish_tx, publishes) = mpsc::unbounded_channel();
             let (request_tx, requests) = mpsc::unbounded_channel();
             let stats = Arc::new(BrokerStats::default());
             stats.up.store(true, std::sync::atomic::Ordering::Release);
-            let link = BrokerLink::new(publish_tx, request_tx, stats.clone());
+            let link = ShardLink::new(publish_tx, request_tx, stats.clone());
             let ends = BrokerEnds {
                 requests,
                 publishes,
                 stats,
             };
-            (Some(link), Some(ends))
+            (link, ends)
+        })
+        .unzip();
+    let link = match shard_links.is_empty() {
+        true => None,
+        false => {
+            let first = shard_links.remove(0);
+            Some(BrokerLink::new(first, shard_links))
         }
-        false => (None, None),
     };
     (Hub::new(links, link, config.into()), inboxes, ends)
 }

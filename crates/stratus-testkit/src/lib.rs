@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,32 +24,88 @@ pub fn free_addr() -> SocketAddr {
 pub struct Redis {
     child: Child,
     port: u16,
+    setup: RedisSetup,
 }
+
+/// What a test Redis has beyond a plain port: TLS, ACL users.
+#[derive(Debug, Clone, Default)]
+pub struct RedisSetup {
+    /// TLS only (its port speaks nothing else), with these files.
+    pub tls: Option<RedisTls>,
+    /// ACL users, each the words of a `user` directive after `user` (`["stratus", "on",
+    /// ">secret", "~stratus:*", "+@all"]`). With any, Redis's `default` user is turned off
+    /// and the testkit signs in as a user of its own (`testkit`, every right).
+    pub users: Vec<Vec<String>>,
+}
+
+/// The PEM files of a TLS Redis. It asks clients for no certificate
+/// (`tls-auth-clients no`); `ca` is what Redis would check them against, and what the
+/// testkit trusts Redis's certificate with.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    /// Redis's certificate chain (for 127.0.0.1), leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA certificate that signed it.
+    pub ca: PathBuf,
+}
+
+/// The testkit's own ACL user's password, when `RedisSetup::users` turns `default` off.
+const TESTKIT_PASSWORD: &str = "testkit-only";
 
 impl Redis {
     /// A redis-server on a free port (another, if a concurrent test took that one).
     pub fn start() -> Self {
+        Self::start_with(RedisSetup::default())
+    }
+
+    /// A redis-server with `setup` (TLS, users) on a free port.
+    pub fn start_with(setup: RedisSetup) -> Self {
         (0..5)
-            .find_map(|_| Self::try_start(free_addr().port()))
+            .find_map(|_| Self::try_start(free_addr().port(), &setup))
             .expect("redis-server did not start on any of 5 free ports")
     }
 
     /// A redis-server on `port` (one stopped earlier, started again).
     pub fn start_on(port: u16) -> Self {
-        Self::try_start(port).expect("redis-server could not take its port again")
+        Self::try_start(port, &RedisSetup::default())
+            .expect("redis-server could not take its port again")
     }
 
     /// `None` if the server that answers on `port` is not the one started here.
-    fn try_start(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+    fn try_start(port: u16, setup: &RedisSetup) -> Option<Self> {
+        let mut command = Command::new("redis-server");
+        match &setup.tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        if !setup.users.is_empty() {
+            let testkit = format!(">{TESTKIT_PASSWORD}");
+            command.args(["--user", "testkit", "on", &testkit, "~*", "&*", "+@all"]);
+            command.args(["--user", "default", "off"]);
+            for user in &setup.users {
+                command.arg("--user").args(user);
+            }
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server (install it: scripts/install-redis.sh): {e}")
             });
-        let mut redis = Self { child, port };
+        let setup = setup.clone();
+        let mut redis = Self { child, port, setup };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut conn) = redis.connection() {
@@ -69,14 +126,39 @@ impl Redis {
         self.port
     }
 
-    /// Its URL, database 0.
+    /// Its URL, database 0 (`rediss://` with TLS), without credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.setup.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
-    /// A connection to it, answering PING.
+    /// A connection to it, answering PING (signed in as the testkit's own user, over TLS
+    /// trusting its CA, as the setup asks).
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(self.url())?;
+        if !self.setup.users.is_empty() {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_username("testkit")
+                .set_password(TESTKIT_PASSWORD);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &self.setup.tls {
+            None => redis::Client::open(info)?,
+            Some(tls) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&tls.ca)?),
+                };
+                redis::Client::build_with_tls(info, certificates)?
+            }
+        };
         let mut conn = client.get_connection()?;
         redis::cmd("PING").query::<String>(&mut conn)?;
         Ok(conn)

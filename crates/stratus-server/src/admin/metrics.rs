@@ -7,6 +7,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::node::broker_link::{BrokerLink, ShardLink};
 use crate::node::hub::Hub;
 use crate::stats::{BrokerStats, CLOSE_CODES, LATENCY_BOUNDS_US, REFUSALS, WorkerStats};
 
@@ -23,25 +24,59 @@ pub(super) fn metric(
     }
 }
 
-/// The broker's rows (only on a node with a broker).
-fn broker_metrics(out: &mut String, stats: &BrokerStats) {
-    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+/// A metric's samples: labels and value.
+type Samples<'a> = Vec<(&'a str, u64)>;
+
+/// The broker's rows (only on a node with a broker): the node's, summed over its shards
+/// (`stratus_broker_up` is 1 only while every shard is), then each shard's own, labelled
+/// with its index in the `--broker` list.
+fn broker_metrics(out: &mut String, broker: &BrokerLink) {
+    let shards = broker.shards();
+    let sum = |f: fn(&BrokerStats) -> &AtomicU64| -> u64 {
+        shards
+            .iter()
+            .map(|s| f(&s.stats).load(Ordering::Relaxed))
+            .sum()
+    };
+    let all_up = broker.all_up();
     #[rustfmt::skip]
     let rows: [(&str, &str, &str, u64); 11] = [
-        ("stratus_broker_up", "gauge", "1 while connected to the Redis broker (publishing answers 503 otherwise).", u64::from(stats.up.load(Ordering::Relaxed))),
-        ("stratus_broker_disconnects_total", "counter", "Connections to the broker lost.", load(&stats.disconnects)),
-        ("stratus_broker_topics", "gauge", "Topics this node is subscribed to in the broker.", load(&stats.topics)),
-        ("stratus_broker_published_total", "counter", "Publishes the broker confirmed.", load(&stats.published)),
-        ("stratus_broker_publish_errors_total", "counter", "Publishes refused (503) because the broker was unreachable or did not confirm.", load(&stats.publish_errors)),
-        ("stratus_broker_received_total", "counter", "Messages received from the broker and fanned out here.", load(&stats.received)),
-        ("stratus_broker_publish_backlog_bytes", "gauge", "Bytes of publishes sent to the broker and not yet answered.", load(&stats.backlog)),
-        ("stratus_broker_overload_signals_total", "counter", "Times this node told the cluster it is overloaded (every node holds publishes back for 500 ms).", load(&stats.overload_signals)),
-        ("stratus_broker_history_errors_total", "counter", "History reads that failed or timed out (each answered with a gap notice).", load(&stats.history_errors)),
-        ("stratus_broker_history_refused_total", "counter", "History reads answered with a gap at once because too many were waiting.", load(&stats.history_refused)),
-        ("stratus_broker_rejected_total", "counter", "Messages from the broker that were not Stratus messages (ignored).", load(&stats.rejected)),
+        ("stratus_broker_up", "gauge", "1 while connected to every Redis shard of the broker (publishing to a shard that is down answers 503).", u64::from(all_up)),
+        ("stratus_broker_disconnects_total", "counter", "Connections to the broker lost (over all shards).", sum(|s| &s.disconnects)),
+        ("stratus_broker_topics", "gauge", "Topics this node is subscribed to in the broker (over all shards).", sum(|s| &s.topics)),
+        ("stratus_broker_published_total", "counter", "Publishes the broker confirmed.", sum(|s| &s.published)),
+        ("stratus_broker_publish_errors_total", "counter", "Publishes refused (503) because the topic's shard was unreachable or did not confirm.", sum(|s| &s.publish_errors)),
+        ("stratus_broker_received_total", "counter", "Messages received from the broker and fanned out here.", sum(|s| &s.received)),
+        ("stratus_broker_publish_backlog_bytes", "gauge", "Bytes of publishes sent to the broker and not yet answered (each shard holds at most --max-publish-backlog).", sum(|s| &s.backlog)),
+        ("stratus_broker_overload_signals_total", "counter", "Times this node told the cluster it is overloaded (every node holds publishes back for 500 ms).", sum(|s| &s.overload_signals)),
+        ("stratus_broker_history_errors_total", "counter", "History reads that failed or timed out (each answered with a gap notice).", sum(|s| &s.history_errors)),
+        ("stratus_broker_history_refused_total", "counter", "History reads answered with a gap at once because too many were waiting.", sum(|s| &s.history_refused)),
+        ("stratus_broker_rejected_total", "counter", "Messages from the broker that were not Stratus messages (ignored).", sum(|s| &s.rejected)),
     ];
     for (name, kind, help, value) in rows {
         metric(out, name, kind, help, &[("", value)]);
+    }
+    let labels: Vec<String> = (0..shards.len())
+        .map(|i| format!("{{shard=\"{i}\"}}"))
+        .collect();
+    let per_shard = |f: &dyn Fn(&ShardLink) -> u64| -> Samples<'_> {
+        labels
+            .iter()
+            .map(String::as_str)
+            .zip(shards.iter().map(f))
+            .collect()
+    };
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    #[rustfmt::skip]
+    let rows: [(&str, &str, &str, Samples<'_>); 5] = [
+        ("stratus_broker_shard_up", "gauge", "1 while connected to this Redis shard (its topics' publishes answer 503 otherwise).", per_shard(&|s| u64::from(s.is_up()))),
+        ("stratus_broker_shard_disconnects_total", "counter", "Connections to this shard lost.", per_shard(&|s| load(&s.stats.disconnects))),
+        ("stratus_broker_shard_topics", "gauge", "Topics this node is subscribed to on this shard.", per_shard(&|s| load(&s.stats.topics))),
+        ("stratus_broker_shard_publish_errors_total", "counter", "Publishes to this shard's topics refused (503).", per_shard(&|s| load(&s.stats.publish_errors))),
+        ("stratus_broker_shard_publish_backlog_bytes", "gauge", "Bytes of publishes sent to this shard and not yet answered.", per_shard(&|s| load(&s.stats.backlog))),
+    ];
+    for (name, kind, help, samples) in rows {
+        metric(out, name, kind, help, &samples);
     }
 }
 
@@ -59,7 +94,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
     let single: [(&str, &str, &str, u64); 29] = [
-        ("stratus_ready", "gauge", "1 while the node takes publishes (not draining, its broker reachable), else 0 (as /readyz).", u64::from(hub.is_ready())),
+        ("stratus_ready", "gauge", "1 while the node takes publishes (not draining, at least one shard of its broker reachable), else 0 (as /readyz).", u64::from(hub.is_ready())),
         ("stratus_connections", "gauge", "Open WebSocket connections.", hub.connections()),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
         ("stratus_handshake_timeouts_total", "counter", "Connections closed for not completing the opening handshake in time.", sum(|w| &w.handshake_timeouts)),
@@ -143,7 +178,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         }
     }
     if let Some(broker) = &hub.broker {
-        broker_metrics(&mut out, &broker.stats);
+        broker_metrics(&mut out, broker);
     }
     if let Some(hooks) = hub.hooks.get() {
         super::hook_metrics::render(&mut out, hooks);

@@ -46,6 +46,7 @@ use crate::messages::{HistoryDest, HistoryRead, Published, Reach};
 use crate::model::offset::{Offset, Since};
 use crate::model::protocol::v1;
 use crate::model::publication::Publication;
+use crate::node::broker_link::ShardLink;
 use crate::node::hub::Hub;
 use crate::stats;
 
@@ -687,15 +688,23 @@ async fn history(admin: &Admin, topic: &str, request: &Request) -> Response {
     )
 }
 
-/// `/readyz`: 200 while the node can take publishes; 503 while it drains or its broker is
-/// unreachable.
+/// `/readyz`: 200 while the node can take publishes; 503 while it drains or every shard
+/// of its broker is unreachable. `broker` is `up` (every shard), `degraded` (some) or
+/// `down` (none); `shards` says which, in `--broker` order.
 fn readiness(hub: &Hub) -> Response {
-    let broker = hub
-        .broker
-        .as_ref()
-        .map(|b| if b.is_up() { "up" } else { "down" });
     let ready = hub.is_ready();
-    let body = json!({ "ready": ready, "draining": hub.is_draining(), "broker": broker });
+    let mut body = json!({ "ready": ready, "draining": hub.is_draining(), "broker": null });
+    if let Some(link) = &hub.broker {
+        let up: Vec<bool> = link.shards().iter().map(ShardLink::is_up).collect();
+        let state = match (up.iter().all(|&u| u), up.iter().any(|&u| u)) {
+            (true, _) => "up",
+            (false, true) => "degraded",
+            (false, false) => "down",
+        };
+        let shards: Vec<&str> = up.iter().map(|&u| if u { "up" } else { "down" }).collect();
+        body["broker"] = json!(state);
+        body["shards"] = json!(shards);
+    }
     respond(if ready { 200 } else { 503 }, body)
 }
 

@@ -22,6 +22,15 @@
 //! Messages published elsewhere during the outage are not replayed: the node's
 //! subscribers of each topic get a gap notice instead (see `commands`).
 //!
+//! Several Redis (`--broker redis://a,redis://b`) are shards: each topic lives on the one
+//! `model::shard` names (its channel, its history, the node's subscription), and the
+//! thread runs one task per shard, each with its own session, backoff and
+//! resubscription, so a shard lost fails only its own topics (their publishes 503, their
+//! subscribers a gap notice when it is back) and readiness turns false only when every
+//! shard is lost. What is the node's rather than a topic's (the control channel, presence
+//! reports and reads, the node list, user-level control) is the first shard's task's
+//! alone; the node's `BrokerLink` routes each request to its shard.
+//!
 //! Here: the task (`task`: the session, the publish pipeline, subscriptions, the control
 //! channel), the wire format (`wire`: channel names, Redis keys, the payload encoding,
 //! the publish script), and history reads (`history`). The task reaches the node only

@@ -1,7 +1,14 @@
-//! The broker thread: one small tokio runtime that keeps the node's session with Redis
-//! (connect, serve, lose, reconnect with backoff), publishes, mirrors the node's interest
-//! into Redis subscriptions, reads histories, and hands what Redis sends to the node
-//! through [`Node`], never reaching into it.
+//! The broker thread: one small tokio runtime that keeps the node's session with each
+//! Redis shard (connect, serve, lose, reconnect with backoff, each shard on its own),
+//! publishes, mirrors the node's interest into Redis subscriptions, reads histories, and
+//! hands what Redis sends to the node through [`Node`], never reaching into it.
+//!
+//! One [`BrokerTask`] per shard, all on the one runtime (a shard's task only ever waits on
+//! Redis or on the node, so the tasks interleave without holding each other up). The
+//! first shard's task also carries what is the node's rather than a topic's: the control
+//! channel (overload signals, user-level control), presence reports and reads, the node
+//! list. The other shards' tasks send their own control words (a node overloaded)
+//! through the first's publish queue.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -53,8 +60,11 @@ const OVERLOAD_REPEAT: Duration = Duration::from_millis(100);
 const CUT_OFF: &str =
     "the node was cut off from the broker; messages published meanwhile may be missing";
 
-/// The broker thread's side.
+/// The broker thread's side of one shard.
 pub(crate) struct BrokerTask {
+    /// The shard's index in the `--broker` list (0: the first, which also carries what is
+    /// node-wide).
+    shard: usize,
     client: redis::Client,
     /// Whether any topic keeps a history (the task then reads histories on a
     /// connection of its own).
@@ -62,15 +72,15 @@ pub(crate) struct BrokerTask {
     publishes: mpsc::UnboundedReceiver<Outgoing>,
     requests: mpsc::UnboundedReceiver<BrokerRequest>,
     stats: Arc<BrokerStats>,
-    /// Its own way into the publish queue, for the control channel.
+    /// The way into the first shard's publish queue, for the control channel.
     control: Control,
 }
 
 impl BrokerTask {
-    /// The broker thread for `client` (reading histories and presence, on a connection of
-    /// its own, if `reads_history`): it takes the
-    /// publishes and requests the node's `BrokerLink` sends, and may add control words to
-    /// the publishes itself (through `publish_tx`). `stats` are shared with the link; the
+    /// The task of the first (or only) shard, at `client` (reading histories and presence,
+    /// on a connection of its own, if `reads_history`): it takes the publishes and
+    /// requests the node's `BrokerLink` sends it, and may add control words to the
+    /// publishes itself (through `publish_tx`). `stats` are shared with the link; the
     /// node's name on the control channel is drawn here.
     pub(crate) fn new(
         client: redis::Client,
@@ -94,6 +104,7 @@ impl BrokerTask {
             stats: stats.clone(),
         };
         Self {
+            shard: 0,
             client,
             reads_history,
             publishes,
@@ -103,59 +114,105 @@ impl BrokerTask {
         }
     }
 
-    /// Runs the broker on `runtime` until the server stops: connect, serve, and on a
-    /// loss reconnect with backoff, failing publishes meanwhile.
-    pub(crate) fn run(mut self, runtime: tokio::runtime::Runtime, node: Arc<dyn Node + Send>) {
-        runtime.block_on(async move {
-            let mut wanted = Wanted::new();
-            let mut backoff = MIN_BACKOFF;
-            let mut reported = false;
-            // Whether the node has been without Redis (a failed attempt or a lost
-            // session) since it was last connected.
-            let mut cut_off = false;
-            loop {
-                if !self.take_changes(&mut wanted, &*node) {
-                    return;
-                }
-                match self.connect(&wanted).await {
-                    Ok(session) => {
-                        self.stats.up.store(true, Ordering::Release);
-                        info!(topics = wanted.len(), "connected to the broker");
-                        backoff = MIN_BACKOFF;
-                        reported = false;
-                        for (topic, &arrival) in &wanted {
-                            node.confirm(topic, arrival);
-                        }
-                        if cut_off {
-                            for topic in wanted.keys() {
-                                node.gap(topic, CUT_OFF);
-                            }
-                        }
-                        let lost = self.serve(session, &*node, &mut wanted).await;
-                        self.stats.up.store(false, Ordering::Release);
-                        self.stats.topics.store(0, Ordering::Relaxed);
-                        node.unconfirm_all();
-                        match lost {
-                            None => return,
-                            Some(reason) => {
-                                stats::add(&self.stats.disconnects, 1);
-                                warn!(%reason, "lost the broker; publishing answers 503 until it is back");
-                            }
-                        }
-                    }
-                    Err(err) if !reported => {
-                        reported = true;
-                        warn!(error = %err, "cannot reach the broker; retrying with backoff");
-                    }
-                    Err(_) => {}
-                }
-                cut_off = true;
-                if !self.wait(backoff, &mut wanted, &*node).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+    /// The task of another shard (`index` in the `--broker` list, after the first), at
+    /// `client`: its topics only (reading their histories on a connection of its own if
+    /// `reads_history`). Its control words go through this, the first shard's, publish
+    /// queue; `stats` are shared with the link.
+    pub(crate) fn shard(
+        &self,
+        index: usize,
+        client: redis::Client,
+        reads_history: bool,
+        publishes: mpsc::UnboundedReceiver<Outgoing>,
+        requests: mpsc::UnboundedReceiver<BrokerRequest>,
+        stats: Arc<BrokerStats>,
+    ) -> Self {
+        let node = self.stats.node.load(Ordering::Relaxed);
+        stats.node.store(node, Ordering::Relaxed);
+        Self {
+            shard: index,
+            client,
+            reads_history,
+            publishes,
+            requests,
+            stats,
+            control: self.control.clone(),
+        }
+    }
+
+    /// Whether this is the first shard's task (the control channel, presence, user-level
+    /// control).
+    fn is_first(&self) -> bool {
+        self.shard == 0
+    }
+
+    /// Runs every shard's task on `runtime` until the server stops (each has been sent
+    /// [`BrokerRequest::Stop`]).
+    pub(crate) fn run(
+        tasks: Vec<Self>,
+        runtime: tokio::runtime::Runtime,
+        node: Arc<dyn Node + Send>,
+    ) {
+        let node: &dyn Node = &*node;
+        runtime.block_on(futures_util::future::join_all(
+            tasks.into_iter().map(|task| task.serve_shard(node)),
+        ));
+    }
+
+    /// Serves the shard until the server stops: connect, serve, and on a loss reconnect
+    /// with backoff, failing the shard's publishes meanwhile. The other shards are not
+    /// told: their topics carry on.
+    async fn serve_shard(mut self, node: &dyn Node) {
+        let shard = self.shard;
+        let mut wanted = Wanted::new();
+        let mut backoff = MIN_BACKOFF;
+        let mut reported = false;
+        // Whether the node has been without Redis (a failed attempt or a lost
+        // session) since it was last connected.
+        let mut cut_off = false;
+        loop {
+            if !self.take_changes(&mut wanted, node) {
+                return;
             }
-        });
+            match self.connect(&wanted).await {
+                Ok(session) => {
+                    self.stats.up.store(true, Ordering::Release);
+                    info!(shard, topics = wanted.len(), "connected to the broker");
+                    backoff = MIN_BACKOFF;
+                    reported = false;
+                    for (topic, &arrival) in &wanted {
+                        node.confirm(topic, arrival);
+                    }
+                    if cut_off {
+                        for topic in wanted.keys() {
+                            node.gap(topic, CUT_OFF);
+                        }
+                    }
+                    let lost = self.serve(session, node, &mut wanted).await;
+                    self.stats.up.store(false, Ordering::Release);
+                    self.stats.topics.store(0, Ordering::Relaxed);
+                    node.unconfirm_shard(shard);
+                    match lost {
+                        None => return,
+                        Some(reason) => {
+                            stats::add(&self.stats.disconnects, 1);
+                            warn!(shard, %reason, "lost the broker; publishing to its topics answers 503 until it is back");
+                        }
+                    }
+                }
+                Err(err) if !reported => {
+                    reported = true;
+                    let error = crate::config::connect_failure(&self.client, &err);
+                    warn!(shard, %error, "cannot reach the broker; retrying with backoff");
+                }
+                Err(_) => {}
+            }
+            cut_off = true;
+            if !self.wait(backoff, &mut wanted, node).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 
     /// Takes in the interest changes waiting; `false` if the server stopped.
@@ -197,7 +254,9 @@ impl BrokerTask {
             None
         };
         let (mut sink, stream) = within(self.client.get_async_pubsub()).await?.split();
-        within(sink.subscribe(CONTROL_CHANNEL)).await?;
+        if self.is_first() {
+            within(sink.subscribe(CONTROL_CHANNEL)).await?;
+        }
         let channels: Vec<String> = wanted.keys().map(|t| channel(t)).collect();
         for chunk in channels.chunks(MAX_BATCH) {
             within(sink.subscribe(chunk)).await?;

@@ -1,6 +1,7 @@
 //! Server settings and their defaults, and the namespaces that set options per topic
 //! prefix (`namespace`).
 
+mod broker;
 mod hooks;
 mod namespace;
 
@@ -12,7 +13,10 @@ use stratus_proto::Limits;
 use stratus_proto::handshake::HandshakeLimits;
 
 use crate::model::auth::Auth;
+use crate::model::shard::MAX_SHARDS;
 use crate::tls::TlsFiles;
+pub(crate) use broker::connect_failure;
+pub use broker::{BrokerAuth, Secret, redact};
 pub use hooks::Hooks;
 pub(crate) use namespace::TopicOptions;
 pub use namespace::{ClientPublish, Namespace, NamespaceOptions, PresenceMode};
@@ -142,10 +146,16 @@ pub struct Config {
     /// TLS on the admin listener (`https://`); `None` serves plain HTTP. It may name the
     /// same files as `tls`.
     pub admin_tls: Option<TlsFiles>,
-    /// A Redis URL (`redis://host:port/db`) through which several servers share topics:
-    /// every publish goes through Redis and reaches the subscribers on every server.
-    /// `None`: this server alone (the embedded local broker).
+    /// A Redis URL through which several servers share topics: every publish goes through
+    /// Redis and reaches the subscribers on every server. `redis://host:port/db`, or
+    /// `rediss://` for TLS; it may carry a user and password (`redis://user:password@host`),
+    /// but `broker_auth` keeps them out of it. Several URLs separated by commas are shards:
+    /// each topic lives on one of them (see [`Config::broker_shards`]). `None`: this server
+    /// alone (the embedded local broker).
     pub broker: Option<String>,
+    /// The ACL user and password the node signs in to the broker with, and the CA that
+    /// signs a `rediss://` broker's certificate.
+    pub broker_auth: BrokerAuth,
     /// Messages kept per topic (in Redis with a broker, in the node's memory without), so
     /// a subscriber can resume from the last offset it saw. 0 keeps none.
     pub history: usize,
@@ -236,6 +246,7 @@ impl Default for Config {
             tls: None,
             admin_tls: None,
             broker: None,
+            broker_auth: BrokerAuth::default(),
             history: 0,
             history_ttl: None,
             history_memory: 64 << 20,
@@ -322,7 +333,7 @@ impl Config {
             .map(TlsFiles::load)
             .transpose()
             .map_err(|e| format!("admin tls: {e}"))?;
-        self.broker_client()?;
+        self.broker_shards()?;
         if self.history_ttl == Some(Duration::ZERO) {
             return Err("history-ttl must be more than 0".into());
         }
@@ -366,17 +377,51 @@ impl Config {
         Ok(())
     }
 
-    /// The client for `broker`, if set: only `redis://host[:port][/db]` URLs.
+    /// The client for `broker`'s first (or only) shard, if set (`redis://` or `rediss://`,
+    /// signing in with `broker_auth`): the one that carries what is the node's rather than
+    /// a topic's (see [`Config::broker_shards`]). The error names the URL with its password
+    /// masked.
     pub(crate) fn broker_client(&self) -> Result<Option<redis::Client>, String> {
-        let Some(url) = &self.broker else {
+        Ok(self
+            .broker_shards()?
+            .and_then(|shards| shards.into_iter().next()))
+    }
+
+    /// The clients for `broker`'s shards, in order, if set: one URL, or several separated
+    /// by commas (`redis://10.0.0.5:6379,redis://10.0.0.6:6379`; a comma in a password is
+    /// written `%2C`), each made by `broker_auth`. Each topic lives on one shard, chosen
+    /// by its name and the shard's position in the list (`model::shard`), so every node
+    /// must list the same shards in the same order, and a shard is added at the end. The
+    /// first shard also carries what is the node's rather than a topic's: presence, the
+    /// node list, user-level control, the control channel, the occupied/vacated events.
+    pub(crate) fn broker_shards(&self) -> Result<Option<Vec<redis::Client>>, String> {
+        let Some(list) = &self.broker else {
             return Ok(None);
         };
-        if !url.starts_with("redis://") {
-            return Err(format!("broker {url:?}: only redis:// URLs are supported"));
+        let urls: Vec<&str> = list.split(',').map(str::trim).collect();
+        if urls.len() > MAX_SHARDS {
+            return Err(format!(
+                "broker: {} shards, at most {MAX_SHARDS}",
+                urls.len()
+            ));
         }
-        redis::Client::open(url.as_str())
-            .map(Some)
-            .map_err(|e| format!("broker {url:?}: {e}"))
+        let mut clients = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            if url.is_empty() {
+                return Err(format!(
+                    "broker {}: shard {index} is empty (a stray comma?)",
+                    redact(list)
+                ));
+            }
+            if urls[..index].contains(url) {
+                return Err(format!(
+                    "broker {}: shard {index} repeats an earlier shard",
+                    redact(list)
+                ));
+            }
+            clients.push(self.broker_auth.client(url)?);
+        }
+        Ok(Some(clients))
     }
 
     /// The echo server (Autobahn's testee) on 127.0.0.1:9001, with limits that let every
@@ -404,9 +449,55 @@ mod tests {
             ..Config::default()
         };
         assert!(broker("redis://127.0.0.1:6379/0").broker_client().is_ok());
+        assert!(broker("rediss://127.0.0.1:6379").broker_client().is_ok());
         assert!(broker("http://127.0.0.1:6379").broker_client().is_err());
-        assert!(broker("rediss://127.0.0.1:6379").broker_client().is_err());
         assert!(matches!(Config::default().broker_client(), Ok(None)));
+        let err = broker("http://stratus:hunter2@127.0.0.1:6379")
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("stratus:***@"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn several_broker_urls_are_shards_in_order() {
+        let broker = |list: &str| Config {
+            broker: Some(list.into()),
+            ..Config::default()
+        };
+        let shards = broker("redis://127.0.0.1:6379/0, rediss://127.0.0.1:6380,redis://h:1")
+            .broker_shards()
+            .unwrap()
+            .unwrap();
+        let ports: Vec<String> = shards
+            .iter()
+            .map(|c| c.get_connection_info().addr().to_string())
+            .collect();
+        assert_eq!(ports, ["127.0.0.1:6379", "127.0.0.1:6380", "h:1"]);
+        let first = broker("redis://127.0.0.1:6379/0,redis://127.0.0.1:6380")
+            .broker_client()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.get_connection_info().addr().to_string(),
+            "127.0.0.1:6379",
+            "what is the node's lives on the first shard"
+        );
+        for (list, why) in [
+            ("redis://a:1,,redis://b:1", "shard 1 is empty"),
+            ("redis://a:1,", "shard 1 is empty"),
+            ("redis://u:hunter2@a:1,redis://u:hunter2@a:1", "repeats"),
+            ("redis://a:1,http://u:hunter2@b:1", "only redis://"),
+        ] {
+            let err = broker(list).validate().unwrap_err();
+            assert!(err.contains(why), "{list}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let many: Vec<String> = (1..=MAX_SHARDS + 1)
+            .map(|port| format!("redis://h:{port}"))
+            .collect();
+        let err = broker(&many.join(",")).validate().unwrap_err();
+        assert!(err.contains("at most"), "{err}");
     }
 
     #[test]

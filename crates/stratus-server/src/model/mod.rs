@@ -1,8 +1,8 @@
 //! Plain values, with no thread, no I/O and no clock of their own (time is passed in):
 //! topic names and a worker's topic table, how a worker names a connection, offsets, a
 //! publication and the frames each protocol sends of it, a recovery of missed messages,
-//! the two protocols' commands, replies and notices, token verification, and the
-//! per-connection message budget.
+//! the two protocols' commands, replies and notices, token verification, the
+//! per-connection message budget, and which broker shard carries a topic.
 //!
 //! Everything above builds on these. Nothing here imports from above: only `stats`, to
 //! count the compressions a broadcast makes.
@@ -19,5 +19,6 @@ pub(crate) mod protocol;
 pub(crate) mod publication;
 pub(crate) mod rate;
 pub(crate) mod recovery;
+pub(crate) mod shard;
 pub mod topic;
 pub(crate) mod user_control;

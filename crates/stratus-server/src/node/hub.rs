@@ -144,7 +144,7 @@ impl Hub {
             .then(|| MemoryHistory::new(config.history_memory));
         // One name per node: the broker's (on its control channel) where there is one.
         let node_id = match &broker {
-            Some(link) => Arc::from(format!("{:016x}", link.stats.node.load(Ordering::Relaxed))),
+            Some(link) => Arc::from(format!("{:016x}", link.node())),
             None => fresh_node_id(),
         };
         let presence = PresenceTable::new(node_id.clone(), broker.is_some());
@@ -453,17 +453,26 @@ impl Hub {
         }
     }
 
-    /// The broker lost Redis: no topic is confirmed until it has resubscribed.
-    pub(crate) fn unconfirm_all(&self) {
-        for state in self.interest().values_mut() {
-            state.confirmed = false;
+    /// The broker lost Redis shard `shard`: none of the topics it carries is confirmed
+    /// until it has resubscribed them; the other shards' topics stay as they are.
+    pub(crate) fn unconfirm_shard(&self, shard: usize) {
+        let Some(broker) = &self.broker else {
+            return;
+        };
+        for (topic, state) in self.interest().iter_mut() {
+            if broker.shard_of(topic) == shard {
+                state.confirmed = false;
+            }
         }
     }
 
-    /// Whether the node can publish: not draining, and connected to its broker if it has
-    /// one.
+    /// Whether the node can publish: not draining, and, if it has a broker, connected to
+    /// at least one of its shards. A shard that is down fails only its own topics (503
+    /// for their publishes); every node shares the shards, so turning unready for one
+    /// would take every node out of a load balancer's rotation at once, and with them the
+    /// topics of the shards that are up (see `stratus_broker_shard_up` for each shard).
     pub(crate) fn is_ready(&self) -> bool {
-        !self.is_draining() && self.broker.as_ref().is_none_or(BrokerLink::is_up)
+        !self.is_draining() && self.broker.as_ref().is_none_or(BrokerLink::any_up)
     }
 
     /// Whether worker `w`'s inbox holds the publish backlog limit or more.
@@ -748,8 +757,8 @@ impl Node for Hub {
         Hub::confirm(self, topic, arrival);
     }
 
-    fn unconfirm_all(&self) {
-        Hub::unconfirm_all(self);
+    fn unconfirm_shard(&self, shard: usize) {
+        Hub::unconfirm_shard(self, shard);
     }
 
     fn dispatch(
@@ -811,7 +820,9 @@ impl Node for Hub {
 mod tests {
     use super::*;
     use crate::messages::Reach;
+    use crate::model::offset::Since;
     use crate::testing;
+    use futures_util::FutureExt;
     use stratus_proto::Message;
 
     fn text(text: &str) -> Publication {
@@ -874,8 +885,68 @@ mod tests {
         hub.confirm(&t, 1);
         assert!(hub.is_confirmed("t"));
         // Redis lost: nothing is confirmed until the broker has resubscribed.
-        hub.unconfirm_all();
+        hub.unconfirm_shard(0);
         assert!(!hub.is_confirmed("t"));
+    }
+
+    #[test]
+    fn with_shards_a_topic_goes_to_its_own_and_a_shard_down_fails_only_its_topics() {
+        // With two shards, "news" lives on the first and "chat:1" on the second
+        // (`model::shard` pins these).
+        let (hub, _inboxes, mut shards) = testing::sharded_hub(1, 2, Config::default());
+        let (news, chat): (Arc<str>, Arc<str>) = (Arc::from("news"), Arc::from("chat:1"));
+        let _ = hub.subscribe(&news, 0, true, 0);
+        let _ = hub.subscribe(&chat, 0, true, 0);
+        assert_eq!(names(&shards[0].requests()), ["add news 0"]);
+        assert_eq!(names(&shards[1].requests()), ["add chat:1 1"]);
+        hub.confirm(&news, 0);
+        hub.confirm(&chat, 1);
+        // The second shard lost its Redis: only its topics wait for it again.
+        hub.unconfirm_shard(1);
+        assert!(hub.is_confirmed("news") && !hub.is_confirmed("chat:1"));
+        shards[1].stats.up.store(false, Ordering::Release);
+        assert_eq!(
+            hub.publish("chat:1", text("x")).err(),
+            Some(PublishError::BrokerUnavailable)
+        );
+        assert!(
+            hub.publish("news", text("y")).is_ok(),
+            "the other shard's topic"
+        );
+        let outgoing = shards[0].publishes.try_recv().expect("to the first shard");
+        assert_eq!(outgoing.topic, "news");
+        assert!(shards[1].publishes.try_recv().is_err());
+        assert!(hub.is_ready(), "ready while any shard is up");
+        // A shard's backlog holds back its own topics only.
+        shards[1].stats.up.store(true, Ordering::Release);
+        shards[1]
+            .stats
+            .backlog
+            .store(u64::MAX / 2, Ordering::Relaxed);
+        assert_eq!(
+            hub.publish("chat:1", text("z")).err(),
+            Some(PublishError::Overloaded)
+        );
+        assert!(hub.publish("news", text("w")).is_ok());
+        // A topic's history is read on its shard; what is the node's goes to the first.
+        hub.read_history(chat.clone(), testing::history_read(Since::Now, 1 << 20));
+        hub.presence_tick(1);
+        let _ = hub.cluster_presence("chat:1", false).now_or_never();
+        assert_eq!(names(&shards[1].requests()), ["history chat:1"]);
+        assert_eq!(
+            names(&shards[0].requests()),
+            ["presence tick", "presence chat:1"]
+        );
+        hub.broker
+            .as_ref()
+            .expect("a broker")
+            .request(BrokerRequest::Stop);
+        for shard in &mut shards {
+            assert_eq!(names(&shard.requests()), ["stop"], "every shard stops");
+        }
+        shards[0].stats.up.store(false, Ordering::Release);
+        shards[1].stats.up.store(false, Ordering::Release);
+        assert!(!hub.is_ready(), "no shard up");
     }
 
     #[test]

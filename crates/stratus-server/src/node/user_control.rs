@@ -59,7 +59,8 @@ impl Hub {
                 nodes: 1,
             });
         };
-        if !broker.is_up() {
+        // Said on the control channel, which is the first shard's.
+        if !broker.first_is_up() {
             return Err(ClusterError::BrokerUnavailable);
         }
         let (reply, rx) = oneshot::channel();

@@ -111,6 +111,9 @@ fn check(settings: Settings, echo: bool) -> anyhow::Result<()> {
     if config.admin_token.is_some() {
         println!("# admin-token is set (not shown)");
     }
+    if settings.broker_password.is_some() {
+        println!("# broker-password is set (not shown)");
+    }
     print!("{}", toml::to_string(&settings.effective(&config))?);
     Ok(())
 }

@@ -13,8 +13,8 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stratus_deflate::{DeflateConfig, Mode};
 use stratus_server::{
-    Auth, AuthAlgorithm, ClientPublish, Config, Hooks, Namespace, NamespaceOptions, PresenceMode,
-    SlowConsumer, TlsFiles,
+    Auth, AuthAlgorithm, BrokerAuth, ClientPublish, Config, Hooks, Namespace, NamespaceOptions,
+    PresenceMode, Secret, SlowConsumer, TlsFiles, redact,
 };
 
 /// Server options (all optional: unset means "from the file, else the default").
@@ -171,10 +171,35 @@ pub(crate) struct Settings {
     /// PEM private key of admin-tls-cert [none].
     #[arg(long, env = "STRATUS_ADMIN_TLS_KEY")]
     admin_tls_key: Option<PathBuf>,
-    /// Redis URL (`redis://host:port/db`) through which several nodes share topics: a
-    /// publish on any node reaches the subscribers on every node [none: this node alone].
+    /// Redis URL (`redis://host:port/db`, or `rediss://` for TLS) through which several
+    /// nodes share topics: a publish on any node reaches the subscribers on every node. It
+    /// may carry a user and password (`redis://user:password@host`), but broker-username and
+    /// broker-password(-file) keep them out of it. Several URLs separated by commas are
+    /// shards (`redis://a:6379,redis://b:6379`): each topic lives on one, chosen by its name
+    /// and the shard's place in the list, so every node lists the same shards in the same
+    /// order and a new shard goes at the end; each shard fails on its own (its topics'
+    /// publishes answer 503), and the first also keeps presence, user-level control and
+    /// the occupied/vacated events [none: this node alone].
     #[arg(long, env = "STRATUS_BROKER")]
     broker: Option<String>,
+    /// The Redis ACL user the node signs in as (with the broker password) [the URL's, else
+    /// Redis's default user].
+    #[arg(long, env = "STRATUS_BROKER_USERNAME")]
+    broker_username: Option<String>,
+    /// The password the node signs in to Redis with; prefer the environment or
+    /// broker-password-file to a flag (a flag shows in `ps`). Never logged, and withheld by
+    /// config check [the URL's, else none].
+    #[arg(long, env = "STRATUS_BROKER_PASSWORD", hide_env_values = true)]
+    pub(crate) broker_password: Option<String>,
+    /// A file holding the broker password (its trailing line break ignored), instead of
+    /// broker-password; read at start [none].
+    #[arg(long, env = "STRATUS_BROKER_PASSWORD_FILE")]
+    broker_password_file: Option<PathBuf>,
+    /// PEM file with the CA certificate(s) a rediss:// broker's certificate must be signed
+    /// by: a private CA, a self-signed Redis, or /etc/ssl/certs/ca-certificates.crt for the
+    /// host's roots [the Mozilla roots built in].
+    #[arg(long, env = "STRATUS_BROKER_CA")]
+    broker_ca: Option<PathBuf>,
     /// Messages kept per topic (in Redis with a broker, in the node's memory without), so
     /// a subscriber can resume from the last offset it saw [0: none].
     #[arg(long, env = "STRATUS_HISTORY")]
@@ -478,7 +503,22 @@ impl Settings {
         let file: Settings =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let flags = self;
-        Ok(merge!(
+        // The broker password is one setting in two forms (the value, or a file): the
+        // layer that gives either form gives both, so STRATUS_BROKER_PASSWORD overrides a
+        // broker-password-file in the file, as the environment overrides the file.
+        let (broker_password, broker_password_file) =
+            if flags.broker_password.is_some() || flags.broker_password_file.is_some() {
+                (
+                    flags.broker_password.clone(),
+                    flags.broker_password_file.clone(),
+                )
+            } else {
+                (
+                    file.broker_password.clone(),
+                    file.broker_password_file.clone(),
+                )
+            };
+        let merged = merge!(
             flags,
             file,
             listen,
@@ -525,6 +565,10 @@ impl Settings {
             admin_tls_cert,
             admin_tls_key,
             broker,
+            broker_username,
+            broker_password,
+            broker_password_file,
+            broker_ca,
             history,
             history_ttl,
             history_memory,
@@ -547,12 +591,17 @@ impl Settings {
             hook_timeout,
             hook_concurrency,
             namespace
-        ))
+        );
+        Ok(Settings {
+            broker_password,
+            broker_password_file,
+            ..merged
+        })
     }
 
     /// Every setting of `config` and these log settings, as a file would give them
     /// (`stratus config check`). The admin token, the auth secret, the webhook secret and
-    /// the broker's password are left out: they are secrets.
+    /// the broker's password (set, or in the URL) are left out: they are secrets.
     pub(crate) fn effective(&self, config: &Config) -> Self {
         Self {
             config: None,
@@ -612,7 +661,11 @@ impl Settings {
             tls_key: config.tls.as_ref().map(|t| t.key.clone()),
             admin_tls_cert: config.admin_tls.as_ref().map(|t| t.cert.clone()),
             admin_tls_key: config.admin_tls.as_ref().map(|t| t.key.clone()),
-            broker: config.broker.as_deref().map(without_password),
+            broker: config.broker.as_deref().map(redact),
+            broker_username: config.broker_auth.username.clone(),
+            broker_password: None,
+            broker_password_file: self.broker_password_file.clone(),
+            broker_ca: config.broker_auth.ca.clone(),
             history: Some(config.history),
             history_ttl: config.history_ttl.map(|d| d.as_secs_f64()),
             history_memory: Some(config.history_memory),
@@ -668,9 +721,34 @@ impl Settings {
             .map_err(anyhow::Error::msg)
     }
 
+    /// How the node signs in to its broker: these settings over `base`. The password comes
+    /// from broker-password or broker-password-file, not both.
+    fn broker_auth(&self, base: BrokerAuth) -> anyhow::Result<BrokerAuth> {
+        let password = match (&self.broker_password, &self.broker_password_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "broker-password and broker-password-file are both set (in the same place): \
+                 give one"
+            ),
+            (Some(password), None) if password.is_empty() => {
+                anyhow::bail!("broker-password is empty")
+            }
+            (Some(password), None) => Some(Secret::new(password.clone())),
+            (None, Some(path)) => Some(
+                Secret::read_file(path).map_err(|e| anyhow::anyhow!("broker-password-file {e}"))?,
+            ),
+            (None, None) => base.password,
+        };
+        Ok(BrokerAuth {
+            username: self.broker_username.clone().or(base.username),
+            password,
+            ca: self.broker_ca.clone().or(base.ca),
+        })
+    }
+
     /// These settings over `base` (the defaults of the command).
     pub(crate) fn apply(self, base: Config) -> anyhow::Result<Config> {
         let auth = self.auth()?;
+        let broker_auth = self.broker_auth(base.broker_auth.clone())?;
         let deflate = match self.deflate {
             None => base.deflate.map(|d| DeflateConfig {
                 threshold: self.deflate_threshold.unwrap_or(d.threshold),
@@ -747,6 +825,7 @@ impl Settings {
             admin_tls: pair(self.admin_tls_cert, self.admin_tls_key, "admin-tls")?
                 .or(base.admin_tls),
             broker: self.broker.or(base.broker),
+            broker_auth,
             history: self.history.unwrap_or(base.history),
             history_ttl: match self.history_ttl {
                 Some(s) => Some(seconds(Some(s), "history-ttl", Duration::ZERO)?),
@@ -918,6 +997,80 @@ mod tests {
             config.validate().is_ok(),
             "a history without a broker is kept in memory"
         );
+    }
+
+    #[test]
+    fn the_broker_password_comes_from_one_place_and_config_check_withholds_it() {
+        let dir = std::env::temp_dir().join(format!("stratus-broker-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password_file = dir.join("redis-password");
+        std::fs::write(&password_file, "from-the-file\n").unwrap();
+        let file = dir.join("stratus.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "broker = \"rediss://redis.internal:6380/0\"\nbroker-username = \"stratus\"\n\
+                 broker-password-file = {:?}\n",
+                password_file.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let settings = |flags: &[&str]| {
+            let mut args = vec!["stratus", "--config", file.to_str().unwrap()];
+            args.extend_from_slice(flags);
+            Cli::parse_from(args).settings.resolve().unwrap()
+        };
+        let password =
+            |settings: Settings| settings.apply(Config::default()).map(|c| c.broker_auth);
+
+        // From the file's password file, with the file's user name.
+        let auth = password(settings(&[])).unwrap();
+        assert_eq!(auth.password, Some(Secret::new("from-the-file")));
+        assert_eq!(auth.username.as_deref(), Some("stratus"));
+        // A flag (or STRATUS_BROKER_PASSWORD: the same layer) in either form overrides the
+        // file's, whichever form the file used.
+        let auth = password(settings(&["--broker-password", "from-a-flag"])).unwrap();
+        assert_eq!(auth.password, Some(Secret::new("from-a-flag")));
+        assert_eq!(
+            auth.username.as_deref(),
+            Some("stratus"),
+            "the user is its own key"
+        );
+        let other = dir.join("other");
+        std::fs::write(&other, "from-another-file").unwrap();
+        let flag = ["--broker-password-file", other.to_str().unwrap()];
+        assert_eq!(
+            password(settings(&flag)).unwrap().password,
+            Some(Secret::new("from-another-file"))
+        );
+        // Both forms in one layer: refused, naming neither value.
+        let both = [&["--broker-password", "from-a-flag"][..], &flag[..]].concat();
+        let err = password(settings(&both)).unwrap_err().to_string();
+        assert!(err.contains("both set"), "{err}");
+        assert!(!err.contains("from-a-flag"), "{err}");
+        let err = password(settings(&["--broker-password", ""])).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let gone = ["--broker-password-file", "/nonexistent/stratus-password"];
+        let err = password(settings(&gone)).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/stratus-password"), "{err}");
+
+        // config check: the password file's path and the user, never the password.
+        let flagged = settings(&["--broker-password", "from-a-flag"]);
+        let config = flagged.clone().apply(Config::default()).unwrap();
+        config.validate().unwrap();
+        let printed = toml::to_string(&flagged.effective(&config)).unwrap();
+        assert!(
+            printed.contains("broker-username = \"stratus\""),
+            "{printed}"
+        );
+        assert!(!printed.contains("from-a-flag"), "{printed}");
+        assert!(!printed.contains("broker-password ="), "{printed}");
+        let from_file = settings(&[]);
+        let config = from_file.clone().apply(Config::default()).unwrap();
+        let printed = toml::to_string(&from_file.effective(&config)).unwrap();
+        assert!(printed.contains("broker-password-file = "), "{printed}");
+        assert!(!printed.contains("from-the-file"), "{printed}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

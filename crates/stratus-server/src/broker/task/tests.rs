@@ -50,8 +50,11 @@ impl Node for FakeNode {
             .push(format!("confirm {topic} {arrival}"));
     }
 
-    fn unconfirm_all(&self) {
-        self.seen.lock().expect("lock").push("unconfirm".into());
+    fn unconfirm_shard(&self, shard: usize) {
+        self.seen
+            .lock()
+            .expect("lock")
+            .push(format!("unconfirm {shard}"));
     }
 
     fn dispatch(
@@ -137,7 +140,7 @@ impl Running {
             .enable_all()
             .build()
             .expect("a runtime");
-        let thread = std::thread::spawn(move || task.run(runtime, served));
+        let thread = std::thread::spawn(move || BrokerTask::run(vec![task], runtime, served));
         let running = Self {
             node,
             history,
@@ -298,7 +301,7 @@ fn history_reads_while_redis_is_unreachable_are_answered_with_a_gap() {
     let redis = Redis::start();
     let task = Running::start(&redis, 10);
     let port = redis.stop();
-    task.node.wait_for("unconfirm");
+    task.node.wait_for("unconfirm 0");
     let to = HistoryDest {
         worker: 0,
         conn: ConnId::new(2, 1),
