@@ -10,9 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 load=${CARGO_TARGET_DIR:-target}/release/stratus-load
 before=$1; after=$2; secs=${3:-5}; rounds=${4:-2}; out=${5:-$(mktemp -d)}
 mkdir -p "$out"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source loadtest/children.sh
 taskset -c 0 "$before" echo --listen 127.0.0.1:19111 --workers 1 --deflate off >/dev/null 2>&1 & pids+=($!)
 taskset -c 0 "$after" echo --listen 127.0.0.1:19112 --workers 1 --deflate off >/dev/null 2>&1 & pids+=($!)
 for build in "$before:19211:19291" "$after:19212:19292"; do

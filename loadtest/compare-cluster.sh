@@ -20,9 +20,7 @@ subs=${1:-3000}; size=${2:-64}; secs=${3:-5}; rounds=${4:-2}; rate=${5:-0}; publ
 out=${7:-$(mktemp -d)}
 mkdir -p "$out"
 bash scripts/install-redis.sh >/dev/null
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source loadtest/children.sh
 
 redis_port=19379
 taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \

@@ -12,9 +12,7 @@ bin=${CARGO_TARGET_DIR:-target}/release
 subs=${1:-10000}; size=${2:-64}; secs=${3:-5}; rounds=${4:-2}; rate=${5:-0}
 out=${6:-$(mktemp -d)}
 mkdir -p "$out"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source loadtest/children.sh
 taskset -c 0 "$bin/stratus" serve --listen 127.0.0.1:19401 --admin-listen 127.0.0.1:19491 \
   --workers 1 --deflate off >/dev/null 2>&1 & pids+=($!)
 sleep 0.5

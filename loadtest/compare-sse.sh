@@ -19,9 +19,7 @@ subs=${1:-10000}; size=${2:-64}; secs=${3:-5}; rounds=${4:-2}; rates=${5:-0,20}
 out=${6:-$(mktemp -d)}
 ws=19601; admin=19691
 for rate in ${rates//,/ }; do mkdir -p "$out/rate$rate"; done
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source loadtest/children.sh
 taskset -c 0 "$bin/stratus" serve --listen "127.0.0.1:$ws" --admin-listen "127.0.0.1:$admin" \
   --workers 1 --deflate off >/dev/null 2>&1 & pids+=($!)
 server=${pids[0]}

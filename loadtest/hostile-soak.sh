@@ -21,9 +21,7 @@ mkdir -p "$out"
 # holds (each capped at 1 MiB, and the ping floods hold a few pongs each), and the rest.
 max_rss=$((256 << 20))
 bash scripts/install-redis.sh >/dev/null
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
-trap cleanup EXIT
+source loadtest/children.sh
 
 node() { # ws admin [broker]
   taskset -c 0 "$bin/stratus" serve --listen "127.0.0.1:$1" --admin-listen "127.0.0.1:$2" \

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Every performance figure of the README in one run: echo and fanout side by side with the
-# peers (servers on CPU 0, generator on CPU 1), idle-connection memory, and the charts.
+# Every performance figure of the README in one run: echo, fanout and idle-connection memory
+# side by side with the peers (servers on CPU 0, generator on CPU 1), and the charts. The
+# peers include Bun and uWebSockets.js, installed from npm by loadtest/peers/install.sh
+# (NPM_PEERS= leaves them out).
 # Builds nothing: run `cargo build --release -p stratus-server -p stratus-loadtest` first.
 #
-#   loadtest/performance.sh [OUTDIR]        (about 11 minutes)
+#   loadtest/performance.sh [OUTDIR]        (about 14 minutes)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -24,16 +26,8 @@ for rate in 0 15; do
 done
 echo "== fanout, WebSocket vs Server-Sent Events, 10,000 subscribers x 64 B, rates 0 (flat out), 5, 20"
 loadtest/compare-sse.sh 10000 64 5 4 0,5,20 "$out/sse" | grep -v '^results'
-for n in 10000 19000; do
-  echo "== idle connections: $n"
-  taskset -c 0 "$bin/stratus" serve --listen 127.0.0.1:19301 --admin-listen 127.0.0.1:19391 \
-    --workers 1 >/dev/null 2>&1 &
-  pid=$!
-  sleep 0.5
-  "$bin/stratus-load" connections --client-cpu 1 --url 'ws://127.0.0.1:19301/ws?topic=idle' \
-    -n "$n" --rate 5000 --hold 2 --pid "$pid" --deflate --out "$out/connections-$n.json" |
-    grep -E 'bytes_per|rss'
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-done
+echo "== idle connections subscribed to a topic: 10,000 and 19,000, server RSS per connection"
+loadtest/compare-connections.sh 10000,19000 "$out/connections"
 "$bin/stratus-load" plot "$out"/echo-*.json "$out"/fanout-flat/compare-fanout.json \
-  "$out"/fanout-rate15/compare-fanout.json --out "$out/chart"
+  "$out"/fanout-rate15/compare-fanout.json "$out"/connections/compare-connections-*.json \
+  --out "$out/chart"

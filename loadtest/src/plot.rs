@@ -1,38 +1,182 @@
-//! `plot`: renders `compare` results (JSON; echo comparisons from `stratus-load compare`,
-//! fanout comparisons from `loadtest/compare-fanout.sh`) as SVG bar charts: throughput
-//! per scenario and server, and latency (p50 and p99) per scenario and server.
+//! `plot`: renders side-by-side results as SVG charts a reader can read at a glance: echo
+//! comparisons (`stratus-load compare`), fanout comparisons (`loadtest/compare-fanout.sh`)
+//! and idle-connection memory (`loadtest/compare-connections.sh`).
+//!
+//! Each input file is one scenario: a panel of its own, titled with the scenario and its
+//! rate, with one horizontal bar per setup (the setup's name beside it, its figure at the
+//! bar's end) on an axis of its own scale, so a scenario whose figures are a hundred times
+//! smaller than its neighbour's still reads. Figures are written `620k`, `1.8M`, `310 µs`,
+//! `1.2 ms`; each axis names its unit; the legend (each setup's colour, and which shade is
+//! p50 and which p99) stands in a column of its own, beside the panels, never over a bar.
+//! A setup keeps its colour in every chart. Stratus comes first, the raw TCP reference last.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct PlotArgs {
-    /// `compare` result files, one group of bars each.
+    /// Result files (`compare echo`, `compare fanout`, `compare connections`), one panel each.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// Output prefix: writes PREFIX-echo-throughput.svg, PREFIX-echo-latency.svg, and the
-    /// same for fanout, for the kinds of results given.
+    /// Output prefix: writes PREFIX-echo-throughput.svg, PREFIX-echo-latency.svg, the same
+    /// for fanout, and PREFIX-connections-memory.svg, for the kinds of results given.
     #[arg(long, default_value = "compare")]
     out: String,
 }
 
-/// One server's figures in one scenario.
-struct Figures {
-    server: String,
-    rate: f64,
-    p50: f64,
-    p99: f64,
+/// The kind of scenario a result file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Echo,
+    Fanout,
+    Connections,
 }
 
-/// One scenario (a group of bars): its kind (echo or fanout), label and servers.
+/// What one chart shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    /// Messages (echo) or deliveries (fanout) per second: one bar per setup.
+    Throughput,
+    /// p50 and p99 in microseconds: two bars per setup.
+    Latency,
+    /// Server RSS per idle connection, in bytes: one bar per setup.
+    Memory,
+}
+
+impl Kind {
+    /// The charts drawn for this kind, with their file names' suffixes.
+    fn charts(self) -> &'static [Measure] {
+        match self {
+            Kind::Echo | Kind::Fanout => &[Measure::Throughput, Measure::Latency],
+            Kind::Connections => &[Measure::Memory],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Echo => "echo",
+            Kind::Fanout => "fanout",
+            Kind::Connections => "connections",
+        }
+    }
+
+    /// The chart's title: what is measured, in which unit, and which way is better.
+    fn caption(self, measure: Measure) -> &'static str {
+        match (self, measure) {
+            (Kind::Echo, Measure::Throughput) => "Echo: messages per second (higher is better)",
+            (Kind::Echo, _) => "Echo: round-trip latency, p50 and p99 (lower is better)",
+            (Kind::Fanout, Measure::Throughput) => {
+                "Fanout: deliveries per second, all subscribers together (higher is better)"
+            }
+            (Kind::Fanout, _) => {
+                "Fanout: publish-to-receive latency, p50 and p99 (lower is better)"
+            }
+            (Kind::Connections, _) => {
+                "Idle connections: server memory (RSS) per connection (lower is better)"
+            }
+        }
+    }
+
+    /// The value axis's title, in `unit` (for latency: µs or ms).
+    fn axis(self, measure: Measure, unit: &str) -> String {
+        match (self, measure) {
+            (Kind::Echo, Measure::Throughput) => "messages per second (msg/s)".to_owned(),
+            (Kind::Fanout, Measure::Throughput) => "deliveries per second (msg/s)".to_owned(),
+            (Kind::Echo, Measure::Latency) => format!("round-trip latency ({unit})"),
+            (Kind::Fanout, Measure::Latency) => format!("publish-to-receive latency ({unit})"),
+            (_, _) => "server RSS per connection (bytes)".to_owned(),
+        }
+    }
+}
+
+/// One setup's figures in one scenario.
+#[derive(Debug, Clone, PartialEq)]
+struct Setup {
+    name: String,
+    /// Messages or deliveries per second; for connections, bytes per connection.
+    value: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// One scenario: one panel.
+#[derive(Debug, Clone, PartialEq)]
 struct Group {
-    kind: &'static str,
-    label: String,
-    servers: Vec<Figures>,
+    kind: Kind,
+    /// The scenario (`echo 100 x 20 B`).
+    title: String,
+    /// Its rate (`1 publisher, flat out`, `15 publishes/s`, `closed loop, ...`).
+    rate: String,
+    setups: Vec<Setup>,
+}
+
+impl Group {
+    fn label(&self) -> String {
+        format!("{} · {}", self.title, self.rate)
+    }
+}
+
+/// `x` to three significant digits, without trailing zeros (`1.8`, `620`, `12.5`).
+fn three_digits(x: f64) -> String {
+    let decimals = if x >= 100.0 {
+        0
+    } else if x >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+/// `x` in steps of `step` (1000) with the suffixes `units` (the first for `x < step`), to
+/// three significant digits: a figure that rounds up to the next step takes its suffix.
+fn scaled(x: f64, step: f64, units: &[&str]) -> String {
+    if !x.is_finite() || x <= 0.0 {
+        return format!("0{}", units.first().copied().unwrap_or(""));
+    }
+    let mut i = 0;
+    let mut v = x;
+    while i + 1 < units.len() && v >= step {
+        v /= step;
+        i += 1;
+    }
+    // 999.6 rounds to 1000: that is the next unit's 1.
+    if i + 1 < units.len() && three_digits(v).parse::<f64>().is_ok_and(|r| r >= step) {
+        v /= step;
+        i += 1;
+    }
+    format!("{}{}", three_digits(v), units[i])
+}
+
+/// A count or rate: `950`, `12.5k`, `620k`, `1.8M`, `2.5G`.
+pub(crate) fn si(x: f64) -> String {
+    scaled(x, 1000.0, &["", "k", "M", "G"])
+}
+
+/// A duration in microseconds: `310 µs`, `1.25 ms`, `180 ms`, `2.5 s`.
+pub(crate) fn micros(us: f64) -> String {
+    scaled(us, 1000.0, &[" µs", " ms", " s"])
+}
+
+/// A size in bytes: exact below 10 kB, where a per-connection target lives (`748 B`,
+/// `1937 B`), then `137 kB`, `12 MB`.
+pub(crate) fn bytes(b: f64) -> String {
+    if b < 10_000.0 {
+        return format!("{:.0} B", b.max(0.0));
+    }
+    scaled(b, 1000.0, &[" B", " kB", " MB", " GB"])
 }
 
 fn mean(v: &Value) -> f64 {
@@ -41,138 +185,581 @@ fn mean(v: &Value) -> f64 {
     })
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Group> {
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(path)?)
-        .with_context(|| format!("reading {}", path.display()))?;
+/// Where a setup goes among the others: Stratus first, the uWebSockets-class peers next,
+/// then the Rust peers, the raw TCP reference (no WebSocket framing) last.
+fn rank(name: &str) -> (usize, &str) {
+    const ORDER: [&str; 6] = [
+        "stratus",
+        "uwebsockets.js",
+        "bun",
+        "fastwebsockets",
+        "tokio-tungstenite",
+        "tungstenite",
+    ];
+    match ORDER.iter().position(|n| *n == name) {
+        Some(i) => (i, ""),
+        None if name.ends_with("-raw") => (usize::MAX, name),
+        None => (ORDER.len(), name),
+    }
+}
+
+/// Reads one result file into a group.
+fn load(path: &Path) -> anyhow::Result<Group> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    group(&report).with_context(|| format!("plotting {}", path.display()))
+}
+
+fn group(report: &Value) -> anyhow::Result<Group> {
     let params = &report["params"];
-    let (kind, label, p50, p99) = if report["scenario"] == "compare fanout" {
-        let label = format!(
-            "{} subs x {} B, {} publisher(s)",
-            params["subscribers"].as_u64().unwrap_or(0),
-            params["size"].as_u64().unwrap_or(0),
-            params["publishers"].as_u64().unwrap_or(1)
-        );
-        ("fanout", label, "latency_p50_us", "latency_p99_us")
-    } else {
-        let echo = &params["echo"];
-        let label = format!(
-            "{} x {} B",
-            echo["connections"].as_u64().unwrap_or(0),
-            echo["size"].as_u64().unwrap_or(0)
-        );
-        ("echo", label, "rtt_p50_us", "rtt_p99_us")
+    let count = |v: &Value| v.as_u64().unwrap_or(0);
+    let (kind, title, rate, p50, p99) = match report["scenario"].as_str() {
+        Some("compare fanout") => {
+            let publishers = params["publishers"].as_u64().unwrap_or(1);
+            let who = match publishers {
+                1 => "1 publisher".to_owned(),
+                n => format!("{n} publishers"),
+            };
+            let per_s = params["rate"].as_f64().unwrap_or(0.0);
+            let rate = if per_s > 0.0 {
+                format!("{who}, {} publishes/s", si(per_s))
+            } else {
+                format!("{who}, flat out")
+            };
+            let title = format!(
+                "fanout {} subs x {} B",
+                count(&params["subscribers"]),
+                count(&params["size"])
+            );
+            (
+                Kind::Fanout,
+                title,
+                rate,
+                "latency_p50_us",
+                "latency_p99_us",
+            )
+        }
+        Some("compare echo") => {
+            let echo = &params["echo"];
+            let in_flight = echo["in_flight"].as_u64().unwrap_or(1);
+            let title = format!(
+                "echo {} x {} B",
+                count(&echo["connections"]),
+                count(&echo["size"])
+            );
+            let rate = format!("closed loop, {in_flight} in flight per connection");
+            (Kind::Echo, title, rate, "rtt_p50_us", "rtt_p99_us")
+        }
+        Some("compare connections") => {
+            let title = format!("{} idle connections", count(&params["connections"]));
+            let rate = "subscribed to one topic, deflate offered".to_owned();
+            (Kind::Connections, title, rate, "", "")
+        }
+        other => bail!(
+            "scenario {}: plot reads compare echo, compare fanout and compare connections results",
+            other.map_or_else(|| "missing".to_owned(), str::to_owned)
+        ),
     };
-    let servers = report["results"]
+    let mut setups: Vec<Setup> = report["results"]
         .as_object()
         .context("no results")?
         .iter()
-        .map(|(name, r)| Figures {
-            server: name.clone(),
-            rate: r["mean"].as_f64().unwrap_or(0.0),
-            p50: mean(&r[p50]),
-            p99: mean(&r[p99]),
+        .map(|(name, r)| Setup {
+            name: name.clone(),
+            value: r["mean"].as_f64().unwrap_or(0.0),
+            p50_us: mean(&r[p50]),
+            p99_us: mean(&r[p99]),
         })
         .collect();
+    if setups.is_empty() {
+        bail!("no setup in the results");
+    }
+    setups.sort_by(|a, b| rank(&a.name).cmp(&rank(&b.name)));
     Ok(Group {
         kind,
-        label,
-        servers,
+        title,
+        rate,
+        setups,
     })
 }
 
-/// Bars: one group per label, one bar per server in each.
-type Bars = Vec<(String, Vec<(String, f64)>)>;
+/// Each setup's colour, the same in every chart of a run.
+struct Colors(BTreeMap<String, RGBColor>);
 
-fn chart(groups: &Bars, path: &str, title: &str) -> anyhow::Result<()> {
-    let servers: Vec<String> = groups
-        .first()
-        .map(|g| g.1.iter().map(|s| s.0.clone()).collect())
-        .unwrap_or_default();
-    let max = groups
-        .iter()
-        .flat_map(|g| g.1.iter().map(|s| s.1))
-        .fold(0.0, f64::max)
-        * 1.15;
-    let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
+impl Colors {
+    fn of(groups: &[Group]) -> Self {
+        const KNOWN: [(&str, RGBColor); 7] = [
+            ("stratus", RGBColor(31, 119, 180)),
+            ("uwebsockets.js", RGBColor(214, 39, 40)),
+            ("bun", RGBColor(255, 127, 14)),
+            ("fastwebsockets", RGBColor(44, 160, 44)),
+            ("tokio-tungstenite", RGBColor(148, 103, 189)),
+            ("tungstenite", RGBColor(148, 103, 189)),
+            ("uring-tcp-raw", RGBColor(127, 127, 127)),
+        ];
+        const OTHERS: [RGBColor; 5] = [
+            RGBColor(140, 86, 75),
+            RGBColor(227, 119, 194),
+            RGBColor(188, 189, 34),
+            RGBColor(23, 190, 207),
+            RGBColor(60, 60, 60),
+        ];
+        let mut map = BTreeMap::new();
+        let mut others = 0;
+        for setup in groups.iter().flat_map(|g| &g.setups) {
+            if map.contains_key(&setup.name) {
+                continue;
+            }
+            let color = match KNOWN.iter().find(|(n, _)| *n == setup.name) {
+                Some((_, c)) => *c,
+                None => {
+                    others += 1;
+                    OTHERS[(others - 1) % OTHERS.len()]
+                }
+            };
+            map.insert(setup.name.clone(), color);
+        }
+        Self(map)
+    }
+
+    fn get(&self, name: &str) -> RGBColor {
+        self.0.get(name).copied().unwrap_or(BLACK)
+    }
+}
+
+/// Pixels: the image's width, the legend's column, the setups' names, a row per setup.
+const WIDTH: u32 = 1000;
+const LEGEND_WIDTH: u32 = 180;
+const NAMES_WIDTH: u32 = 140;
+const HEADER: u32 = 48;
+const ROW: u32 = 28;
+const PAIR_ROW: u32 = 40;
+/// A panel's caption, value axis, and the gap below it.
+const PANEL_EXTRA: u32 = 38 + 46 + GAP;
+const GAP: u32 = 22;
+const FONT: &str = "sans-serif";
+
+fn row_height(measure: Measure) -> u32 {
+    match measure {
+        Measure::Latency => PAIR_ROW,
+        _ => ROW,
+    }
+}
+
+fn panel_height(group: &Group, measure: Measure) -> u32 {
+    PANEL_EXTRA + group.setups.len() as u32 * row_height(measure)
+}
+
+/// The latency axis's unit for figures up to `max_us`: ms from 1 ms up, else µs.
+fn latency_unit(max_us: f64) -> (&'static str, f64) {
+    if max_us >= 1000.0 {
+        ("ms", 1000.0)
+    } else {
+        ("µs", 1.0)
+    }
+}
+
+/// Draws one chart of `groups` (all of one kind) to `path`.
+fn chart(groups: &[&Group], measure: Measure, colors: &Colors, path: &Path) -> anyhow::Result<()> {
+    let Some(kind) = groups.first().map(|g| g.kind) else {
+        return Ok(());
+    };
+    let height = HEADER + groups.iter().map(|g| panel_height(g, measure)).sum::<u32>() + 10;
+    let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let slots = groups.len() * (servers.len() + 1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(20)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0..slots, 0.0..max.max(1.0))?;
+    let (main, legend) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
+    let (head, mut rest) = main.split_vertically(HEADER);
+    head.draw(&Text::new(
+        kind.caption(measure),
+        (16, HEADER as i32 / 2),
+        TextStyle::from((FONT, 21).into_font().style(FontStyle::Bold))
+            .pos(Pos::new(HPos::Left, VPos::Center)),
+    ))?;
+    for (i, group) in groups.iter().enumerate() {
+        let height = panel_height(group, measure);
+        let (panel, below) = rest.split_vertically(height);
+        rest = below;
+        draw_panel(&panel, group, measure, colors)?;
+        if i + 1 < groups.len() {
+            // A rule between panels, in the gap below this one's axis title.
+            let y = height as i32 - GAP as i32 / 2;
+            let width = (WIDTH - LEGEND_WIDTH) as i32;
+            panel.draw(&PathElement::new(
+                [(16, y), (width - 16, y)],
+                RGBColor(200, 200, 200),
+            ))?;
+        }
+    }
+    draw_legend(&legend, groups, measure, colors)?;
+    root.present()?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn draw_panel(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    group: &Group,
+    measure: Measure,
+    colors: &Colors,
+) -> anyhow::Result<()> {
+    let n = group.setups.len();
+    let max_us = group.setups.iter().map(|s| s.p99_us).fold(0.0, f64::max);
+    let (unit, per_unit) = match measure {
+        Measure::Latency => latency_unit(max_us),
+        _ => ("", 1.0),
+    };
+    let max = match measure {
+        Measure::Latency => max_us / per_unit,
+        _ => group.setups.iter().map(|s| s.value).fold(0.0, f64::max),
+    };
+    // Room past the longest bar for its figure.
+    let top = if max > 0.0 { max * 1.22 } else { 1.0 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(group.label(), (FONT, 17).into_font().style(FontStyle::Bold))
+        .margin_left(12)
+        .margin_right(16)
+        .margin_top(4)
+        .margin_bottom(GAP)
+        .x_label_area_size(46)
+        .y_label_area_size(NAMES_WIDTH)
+        .build_cartesian_2d(0.0..top, 0.0..n as f64)?;
+    let axis = group.kind.axis(measure, unit);
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(groups.len())
-        .x_label_formatter(&|x| {
-            groups
-                .get(x / (servers.len() + 1))
-                .map(|g| g.0.clone())
-                .unwrap_or_default()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_labels(6)
+        .x_label_formatter(&|v| match measure {
+            Measure::Latency => three_digits(*v),
+            Measure::Memory => bytes(*v),
+            Measure::Throughput => si(*v),
         })
+        .x_desc(axis)
+        .axis_desc_style((FONT, 15))
+        .label_style((FONT, 14))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
         .draw()?;
-    for (si, server) in servers.iter().enumerate() {
-        let color = Palette99::pick(si).to_rgba();
-        let bars = groups.iter().enumerate().filter_map(|(gi, g)| {
-            let v = g.1.iter().find(|s| &s.0 == server)?.1;
-            let x = gi * (servers.len() + 1) + si;
-            Some(Rectangle::new([(x, 0.0), (x + 1, v)], color.filled()))
-        });
-        chart
-            .draw_series(bars)?
-            .label(server.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    let name_style =
+        TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
+    let figure_style =
+        TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, setup) in group.setups.iter().enumerate() {
+        let color = colors.get(&setup.name);
+        // Row i from the top spans [y0, y0 + 1].
+        let y0 = (n - 1 - i) as f64;
+        let name = EmptyElement::at((0.0, y0 + 0.5))
+            + Text::new(setup.name.clone(), (-10, 0), name_style.clone());
+        chart.plotting_area().draw(&name)?;
+        // (bar's value on the axis, figure written at its end, band within the row, shade)
+        let bars: Vec<(f64, String, (f64, f64), RGBAColor)> = match measure {
+            Measure::Latency => vec![
+                (
+                    setup.p50_us / per_unit,
+                    format!("p50 {}", micros(setup.p50_us)),
+                    (0.53, 0.88),
+                    color.mix(0.45),
+                ),
+                (
+                    setup.p99_us / per_unit,
+                    format!("p99 {}", micros(setup.p99_us)),
+                    (0.12, 0.47),
+                    color.to_rgba(),
+                ),
+            ],
+            Measure::Throughput => {
+                vec![(setup.value, si(setup.value), (0.18, 0.82), color.to_rgba())]
+            }
+            Measure::Memory => vec![(
+                setup.value,
+                bytes(setup.value),
+                (0.18, 0.82),
+                color.to_rgba(),
+            )],
+        };
+        for (value, figure, (low, high), shade) in bars {
+            chart.plotting_area().draw(&Rectangle::new(
+                [(0.0, y0 + low), (value, y0 + high)],
+                shade.filled(),
+            ))?;
+            let at = EmptyElement::at((value, y0 + (low + high) / 2.0))
+                + Text::new(figure, (5, 0), figure_style.clone());
+            chart.plotting_area().draw(&at)?;
+        }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    println!("wrote {path}");
+    Ok(())
+}
+
+fn draw_legend(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    groups: &[&Group],
+    measure: Measure,
+    colors: &Colors,
+) -> anyhow::Result<()> {
+    let mut names: Vec<&str> = Vec::new();
+    for setup in groups.iter().flat_map(|g| &g.setups) {
+        if !names.contains(&setup.name.as_str()) {
+            names.push(&setup.name);
+        }
+    }
+    names.sort_by_key(|n| rank(n));
+    let text = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let heading = TextStyle::from((FONT, 15).into_font().style(FontStyle::Bold))
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    let swatch =
+        |y: i32, color: RGBAColor| Rectangle::new([(8, y - 7), (22, y + 7)], color.filled());
+    let mut y = HEADER as i32 + 14;
+    area.draw(&Text::new("setup", (8, y), heading.clone()))?;
+    for name in names {
+        y += 24;
+        area.draw(&swatch(y, colors.get(name).to_rgba()))?;
+        area.draw(&Text::new(name.to_owned(), (30, y), text.clone()))?;
+    }
+    if measure == Measure::Latency {
+        let grey = RGBColor(90, 90, 90);
+        y += 40;
+        area.draw(&Text::new("bars", (8, y), heading))?;
+        for (label, shade) in [("p50 (median)", grey.mix(0.45)), ("p99", grey.to_rgba())] {
+            y += 24;
+            area.draw(&swatch(y, shade))?;
+            area.draw(&Text::new(label, (30, y), text.clone()))?;
+        }
+    }
     Ok(())
 }
 
 pub(crate) fn run(args: PlotArgs) -> anyhow::Result<()> {
-    let groups: Vec<Group> = args.inputs.iter().map(load).collect::<Result<_, _>>()?;
-    for (kind, unit, what) in [
-        ("echo", "messages per second", "round trip"),
-        ("fanout", "deliveries per second", "publish to receive"),
-    ] {
+    let groups: Vec<Group> = args
+        .inputs
+        .iter()
+        .map(|p| load(p))
+        .collect::<Result<_, _>>()?;
+    let colors = Colors::of(&groups);
+    for kind in [Kind::Echo, Kind::Fanout, Kind::Connections] {
         let of_kind: Vec<&Group> = groups.iter().filter(|g| g.kind == kind).collect();
         if of_kind.is_empty() {
             continue;
         }
-        let throughput: Bars = of_kind
-            .iter()
-            .map(|g| {
-                let bars = g.servers.iter().map(|f| (f.server.clone(), f.rate));
-                (g.label.clone(), bars.collect())
-            })
-            .collect();
-        let latency: Bars = of_kind
-            .iter()
-            .flat_map(|g| {
-                let p50 = g.servers.iter().map(|f| (f.server.clone(), f.p50));
-                let p99 = g.servers.iter().map(|f| (f.server.clone(), f.p99));
-                [
-                    (format!("{} p50", g.label), p50.collect()),
-                    (format!("{} p99", g.label), p99.collect()),
-                ]
-            })
-            .collect();
-        chart(
-            &throughput,
-            &format!("{}-{kind}-throughput.svg", args.out),
-            &format!("{kind}: {unit}"),
-        )?;
-        chart(
-            &latency,
-            &format!("{}-{kind}-latency.svg", args.out),
-            &format!("{kind}: {what} latency, p50 and p99 (µs)"),
-        )?;
+        for &measure in kind.charts() {
+            let suffix = match measure {
+                Measure::Throughput => "throughput",
+                Measure::Latency => "latency",
+                Measure::Memory => "memory",
+            };
+            let path = PathBuf::from(format!("{}-{}-{suffix}.svg", args.out, kind.name()));
+            chart(&of_kind, measure, &colors, &path)?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn counts_and_rates_read_in_k_and_m() {
+        let cases = [
+            (0.0, "0"),
+            (7.0, "7"),
+            (12.5, "12.5"),
+            (950.0, "950"),
+            (1234.0, "1.23k"),
+            (41_900.0, "41.9k"),
+            (150_000.0, "150k"),
+            (620_000.0, "620k"),
+            (999_600.0, "1M"),
+            (1_800_000.0, "1.8M"),
+            (1_680_000.0, "1.68M"),
+            (2_500_000_000.0, "2.5G"),
+        ];
+        for (x, text) in cases {
+            assert_eq!(si(x), text, "{x}");
+        }
+        assert_eq!(si(f64::NAN), "0");
+    }
+
+    #[test]
+    fn durations_read_in_their_own_unit() {
+        assert_eq!(micros(48.5), "48.5 µs");
+        assert_eq!(micros(310.0), "310 µs");
+        assert_eq!(micros(999.9), "1 ms");
+        assert_eq!(micros(1250.0), "1.25 ms");
+        assert_eq!(micros(180_000.0), "180 ms");
+        assert_eq!(micros(2_500_000.0), "2.5 s");
+        assert_eq!(bytes(748.0), "748 B");
+        assert_eq!(bytes(1937.4), "1937 B");
+        assert_eq!(bytes(136_552.0), "137 kB");
+        assert_eq!(bytes(2_500_000.0), "2.5 MB");
+        assert_eq!(latency_unit(999.0), ("µs", 1.0));
+        assert_eq!(latency_unit(1000.0), ("ms", 1000.0));
+    }
+
+    fn fanout(rate: f64, publishers: u64) -> Value {
+        json!({"scenario": "compare fanout",
+               "params": {"subscribers": 10000, "size": 64, "rate": rate, "publishers": publishers},
+               "results": {
+                   "tungstenite": {"mean": 180000.0, "latency_p50_us": [80000], "latency_p99_us": [130000]},
+                   "stratus": {"mean": 1500000.0, "latency_p50_us": [36000, 34000], "latency_p99_us": [110000]},
+                   "bun": {"mean": 600000.0, "latency_p50_us": [50000], "latency_p99_us": [90000]}}})
+    }
+
+    #[test]
+    fn every_group_is_labelled_with_its_scenario_and_rate() {
+        let flat = group(&fanout(0.0, 1)).unwrap();
+        assert_eq!(
+            flat.label(),
+            "fanout 10000 subs x 64 B · 1 publisher, flat out"
+        );
+        let paced = group(&fanout(15.0, 4)).unwrap();
+        assert_eq!(
+            paced.label(),
+            "fanout 10000 subs x 64 B · 4 publishers, 15 publishes/s"
+        );
+        let echo = group(&json!({"scenario": "compare echo",
+            "params": {"echo": {"connections": 100, "size": 20, "in_flight": 1}},
+            "results": {"stratus": {"mean": 300000.0, "rtt_p50_us": [300], "rtt_p99_us": [400]}}}))
+        .unwrap();
+        assert_eq!(echo.kind, Kind::Echo);
+        assert_eq!(
+            echo.label(),
+            "echo 100 x 20 B · closed loop, 1 in flight per connection"
+        );
+        let idle = group(&json!({"scenario": "compare connections",
+            "params": {"connections": 19000},
+            "results": {"stratus": {"mean": 740}}}))
+        .unwrap();
+        assert_eq!(idle.kind, Kind::Connections);
+        assert_eq!(idle.title, "19000 idle connections");
+        assert_eq!(idle.setups[0].value, 740.0);
+        let why = group(&json!({"scenario": "compare echo", "results": {}})).unwrap_err();
+        assert!(why.to_string().contains("no setup"), "{why}");
+        let why = group(&json!({"scenario": "churn", "results": {}})).unwrap_err();
+        assert!(why.to_string().contains("scenario churn"), "{why}");
+    }
+
+    #[test]
+    fn stratus_comes_first_and_the_raw_reference_last() {
+        let flat = group(&fanout(0.0, 1)).unwrap();
+        let names: Vec<&str> = flat.setups.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["stratus", "bun", "tungstenite"]);
+        assert_eq!(flat.setups[0].p50_us, 35000.0, "the mean of the rounds");
+        let mut names = vec![
+            "uring-tcp-raw",
+            "zeta",
+            "fastwebsockets",
+            "stratus",
+            "alpha",
+        ];
+        names.sort_by_key(|n| rank(n));
+        assert_eq!(
+            names,
+            [
+                "stratus",
+                "fastwebsockets",
+                "alpha",
+                "zeta",
+                "uring-tcp-raw"
+            ]
+        );
+    }
+
+    /// An SVG shape: x, then width and fill (`<rect>`) or anchor and content (`<text>`).
+    type Shape<T> = (i32, T, String);
+
+    /// The `<rect>`s of an SVG as (x, width, fill), and the `<text>`s as (x, anchor, text).
+    fn shapes(svg: &str) -> (Vec<Shape<i32>>, Vec<Shape<String>>) {
+        let attr = |tag: &str, name: &str| -> String {
+            let key = format!(" {name}=\"");
+            let at = tag.find(&key).map(|i| i + key.len()).unwrap_or(tag.len());
+            tag[at..].split('"').next().unwrap_or_default().to_owned()
+        };
+        let rects = svg
+            .split("<rect")
+            .skip(1)
+            .map(|t| {
+                let tag = t.split('>').next().unwrap();
+                let n = |name| attr(tag, name).parse().unwrap();
+                (n("x"), n("width"), attr(tag, "fill"))
+            })
+            .collect();
+        let texts = svg
+            .split("<text")
+            .skip(1)
+            .map(|t| {
+                let (tag, rest) = t.split_once('>').unwrap();
+                let body = rest.split("</text>").next().unwrap().trim().to_owned();
+                (
+                    attr(tag, "x").parse().unwrap(),
+                    attr(tag, "text-anchor"),
+                    body,
+                )
+            })
+            .collect();
+        (rects, texts)
+    }
+
+    #[test]
+    fn charts_name_their_units_write_figures_in_k_and_m_and_keep_the_legend_beside_the_bars() {
+        let dir = std::env::temp_dir().join(format!("stratus-plot-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let groups = vec![
+            group(&fanout(0.0, 1)).unwrap(),
+            group(&fanout(15.0, 1)).unwrap(),
+        ];
+        let colors = Colors::of(&groups);
+        let refs: Vec<&Group> = groups.iter().collect();
+        let legend_x = (WIDTH - LEGEND_WIDTH) as i32;
+        for measure in [Measure::Throughput, Measure::Latency] {
+            let path = dir.join(format!("{measure:?}.svg"));
+            chart(&refs, measure, &colors, &path).unwrap();
+            let svg = std::fs::read_to_string(&path).unwrap();
+            let (rects, texts) = shapes(&svg);
+            let text = |s: &str| texts.iter().any(|t| t.2 == s);
+            for g in &groups {
+                assert!(text(&g.label()), "{measure:?}: panel {}", g.label());
+            }
+            assert!(!svg.contains("1500000"), "{measure:?}: a raw figure");
+            match measure {
+                Measure::Throughput => {
+                    assert!(text("deliveries per second (msg/s)"));
+                    assert!(text("1.5M") && text("600k") && text("180k"));
+                }
+                _ => {
+                    assert!(text("publish-to-receive latency (ms)"));
+                    assert!(text("p50 35 ms") && text("p99 110 ms") && text("p99 130 ms"));
+                    assert!(text("p50 (median)") && text("p99"), "the shades' key");
+                }
+            }
+            // Every setup has a bar left of the legend column and a swatch in it, and no
+            // shape straddles the column's edge.
+            for (name, color) in &colors.0 {
+                let fill = format!("#{:02X}{:02X}{:02X}", color.0, color.1, color.2);
+                let of: Vec<_> = rects.iter().filter(|r| r.2 == fill).collect();
+                assert!(of.iter().any(|r| r.0 + r.1 <= legend_x), "{name}: no bar");
+                assert!(
+                    of.iter().any(|r| r.0 >= legend_x),
+                    "{name}: not in the legend"
+                );
+                let label = texts.iter().find(|t| t.2 == *name && t.1 == "start");
+                assert!(
+                    label.is_some_and(|t| t.0 >= legend_x),
+                    "{name}: legend entry"
+                );
+            }
+            for (x, width, _) in rects.iter().filter(|r| r.1 < WIDTH as i32) {
+                assert!(
+                    x + width <= legend_x || *x >= legend_x,
+                    "a rect across the legend"
+                );
+            }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
