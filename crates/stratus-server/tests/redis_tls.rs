@@ -96,7 +96,6 @@ impl Drop for Pki {
     }
 }
 
-/// A `stratus serve` node whose stderr goes to a file, killed when dropped.
 /// A node of the shared test kind (`common::node`), started with environment variables and
 /// logging into a file the tests read; not waited for beyond its listener.
 struct Node {

@@ -181,12 +181,15 @@ pub(crate) fn connect_failure(client: &redis::Client, err: &redis::RedisError) -
         }
         // A plain Redis takes a TLS hello for the start of a command and waits for the
         // rest; so does a proxy, though, and a network that drops everything.
+        // So a timeout after a healthy session (a partition) is not blamed on the URL.
         _ if tls && err.is_timeout() => {
-            "no answer to the TLS handshake: if this port takes plain connections, use redis://"
+            "no answer to the TLS handshake: Redis or the network to it is not answering, or, \
+             if this port takes plain connections, use redis://"
         }
         _ if tls || err.is_connection_refusal() => "",
         _ if err.is_connection_dropped() => {
-            "Redis closed the connection: if this port only takes TLS, use rediss://"
+            "Redis closed the connection: it may be restarting, or, if this port only takes \
+             TLS, use rediss://"
         }
         _ => "",
     };

@@ -388,8 +388,7 @@ impl Config {
     }
 
     /// The clients for `broker`'s shards, in order, if set: one URL, or several separated
-    /// by commas (`redis://10.0.0.5:6379,redis://10.0.0.6:6379`; a comma in a password is
-    /// written `%2C`), each made by `broker_auth`. Each topic lives on one shard, chosen
+    /// by commas (`redis://10.0.0.5:6379,redis://10.0.0.6:6379`; see [`shard_urls`]), each made by `broker_auth`. Each topic lives on one shard, chosen
     /// by its name and the shard's position in the list (`model::shard`), so every node
     /// must list the same shards in the same order, and a shard is added at the end. The
     /// first shard also carries what is the node's rather than a topic's: presence, the
@@ -398,7 +397,7 @@ impl Config {
         let Some(list) = &self.broker else {
             return Ok(None);
         };
-        let urls: Vec<&str> = list.split(',').map(str::trim).collect();
+        let urls = shard_urls(list);
         if urls.len() > MAX_SHARDS {
             return Err(format!(
                 "broker: {} shards, at most {MAX_SHARDS}",
@@ -436,6 +435,27 @@ impl Config {
             ..Self::default()
         }
     }
+}
+
+/// `list` cut into its URLs, trimmed: at each comma followed by a scheme (`redis://`, or
+/// anything else `xyz://`, refused later by name), by another comma or by nothing (an empty
+/// shard, refused later), and not at other commas: a comma in a URL's password is part of
+/// the password (a password cut there would be refused with its tail in the message).
+fn shard_urls(list: &str) -> Vec<&str> {
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (comma, _) in list.match_indices(',') {
+        let next = list[comma + 1..].trim_start();
+        let scheme = next
+            .find("://")
+            .is_some_and(|end| next[..end].bytes().all(|b| b.is_ascii_alphanumeric()));
+        if scheme || next.is_empty() || next.starts_with(',') {
+            urls.push(list[start..comma].trim());
+            start = comma + 1;
+        }
+    }
+    urls.push(list[start..].trim());
+    urls
 }
 
 #[cfg(test)]
@@ -493,6 +513,25 @@ mod tests {
             assert!(err.contains(why), "{list}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
+        let err = broker("redis://u:hunt,er2@a:x").validate().unwrap_err();
+        assert!(
+            err.contains("u:***@a:x") && err.contains("invalid port"),
+            "{err}"
+        );
+        assert!(!err.contains("hunt") && !err.contains("er2@"), "{err}");
+        let commas = broker("redis://u:pa,ss@a:1, redis://u:1,2@b:2,redis://c:3")
+            .broker_shards()
+            .unwrap()
+            .unwrap();
+        let addrs: Vec<String> = commas
+            .iter()
+            .map(|c| c.get_connection_info().addr().to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["a:1", "b:2", "c:3"],
+            "a comma in a password is the password's"
+        );
         let many: Vec<String> = (1..=MAX_SHARDS + 1)
             .map(|port| format!("redis://h:{port}"))
             .collect();

@@ -191,7 +191,7 @@ pub(crate) struct Settings {
     /// config check [the URL's, else none].
     #[arg(long, env = "STRATUS_BROKER_PASSWORD", hide_env_values = true)]
     pub(crate) broker_password: Option<String>,
-    /// A file holding the broker password (its trailing line break ignored), instead of
+    /// A file holding the broker password (trailing line breaks ignored), instead of
     /// broker-password; read at start [none].
     #[arg(long, env = "STRATUS_BROKER_PASSWORD_FILE")]
     broker_password_file: Option<PathBuf>,
@@ -679,12 +679,12 @@ impl Settings {
             presence_interval: Some(config.presence_interval.as_secs_f64()),
             presence_lease: Some(config.presence_lease.as_secs_f64()),
             occupancy_events: Some(config.occupancy_events),
-            occupancy_webhook: config.occupancy_webhook.as_deref().map(without_password),
+            occupancy_webhook: config.occupancy_webhook.as_deref().map(redact),
             webhook_secret: None,
             vacate_grace: Some(config.vacate_grace.as_secs_f64()),
-            connect_hook: config.hooks.connect.as_deref().map(without_password),
-            subscribe_hook: config.hooks.subscribe.as_deref().map(without_password),
-            publish_hook: config.hooks.publish.as_deref().map(without_password),
+            connect_hook: config.hooks.connect.as_deref().map(redact),
+            subscribe_hook: config.hooks.subscribe.as_deref().map(redact),
+            publish_hook: config.hooks.publish.as_deref().map(redact),
             hook_timeout: Some(config.hooks.timeout.as_secs_f64()),
             hook_concurrency: Some(config.hooks.concurrency),
             namespace: Some(
@@ -875,17 +875,6 @@ impl Settings {
             },
             ..base
         })
-    }
-}
-
-/// `url` with its password (`redis://user:password@host`) masked.
-fn without_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
     }
 }
 
