@@ -13,7 +13,16 @@ the same setup 2-3x dearer in a round where the core was busy with something els
 round also gets its interference: the core's busy fraction less the server's own share of the
 window. The cost is also given over the clean rounds alone (interference at most
 CLEAN_INTERFERENCE), where every setup has one.
+
+What presence adds is the server's own code (a table update per join and leave, one
+coalesced push per interval), which runs in user mode; the kernel's work for the churn
+(accepting, closing, the loopback traffic) and the softirq work that lands on the server by
+chance are system time. So the summary also gives each setup's user-mode CPU per churned
+connection (median over rounds) and what presence adds to it over BASE, as a share of BASE's
+whole cost per churned connection (median): presence's cost against the churn's, with the
+kernel's noise out of the numerator.
 """
+from statistics import median
 import json
 import sys
 
@@ -36,7 +45,8 @@ def round_line(path, name, rnd):
           f"skipped {r['skipped']}), held got {r['held_presence_pushes']} presence + "
           f"{r['held_occupancy_pushes']} occupancy pushes ({r['held_bytes_received'] / 1e6:.1f} MB), "
           f"{r['held_closed_by_server']} held closed by the server; server {r['server_cpu_s']} CPU s, "
-          f"{r['server_cpu_us_per_churned']} us per churned connection, "
+          f"{r['server_cpu_us_per_churned']} us per churned connection "
+          f"({r.get('server_user_us_per_churned', '-')} us in user mode), "
           f"core {'-' if busy is None else f'{busy:.0%}'} busy "
           f"({'-' if other is None else f'{other:.0%}'} by other work)")
 
@@ -52,6 +62,8 @@ def summary(out, base):
             "mean_server_cpu_us_per_churned": round(sum(per) / len(per), 1),
             "server_cpu_us_per_churned": per,
             "server_cpu_s": [r["server_cpu_s"] for r in rs],
+            "median_server_cpu_us_per_churned": median(per),
+            "server_user_us_per_churned": [r.get("server_user_us_per_churned") for r in rs],
             "churned_per_s": [r["closed_per_s"] for r in rs],
             "failed": [r["failed"] for r in rs],
             "skipped": [r["skipped"] for r in rs],
@@ -76,15 +88,29 @@ def summary(out, base):
                    round((res["clean_mean_server_cpu_us_per_churned"] - clean_off) / clean_off, 3)
                    for name, res in results.items()
                    if name != base and clean_off and "clean_rounds" in res}
+    users = {name: [u for u in res["server_user_us_per_churned"] if u is not None]
+             for name, res in results.items()}
+    for name, us in users.items():
+        if us:
+            results[name]["median_server_user_us_per_churned"] = median(us)
+    whole_off = results[base]["median_server_cpu_us_per_churned"]
+    user_off = results[base].get("median_server_user_us_per_churned")
+    user_costs = {f"{name}_user_mode_addition_over_{base}_whole":
+                  round((res["median_server_user_us_per_churned"] - user_off) / whole_off, 3)
+                  for name, res in results.items()
+                  if name != base and user_off is not None
+                  and "median_server_user_us_per_churned" in res}
     report = {"scenario": f"churn, presence setups against {base}", "params": params,
-              "results": results, "clean_interference": CLEAN_INTERFERENCE, **costs, **clean_costs}
+              "results": results, "clean_interference": CLEAN_INTERFERENCE, **costs, **clean_costs, **user_costs}
     json.dump(report, open(f"{out}/compare-churn.json", "w"), indent=2)
     for name, res in results.items():
         print(f"{name:>8}: {res['mean_server_cpu_us_per_churned']} us server CPU per churned "
               f"connection {res['server_cpu_us_per_churned']}, interference {res['interference']}; "
               f"clean rounds: {res.get('clean_rounds', 0)}, mean "
-              f"{res.get('clean_mean_server_cpu_us_per_churned', '-')} us")
-    for key, cost in {**costs, **clean_costs}.items():
+              f"{res.get('clean_mean_server_cpu_us_per_churned', '-')} us; user mode "
+              f"{res['server_user_us_per_churned']}, median "
+              f"{res.get('median_server_user_us_per_churned', '-')} us")
+    for key, cost in {**costs, **clean_costs, **user_costs}.items():
         print(f"{key.replace('_cost_over_', ' cost over ').replace('_', ' ')}: {cost:+.1%}")
 
 

@@ -376,7 +376,8 @@ pub(crate) fn run(args: ChurnArgs) -> anyhow::Result<()> {
     }
     drop(on);
     let window = window.elapsed();
-    let server_cpu_s = server_cpu.map(|c| c.seconds()).transpose()?;
+    let server_cpu_s = server_cpu.as_ref().map(|c| c.seconds()).transpose()?;
+    let server_user_s = server_cpu.as_ref().map(|c| c.user_seconds()).transpose()?;
     let server_busy = server_watch.map(|w| w.busy()).transpose()?;
     let churned = churner
         .join()
@@ -386,8 +387,7 @@ pub(crate) fn run(args: ChurnArgs) -> anyhow::Result<()> {
     driver.close_all(Duration::from_secs(5))?;
 
     let churn_s = churned.elapsed.as_secs_f64();
-    let per_connection_us =
-        server_cpu_s.map(|s| (s * 1e6 / churned.closed.max(1) as f64 * 10.0).round() / 10.0);
+    let per_churned_us = |s: f64| (s * 1e6 / churned.closed.max(1) as f64 * 10.0).round() / 10.0;
     report::finish(
         "churn",
         json!({"url": args.url, "topic": args.topic, "held": args.count, "rate": args.rate,
@@ -411,7 +411,9 @@ pub(crate) fn run(args: ChurnArgs) -> anyhow::Result<()> {
                "held_other_messages": pushes.other,
                "held_bytes_received": pushes.bytes,
                "server_cpu_s": server_cpu_s.map(round2),
-               "server_cpu_us_per_churned": per_connection_us,
+               "server_cpu_us_per_churned": server_cpu_s.map(per_churned_us),
+               "server_user_s": server_user_s.map(round2),
+               "server_user_us_per_churned": server_user_s.map(per_churned_us),
                "server_cpu_busy": server_busy}),
         args.common.out.as_deref(),
     )

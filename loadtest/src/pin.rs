@@ -44,9 +44,9 @@ pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
 /// Clock ticks per second in `/proc` times (`USER_HZ`: 100 on every Linux ABI).
 const USER_HZ: f64 = 100.0;
 
-/// The CPU time process `pid` has used so far, all its threads, user and system, in
-/// seconds (`utime` + `stime` of `/proc/PID/stat`, to 10 ms).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// The CPU time process `pid` has used so far, all its threads, in user mode and in all,
+/// in seconds (`utime`, and `utime` + `stime`, of `/proc/PID/stat`, to 10 ms).
+fn cpu_seconds(pid: u32) -> anyhow::Result<CpuSeconds> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count fields after its closing paren.
     let rest = stat
@@ -59,14 +59,26 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         let field = fields.get(i).context("short /proc/PID/stat")?;
         Ok(field.parse()?)
     };
-    Ok((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
+    let (user, system) = (ticks(11)? as f64, ticks(12)? as f64);
+    Ok(CpuSeconds {
+        user: user / USER_HZ,
+        all: (user + system) / USER_HZ,
+    })
+}
+
+/// CPU seconds of a process: in user mode (its own code: what the kernel does for it, and
+/// the softirq work that lands on it by chance, are not in there), and in all.
+#[derive(Clone, Copy)]
+struct CpuSeconds {
+    user: f64,
+    all: f64,
 }
 
 /// The CPU time a process uses over a measurement (all its threads, user and system):
 /// start it, then read the seconds.
 pub(crate) struct ProcessCpu {
     pid: u32,
-    start: f64,
+    start: CpuSeconds,
 }
 
 impl ProcessCpu {
@@ -79,7 +91,12 @@ impl ProcessCpu {
 
     /// The CPU seconds process `pid` used since `start` (to 10 ms).
     pub(crate) fn seconds(&self) -> anyhow::Result<f64> {
-        Ok(cpu_seconds(self.pid)? - self.start)
+        Ok(cpu_seconds(self.pid)?.all - self.start.all)
+    }
+
+    /// The CPU seconds process `pid` spent in user mode since `start` (to 10 ms).
+    pub(crate) fn user_seconds(&self) -> anyhow::Result<f64> {
+        Ok(cpu_seconds(self.pid)?.user - self.start.user)
     }
 }
 
