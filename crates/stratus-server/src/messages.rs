@@ -313,6 +313,12 @@ impl Outgoing {
         }
     }
 
+    /// Whether this is the node's own word on the control channel (an overload signal, a
+    /// user-control request), not a publish: it is not counted among the publishes.
+    pub(crate) fn is_control(&self) -> bool {
+        self.topic.is_empty()
+    }
+
     /// Answers the publisher (a connection through `node`), once it no longer counts in
     /// the backlog (a publisher that publishes again at once finds the room this one
     /// held).

@@ -317,7 +317,7 @@ impl BrokerTask {
             tokio::select! {
                 () = &mut sleep => return true,
                 Some(outgoing) = self.publishes.recv() => {
-                    stats::add(&self.stats.publish_errors, 1);
+                    stats::add(&self.stats.publish_errors, u64::from(!outgoing.is_control()));
                     outgoing.answer(Err(PublishError::BrokerUnavailable), node);
                 }
                 change = self.requests.recv() => {
@@ -503,11 +503,11 @@ async fn publish_loop(
                         })
                         .map_err(|err| {
                             warn!(error = %err, "Redis refused a publish");
-                            stats::add(&stats.publish_errors, 1);
+                            stats::add(&stats.publish_errors, u64::from(!p.is_control()));
                             PublishError::BrokerUnavailable
                         });
                     if reply.is_ok() {
-                        stats::add(&stats.published, 1);
+                        stats::add(&stats.published, u64::from(!p.is_control()));
                     }
                     p.answer(reply, node);
                 }
@@ -516,7 +516,8 @@ async fn publish_loop(
             Ok(_) => "Redis answered a publish batch with the wrong count".to_owned(),
             Err(err) => err.to_string(),
         };
-        stats::add(&stats.publish_errors, batch.len() as u64);
+        let publishes = batch.iter().filter(|p| !p.is_control()).count();
+        stats::add(&stats.publish_errors, publishes as u64);
         for p in batch.drain(..) {
             p.answer(Err(PublishError::BrokerUnavailable), node);
         }
