@@ -61,8 +61,9 @@ pub(crate) enum Phase {
     Authorizing(Box<Asked>),
     /// An open Server-Sent Events stream (`connection::sse`): events go out unframed,
     /// heartbeats instead of pings, input is read and dropped; a close ends it with FIN
-    /// behind what is queued.
-    Stream,
+    /// behind what is queued. Nothing goes out, its 200 included, while `starting` of
+    /// its topics wait for the broker's confirmation (see [`Client::hold_stream_start`]).
+    Stream { starting: u16 },
 }
 
 /// A request waiting for the connect hook: an upgrade, or an event stream (judged as the
@@ -319,7 +320,31 @@ impl Client {
 
     /// Whether it is an open event stream (not yet closing).
     pub(crate) fn is_streaming(&self) -> bool {
-        matches!(self.phase, Phase::Stream)
+        matches!(self.phase, Phase::Stream { .. })
+    }
+
+    /// Holds the stream's start, its 200 and everything queued after it, until the broker
+    /// confirms `topics` more of its topics: a client that has seen the 200 may count on
+    /// every publish made after it (as on a subscribe's reply), and there is no in-band
+    /// reply to wait for instead. A close lets what is queued go.
+    pub(crate) fn hold_stream_start(&mut self, topics: usize) {
+        if let Phase::Stream { starting } = &mut self.phase {
+            let topics = u16::try_from(topics).unwrap_or(u16::MAX);
+            *starting = starting.saturating_add(topics);
+        }
+    }
+
+    /// The broker confirmed one of the topics the stream's start waits for.
+    pub(crate) fn stream_topic_confirmed(&mut self) {
+        if let Phase::Stream { starting } = &mut self.phase {
+            *starting = starting.saturating_sub(1);
+        }
+    }
+
+    /// Whether its output is held (an event stream's start, see
+    /// [`Client::hold_stream_start`]).
+    fn is_held(&self) -> bool {
+        matches!(self.phase, Phase::Stream { starting } if starting > 0)
     }
 
     /// When its token expires, if a protocol v1 connection should now be asked (once)
@@ -357,6 +382,9 @@ impl Client {
     /// Whether anything waits to be sent (on TLS: records rustls has to send, and the
     /// close_notify that goes before FIN).
     pub(crate) fn has_pending(&self) -> bool {
+        if self.is_held() {
+            return false;
+        }
         self.queue.has_pending()
             || self.tls.as_ref().is_some_and(|t| {
                 t.out.has_pending() || t.wants_write() || (self.fin_due && !t.notified())
@@ -420,7 +448,7 @@ impl Client {
     pub(crate) fn open(&mut self, upgrade: Upgrade, inbound: TokenBucket) {
         self.inbound = inbound;
         self.phase = match upgrade.protocol {
-            Protocol::Sse => Phase::Stream,
+            Protocol::Sse => Phase::Stream { starting: 0 },
             _ => Phase::Open(upgrade.session),
         };
         self.frames = upgrade.frames;
@@ -668,6 +696,9 @@ impl Client {
     /// Moves the next bytes to send into `batch` (empty): queued frames, or on TLS the
     /// records sealed from them (with close_notify once a FIN is due and all is sealed).
     pub(crate) fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+        if self.is_held() {
+            return;
+        }
         let Some(tls) = &mut self.tls else {
             self.queue.take_batch(batch, max);
             return;

@@ -329,7 +329,10 @@ fn history_reads_while_redis_is_unreachable_are_answered_with_a_gap() {
     assert!(page.gap.is_some(), "a gap, not silence");
     assert_eq!(task.publish("t", "x"), Err(PublishError::BrokerUnavailable));
     // The node's own words on the control channel fail too, but are not publishes.
-    assert_eq!(task.publish("", "control"), Err(PublishError::BrokerUnavailable));
+    assert_eq!(
+        task.publish("", "control"),
+        Err(PublishError::BrokerUnavailable)
+    );
     assert_eq!(task.stats.publish_errors.load(Ordering::Relaxed), 1);
     drop(Redis::start_on(port));
 }

@@ -307,6 +307,10 @@ impl PubSub {
         }
         for (id, replies) in self.pending.take(topic) {
             if let Some(client) = clients.client(id) {
+                if client.is_streaming() {
+                    client.stream_topic_confirmed();
+                    continue;
+                }
                 for reply in replies {
                     subscribed(ctx, client, topic, reply.as_ref(), None);
                 }

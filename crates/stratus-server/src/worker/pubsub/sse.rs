@@ -5,6 +5,10 @@
 //! lost). A stream's resume point is read as a moment: with one for several topics it
 //! is another topic's offset for all but one, and a topic with nothing newer has missed
 //! nothing.
+//!
+//! With a broker, a stream starts (its 200 goes out) only once the node's subscription to
+//! each of its topics is confirmed, as a subscribe's reply waits: a client that has seen
+//! the 200 gets every publish made after it.
 
 use crate::connection::Client;
 use crate::model::conn_id::ConnId;
@@ -25,13 +29,20 @@ impl PubSub {
         resume: Option<Resume>,
     ) {
         self.on_upgrade(ctx, id, client, topics);
-        let Some(resume) = resume else {
-            return;
-        };
         if !client.is_streaming() {
             // A topic could not take it: the stream is ending.
             return;
         }
+        let mut unconfirmed = 0;
+        for topic in client.topics() {
+            if !ctx.hub.is_confirmed(topic) && self.pending.wait(topic.clone(), id, None).is_ok() {
+                unconfirmed += 1;
+            }
+        }
+        client.hold_stream_start(unconfirmed);
+        let Some(resume) = resume else {
+            return;
+        };
         for name in topics {
             let Some(topic) = client.topics().iter().find(|t| &***t == name).cloned() else {
                 continue;

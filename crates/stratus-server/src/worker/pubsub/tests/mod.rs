@@ -4,6 +4,7 @@
 
 mod hooked;
 mod raw;
+mod sse;
 mod v1;
 
 use std::collections::HashMap;
