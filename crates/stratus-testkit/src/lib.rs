@@ -67,7 +67,8 @@ impl Redis {
             .expect("redis-server did not start on any of 5 free ports")
     }
 
-    /// A redis-server on `port` (one stopped earlier, started again).
+    /// A plain redis-server (no TLS, no users) on `port` (one stopped earlier, started
+    /// again; a TLS or ACL one comes back plain).
     pub fn start_on(port: u16) -> Self {
         Self::try_start(port, &RedisSetup::default())
             .expect("redis-server could not take its port again")
