@@ -302,10 +302,17 @@ impl BrokerTask {
             full_report: Rc::new(Cell::new(true)),
             reports: 0,
         };
-        tokio::select! {
-            lost = publish_loop(&mut self.publishes, publisher, &stats, node) => Some(lost),
+        // Outside the loop, so that a batch still in flight when the session ends on the
+        // receiving side (the ping failed first, say) is refused, not dropped unanswered.
+        let mut batch = Vec::new();
+        let lost = tokio::select! {
+            lost = publish_loop(&mut self.publishes, &mut batch, publisher, &stats, node) => {
+                Some(lost)
+            }
             lost = receiving.run(&mut self.requests, wanted, stream) => lost,
-        }
+        };
+        refuse(&mut batch, &stats, node);
+        lost
     }
 
     /// Waits `backoff` while disconnected: publishes that were already queued fail,
@@ -446,14 +453,15 @@ struct Session {
 
 /// Sends publishes to Redis in arrival order, as many per pipeline as are waiting, and
 /// answers each with the number of nodes subscribed and its offset (where the topic keeps
-/// a history). Returns why it stopped.
+/// a history). Returns why it stopped. `batch` holds the publishes in flight (empty
+/// between round trips).
 async fn publish_loop(
     publishes: &mut mpsc::UnboundedReceiver<Outgoing>,
+    batch: &mut Vec<Outgoing>,
     mut conn: MultiplexedConnection,
     stats: &BrokerStats,
     node: &dyn Node,
 ) -> String {
-    let mut batch = Vec::new();
     loop {
         let Some(first) = publishes.recv().await else {
             return "publishing stopped".into();
@@ -466,7 +474,7 @@ async fn publish_loop(
             }
         }
         let mut pipe = redis::pipe();
-        for p in &batch {
+        for p in batch.iter() {
             if p.topic.is_empty() {
                 pipe.cmd("PUBLISH")
                     .arg(CONTROL_CHANNEL)
@@ -516,12 +524,18 @@ async fn publish_loop(
             Ok(_) => "Redis answered a publish batch with the wrong count".to_owned(),
             Err(err) => err.to_string(),
         };
-        let publishes = batch.iter().filter(|p| !p.is_control()).count();
-        stats::add(&stats.publish_errors, publishes as u64);
-        for p in batch.drain(..) {
-            p.answer(Err(PublishError::BrokerUnavailable), node);
-        }
+        refuse(batch, stats, node);
         return failure;
+    }
+}
+
+/// Answers every publish of `batch` (left empty) with [`PublishError::BrokerUnavailable`],
+/// counting the publishes (not the node's control words) as errors.
+fn refuse(batch: &mut Vec<Outgoing>, stats: &BrokerStats, node: &dyn Node) {
+    let publishes = batch.iter().filter(|p| !p.is_control()).count();
+    stats::add(&stats.publish_errors, publishes as u64);
+    for p in batch.drain(..) {
+        p.answer(Err(PublishError::BrokerUnavailable), node);
     }
 }
 
