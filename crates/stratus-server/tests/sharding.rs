@@ -115,8 +115,8 @@ fn a_shard_down_fails_only_its_own_topics_and_recovers_on_its_own() {
     assert_eq!(listeners(&first, "stratus!control"), 2);
     assert_eq!(listeners(&second, "stratus!control"), 0);
     for node in &nodes {
-        assert_eq!(node.metric("stratus_broker_shard_topics{shard=\"0\"}"), 1);
-        assert_eq!(node.metric("stratus_broker_shard_topics{shard=\"1\"}"), 1);
+        node.wait_metric("stratus_broker_shard_topics{shard=\"0\"}", 1);
+        node.wait_metric("stratus_broker_shard_topics{shard=\"1\"}", 1);
     }
 
     // Topics on both shards deliver across the nodes.

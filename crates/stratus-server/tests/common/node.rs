@@ -74,6 +74,23 @@ impl Node {
         sample(&self.get("/metrics").1, name)
     }
 
+    /// Waits until metric `name` reads `value` (a gauge the broker thread updates once
+    /// Redis answers, a moment after Redis itself shows the change).
+    pub fn wait_metric(&self, name: &str, value: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.metric(name);
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} stayed {now}, not {value}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `/readyz` says `ready`.
     pub fn wait_ready(&self, ready: bool) {
         self.wait_ready_or(ready, String::new);
