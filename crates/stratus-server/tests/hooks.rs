@@ -444,8 +444,13 @@ fn the_subscribe_hook_allows_or_refuses_each_subscribe_in_its_namespaces() {
     assert_eq!(refused["message"], "members only", "{refused}");
     let late = ask(3, "room.slow");
     assert_eq!(late["code"], "hook_timeout", "{late}");
+    assert_eq!(late["message"], "the backend did not answer in time");
     let bad = ask(4, "room.bad");
     assert_eq!(bad["code"], "hook_error", "{bad}");
+    assert_eq!(
+        bad["message"], "the backend's answer was not understood",
+        "a fixed text: what was malformed is for the log"
+    );
     let free = ask(5, "free.x");
     assert_eq!(
         free["type"], "reply",

@@ -90,6 +90,22 @@ impl HookFailure {
         }
     }
 
+    /// What a client is told: one fixed text per status, never the detail (error chains,
+    /// the backend's answer quoted, its address), which is for the server's log.
+    pub(crate) fn public_text(&self) -> &'static str {
+        match self.http_status() {
+            503 => "the backend is unavailable",
+            504 => "the backend did not answer in time",
+            _ => "the backend's answer was not understood",
+        }
+    }
+
+    /// Whether the failure says the backend needs fixing (logged at `warn`), rather than
+    /// being busy or slow (`debug`: under load every refused command would log).
+    pub(crate) fn is_backend_fault(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Malformed(_))
+    }
+
     /// Its `outcome` label in /metrics.
     pub(crate) fn outcome(&self) -> &'static str {
         match self {
@@ -608,5 +624,20 @@ mod tests {
                 failure.outcome()
             );
         }
+        let texts: Vec<&str> = all.iter().map(HookFailure::public_text).collect();
+        assert_eq!(
+            texts,
+            [
+                "the backend did not answer in time",
+                "the backend is unavailable",
+                "the backend is unavailable",
+                "the backend's answer was not understood"
+            ]
+        );
+        let detailed = HookFailure::Malformed("secret 10.0.0.7:8000 said {\"x\"".into());
+        assert!(
+            !detailed.public_text().contains("10.0.0.7"),
+            "the detail stays in the log"
+        );
     }
 }

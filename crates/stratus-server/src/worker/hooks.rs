@@ -28,22 +28,25 @@ use crate::worker::Worker;
 /// backend's answer quoted) goes to the log only.
 pub(super) fn refusal_for(failure: &HookFailure) -> Refusal {
     let status = failure.http_status();
-    let (retry, body) = match status {
-        503 => ("Retry-After: 5\r\n", "the backend is unavailable"),
-        504 => ("", "the backend did not answer in time"),
-        _ => ("", "the backend's answer was not understood"),
+    let retry = if status == 503 {
+        "Retry-After: 5\r\n"
+    } else {
+        ""
     };
-    match failure {
-        HookFailure::Unavailable(_) | HookFailure::Malformed(_) => {
-            warn!(status, error = %failure, "connect hook failed");
-        }
-        HookFailure::Timeout | HookFailure::Busy => {
-            debug!(status, error = %failure, "connect hook failed");
-        }
-    }
-    let mut refusal = Refusal::new(status, retry, body.to_owned());
+    log_failure(HookKind::Connect, failure);
+    let mut refusal = Refusal::new(status, retry, failure.public_text().to_owned());
     refusal.why = format!("connect hook: {failure}");
     refusal
+}
+
+/// Logs what `failure` was: the detail a client is not told ([`HookFailure::public_text`]).
+pub(super) fn log_failure(kind: HookKind, failure: &HookFailure) {
+    let hook = kind.name();
+    if failure.is_backend_fault() {
+        warn!(hook, error = %failure, "hook failed");
+    } else {
+        debug!(hook, error = %failure, "hook failed");
+    }
 }
 
 /// Accepts `asked` (an upgrade, or an event stream), as the connect hook's answer

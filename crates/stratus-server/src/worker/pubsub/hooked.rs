@@ -14,13 +14,14 @@ use super::{Clients, Context, PubSub, Subscribed, subscribed};
 use crate::connection::Client;
 use crate::model::conn_id::ConnId;
 use crate::model::hook::{
-    Asker, HookAnswer, HookDest, HookJob, HookKind, Pending, PublishRequest, PublishVerdict,
-    SubscribeRequest,
+    Asker, HookAnswer, HookDest, HookFailure, HookJob, HookKind, Pending, PublishRequest,
+    PublishVerdict, SubscribeRequest,
 };
 use crate::model::protocol::raw;
 use crate::model::protocol::v1::{self, ErrorCode};
 use crate::model::publication::{PayloadKind, Publication};
 use crate::model::topic;
+use crate::worker::hooks::log_failure;
 
 /// Most commands of one connection waiting for a hook at once.
 pub(super) const MAX_HOOKS_WAITING: u32 = 16;
@@ -107,8 +108,7 @@ impl PubSub {
             asked: ctx.now,
             pending: Some(pending),
         };
-        link.ask(job)
-            .map_err(|failure| (failure.v1_code(), failure.to_string()))?;
+        link.ask(job).map_err(|failure| failed(kind, &failure))?;
         *self.hook_waits.entry(id).or_default() += 1;
         Ok(())
     }
@@ -140,7 +140,7 @@ impl PubSub {
                 let refusal = match result {
                     Ok(Ok(())) => return self.subscribe_allowed(ctx, id, client, pending),
                     Ok(Err(refused)) => (ErrorCode::Forbidden, refused.reason),
-                    Err(failure) => (failure.v1_code(), failure.to_string()),
+                    Err(failure) => failed(HookKind::Subscribe, &failure),
                 };
                 refuse(ctx, client, "subscribe", &pending, refusal);
             }
@@ -150,7 +150,7 @@ impl PubSub {
                         return self.publish_allowed(ctx, id, client, pending, verdict);
                     }
                     Ok(Err(refused)) => (ErrorCode::Forbidden, refused.reason),
-                    Err(failure) => (failure.v1_code(), failure.to_string()),
+                    Err(failure) => failed(HookKind::Publish, &failure),
                 };
                 refuse(ctx, client, "publish", &pending, refusal);
             }
@@ -227,6 +227,13 @@ impl PubSub {
 
 /// Refuses what `pending` asked for: an error reply (v1, raw), or for an upgrade-URL
 /// topic a close naming it (1008 refused, 1013 the backend failed).
+/// A hook's failure as a refusal: its code, and the text a client is told (the detail
+/// goes to the log).
+fn failed(kind: HookKind, failure: &HookFailure) -> (ErrorCode, String) {
+    log_failure(kind, failure);
+    (failure.v1_code(), failure.public_text().to_owned())
+}
+
 fn refuse(
     ctx: &Context<'_>,
     client: &mut Client,
