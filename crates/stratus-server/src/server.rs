@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::admin::{self, Admin};
-use crate::broker::BrokerTask;
+use crate::broker::{BrokerTask, Keyspace};
 use crate::config::Config;
 use crate::events::EventsTask;
 use crate::messages::{BrokerRequest, Node, PublishError};
@@ -70,20 +70,66 @@ fn spawn_presence_clock(
     Ok((thread, stop))
 }
 
-/// The hub's link to the broker and one broker task per Redis shard in `clients`, in
-/// `--broker` order (the first also carries presence, user-level control and the control
-/// channel); `None` without a client.
-fn broker_shards(
-    clients: Vec<redis::Client>,
-    config: &Config,
-) -> Option<(BrokerLink, Vec<BrokerTask>)> {
+/// The broker as `--broker` names it: each shard's client (in a Redis Cluster, each
+/// master's, with a RESP3 client of it for sharded pub/sub), the first carrying what is
+/// node-wide, and a cluster's slot map.
+struct BrokerPlan {
+    shards: Vec<(redis::Client, Option<redis::Client>)>,
+    slots: Option<Box<[u8]>>,
+}
+
+impl BrokerPlan {
+    /// The plan for `config`'s broker, if it has one: its shards in `--broker` order, or
+    /// a Redis Cluster's masters as its seeds tell them (asked now, once).
+    fn new(config: &Config) -> Result<Option<Self>, String> {
+        let Some(clients) = config.broker_shards()? else {
+            return Ok(None);
+        };
+        let Some(seeds) = config.broker_cluster() else {
+            let shards = clients.into_iter().map(|client| (client, None)).collect();
+            return Ok(Some(Self {
+                shards,
+                slots: None,
+            }));
+        };
+        let map = crate::broker::cluster::discover(&seeds, &config.broker_auth)?;
+        let masters: Vec<&str> = map.masters.iter().map(|m| m.address.as_str()).collect();
+        info!(?masters, "Redis Cluster: one broker task per master");
+        let shards = map
+            .masters
+            .into_iter()
+            .map(|m| (m.client, Some(m.resp3)))
+            .collect();
+        Ok(Some(Self {
+            shards,
+            slots: Some(map.slots),
+        }))
+    }
+
+    /// How the broker names its keys.
+    fn keys(&self) -> Keyspace {
+        match self.slots {
+            Some(_) => Keyspace::Cluster,
+            None => Keyspace::Plain,
+        }
+    }
+}
+
+/// The hub's link to the broker and one broker task per shard of `plan`, in its order
+/// (the first also carries presence, user-level control and the control channel);
+/// `None` without a shard.
+fn broker_shards(plan: BrokerPlan, config: &Config) -> Option<(BrokerLink, Vec<BrokerTask>)> {
+    let in_cluster = |task: BrokerTask, resp3: Option<redis::Client>| match resp3 {
+        Some(resp3) => task.in_cluster(resp3),
+        None => task,
+    };
     let ends = || {
         let publishes = mpsc::unbounded_channel();
         let requests = mpsc::unbounded_channel();
         (publishes, requests, Arc::new(BrokerStats::default()))
     };
-    let mut clients = clients.into_iter();
-    let first = clients.next()?;
+    let mut clients = plan.shards.into_iter();
+    let (first, first_resp3) = clients.next()?;
     let ((publish_tx, publish_rx), (request_tx, request_rx), stats) = ends();
     let link = ShardLink::new(publish_tx.clone(), request_tx, stats.clone());
     // The first shard reads presence too, on the connection it reads histories on.
@@ -91,14 +137,20 @@ fn broker_shards(
     let publishes = (publish_tx, publish_rx);
     let first = BrokerTask::new(first, reads, publishes, request_rx, stats);
     let (mut links, mut tasks) = (Vec::new(), Vec::new());
-    for (index, client) in (1..).zip(clients) {
+    for (index, (client, resp3)) in (1..).zip(clients) {
         let ((publish_tx, publishes), (request_tx, requests), stats) = ends();
         links.push(ShardLink::new(publish_tx, request_tx, stats.clone()));
         let reads = config.keeps_history();
-        tasks.push(first.shard(index, client, reads, publishes, requests, stats));
+        let task = first.shard(index, client, reads, publishes, requests, stats);
+        tasks.push(in_cluster(task, resp3));
     }
-    tasks.insert(0, first);
-    Some((BrokerLink::new(link, links), tasks))
+    tasks.insert(0, in_cluster(first, first_resp3));
+    let link = BrokerLink::new(link, links);
+    let link = match plan.slots {
+        Some(slots) => link.with_slots(slots),
+        None => link,
+    };
+    Some((link, tasks))
 }
 
 fn invalid(message: String) -> io::Error {
@@ -146,11 +198,12 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()?
             .into_iter()
             .unzip();
-        let (broker, broker_tasks) = config
-            .broker_shards()
-            .map_err(invalid)?
-            .and_then(|clients| broker_shards(clients, &config))
-            .unzip();
+        let plan = BrokerPlan::new(&config).map_err(invalid)?;
+        // What is node-wide lives on the first shard (a cluster's node-wide master).
+        let node_wide = plan
+            .as_ref()
+            .and_then(|plan| Some((plan.shards.first()?.0.clone(), plan.keys())));
+        let (broker, broker_tasks) = plan.and_then(|plan| broker_shards(plan, &config)).unzip();
         let config = Arc::new(config);
         let (events_link, events_inbox) = match config.keeps_occupancy_events() {
             true => {
@@ -162,8 +215,7 @@ impl Server {
         let hub = Arc::new(Hub::new(links, broker, config.clone()).with_events(events_link));
         if let Some(inbox) = events_inbox {
             // On the first shard, with the rest of what is the node's and not a topic's.
-            let redis = config.broker_client().map_err(invalid)?;
-            EventsTask::new(inbox, hub.node_id.clone(), &config, redis)
+            EventsTask::new(inbox, hub.node_id.clone(), &config, node_wide)
                 .map_err(invalid)?
                 .spawn()?;
         }

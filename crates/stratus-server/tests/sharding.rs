@@ -24,7 +24,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::node::Node;
+use common::node::{
+    Node, expect_gap, expect_next, history_after, offset_of, poll_json, pushed, pushes, wait_broker,
+};
 use common::proxy::{Cut, Faults, Proxy};
 use common::{Peer, V1, spawn_server};
 use serde_json::{Value, json};
@@ -58,28 +60,6 @@ fn start(list: &str, extra: &[&str]) -> Node {
     node
 }
 
-/// Waits until the node's `/readyz` says the broker is `state` (`up`, `degraded`,
-/// `down`) and each shard as `shards` says; it stays ready (200) unless every shard is
-/// down.
-fn wait_broker(node: &Node, state: &str, shards: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let shards = serde_json::to_string(shards).unwrap();
-    loop {
-        let (status, body) = node.get("/readyz");
-        let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if seen["broker"] == state {
-            assert_eq!(seen["shards"].to_string(), shards, "{body}");
-            assert_eq!(status, if state == "down" { 503 } else { 200 }, "{body}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker never became {state}: {status} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// How many connections listen on `channel` in `redis`.
 fn listeners(redis: &Redis, channel: &str) -> usize {
     let mut conn = redis.connection().unwrap();
@@ -89,13 +69,6 @@ fn listeners(redis: &Redis, channel: &str) -> usize {
         .query(&mut conn)
         .unwrap();
     counts[0].1
-}
-
-/// Reads the next message of each of `peers`: it must be `text`.
-fn expect_next(peers: &mut [Peer], text: &str) {
-    for peer in peers {
-        assert_eq!(peer.recv(), Some(Message::text(text)));
-    }
 }
 
 #[test]
@@ -188,43 +161,6 @@ fn a_shard_down_fails_only_its_own_topics_and_recovers_on_its_own() {
             node.metric("stratus_broker_shard_publish_errors_total{shard=\"0\"}"),
             0
         );
-    }
-}
-
-/// Reads the next message of each of `peers`: it must be the gap notice of a node that
-/// was cut off from `topic`'s shard.
-fn expect_gap(peers: &mut [Peer], topic: &str) {
-    for peer in peers {
-        let Some(Message::Text(notice)) = peer.recv() else {
-            panic!("expected a gap notice");
-        };
-        let notice: Value = serde_json::from_slice(&notice).unwrap();
-        assert_eq!(
-            (notice["op"].as_str(), notice["topic"].as_str()),
-            (Some("gap"), Some(topic)),
-            "{notice}"
-        );
-        assert!(
-            notice["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("cut off from the broker")),
-            "{notice}"
-        );
-    }
-}
-
-/// Polls `node`'s admin `path` until it answers 200 with JSON that `done` accepts (10 s
-/// at most); the JSON.
-fn poll_json(node: &Node, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = node.get(path);
-        let json: Value = serde_json::from_str(&body).unwrap_or_default();
-        if status == 200 && done(&json) {
-            return json;
-        }
-        assert!(Instant::now() < deadline, "{path}: {status} {body}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -456,14 +392,6 @@ fn a_blackholed_shard_holds_up_only_its_own_topics_and_recovers_when_let_through
     );
 }
 
-/// Publishes `text` to `topic` on `node` (a topic with a history); its offset.
-fn offset_of(node: &Node, topic: &str, text: &str) -> String {
-    let (status, body) = node.publish(topic, text);
-    assert_eq!(status, 200, "{body}");
-    let body: Value = serde_json::from_str(&body).unwrap();
-    body["offset"].as_str().unwrap().to_owned()
-}
-
 /// The length of `topic`'s history stream in `redis` (0: no stream there).
 fn history_len(redis: &Redis, topic: &str) -> usize {
     let mut conn = redis.connection().unwrap();
@@ -471,15 +399,6 @@ fn history_len(redis: &Redis, topic: &str) -> usize {
     let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
     assert!(kind == "stream" || kind == "none", "{key} is a {kind}");
     redis::cmd("XLEN").arg(&key).query(&mut conn).unwrap()
-}
-
-/// The data of a v1 push on `topic`.
-fn pushed(push: &Value, topic: &str) -> String {
-    assert_eq!(
-        (&push["type"], &push["topic"]),
-        (&json!("pub"), &json!(topic))
-    );
-    push["data"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -515,24 +434,16 @@ fn a_topics_history_lives_on_its_shard_and_a_resume_reads_what_was_missed_there(
         (&json!("reply"), &json!(true), &json!(last)),
         "{reply}"
     );
-    let got: Vec<String> = missed
-        .iter()
-        .map(|_| pushed(&back.recv(), ON_SECOND))
-        .collect();
-    assert_eq!(got, missed, "each once, in order");
+    assert_eq!(
+        pushes(&mut back, ON_SECOND, missed.len()),
+        missed,
+        "each once, in order"
+    );
     offset_of(&nodes[0], ON_SECOND, "live");
     assert_eq!(pushed(&back.recv(), ON_SECOND), "live", "then live");
 
     // The admin API reads the same history from the same shard.
-    let (status, body) = nodes[0].get(&format!("/history/{ON_SECOND}?since={last}"));
-    assert_eq!(status, 200, "{body}");
-    let page: Value = serde_json::from_str(&body).unwrap();
-    let data: Vec<&str> = page["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["data"].as_str().unwrap())
-        .collect();
+    let (data, page) = history_after(&nodes[0], ON_SECOND, &last);
     assert_eq!(data, ["m3", "m4", "m5", "m6", "m7", "live"], "{page}");
     assert_eq!(page["gap"], Value::Null, "{page}");
 

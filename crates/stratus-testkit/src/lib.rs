@@ -212,3 +212,236 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// A Redis Cluster of masters only (no replicas) on loopback ports, each a
+/// `redis-server --cluster-enabled yes` keeping its `nodes.conf` in a directory of the
+/// cluster's own, joined by `redis-cli --cluster create`; killed and removed when dropped.
+///
+/// `cluster-require-full-coverage no`: with a master down the others go on serving their
+/// slots (without replicas, nothing takes the lost master's slots over).
+pub struct RedisCluster {
+    dir: PathBuf,
+    /// Each master's port, and its process while it runs.
+    masters: Vec<(u16, Option<Child>)>,
+}
+
+impl RedisCluster {
+    /// `masters` masters (3 or more: `redis-cli --cluster create` wants 3), once every one
+    /// says `cluster_state:ok`.
+    pub fn start(masters: usize) -> Self {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("stratus-cluster-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = Self {
+            dir,
+            masters: Vec::new(),
+        };
+        while cluster.masters.len() < masters {
+            // The cluster bus takes the port 10000 above the client port.
+            let port = free_addr().port();
+            if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+            if let Some(child) = cluster.spawn(port) {
+                cluster.masters.push((port, Some(child)));
+            }
+        }
+        let addresses: Vec<String> = cluster
+            .masters
+            .iter()
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli (install it: scripts/install-redis.sh): {e}")
+            });
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Starts a master on `port` (its `nodes.conf` in the cluster's directory: one
+    /// started again comes back with its identity and slots). `None` if another server
+    /// answers there.
+    fn spawn(&self, port: u16) -> Option<Child> {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .arg("--cluster-config-file")
+            .arg(self.dir.join(format!("nodes-{port}.conf")))
+            .args(["--cluster-require-full-coverage", "no"])
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server (install it: scripts/install-redis.sh): {e}")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut conn) = connect(port) {
+                let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
+                let ours = format!("process_id:{}", child.id());
+                if info.lines().any(|l| l.trim() == ours) {
+                    return Some(child);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every running master says `cluster_state:ok` and sees every slot
+    /// served.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (port, child) in &self.masters {
+            if child.is_none() {
+                continue;
+            }
+            loop {
+                let info: String = connect(*port)
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                    .unwrap_or_default();
+                let ok = info.lines().any(|l| l.trim() == "cluster_state:ok")
+                    && info.lines().any(|l| l.trim() == "cluster_slots_ok:16384");
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never became ok on {port}: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// `--broker` for it: every master as a seed (`redis+cluster://127.0.0.1:port,...`).
+    pub fn url(&self) -> String {
+        self.masters
+            .iter()
+            .map(|(port, _)| format!("redis+cluster://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How many masters it has (running or not).
+    pub fn len(&self) -> usize {
+        self.masters.len()
+    }
+
+    /// Whether it has no master.
+    pub fn is_empty(&self) -> bool {
+        self.masters.is_empty()
+    }
+
+    /// The port of master `index`.
+    pub fn port(&self, index: usize) -> u16 {
+        self.masters[index].0
+    }
+
+    /// A connection to master `index`.
+    pub fn connection(&self, index: usize) -> redis::Connection {
+        connect(self.port(index)).unwrap()
+    }
+
+    /// The slot of `key`, as Redis computes it (`CLUSTER KEYSLOT`, asked of a running
+    /// master).
+    pub fn slot(&self, key: &str) -> u16 {
+        let index = self.masters.iter().position(|(_, c)| c.is_some()).unwrap();
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.connection(index))
+            .unwrap()
+    }
+
+    /// The index of the master that serves `key`'s slot (as `CLUSTER SLOTS` says, asked
+    /// of a running master).
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot = self.slot(key);
+        let index = self.masters.iter().position(|(_, c)| c.is_some()).unwrap();
+        let ranges: Vec<(u16, u16, u16)> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<Vec<redis::Value>>(&mut self.connection(index))
+            .unwrap()
+            .into_iter()
+            .map(|entry| {
+                let redis::Value::Array(parts) = entry else {
+                    panic!("CLUSTER SLOTS: {entry:?}");
+                };
+                let first: u16 = redis::from_redis_value(parts[0].clone()).unwrap();
+                let last: u16 = redis::from_redis_value(parts[1].clone()).unwrap();
+                let redis::Value::Array(master) = &parts[2] else {
+                    panic!("CLUSTER SLOTS: {parts:?}");
+                };
+                let port: u16 = redis::from_redis_value(master[1].clone()).unwrap();
+                (first, last, port)
+            })
+            .collect();
+        let (_, _, port) = ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+        self.masters.iter().position(|(p, _)| p == port).unwrap()
+    }
+
+    /// Kills master `index` (SIGKILL); its `nodes.conf` stays, for [`Self::restart`].
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.masters[index].1.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts master `index` again on its port with its `nodes.conf` (it rejoins with its
+    /// slots), and waits until the cluster is ok again.
+    pub fn restart(&mut self, index: usize) {
+        let port = self.port(index);
+        let child = self
+            .spawn(port)
+            .expect("redis-server could not take its port again");
+        self.masters[index].1 = Some(child);
+        self.wait_ok();
+    }
+}
+
+/// A connection to the Redis on 127.0.0.1:`port`, answering PING.
+fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    redis::cmd("PING").query::<String>(&mut conn)?;
+    Ok(conn)
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.masters {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -18,10 +18,11 @@ type RawEntry = (String, Vec<Vec<u8>>);
 /// trimmed).
 pub(crate) async fn fetch_history(
     conn: &mut MultiplexedConnection,
+    keys: wire::Keyspace,
     topic: &str,
     read: HistoryRead,
 ) -> redis::RedisResult<HistoryPage> {
-    let key = wire::key(topic);
+    let key = keys.key(topic);
     let mut pipe = redis::pipe();
     if let Since::After(after) = read.from {
         pipe.cmd("XRANGE")

@@ -31,6 +31,17 @@
 //! reports and reads, the node list, user-level control) is the first shard's task's
 //! alone; the node's `BrokerLink` routes each request to its shard.
 //!
+//! A Redis Cluster (`--broker redis+cluster://a,redis+cluster://b`, `cluster`) is shards
+//! too: its masters, read from a seed's `CLUSTER SLOTS` at start, each with a task of its
+//! own and plain connections to it, the master of the node-wide slot first; a topic goes
+//! to the master that serves its slot. The task is the same; only how it names and
+//! publishes differs ([`Keyspace`]: sharded pub/sub, `SPUBLISH` and `SSUBSCRIBE` on a
+//! RESP3 connection; the topic as the hash tag of its channel and history key, so the
+//! publish script stays on one slot; `{stratus!}` as the tag of everything node-wide). The
+//! slot map is not followed afterwards: once a slot has moved away, its old master
+//! answers its topics' publishes `MOVED` (a 503, logged) and ends their subscriptions (an
+//! unasked `sunsubscribe`, which ends the session, logged with what to do: restart).
+//!
 //! Here: the task (`task`: the session, the publish pipeline, subscriptions, the control
 //! channel), the wire format (`wire`: channel names, Redis keys, the payload encoding,
 //! the publish script), and history reads (`history`). The task reaches the node only
@@ -38,9 +49,11 @@
 //! it must not touch the hub, a worker or a connection (its tests run it against a fake
 //! node).
 
+pub(crate) mod cluster;
 mod history;
 mod presence;
 mod task;
 mod wire;
 
 pub(crate) use task::BrokerTask;
+pub(crate) use wire::Keyspace;

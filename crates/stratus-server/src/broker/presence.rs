@@ -15,29 +15,33 @@ use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
+use crate::broker::wire::Keyspace;
+
 use crate::model::presence::{Member, Occupancy, PresenceAnswer, PresenceReport};
 
 /// The nodes' leases: node id -> lease expiry (ms, Redis time).
-pub(crate) const NODES: &str = "stratus!presence:nodes";
+fn nodes_key(keys: Keyspace) -> String {
+    keys.node_key("presence:nodes")
+}
 /// How long a member list lives without being rewritten (a full report rewrites every
 /// list well within it).
 pub(crate) const MEMBERS_TTL_MS: u64 = 3_600_000;
-/// Leases expired longer ago than this are removed from [`NODES`].
+/// Leases expired longer ago than this are removed from the leases ([`nodes_key`]).
 const FORGET_AFTER_MS: u64 = 600_000;
 
 /// A node's occupancy hash: topic -> `"<connections> <users>"`.
-fn occupancy_key(node: &str) -> String {
-    format!("stratus!presence:occupancy:{node}")
+fn occupancy_key(keys: Keyspace, node: &str) -> String {
+    keys.node_key(&format!("presence:occupancy:{node}"))
 }
 
 /// A node's figures: name -> value, expiring with its lease.
-fn figures_key(node: &str) -> String {
-    format!("stratus!presence:node:{node}")
+fn figures_key(keys: Keyspace, node: &str) -> String {
+    keys.node_key(&format!("presence:node:{node}"))
 }
 
 /// A node's members of a topic: client id -> the member as JSON.
-fn members_key(node: &str, topic: &str) -> String {
-    format!("stratus!presence:members:{node}:{topic}")
+fn members_key(keys: Keyspace, node: &str, topic: &str) -> String {
+    keys.node_key(&format!("presence:members:{node}:{topic}"))
 }
 
 /// Renews a node's lease: KEYS = the leases; ARGV = the node, the lease (ms), how long
@@ -66,18 +70,19 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 /// Whether the lease was still live (if not, the next report should be full).
 pub(crate) async fn report(
     conn: &mut MultiplexedConnection,
+    keys: Keyspace,
     node: &str,
     lease_ms: u64,
     report: &PresenceReport,
     full: bool,
 ) -> redis::RedisResult<bool> {
-    let occupancy = occupancy_key(node);
+    let occupancy = occupancy_key(keys, node);
     let mut pipe = redis::pipe();
     pipe.atomic();
     pipe.cmd("EVAL")
         .arg(LEASE_SCRIPT)
         .arg(1)
-        .arg(NODES)
+        .arg(nodes_key(keys))
         .arg(node)
         .arg(lease_ms)
         .arg(FORGET_AFTER_MS);
@@ -85,7 +90,7 @@ pub(crate) async fn report(
         pipe.del(&occupancy).ignore();
     }
     for topic in &report.topics {
-        let members = members_key(node, &topic.topic);
+        let members = members_key(keys, node, &topic.topic);
         if topic.occupancy.connections == 0 {
             pipe.hdel(&occupancy, &*topic.topic).ignore();
             pipe.del(&members).ignore();
@@ -110,7 +115,7 @@ pub(crate) async fn report(
     // The occupancy hash and the figures live as long as the lease, renewed with it.
     pipe.pexpire(&occupancy, lease_ms as i64).ignore();
     if !report.node.is_empty() {
-        let figures = figures_key(node);
+        let figures = figures_key(keys, node);
         pipe.hset_multiple(&figures, &report.node).ignore();
         pipe.pexpire(&figures, lease_ms as i64).ignore();
     }
@@ -119,11 +124,14 @@ pub(crate) async fn report(
 }
 
 /// The nodes whose lease is live.
-async fn live_nodes(conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<String>> {
+async fn live_nodes(
+    conn: &mut MultiplexedConnection,
+    keys: Keyspace,
+) -> redis::RedisResult<Vec<String>> {
     redis::cmd("EVAL")
         .arg(LIVE_SCRIPT)
         .arg(1)
-        .arg(NODES)
+        .arg(nodes_key(keys))
         .query_async(conn)
         .await
 }
@@ -131,11 +139,12 @@ async fn live_nodes(conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<
 /// Every live node and the figures it last reported.
 pub(crate) async fn nodes(
     conn: &mut MultiplexedConnection,
+    keys: Keyspace,
 ) -> redis::RedisResult<Vec<(String, Vec<(String, u64)>)>> {
-    let nodes = live_nodes(conn).await?;
+    let nodes = live_nodes(conn, keys).await?;
     let mut pipe = redis::pipe();
     for node in &nodes {
-        pipe.hgetall(figures_key(node));
+        pipe.hgetall(figures_key(keys, node));
     }
     let figures: Vec<Vec<(String, u64)>> = pipe.query_async(conn).await?;
     Ok(nodes.into_iter().zip(figures).collect())
@@ -145,13 +154,14 @@ pub(crate) async fn nodes(
 /// (the cap) at most that many members and whether they are all.
 pub(crate) async fn read(
     conn: &mut MultiplexedConnection,
+    keys: Keyspace,
     topic: &str,
     members: Option<usize>,
 ) -> redis::RedisResult<PresenceAnswer> {
-    let nodes = live_nodes(conn).await?;
+    let nodes = live_nodes(conn, keys).await?;
     let mut pipe = redis::pipe();
     for node in &nodes {
-        pipe.hget(occupancy_key(node), topic);
+        pipe.hget(occupancy_key(keys, node), topic);
     }
     let counts: Vec<Option<String>> = pipe.query_async(conn).await?;
     let occupancy = counts
@@ -184,7 +194,7 @@ pub(crate) async fn read(
     }
     let mut pipe = redis::pipe();
     for node in counting {
-        pipe.hvals(members_key(node, topic));
+        pipe.hvals(members_key(keys, node, topic));
     }
     let lists: Vec<Vec<String>> = pipe.query_async(conn).await?;
     let listed: usize = lists.iter().map(Vec::len).sum();
@@ -296,10 +306,14 @@ mod tests {
                 topics: vec![topic("t", 1, Some(vec![member("b.0.1", "z")]))],
                 node: vec![("connections", 1)],
             };
-            let first = report(&mut conn, "a", 60_000, &a, true).await.expect("a");
+            let first = report(&mut conn, Keyspace::Plain, "a", 60_000, &a, true)
+                .await
+                .expect("a");
             assert!(!first, "no lease before the first report");
-            report(&mut conn, "b", 300, &b, true).await.expect("b");
-            let mut live = nodes(&mut conn).await.expect("nodes");
+            report(&mut conn, Keyspace::Plain, "b", 300, &b, true)
+                .await
+                .expect("b");
+            let mut live = nodes(&mut conn, Keyspace::Plain).await.expect("nodes");
             live.sort();
             assert_eq!(
                 live,
@@ -308,15 +322,21 @@ mod tests {
                     ("b".to_owned(), vec![("connections".to_owned(), 1)])
                 ]
             );
-            let both = read(&mut conn, "t", Some(10)).await.expect("read");
+            let both = read(&mut conn, Keyspace::Plain, "t", Some(10))
+                .await
+                .expect("read");
             assert_eq!(both.occupancy.connections, 3);
             let (list, complete) = both.members.expect("members");
             assert_eq!((list.len(), complete), (3, true));
-            let capped = read(&mut conn, "t", Some(2)).await.expect("read");
+            let capped = read(&mut conn, Keyspace::Plain, "t", Some(2))
+                .await
+                .expect("read");
             assert_eq!(capped.members.map(|(l, c)| (l.len(), c)), Some((2, false)));
             // b's lease runs out: it no longer counts.
             tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-            let alone = read(&mut conn, "t", None).await.expect("read");
+            let alone = read(&mut conn, Keyspace::Plain, "t", None)
+                .await
+                .expect("read");
             assert_eq!(alone.occupancy.connections, 2);
             assert_eq!(alone.members, None, "counts only were asked for");
             // a's last subscriber left.
@@ -324,11 +344,13 @@ mod tests {
                 topics: vec![topic("t", 0, None)],
                 node: Vec::new(),
             };
-            let live = report(&mut conn, "a", 60_000, &gone, false)
+            let live = report(&mut conn, Keyspace::Plain, "a", 60_000, &gone, false)
                 .await
                 .expect("a");
             assert!(live, "a's lease was live");
-            let empty = read(&mut conn, "t", Some(10)).await.expect("read");
+            let empty = read(&mut conn, Keyspace::Plain, "t", Some(10))
+                .await
+                .expect("read");
             assert_eq!(empty.occupancy, Occupancy::default());
             assert_eq!(empty.members, Some((Vec::new(), true)));
         });

@@ -9,6 +9,10 @@
 //! channel (overload signals, user-level control), presence reports and reads, the node
 //! list. The other shards' tasks send their own control words (a node overloaded)
 //! through the first's publish queue.
+//!
+//! In a Redis Cluster each master is a shard: its task names channels and keys as
+//! [`Keyspace::Cluster`] says and subscribes with `SSUBSCRIBE` (`subscriber`); all else
+//! is the same.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -20,14 +24,15 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
 use stratus_proto::Message;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::broker::history::fetch_history;
 use crate::broker::presence;
-use crate::broker::wire::{self, CONTROL_CHANNEL, channel};
+use crate::broker::task::subscriber::{Incoming, Messages, Subscriber};
+use crate::broker::wire::{self, Keyspace};
 use crate::messages::{
     BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, NodeFigures, Outgoing,
     PresenceOutcome, PresenceReplyTo, PublishError, ReplyTo, Retention,
@@ -66,6 +71,10 @@ pub(crate) struct BrokerTask {
     /// node-wide).
     shard: usize,
     client: redis::Client,
+    /// In a Redis Cluster: a RESP3 client of the same master, for sharded pub/sub
+    /// (`SSUBSCRIBE`, `SPUBLISH`, the cluster's names: [`Keyspace::Cluster`]). `None`:
+    /// classic pub/sub on one Redis or an independent shard.
+    sharded: Option<redis::Client>,
     /// Whether any topic keeps a history (the task then reads histories on a
     /// connection of its own).
     reads_history: bool,
@@ -106,6 +115,7 @@ impl BrokerTask {
         Self {
             shard: 0,
             client,
+            sharded: None,
             reads_history,
             publishes,
             requests,
@@ -132,11 +142,27 @@ impl BrokerTask {
         Self {
             shard: index,
             client,
+            sharded: None,
             reads_history,
             publishes,
             requests,
             stats,
             control: self.control.clone(),
+        }
+    }
+
+    /// The task as one of a Redis Cluster's masters: sharded pub/sub through `resp3` (a
+    /// RESP3 client of the same master), and the cluster's names for channels and keys.
+    pub(crate) fn in_cluster(mut self, resp3: redis::Client) -> Self {
+        self.sharded = Some(resp3);
+        self
+    }
+
+    /// How the task names channels and keys, and publishes.
+    fn keys(&self) -> Keyspace {
+        match self.sharded {
+            Some(_) => Keyspace::Cluster,
+            None => Keyspace::Plain,
         }
     }
 
@@ -244,7 +270,7 @@ impl BrokerTask {
         // publishes nor, since Redis answers a connection's requests in order, other
         // connections' requests queued behind it.
         let reader = if self.reads_history {
-            let config = config.set_response_timeout(Some(HISTORY_TIMEOUT));
+            let config = config.clone().set_response_timeout(Some(HISTORY_TIMEOUT));
             Some(
                 self.client
                     .get_multiplexed_async_connection_with_config(&config)
@@ -253,13 +279,15 @@ impl BrokerTask {
         } else {
             None
         };
-        let (mut sink, stream) = within(self.client.get_async_pubsub()).await?.split();
+        let keys = self.keys();
+        let (mut subscriber, messages) =
+            Subscriber::connect(&self.client, self.sharded.as_ref(), &config).await?;
         if self.is_first() {
-            within(sink.subscribe(CONTROL_CHANNEL)).await?;
+            subscriber.subscribe(&[keys.control().to_owned()]).await?;
         }
-        let channels: Vec<String> = wanted.keys().map(|t| channel(t)).collect();
+        let channels: Vec<String> = wanted.keys().map(|t| keys.channel(t)).collect();
         for chunk in channels.chunks(MAX_BATCH) {
-            within(sink.subscribe(chunk)).await?;
+            subscriber.subscribe(chunk).await?;
         }
         self.stats
             .topics
@@ -267,8 +295,8 @@ impl BrokerTask {
         Ok(Session {
             publisher,
             reader,
-            sink,
-            stream,
+            subscriber,
+            messages,
         })
     }
 
@@ -283,16 +311,19 @@ impl BrokerTask {
         let Session {
             publisher,
             reader,
-            sink,
-            stream,
+            subscriber,
+            messages,
         } = session;
         let stats = self.stats.clone();
+        let keys = self.keys();
         let receiving = Receiving {
             node,
             control: self.control.clone(),
             stats: &stats,
+            keys,
             reader,
-            sink,
+            subscriber,
+            unsubscribing: HashMap::new(),
             subscribed: HashSet::new(),
             confirmed: HashSet::new(),
             fetches: FuturesUnordered::new(),
@@ -306,10 +337,10 @@ impl BrokerTask {
         // receiving side (the ping failed first, say) is refused, not dropped unanswered.
         let mut batch = Vec::new();
         let lost = tokio::select! {
-            lost = publish_loop(&mut self.publishes, &mut batch, publisher, &stats, node) => {
+            lost = publish_loop(&mut self.publishes, &mut batch, publisher, keys, &stats, node) => {
                 Some(lost)
             }
-            lost = receiving.run(&mut self.requests, wanted, stream) => lost,
+            lost = receiving.run(&mut self.requests, wanted, messages) => lost,
         };
         refuse(&mut batch, &stats, node);
         lost
@@ -447,8 +478,8 @@ struct Session {
     publisher: MultiplexedConnection,
     /// For history reads (with `--history`).
     reader: Option<MultiplexedConnection>,
-    sink: PubSubSink,
-    stream: PubSubStream,
+    subscriber: Subscriber,
+    messages: Messages,
 }
 
 /// Sends publishes to Redis in arrival order, as many per pipeline as are waiting, and
@@ -459,6 +490,7 @@ async fn publish_loop(
     publishes: &mut mpsc::UnboundedReceiver<Outgoing>,
     batch: &mut Vec<Outgoing>,
     mut conn: MultiplexedConnection,
+    keys: Keyspace,
     stats: &BrokerStats,
     node: &dyn Node,
 ) -> String {
@@ -476,8 +508,8 @@ async fn publish_loop(
         let mut pipe = redis::pipe();
         for p in batch.iter() {
             if p.topic.is_empty() {
-                pipe.cmd("PUBLISH")
-                    .arg(CONTROL_CHANNEL)
+                pipe.cmd(keys.publish())
+                    .arg(keys.control())
                     .arg(&p.publication.payload[..]);
                 continue;
             }
@@ -487,13 +519,16 @@ async fn publish_loop(
                 pipe.cmd("EVAL")
                     .arg(wire::PUBLISH_SCRIPT)
                     .arg(2)
-                    .arg(wire::key(&p.topic))
-                    .arg(channel(&p.topic))
+                    .arg(keys.key(&p.topic))
+                    .arg(keys.channel(&p.topic))
                     .arg(p.retention.count)
                     .arg(&payload[..])
-                    .arg(ttl_ms);
+                    .arg(ttl_ms)
+                    .arg(keys.publish());
             } else {
-                pipe.cmd("PUBLISH").arg(channel(&p.topic)).arg(&payload[..]);
+                pipe.cmd(keys.publish())
+                    .arg(keys.channel(&p.topic))
+                    .arg(&payload[..]);
             }
         }
         // Each publish gets its own answer: an error reply (out of memory, say) fails that
@@ -554,9 +589,13 @@ struct Receiving<'a> {
     node: &'a dyn Node,
     control: Control,
     stats: &'a BrokerStats,
+    keys: Keyspace,
     /// The connection for history reads (with a history).
     reader: Option<MultiplexedConnection>,
-    sink: PubSubSink,
+    subscriber: Subscriber,
+    /// Sharded pub/sub: the node's own `SUNSUBSCRIBE`s whose answer has not come through
+    /// the stream yet, per topic.
+    unsubscribing: HashMap<Arc<str>, usize>,
     /// The topics Redis has confirmed, or is confirming, for the node.
     subscribed: HashSet<Arc<str>>,
     /// The topics Redis has confirmed: a history read waits for its topic to be here,
@@ -596,7 +635,7 @@ impl<'a> Receiving<'a> {
         mut self,
         requests: &mut mpsc::UnboundedReceiver<BrokerRequest>,
         wanted: &mut Wanted,
-        mut stream: PubSubStream,
+        mut messages: Messages,
     ) -> Option<String> {
         self.subscribed = wanted.keys().cloned().collect();
         self.confirmed = self.subscribed.clone();
@@ -654,18 +693,25 @@ impl<'a> Receiving<'a> {
                 event = self.users.next(), if self.users.is_busy() => {
                     self.users.handle(event, &self.control);
                 }
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        return Some("the pub/sub connection closed".into());
+                incoming = messages.next() => {
+                    let msg = match incoming {
+                        None => return Some("the pub/sub connection closed".into()),
+                        Some(Incoming::Message(msg)) => msg,
+                        Some(Incoming::Dropped(channel)) => {
+                            if let Some(lost) = self.dropped(&channel) {
+                                return Some(lost);
+                            }
+                            continue;
+                        }
                     };
-                    if msg.get_channel_name() == CONTROL_CHANNEL {
+                    if msg.get_channel_name() == self.keys.control() {
                         let me = self.stats.node.load(Ordering::Relaxed);
                         if !self.users.on_words(msg.get_payload_bytes(), self.node, me) {
                             on_control(msg.get_payload_bytes(), self.stats);
                         }
                         continue;
                     }
-                    match wire::decode(msg.get_channel_name(), msg.get_payload_bytes()) {
+                    match self.keys.decode(msg.get_channel_name(), msg.get_payload_bytes()) {
                         Some((topic, publication, offset)) => {
                             stats::add(&self.stats.received, 1);
                             hand_over(self.node, &self.control, topic, publication, offset).await;
@@ -674,11 +720,8 @@ impl<'a> Receiving<'a> {
                     }
                 }
                 _ = ticks.tick(), if ping.is_none() => {
-                    let mut sink = self.sink.clone();
-                    // A subscribed connection answers PING with an array: take any value.
-                    ping = Some(Box::pin(async move {
-                        within(sink.ping::<redis::Value>()).await.map(drop)
-                    }));
+                    let mut subscriber = self.subscriber.clone();
+                    ping = Some(Box::pin(async move { subscriber.ping().await }));
                 }
                 Some(pinged) = async { ping.as_mut()?.await.into() }, if ping.is_some() => {
                     ping = None;
@@ -712,19 +755,44 @@ impl<'a> Receiving<'a> {
         for t in &remove {
             self.subscribed.remove(t);
             self.confirmed.remove(t);
+            if matches!(self.subscriber, Subscriber::Sharded(_)) {
+                *self.unsubscribing.entry(t.clone()).or_default() += 1;
+            }
         }
         self.subscribed.extend(add.iter().cloned());
-        let mut sink = self.sink.clone();
+        let mut subscriber = self.subscriber.clone();
+        let keys = self.keys;
         Some(Box::pin(async move {
-            let names = |topics: &[Arc<str>]| topics.iter().map(|t| channel(t)).collect::<Vec<_>>();
+            let names =
+                |topics: &[Arc<str>]| topics.iter().map(|t| keys.channel(t)).collect::<Vec<_>>();
             for chunk in remove.chunks(MAX_BATCH) {
-                within(sink.unsubscribe(names(chunk))).await?;
+                subscriber.unsubscribe(&names(chunk)).await?;
             }
             for chunk in add.chunks(MAX_BATCH) {
-                within(sink.subscribe(names(chunk))).await?;
+                subscriber.subscribe(&names(chunk)).await?;
             }
             Ok(add)
         }))
+    }
+
+    /// Redis ended the subscription to `channel` (sharded pub/sub): the answer to the
+    /// node's own `SUNSUBSCRIBE`, or, for a topic still subscribed, Redis's own doing (its
+    /// slot moved to another master), which ends the session (`Some(why)`).
+    fn dropped(&mut self, channel: &str) -> Option<String> {
+        let topic = self.keys.topic(channel)?;
+        if let Some(pending) = self.unsubscribing.get_mut(topic) {
+            *pending -= 1;
+            if *pending == 0 {
+                self.unsubscribing.remove(topic);
+            }
+            return None;
+        }
+        self.subscribed.contains(topic).then(|| {
+            format!(
+                "Redis ended the subscription to {channel}: its slot moved to another master \
+                 (restart the nodes to read the cluster's slots again)"
+            )
+        })
     }
 
     /// A change came back: the topics it subscribed are confirmed to the workers (each
@@ -788,6 +856,7 @@ impl<'a> Receiving<'a> {
     /// Reads a topic's presence over the cluster, if fewer than [`MAX_FETCHES`] reads are
     /// in flight (else, and if it fails, it is answered with `None`).
     fn read_presence(&mut self, topic: Arc<str>, members: Option<usize>, reply: PresenceReplyTo) {
+        let keys = self.keys;
         let node = self.node;
         let conn = self
             .reader
@@ -796,7 +865,7 @@ impl<'a> Receiving<'a> {
         self.fetches.push(Box::pin(async move {
             let answer = match conn {
                 Some(mut conn) => {
-                    let read = presence::read(&mut conn, &topic, members);
+                    let read = presence::read(&mut conn, keys, &topic, members);
                     tokio::time::timeout(RESPONSE_TIMEOUT, read)
                         .await
                         .ok()
@@ -825,6 +894,7 @@ impl<'a> Receiving<'a> {
     /// Reads every live node's figures (`None` if fewer than [`MAX_FETCHES`] reads are
     /// not in flight, or it fails).
     fn read_nodes(&mut self, reply: oneshot::Sender<Option<NodeFigures>>) {
+        let keys = self.keys;
         let conn = self
             .reader
             .clone()
@@ -832,7 +902,7 @@ impl<'a> Receiving<'a> {
         self.fetches.push(Box::pin(async move {
             let nodes = match conn {
                 Some(mut conn) => {
-                    tokio::time::timeout(RESPONSE_TIMEOUT, presence::nodes(&mut conn))
+                    tokio::time::timeout(RESPONSE_TIMEOUT, presence::nodes(&mut conn, keys))
                         .await
                         .ok()
                         .and_then(Result::ok)
@@ -846,6 +916,7 @@ impl<'a> Receiving<'a> {
     /// Reports what changed in the node's presence (everything, on a new session) and
     /// renews its lease, unless the last report is still in flight.
     fn report_presence(&mut self, lease: Duration) {
+        let keys = self.keys;
         let Some(mut conn) = self.reader.clone() else {
             return;
         };
@@ -864,7 +935,7 @@ impl<'a> Receiving<'a> {
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         reporting.set(true);
         self.fetches.push(Box::pin(async move {
-            let written = presence::report(&mut conn, &node, lease_ms, &report, full);
+            let written = presence::report(&mut conn, keys, &node, lease_ms, &report, full);
             match tokio::time::timeout(RESPONSE_TIMEOUT, written).await {
                 Ok(Ok(true)) => {}
                 // The lease had lapsed: the cluster lost what the node reported before.
@@ -890,6 +961,7 @@ impl<'a> Receiving<'a> {
         read: HistoryRead,
         reply: oneshot::Sender<HistoryPage>,
     ) {
+        let keys = self.keys;
         let Some(mut conn) = self
             .reader
             .clone()
@@ -900,8 +972,11 @@ impl<'a> Receiving<'a> {
             return;
         };
         self.fetches.push(Box::pin(async move {
-            let fetched =
-                tokio::time::timeout(HISTORY_TIMEOUT, fetch_history(&mut conn, &topic, read)).await;
+            let fetched = tokio::time::timeout(
+                HISTORY_TIMEOUT,
+                fetch_history(&mut conn, keys, &topic, read),
+            )
+            .await;
             let page = match fetched {
                 Ok(Ok(page)) => page,
                 _ => HistoryPage::failed("the history could not be read from the broker"),
@@ -912,6 +987,7 @@ impl<'a> Receiving<'a> {
 
     /// Starts a history read; it answers its connection whatever happens.
     fn start_fetch(&mut self, topic: Arc<str>, read: HistoryRead) {
+        let keys = self.keys;
         let (node, stats) = (self.node, self.stats);
         let Some(mut conn) = self.reader.clone() else {
             let why = "no history is kept (the nodes need --broker and --history)";
@@ -921,8 +997,11 @@ impl<'a> Receiving<'a> {
         // Made before the read starts: dropped unpolled, it still answers.
         let reply = HistoryReply::new(node, topic.clone(), read.to);
         self.fetches.push(Box::pin(async move {
-            let fetched =
-                tokio::time::timeout(HISTORY_TIMEOUT, fetch_history(&mut conn, &topic, read)).await;
+            let fetched = tokio::time::timeout(
+                HISTORY_TIMEOUT,
+                fetch_history(&mut conn, keys, &topic, read),
+            )
+            .await;
             match fetched {
                 Ok(Ok(recovered)) => reply.send(recovered),
                 // A read that fails or takes too long answers its reader with a gap (the
@@ -994,6 +1073,7 @@ impl Control {
     }
 }
 
+mod subscriber;
 #[cfg(test)]
 mod tests;
 mod user_control;

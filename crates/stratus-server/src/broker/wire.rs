@@ -30,21 +30,100 @@ pub(crate) const KEYED: u8 = b'X';
 /// A server event (presence): never kept, for v1 subscribers only.
 pub(crate) const EVENT: u8 = b'E';
 
-/// A topic's channel.
-pub(crate) fn channel(topic: &str) -> String {
-    format!("{CHANNEL_PREFIX}{topic}")
+/// The hash tag of what is the node's rather than a topic's in a Redis Cluster (the
+/// control channel, presence): one slot, so one master holds it all and a multi-key
+/// command or script over it never crosses slots. `!` cannot be in a topic, so no topic's
+/// tag is this one.
+const NODE_TAG: &str = "{stratus!}";
+
+/// How Stratus names its channels and keys, and publishes: on one Redis or independent
+/// shards (`Plain`: `PUBLISH`, channels and keys as they have always been), or on a Redis
+/// Cluster (`Cluster`: sharded pub/sub, `SPUBLISH`/`SSUBSCRIBE`).
+///
+/// In a cluster a topic's channel `stratus:{topic}` and its history key
+/// `stratus:history:{topic}` carry the topic as their hash tag, so both hash to the one
+/// slot (`model::shard::key_slot` of the topic) and the publish script, which declares
+/// both, runs on the master that serves it. A topic is letters, digits and `-_.:/`
+/// (`model::topic`), never a brace, so the tag is the whole topic; and for any name
+/// whatever the two share a tag (what follows the `{` is the same text), so they share a
+/// slot whenever it is not empty. What is node-wide carries [`NODE_TAG`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Keyspace {
+    /// One Redis, or independent shards.
+    #[default]
+    Plain,
+    /// A Redis Cluster (7 or later), with sharded pub/sub.
+    Cluster,
 }
 
-/// The Redis key of a topic's history.
-pub(crate) fn key(topic: &str) -> String {
-    format!("stratus:history:{topic}")
+impl Keyspace {
+    /// A topic's channel.
+    pub(crate) fn channel(self, topic: &str) -> String {
+        match self {
+            Self::Plain => format!("{CHANNEL_PREFIX}{topic}"),
+            Self::Cluster => format!("{CHANNEL_PREFIX}{{{topic}}}"),
+        }
+    }
+
+    /// The Redis key of a topic's history.
+    pub(crate) fn key(self, topic: &str) -> String {
+        match self {
+            Self::Plain => format!("stratus:history:{topic}"),
+            Self::Cluster => format!("stratus:history:{{{topic}}}"),
+        }
+    }
+
+    /// The topic whose channel is `channel`, if it is one.
+    pub(crate) fn topic(self, channel: &str) -> Option<&str> {
+        let rest = channel.strip_prefix(CHANNEL_PREFIX)?;
+        match self {
+            Self::Plain => Some(rest),
+            Self::Cluster => rest.strip_prefix('{')?.strip_suffix('}'),
+        }
+    }
+
+    /// The channel on which nodes tell each other they are overloaded (and user-level
+    /// control goes).
+    pub(crate) fn control(self) -> &'static str {
+        match self {
+            Self::Plain => CONTROL_CHANNEL,
+            Self::Cluster => "{stratus!}control",
+        }
+    }
+
+    /// The key of what is node-wide, named `name` (`presence:nodes`, say).
+    pub(crate) fn node_key(self, name: &str) -> String {
+        match self {
+            Self::Plain => format!("stratus!{name}"),
+            Self::Cluster => format!("{NODE_TAG}{name}"),
+        }
+    }
+
+    /// The command that publishes on a channel.
+    pub(crate) fn publish(self) -> &'static str {
+        match self {
+            Self::Plain => "PUBLISH",
+            Self::Cluster => "SPUBLISH",
+        }
+    }
+
+    /// Decodes a message from Redis (its channel and payload), as [`decode`] does.
+    pub(crate) fn decode<'a>(
+        self,
+        channel: &'a str,
+        payload: &[u8],
+    ) -> Option<(&'a str, Publication, Option<Offset>)> {
+        decode_payload(self.topic(channel)?, payload)
+    }
 }
 
 /// Appends to the history and publishes, in one step: KEYS = history, channel; ARGV =
-/// the bound, the payload (kind byte and body), and the age bound in milliseconds (0:
-/// none; past it entries are trimmed and the key expires). The published payload is the
-/// kind byte in lower case (saying an offset follows), the entry id, a space, and the
-/// body. Returns PUBLISH's count of subscribed nodes and the entry id.
+/// the bound, the payload (kind byte and body), the age bound in milliseconds (0: none;
+/// past it entries are trimmed and the key expires), and the command that publishes
+/// (`PUBLISH`, or in a cluster `SPUBLISH`: the channel is declared, and on the key's
+/// slot). The published payload is the kind byte in lower case (saying an offset
+/// follows), the entry id, a space, and the body. Returns the publish's count of
+/// subscribed nodes and the entry id.
 pub(crate) const PUBLISH_SCRIPT: &str = r"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -55,7 +134,7 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 local kind = string.lower(string.sub(ARGV[2], 1, 1))
-return {redis.call('PUBLISH', KEYS[2], kind .. id .. ' ' .. string.sub(ARGV[2], 2)), id}
+return {redis.call(ARGV[4], KEYS[2], kind .. id .. ' ' .. string.sub(ARGV[2], 2)), id}
 ";
 
 /// What Redis answered a publish: PUBLISH's count (`n`), or the publish script's count and
@@ -125,11 +204,19 @@ pub(crate) fn parse_overload(payload: &[u8]) -> Option<(u64, u64)> {
 
 /// Decodes a message from Redis (its channel and payload): its topic, publication and
 /// offset in the topic's history (if kept), or `None` if it is not one a node published.
+#[cfg(test)]
 pub(crate) fn decode<'a>(
     channel: &'a str,
     payload: &[u8],
 ) -> Option<(&'a str, Publication, Option<Offset>)> {
-    let topic = channel.strip_prefix(CHANNEL_PREFIX)?;
+    Keyspace::Plain.decode(channel, payload)
+}
+
+/// Decodes a payload from `topic`'s channel (see [`decode`]).
+fn decode_payload<'a>(
+    topic: &'a str,
+    payload: &[u8],
+) -> Option<(&'a str, Publication, Option<Offset>)> {
     let (&kind, rest) = payload.split_first()?;
     if kind.is_ascii_lowercase() {
         let space = rest.iter().position(|&b| b == b' ')?;
@@ -233,6 +320,68 @@ mod tests {
                 Some(("t", publication.clone(), Some(Offset(5, 0))))
             );
         }
+    }
+
+    #[test]
+    fn in_a_cluster_a_topics_channel_and_history_share_a_slot() {
+        use crate::model::shard::key_slot;
+        let cluster = Keyspace::Cluster;
+        let topics = [
+            "news",
+            "chat:1",
+            "a",
+            "user/42/inbox",
+            "x.y-z_w",
+            "prices/eur",
+        ];
+        for topic in topics {
+            let (channel, key) = (cluster.channel(topic), cluster.key(topic));
+            assert_eq!(channel, format!("stratus:{{{topic}}}"));
+            assert_eq!(
+                key_slot(channel.as_bytes()),
+                key_slot(topic.as_bytes()),
+                "{topic}"
+            );
+            assert_eq!(
+                key_slot(key.as_bytes()),
+                key_slot(topic.as_bytes()),
+                "{topic}"
+            );
+            assert_eq!(cluster.topic(&channel), Some(topic));
+            assert_eq!(
+                cluster.decode(&channel, b"Thi"),
+                Some((topic, text("hi"), None))
+            );
+        }
+        // Not topics (the hub refuses them), but the two names still share a slot: the
+        // tag is what precedes the first `}`, the same in both (empty only for a name
+        // that starts with one, which then hashes whole).
+        for name in ["a{b", "a}b", "{x}", "a{b}c", "a}"] {
+            let (channel, key) = (cluster.channel(name), cluster.key(name));
+            assert_eq!(
+                key_slot(channel.as_bytes()),
+                key_slot(key.as_bytes()),
+                "{name}"
+            );
+        }
+        assert_eq!(cluster.topic("stratus:news"), None, "a plain channel");
+        assert_eq!(Keyspace::Plain.channel("news"), "stratus:news");
+        assert_eq!(Keyspace::Plain.key("news"), "stratus:history:news");
+        // Everything node-wide is on one slot, no topic's.
+        let node_wide = [
+            cluster.control().to_owned(),
+            cluster.node_key("presence:nodes"),
+            cluster.node_key("presence:members:n:news"),
+        ];
+        let slot = key_slot(node_wide[0].as_bytes());
+        for name in &node_wide {
+            assert_eq!(key_slot(name.as_bytes()), slot, "{name}");
+        }
+        assert_eq!(Keyspace::Plain.control(), CONTROL_CHANNEL);
+        assert_eq!(
+            Keyspace::Plain.node_key("presence:nodes"),
+            "stratus!presence:nodes"
+        );
     }
 
     #[test]

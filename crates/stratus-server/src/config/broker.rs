@@ -156,6 +156,15 @@ impl BrokerAuth {
     }
 }
 
+/// A Redis Cluster seed's URL (`redis+cluster://` or `rediss+cluster://`, as `--broker`
+/// names one) as the URL of a plain connection to that server (`redis://`, `rediss://`);
+/// `None` for any other URL.
+pub(crate) fn cluster_seed(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let plain = scheme.strip_suffix("+cluster")?;
+    matches!(plain, "redis" | "rediss").then(|| format!("{plain}://{rest}"))
+}
+
 /// What a failed connection to the broker at `client` means, for the log: Redis's or the
 /// TLS layer's own words (they name neither the URL nor a credential), and for the
 /// failures a setting causes (the credentials, the CA, a plain URL to a TLS port) what to
@@ -266,6 +275,10 @@ mod tests {
                 "redis://a:***@h1:1/0,rediss://b:***@h2:2,redis://h3",
             ),
             ("stratus:hunter2@host:6379", "stratus:***@host:6379"),
+            (
+                "redis+cluster://u:hunter2@a:1,rediss+cluster://:pw@b:2",
+                "redis+cluster://u:***@a:1,rediss+cluster://:***@b:2",
+            ),
             ("not a url at all", "not a url at all"),
             ("", ""),
         ];

@@ -15,8 +15,8 @@ use stratus_proto::handshake::HandshakeLimits;
 use crate::model::auth::Auth;
 use crate::model::shard::MAX_SHARDS;
 use crate::tls::TlsFiles;
-pub(crate) use broker::connect_failure;
 pub use broker::{BrokerAuth, Secret, redact};
+pub(crate) use broker::{cluster_seed, connect_failure};
 pub use hooks::Hooks;
 pub(crate) use namespace::TopicOptions;
 pub use namespace::{ClientPublish, Namespace, NamespaceOptions, PresenceMode};
@@ -381,6 +381,7 @@ impl Config {
     /// signing in with `broker_auth`): the one that carries what is the node's rather than
     /// a topic's (see [`Config::broker_shards`]). The error names the URL with its password
     /// masked.
+    #[cfg(test)]
     pub(crate) fn broker_client(&self) -> Result<Option<redis::Client>, String> {
         Ok(self
             .broker_shards()?
@@ -404,6 +405,17 @@ impl Config {
                 urls.len()
             ));
         }
+        let seeds = self.broker_cluster();
+        if seeds
+            .as_ref()
+            .is_some_and(|seeds| seeds.len() != urls.len())
+        {
+            return Err(format!(
+                "broker {}: a Redis Cluster is named by its seeds only (redis+cluster:// or \
+                 rediss+cluster://), not mixed with redis:// shards",
+                redact(list)
+            ));
+        }
         let mut clients = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
             if url.is_empty() {
@@ -418,9 +430,21 @@ impl Config {
                     redact(list)
                 ));
             }
-            clients.push(self.broker_auth.client(url)?);
+            let seed = seeds.as_ref().and_then(|seeds| seeds.get(index));
+            clients.push(self.broker_auth.client(seed.map_or(url, String::as_str))?);
         }
         Ok(Some(clients))
+    }
+
+    /// With `--broker redis+cluster://a,redis+cluster://b` (or `rediss+cluster://`): the
+    /// Redis Cluster's seeds, as plain URLs (`redis://a`, `redis://b`), in order. The
+    /// broker thread asks them for the cluster's masters and slots at start
+    /// (`broker::cluster`); `broker_shards` gives their clients. `None` without a broker
+    /// or with plain shards.
+    pub(crate) fn broker_cluster(&self) -> Option<Vec<String>> {
+        let urls = shard_urls(self.broker.as_deref()?);
+        let seeds: Vec<String> = urls.iter().filter_map(|url| cluster_seed(url)).collect();
+        (!seeds.is_empty()).then_some(seeds)
     }
 
     /// The echo server (Autobahn's testee) on 127.0.0.1:9001, with limits that let every
@@ -446,9 +470,11 @@ fn shard_urls(list: &str) -> Vec<&str> {
     let mut start = 0;
     for (comma, _) in list.match_indices(',') {
         let next = list[comma + 1..].trim_start();
-        let scheme = next
-            .find("://")
-            .is_some_and(|end| next[..end].bytes().all(|b| b.is_ascii_alphanumeric()));
+        let scheme = next.find("://").is_some_and(|end| {
+            next[..end]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+        });
         if scheme || next.is_empty() || next.starts_with(',') {
             urls.push(list[start..comma].trim());
             start = comma + 1;
@@ -537,6 +563,36 @@ mod tests {
             .collect();
         let err = broker(&many.join(",")).validate().unwrap_err();
         assert!(err.contains("at most"), "{err}");
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_its_seeds_alone() {
+        let broker = |list: &str| Config {
+            broker: Some(list.into()),
+            ..Config::default()
+        };
+        let cluster = broker("redis+cluster://u:hunter2@10.0.0.5:7000, rediss+cluster://h:7001");
+        assert_eq!(
+            cluster.broker_cluster().unwrap(),
+            ["redis://u:hunter2@10.0.0.5:7000", "rediss://h:7001"]
+        );
+        let seeds = cluster.broker_shards().unwrap().unwrap();
+        let addrs: Vec<String> = seeds
+            .iter()
+            .map(|c| c.get_connection_info().addr().to_string())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.5:7000", "h:7001"]);
+        assert!(cluster.validate().is_ok());
+        assert_eq!(broker("redis://a:1,redis://b:2").broker_cluster(), None);
+        for (list, why) in [
+            ("redis+cluster://u:hunter2@a:1,redis://b:2", "not mixed"),
+            ("redis://u:hunter2@a:1,redis+cluster://b:2", "not mixed"),
+            ("http+cluster://u:hunter2@a:1", "only redis://"),
+        ] {
+            let err = broker(list).validate().unwrap_err();
+            assert!(err.contains(why), "{list}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

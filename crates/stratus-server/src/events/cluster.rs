@@ -28,8 +28,9 @@ use redis::aio::MultiplexedConnection;
 use tracing::warn;
 
 use super::consumers;
-use super::scripts::{EVENTS, EVENTS_MAXLEN, GROUP, SWEEP_LIMIT, Scripts};
+use super::scripts::{EVENTS_MAXLEN, GROUP, SWEEP_LIMIT, Scripts, events_key};
 use super::{EventsTask, Sending, count, set_queued};
+use crate::broker::Keyspace;
 use crate::model::occupancy_events::{EventKind, OccupancyEvent};
 use crate::model::offset::Offset;
 use crate::node::occupancy_events::EventsShared;
@@ -49,6 +50,8 @@ struct Cluster {
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
     scripts: Scripts,
+    /// The event stream's key.
+    events: &'static str,
     /// Topics with subscribers on the node now.
     present: HashSet<Arc<str>>,
     /// Each topic's state on the node not yet reported to Redis.
@@ -66,7 +69,7 @@ struct Cluster {
 }
 
 /// Runs the cluster side until the hub is gone.
-pub(super) async fn run(task: EventsTask, client: redis::Client) {
+pub(super) async fn run(task: EventsTask, client: redis::Client, keys: Keyspace) {
     let shared = task.inbox.shared.clone();
     let mut ticks = tokio::time::interval(task.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -75,7 +78,8 @@ pub(super) async fn run(task: EventsTask, client: redis::Client) {
         shared: shared.clone(),
         client,
         conn: None,
-        scripts: Scripts::new(),
+        scripts: Scripts::new(keys),
+        events: events_key(keys),
         present: HashSet::new(),
         pending: HashMap::new(),
         queue: VecDeque::new(),
@@ -162,7 +166,7 @@ impl Cluster {
             let made: redis::RedisResult<Value> = within(
                 redis::cmd("XGROUP")
                     .arg("CREATE")
-                    .arg(EVENTS)
+                    .arg(self.events)
                     .arg(GROUP)
                     .arg("$")
                     .arg("MKSTREAM")
@@ -307,7 +311,7 @@ impl Cluster {
         };
         let range: redis::RedisResult<Value> = within(
             redis::cmd("XRANGE")
-                .arg(EVENTS)
+                .arg(self.events)
                 .arg(format!("({since}"))
                 .arg("+")
                 .arg("COUNT")
@@ -340,7 +344,7 @@ impl Cluster {
         let min_idle = Self::ms(self.task.lease + self.task.interval * 2);
         let claimed: redis::RedisResult<Value> = within(
             redis::cmd("XAUTOCLAIM")
-                .arg(EVENTS)
+                .arg(self.events)
                 .arg(GROUP)
                 .arg(node)
                 .arg(min_idle)
@@ -359,7 +363,14 @@ impl Cluster {
             Err(err) => return self.lost(&err),
         };
         // What dead nodes held has moved: their consumers can go.
-        match within(consumers::remove_idle(&mut conn, node, self.task.lease)).await {
+        match within(consumers::remove_idle(
+            &mut conn,
+            self.events,
+            node,
+            self.task.lease,
+        ))
+        .await
+        {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "webhook consumers of gone nodes removed"),
             Err(err) => return self.lost(&err),
@@ -372,7 +383,7 @@ impl Cluster {
                 .arg("COUNT")
                 .arg(FETCH)
                 .arg("STREAMS")
-                .arg(EVENTS)
+                .arg(self.events)
                 .arg(">")
                 .query_async(&mut conn),
         )
@@ -405,7 +416,7 @@ impl Cluster {
         };
         let touched: redis::RedisResult<Value> = within(
             redis::cmd("XCLAIM")
-                .arg(EVENTS)
+                .arg(self.events)
                 .arg(GROUP)
                 .arg(&*self.task.node_id)
                 .arg(0)
@@ -430,7 +441,7 @@ impl Cluster {
         };
         let acked: redis::RedisResult<Value> = within(
             redis::cmd("XACK")
-                .arg(EVENTS)
+                .arg(self.events)
                 .arg(GROUP)
                 .arg(&id)
                 .query_async(&mut conn),
@@ -510,6 +521,7 @@ fn stream_entries(reply: &Value) -> Vec<(String, OccupancyEvent)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::scripts::EVENTS;
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

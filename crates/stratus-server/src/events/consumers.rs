@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use super::scripts::{EVENTS, GROUP};
+use super::scripts::GROUP;
 
 /// How many leases a consumer with nothing pending may go without reading before it is
 /// taken for a node that is gone.
@@ -42,12 +42,13 @@ return removed
 /// how many went.
 pub(crate) async fn remove_idle(
     conn: &mut MultiplexedConnection,
+    events: &str,
     node: &str,
     lease: Duration,
 ) -> redis::RedisResult<u64> {
     let min_idle = (lease * IDLE_LEASES).as_millis() as u64;
     redis::Script::new(REMOVE_IDLE)
-        .key(EVENTS)
+        .key(events)
         .arg(GROUP)
         .arg(node)
         .arg(min_idle)

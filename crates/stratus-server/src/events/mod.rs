@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::broker::Keyspace;
 use crate::config::Config;
 use crate::model::occupancy_events::{EventKind, EventLog, LocalOccupancy, OccupancyEvent};
 use crate::node::occupancy_events::{EventsInbox, EventsShared};
@@ -51,16 +52,18 @@ pub(crate) struct EventsTask {
     lease: Duration,
     interval: Duration,
     webhook: Option<Arc<Webhook>>,
-    redis: Option<redis::Client>,
+    /// The client of the shard that carries what is node-wide, and how it names keys.
+    redis: Option<(redis::Client, Keyspace)>,
 }
 
 impl EventsTask {
-    /// The thread for `config`'s events, on `node_id`, with Redis if `redis`.
+    /// The thread for `config`'s events, on `node_id`, with Redis if `redis` (the client
+    /// of the shard that carries what is node-wide, and how it names keys).
     pub(crate) fn new(
         inbox: EventsInbox,
         node_id: Arc<str>,
         config: &Config,
-        redis: Option<redis::Client>,
+        redis: Option<(redis::Client, Keyspace)>,
     ) -> Result<Self, String> {
         let webhook = config
             .occupancy_webhook
@@ -93,7 +96,7 @@ impl EventsTask {
     fn run(mut self, runtime: tokio::runtime::Runtime) {
         runtime.block_on(async move {
             match self.redis.take() {
-                Some(client) => cluster::run(self, client).await,
+                Some((client, keys)) => cluster::run(self, client, keys).await,
                 None => self.run_local().await,
             }
         });

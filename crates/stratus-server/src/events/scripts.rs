@@ -4,7 +4,10 @@
 //! each decision appends its event to the stream in the same step. Time is Redis's
 //! (`TIME`), so the nodes' clocks do not matter.
 //!
-//! Keys (single Redis; the scripts touch keys they do not declare, so not Redis Cluster):
+//! Keys (the scripts touch keys they do not declare, so in a Redis Cluster they all carry
+//! the node-wide hash tag instead of `stratus:`, `{stratus!}occupancy:leases` and
+//! `{stratus!}events`: one slot, on the master the node-wide task uses; see
+//! [`Scripts::new`]):
 //! - `stratus:occupancy:leases`: sorted set, node id -> lease expiry (ms); refreshed by
 //!   each node every presence interval. A node whose lease expired is taken for crashed.
 //! - `stratus:occupancy:node:{node}`: set of the topics the node has subscribers of.
@@ -16,8 +19,28 @@
 //! - `stratus:events`: the stream of events (`event`, `topic`, `time` fields; the entry id
 //!   is the event's offset), trimmed to about [`EVENTS_MAXLEN`] entries.
 
+use crate::broker::Keyspace;
+
 /// The event stream.
 pub(crate) const EVENTS: &str = "stratus:events";
+
+/// The event stream's key where keys are named as `keys` says.
+pub(crate) fn events_key(keys: Keyspace) -> &'static str {
+    match keys {
+        Keyspace::Plain => EVENTS,
+        Keyspace::Cluster => "{stratus!}events",
+    }
+}
+
+/// `script` with its keys named as `keys` says (in a cluster: under the node-wide tag).
+fn in_keyspace(script: &str, keys: Keyspace) -> String {
+    match keys {
+        Keyspace::Plain => script.to_owned(),
+        Keyspace::Cluster => script
+            .replace("'stratus:occupancy:", "'{stratus!}occupancy:")
+            .replace(&format!("'{EVENTS}'"), &format!("'{}'", events_key(keys))),
+    }
+}
 /// The consumer group the nodes deliver the webhook from.
 pub(crate) const GROUP: &str = "stratus-webhook";
 /// About how many events the stream keeps (`XADD MAXLEN ~`).
@@ -141,12 +164,32 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
-        let with_prelude = |body: &str| redis::Script::new(&format!("{PRELUDE}{body}"));
+    /// The scripts, naming their keys as `keys` says.
+    pub(crate) fn new(keys: Keyspace) -> Self {
+        let with_prelude =
+            |body: &str| redis::Script::new(&in_keyspace(&format!("{PRELUDE}{body}"), keys));
         Self {
             join: with_prelude(JOIN_BODY),
             leave: with_prelude(LEAVE_BODY),
             tick: with_prelude(TICK_BODY),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_a_cluster_every_key_the_scripts_touch_is_on_the_node_wide_slot() {
+        let script = in_keyspace(
+            &format!("{PRELUDE}{JOIN_BODY}{LEAVE_BODY}{TICK_BODY}"),
+            Keyspace::Cluster,
+        );
+        assert!(!script.contains("'stratus:"), "{script}");
+        assert_eq!(script.matches("'{stratus!}occupancy:").count(), 5);
+        assert_eq!(script.matches("'{stratus!}events'").count(), 1);
+        let plain = in_keyspace(PRELUDE, Keyspace::Plain);
+        assert_eq!(plain, PRELUDE);
     }
 }

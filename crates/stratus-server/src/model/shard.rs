@@ -25,8 +25,39 @@
 //! integer arithmetic only, so no floating-point rounding can differ between machines.
 
 /// Most shards a node can be given (each costs every node two or three Redis
-/// connections).
+/// connections), and most masters of a Redis Cluster.
 pub(crate) const MAX_SHARDS: usize = 64;
+
+/// The hash slots of a Redis Cluster.
+pub(crate) const SLOTS: usize = 16_384;
+
+/// The Redis Cluster hash slot of `key`, as `CLUSTER KEYSLOT` computes it: CRC16
+/// (XMODEM) modulo [`SLOTS`] of the key's hash tag (what is between the first `{` and the
+/// first `}` after it, if that is not empty), else of the whole key. With Redis Cluster a
+/// topic lives on the master that serves [`key_slot`] of its channel (see
+/// `broker::wire::Keyspace`).
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    // 16384 divides 65536: the low 14 bits.
+    crc16(tagged.unwrap_or(key)) & (SLOTS as u16 - 1)
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster uses it.
+fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0u16, |crc, &b| {
+        (0..8).fold(crc ^ (u16::from(b) << 8), |crc, _| {
+            if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            }
+        })
+    })
+}
 
 /// The shard (an index into the `--broker` list of `shards` URLs) that carries `topic`.
 /// One shard (or none) carries everything.
@@ -84,6 +115,34 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // CRC16/XMODEM's check value, and `CLUSTER KEYSLOT` as a Redis 7 answers it.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        for (key, slot) in [
+            ("123456789", 12_739),
+            ("foo", 12_182),
+            ("bar", 5_061),
+            ("somekey", 11_058),
+            ("foo{hash_tag}", 2_515),
+            ("{user1000}.following", 3_443),
+            ("a{}b", 13_694),
+            ("stratus:{news}", 5_161),
+        ] {
+            assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
+        }
+        assert_ne!(
+            key_slot(b"a{}b"),
+            key_slot(b""),
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(
+            key_slot(b"x{t}y{u}"),
+            key_slot(b"t"),
+            "the first tag counts"
+        );
     }
 
     #[test]

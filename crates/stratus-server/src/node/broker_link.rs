@@ -9,6 +9,9 @@
 //! reports and reads, the node list, user-level control, the control channel) goes to
 //! the first shard. Each shard is up or down on its own: a publish is refused only when
 //! its own topic's shard is down or behind.
+//!
+//! Over a Redis Cluster the shards are its masters, and a topic lives on the master that
+//! serves its hash slot (the slot map read at start, `broker::cluster`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +22,7 @@ use crate::messages::{
     BrokerRequest, Outgoing, PublishDest, PublishError, Published, ReplyTo, Retention,
 };
 use crate::model::publication::Publication;
-use crate::model::shard::shard_of;
+use crate::model::shard::{key_slot, shard_of};
 use crate::stats::{self, BrokerStats};
 
 /// The node's ends of one shard's broker task.
@@ -54,6 +57,9 @@ impl ShardLink {
 /// The hub's side of the broker: where publishes and requests go. Never without a shard.
 pub(crate) struct BrokerLink {
     shards: Vec<ShardLink>,
+    /// A Redis Cluster's slot map: each slot's master, an index into `shards`. `None`:
+    /// independent shards, a topic's found by [`shard_of`].
+    slots: Option<Box<[u8]>>,
 }
 
 impl BrokerLink {
@@ -63,7 +69,18 @@ impl BrokerLink {
         let mut shards = Vec::with_capacity(1 + others.len());
         shards.push(first);
         shards.extend(others);
-        Self { shards }
+        Self {
+            shards,
+            slots: None,
+        }
+    }
+
+    /// The link over a Redis Cluster's masters: a topic goes to the master that `slots`
+    /// (indices into the shards, one per hash slot) gives its slot, its channel's and
+    /// history key's (see `broker::wire::Keyspace`).
+    pub(crate) fn with_slots(mut self, slots: Box<[u8]>) -> Self {
+        self.slots = Some(slots);
+        self
     }
 
     /// Every shard, in `--broker` order (the first carries what is node-wide).
@@ -73,7 +90,13 @@ impl BrokerLink {
 
     /// The shard that carries `topic` (its index in [`BrokerLink::shards`]).
     pub(crate) fn shard_of(&self, topic: &str) -> usize {
-        shard_of(topic, self.shards.len())
+        match &self.slots {
+            Some(slots) => slots
+                .get(usize::from(key_slot(topic.as_bytes())))
+                .map_or(0, |&master| usize::from(master))
+                .min(self.shards.len() - 1),
+            None => shard_of(topic, self.shards.len()),
+        }
     }
 
     /// The shard that carries `topic`.

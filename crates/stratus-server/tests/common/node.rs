@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+use stratus_proto::Message;
 use stratus_testkit::Redis;
 
 use crate::common::{Peer, admin, sample, spawn_server};
@@ -134,4 +136,107 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until the node's `/readyz` says the broker is `state` (`up`, `degraded`,
+/// `down`) and each shard as `shards` says; it stays ready (200) unless every shard is
+/// down.
+pub fn wait_broker(node: &Node, state: &str, shards: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let shards = serde_json::to_string(shards).unwrap();
+    loop {
+        let (status, body) = node.get("/readyz");
+        let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if seen["broker"] == state {
+            assert_eq!(seen["shards"].to_string(), shards, "{body}");
+            assert_eq!(status, if state == "down" { 503 } else { 200 }, "{body}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker never became {state}: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads the next message of each of `peers`: it must be `text`.
+pub fn expect_next(peers: &mut [Peer], text: &str) {
+    for peer in peers {
+        assert_eq!(peer.recv(), Some(Message::text(text)));
+    }
+}
+
+/// Reads the next message of each of `peers`: it must be the gap notice of a node that
+/// was cut off from `topic`'s shard.
+pub fn expect_gap(peers: &mut [Peer], topic: &str) {
+    for peer in peers {
+        let Some(Message::Text(notice)) = peer.recv() else {
+            panic!("expected a gap notice");
+        };
+        let notice: Value = serde_json::from_slice(&notice).unwrap();
+        assert_eq!(
+            (notice["op"].as_str(), notice["topic"].as_str()),
+            (Some("gap"), Some(topic)),
+            "{notice}"
+        );
+        assert!(
+            notice["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("cut off from the broker")),
+            "{notice}"
+        );
+    }
+}
+
+/// Publishes `text` to `topic` on `node` (a topic with a history); its offset.
+pub fn offset_of(node: &Node, topic: &str, text: &str) -> String {
+    let (status, body) = node.publish(topic, text);
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    body["offset"].as_str().unwrap().to_owned()
+}
+
+/// The data of a v1 push on `topic`.
+pub fn pushed(push: &Value, topic: &str) -> String {
+    assert_eq!(
+        (&push["type"], &push["topic"]),
+        (&json!("pub"), &json!(topic))
+    );
+    push["data"].as_str().unwrap().to_owned()
+}
+
+/// Polls `node`'s admin `path` until it answers 200 with JSON that `done` accepts (10 s
+/// at most); the JSON.
+pub fn poll_json(node: &Node, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = node.get(path);
+        let json: Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 200 && done(&json) {
+            return json;
+        }
+        assert!(Instant::now() < deadline, "{path}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The data of the next `count` v1 pushes `client` gets on `topic`.
+pub fn pushes(client: &mut crate::common::V1, topic: &str, count: usize) -> Vec<String> {
+    (0..count).map(|_| pushed(&client.recv(), topic)).collect()
+}
+
+/// `topic`'s history after offset `since` as `node`'s admin API reads it (`GET
+/// /history`): the publications' data, and the page.
+pub fn history_after(node: &Node, topic: &str, since: &str) -> (Vec<String>, Value) {
+    let (status, body) = node.get(&format!("/history/{topic}?since={since}"));
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let data = page["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"].as_str().unwrap().to_owned())
+        .collect();
+    (data, page)
 }

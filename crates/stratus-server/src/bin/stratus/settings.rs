@@ -179,7 +179,12 @@ pub(crate) struct Settings {
     /// and the shard's place in the list, so every node lists the same shards in the same
     /// order and a new shard goes at the end; each shard fails on its own (its topics'
     /// publishes answer 503), and the first also keeps presence, user-level control and
-    /// the occupied/vacated events [none: this node alone].
+    /// the occupied/vacated events. A Redis Cluster (7+, sharded pub/sub) is named by seeds
+    /// (`redis+cluster://a:7000,redis+cluster://b:7000`, `rediss+cluster://` for TLS): the
+    /// node reads its masters and slots at start (restart nodes after a resharding or a
+    /// failover), keeps each topic's channel and history on its slot's master, and each
+    /// master fails on its own, the master of the node-wide slot keeping what the first
+    /// shard keeps [none: this node alone].
     #[arg(long, env = "STRATUS_BROKER")]
     broker: Option<String>,
     /// The Redis ACL user the node signs in as (with the broker password) [the URL's, else

@@ -1,0 +1,301 @@
+//! A Redis Cluster as the broker (`--broker redis+cluster://a,redis+cluster://b`): its
+//! masters and which hash slots each serves, read once at start from the first seed that
+//! answers `CLUSTER SLOTS`.
+//!
+//! Each master then gets a broker task of its own, with plain connections to it, exactly
+//! as an independent shard does (its own session, backoff, resubscription, 503s and gap
+//! notices), and a topic goes to the master that serves its slot. So a master lost fails
+//! only its own topics, and no cluster-aware client (with its redirections and topology
+//! refreshes shared by every master) stands between a master's failure and the others.
+//!
+//! The slot map is not followed while the node runs: after a resharding or a failover
+//! that puts a slot on another address, the old master answers the slot's publishes
+//! `MOVED` (a 503, logged) and ends its subscriptions there (the session ends, logged
+//! with what to do), and a master that is gone stays down for the node; the nodes are
+//! restarted to read the map again. A master that comes back on its address with its
+//! slots (its `nodes.conf` kept) is simply reconnected.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::config::{BrokerAuth, redact};
+use crate::model::shard::{MAX_SHARDS, SLOTS, key_slot};
+
+/// How long a seed has to connect and answer.
+const SEED_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The hash tag of what is node-wide (`broker::wire::Keyspace::node_key`): its master
+/// is the first task's, which carries the control channel, presence and the rest.
+const NODE_WIDE: &[u8] = b"stratus!";
+
+/// One master of the cluster: a client for its publishes and reads, and a RESP3 one for
+/// its sharded pub/sub.
+pub(crate) struct Master {
+    /// `host:port`, for the log.
+    pub(crate) address: String,
+    pub(crate) client: redis::Client,
+    pub(crate) resp3: redis::Client,
+}
+
+/// The cluster as the node found it at start.
+pub(crate) struct ClusterMap {
+    /// The masters; the first serves the slot of what is node-wide.
+    pub(crate) masters: Vec<Master>,
+    /// For each slot, the index of its master in `masters`.
+    pub(crate) slots: Box<[u8]>,
+}
+
+/// Asks the `seeds` (plain URLs, see `Config::broker_cluster`) in turn for the cluster's
+/// slots, and makes a client of each master with the first seed's URL (its credentials,
+/// TLS and CA) and the master's address. Every slot must be served. The error names the
+/// seeds with their passwords masked.
+pub(crate) fn discover(seeds: &[String], auth: &BrokerAuth) -> Result<ClusterMap, String> {
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let asked = auth.client(seed).and_then(|client| {
+            let mut conn = client
+                .get_connection_with_timeout(SEED_TIMEOUT)
+                .map_err(|e| crate::config::connect_failure(&client, &e))?;
+            conn.set_read_timeout(Some(SEED_TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<Value>(&mut conn)
+                .map_err(|e| e.to_string())
+        });
+        match asked.and_then(|reply| ranges(&reply, seed)) {
+            Ok(ranges) => return map(&ranges, seeds, auth),
+            Err(why) => failures.push(format!("{}: {why}", redact(seed))),
+        }
+    }
+    Err(format!(
+        "broker: no seed of the Redis Cluster told its slots ({})",
+        failures.join("; ")
+    ))
+}
+
+/// A range of slots and the master that serves it.
+#[derive(Debug, PartialEq, Eq)]
+struct Range {
+    first: u16,
+    last: u16,
+    host: String,
+    port: u16,
+}
+
+/// The ranges in a `CLUSTER SLOTS` reply (`[[first, last, [host, port, id, ...],
+/// replicas...], ...]`); a master without a host is at the `seed`'s.
+fn ranges(reply: &Value, seed: &str) -> Result<Vec<Range>, String> {
+    let bad = || format!("an unexpected CLUSTER SLOTS reply: {reply:?}");
+    let Value::Array(entries) = reply else {
+        return Err(bad());
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let seed_host = url::Url::parse(seed)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    entries
+        .iter()
+        .map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let [first, last, Value::Array(master), ..] = parts.as_slice() else {
+                return None;
+            };
+            let host = text(master.first()?)?;
+            let host = match host.as_str() {
+                "" | "?" => seed_host.clone(),
+                _ => host,
+            };
+            let (first, last) = (int(first)?, int(last)?);
+            (first <= last && usize::from(last) < SLOTS).then_some(())?;
+            Some(Range {
+                first,
+                last,
+                host,
+                port: int(master.get(1)?)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)
+}
+
+/// The masters of `ranges` (the node-wide slot's first, then by address) and each
+/// slot's master; an error if a slot is served by none.
+fn map(ranges: &[Range], seeds: &[String], auth: &BrokerAuth) -> Result<ClusterMap, String> {
+    let node_wide = key_slot(NODE_WIDE);
+    let mut addresses: Vec<(String, u16)> =
+        ranges.iter().map(|r| (r.host.clone(), r.port)).collect();
+    addresses.sort();
+    addresses.dedup();
+    if let Some(first) = ranges
+        .iter()
+        .find(|r| (r.first..=r.last).contains(&node_wide))
+        .and_then(|r| {
+            addresses
+                .iter()
+                .position(|a| *a == (r.host.clone(), r.port))
+        })
+    {
+        let address = addresses.remove(first);
+        addresses.insert(0, address);
+    }
+    if addresses.len() > MAX_SHARDS {
+        return Err(format!(
+            "broker: the Redis Cluster has {} masters, at most {MAX_SHARDS}",
+            addresses.len()
+        ));
+    }
+    let mut slots = vec![u8::MAX; SLOTS].into_boxed_slice();
+    for range in ranges {
+        let index = addresses
+            .iter()
+            .position(|a| *a == (range.host.clone(), range.port))
+            .and_then(|i| u8::try_from(i).ok())
+            .unwrap_or(u8::MAX);
+        for slot in range.first..=range.last {
+            slots[usize::from(slot)] = index;
+        }
+    }
+    if let Some(slot) = slots.iter().position(|&m| m == u8::MAX) {
+        return Err(format!(
+            "broker: slot {slot} of the Redis Cluster is served by no master \
+             (cluster_state is not ok?)"
+        ));
+    }
+    let seed = seeds.first().map_or("", String::as_str);
+    let masters = addresses
+        .into_iter()
+        .map(|(host, port)| {
+            let url = master_url(seed, &host, port)?;
+            Ok(Master {
+                address: format!("{host}:{port}"),
+                client: auth.client(&url)?,
+                resp3: auth.client(&format!("{url}?protocol=resp3"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ClusterMap { masters, slots })
+}
+
+/// `seed` (a plain URL, with its user and password if it has them) at `host:port`,
+/// database 0 (the only one a cluster has).
+fn master_url(seed: &str, host: &str, port: u16) -> Result<String, String> {
+    let fail = |why: String| format!("broker {}: {why}", redact(seed));
+    let mut url = url::Url::parse(seed).map_err(|e| fail(e.to_string()))?;
+    url.set_host(Some(host)).map_err(|e| fail(e.to_string()))?;
+    url.set_port(Some(port))
+        .map_err(|()| fail("cannot take a port".into()))?;
+    url.set_path("/0");
+    url.set_query(None);
+    Ok(url.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn entry(first: i64, last: i64, host: &str, port: i64) -> Value {
+        let node = |port: i64| Value::Array(vec![bulk(host), Value::Int(port), bulk("id")]);
+        Value::Array(vec![
+            Value::Int(first),
+            Value::Int(last),
+            node(port),
+            node(port + 100),
+        ])
+    }
+
+    #[test]
+    fn the_slot_map_puts_the_node_wide_master_first() {
+        let seeds = ["redis://u:hunter2@127.0.0.1:7000".to_owned()];
+        let reply = Value::Array(vec![
+            entry(0, 5460, "127.0.0.1", 7000),
+            entry(5461, 10922, "", 7001),
+            entry(10923, 16383, "127.0.0.1", 7002),
+        ]);
+        let ranges = ranges(&reply, &seeds[0]).unwrap();
+        assert_eq!(ranges[1].host, "127.0.0.1", "no host: the seed's");
+        let map = map(&ranges, &seeds, &BrokerAuth::default()).unwrap();
+        // The node-wide tag's slot (4794) is on the first range's master.
+        assert_eq!(key_slot(NODE_WIDE), 4794);
+        let addresses: Vec<&str> = map.masters.iter().map(|m| m.address.as_str()).collect();
+        assert_eq!(
+            addresses,
+            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
+        );
+        assert_eq!((map.slots[0], map.slots[5461], map.slots[16383]), (0, 1, 2));
+        let info = map.masters[2].client.get_connection_info();
+        assert_eq!(info.addr().to_string(), "127.0.0.1:7002");
+        assert_eq!(info.redis_settings().password(), Some("hunter2"));
+        let resp3 = map.masters[2].resp3.get_connection_info();
+        assert_eq!(
+            resp3.redis_settings().protocol(),
+            redis::ProtocolVersion::RESP3
+        );
+        // The node-wide slot on another master: that one goes first.
+        let moved = Value::Array(vec![
+            entry(0, 100, "127.0.0.1", 7000),
+            entry(101, 16383, "127.0.0.1", 7005),
+        ]);
+        let map2 = super::map(
+            &super::ranges(&moved, &seeds[0]).unwrap(),
+            &seeds,
+            &BrokerAuth::default(),
+        )
+        .unwrap();
+        assert_eq!(map2.masters[0].address, "127.0.0.1:7005");
+        // A TLS seed: every master over TLS, with the seed's credentials.
+        let tls = ["rediss://u:hunter2@127.0.0.1:7000".to_owned()];
+        let map3 = super::map(&ranges, &tls, &BrokerAuth::default()).unwrap();
+        for master in &map3.masters {
+            let info = master.client.get_connection_info();
+            assert!(
+                matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }),
+                "{}",
+                master.address
+            );
+            assert_eq!(info.redis_settings().username(), Some("u"));
+        }
+        assert_eq!((map2.slots[0], map2.slots[101]), (1, 0));
+    }
+
+    #[test]
+    fn a_slot_without_a_master_or_a_strange_reply_is_refused() {
+        let seeds = ["redis://127.0.0.1:7000".to_owned()];
+        let reply = Value::Array(vec![entry(0, 16000, "127.0.0.1", 7000)]);
+        let ranges = ranges(&reply, &seeds[0]).unwrap();
+        let err = map(&ranges, &seeds, &BrokerAuth::default()).err().unwrap();
+        assert!(err.contains("slot 16001"), "{err}");
+        for junk in [Value::Int(1), Value::Array(vec![Value::Int(1)])] {
+            assert!(super::ranges(&junk, &seeds[0]).is_err());
+        }
+    }
+
+    #[test]
+    fn no_seed_answering_is_an_error_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let seeds = [format!("redis://u:hunter2@127.0.0.1:{port}")];
+        let err = discover(&seeds, &BrokerAuth::default()).err().unwrap();
+        assert!(err.contains("no seed") && err.contains("u:***@"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
