@@ -6,6 +6,11 @@
 //! `split_to(..).freeze()`: no copy for unfragmented messages. Fragmented messages are
 //! joined into one buffer under the message and fragment limits, which are checked
 //! against each frame's declared length before any of its payload is buffered.
+//!
+//! A server holds one decoder per connection, nearly all of them idle between messages:
+//! what only a frame cut across reads or a fragmented message needs is boxed, made when
+//! one begins and freed when it ends, so an idle decoder is a few words (see its size
+//! test).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rand_chacha::ChaCha12Rng;
@@ -70,8 +75,10 @@ pub struct Decoder {
     role: Role,
     limits: Limits,
     rsv1_allowed: bool,
-    frame: Option<InFrame>,
-    assembly: Option<Assembly>,
+    /// The frame cut off at the end of the last read, if one is.
+    frame: Option<Box<InFrame>>,
+    /// The fragmented message being joined, if one is.
+    assembly: Option<Box<Assembly>>,
     utf8: Utf8Validator,
 }
 
@@ -122,7 +129,9 @@ impl Decoder {
     /// How many bytes the buffer must hold to complete the frame in progress (0 when no
     /// frame is in progress): a hint for sizing the next read.
     pub fn frame_len(&self) -> usize {
-        self.frame.map_or(0, |f| f.header_len + f.payload_len)
+        self.frame
+            .as_ref()
+            .map_or(0, |f| f.header_len + f.payload_len)
     }
 
     /// Whether a fragmented message has begun and not ended.
@@ -134,8 +143,10 @@ impl Decoder {
     /// frames are removed from `buf`. After an error the decoder must not be used again.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
         loop {
-            let mut frame = match self.frame {
-                Some(frame) => frame,
+            // A frame continued from an earlier read keeps its box until it completes.
+            let kept = self.frame.take();
+            let mut frame = match &kept {
+                Some(frame) => **frame,
                 None => match FrameHeader::parse(buf)? {
                     None => return Ok(None),
                     Some((header, header_len)) => self.admit(header, header_len)?,
@@ -155,10 +166,15 @@ impl Decoder {
                 frame.done = available;
             }
             if frame.done < frame.payload_len {
-                self.frame = Some(frame);
+                self.frame = Some(match kept {
+                    Some(mut boxed) => {
+                        *boxed = frame;
+                        boxed
+                    }
+                    None => Box::new(frame),
+                });
                 return Ok(None);
             }
-            self.frame = None;
             buf.advance(frame.header_len);
             let payload = buf.split_to(frame.payload_len).freeze();
             if let Some(decoded) = self.complete(frame.header, frame.header_len, payload)? {
@@ -253,13 +269,13 @@ impl Decoder {
                 }
                 let mut data = BytesMut::with_capacity(payload.len());
                 data.extend_from_slice(&payload);
-                self.assembly = Some(Assembly {
+                self.assembly = Some(Box::new(Assembly {
                     text,
                     compressed,
                     data,
                     charged: payload.len(),
                     fragments: 1,
-                });
+                }));
                 Ok(None)
             }
             OpCode::Continuation => {

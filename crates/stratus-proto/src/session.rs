@@ -10,6 +10,11 @@
 //! ignored and exactly one Close is sent. The driver closes TCP once
 //! [`Session::is_closed`] is true (the server at once, a client after the server did),
 //! and owns the timeouts.
+//!
+//! A server holds a session per connection, nearly all of them idle: the frames waiting
+//! to be polled are boxed apart ([`Outgoing`]), made by the first frame queued and freed
+//! once the driver has polled them all, so an idle session holds no queue (one kept after
+//! the first ping would be a 256-byte allocation in every connection).
 
 use std::collections::VecDeque;
 
@@ -31,16 +36,29 @@ pub struct Closing;
 /// when the frame needs no masking and no compression.
 const SHARE_PAYLOAD_MIN: usize = 4096;
 
-/// A WebSocket endpoint's protocol state.
-pub struct Session {
-    decoder: Decoder,
-    encoder: Encoder,
+/// Frames a session has queued and the driver has not yet polled.
+#[derive(Default)]
+struct Outgoing {
     /// Frames to send: whole, or a header with its payload beside it.
     transmit: VecDeque<(Bytes, Option<Bytes>)>,
     /// The payload of the frame whose header `poll_transmit` returned last.
     rest: Option<Bytes>,
     /// At most one pong waits: a peer that floods pings gets an answer to the latest.
     pong: Option<Bytes>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.transmit.is_empty() && self.rest.is_none() && self.pong.is_none()
+    }
+}
+
+/// A WebSocket endpoint's protocol state.
+pub struct Session {
+    decoder: Decoder,
+    encoder: Encoder,
+    /// What waits to be polled; `None` (no allocation) once all of it was.
+    outgoing: Option<Box<Outgoing>>,
     compression: Option<Box<dyn MessageCompression>>,
     close_sent: bool,
     close_received: bool,
@@ -64,9 +82,7 @@ impl Session {
         Self {
             decoder: Decoder::new(encoder.role(), limits),
             encoder,
-            transmit: VecDeque::new(),
-            rest: None,
-            pong: None,
+            outgoing: None,
             compression: None,
             close_sent: false,
             close_received: false,
@@ -113,7 +129,8 @@ impl Session {
         };
         match &message {
             Message::Ping(payload) if !self.close_sent => {
-                self.pong = Some(self.encoder.message(&Message::Pong(payload.clone())));
+                let pong = self.encoder.message(&Message::Pong(payload.clone()));
+                self.outgoing().pong = Some(pong);
             }
             Message::Close(frame) => {
                 self.close_received = true;
@@ -168,7 +185,9 @@ impl Session {
             Message::Close(frame) => {
                 self.close_sent = true;
                 self.close_code = Some(frame.as_ref().map_or(CloseCode(1005), CloseFrame::code));
-                self.pong = None;
+                if let Some(outgoing) = &mut self.outgoing {
+                    outgoing.pong = None;
+                }
                 self.encoder.message(message)
             }
             Message::Text(payload) | Message::Binary(payload) => {
@@ -182,7 +201,7 @@ impl Session {
                     None if payload.len() >= SHARE_PAYLOAD_MIN => {
                         match self.encoder.unmasked_parts(opcode, payload) {
                             Some((head, payload)) => {
-                                self.transmit.push_back((head, Some(payload)));
+                                self.outgoing().transmit.push_back((head, Some(payload)));
                                 return Ok(());
                             }
                             None => self.encoder.message(message),
@@ -193,8 +212,20 @@ impl Session {
             }
             _ => self.encoder.message(message),
         };
-        self.transmit.push_back((frame, None));
+        self.outgoing().transmit.push_back((frame, None));
         Ok(())
+    }
+
+    /// The frames waiting to be polled, made on first use.
+    fn outgoing(&mut self) -> &mut Outgoing {
+        self.outgoing.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the frames' box once all of them were polled.
+    fn release_if_drained(&mut self) {
+        if self.outgoing.as_ref().is_some_and(|o| o.is_empty()) {
+            self.outgoing = None;
+        }
     }
 
     /// Starts the closing handshake with `code`, unless a Close was already sent.
@@ -211,15 +242,19 @@ impl Session {
     /// As [`Session::poll_transmit`], saying whether the bytes start a frame (a writer
     /// that may drop unsent frames must keep the payload of a header already sent).
     pub fn poll_transmit_part(&mut self) -> Option<(Bytes, bool)> {
-        if let Some(rest) = self.rest.take() {
-            return Some((rest, false));
-        }
-        if let Some(pong) = self.pong.take() {
-            return Some((pong, true));
-        }
-        let (head, rest) = self.transmit.pop_front()?;
-        self.rest = rest;
-        Some((head, true))
+        let outgoing = self.outgoing.as_mut()?;
+        let part = if let Some(rest) = outgoing.rest.take() {
+            Some((rest, false))
+        } else if let Some(pong) = outgoing.pong.take() {
+            Some((pong, true))
+        } else {
+            outgoing.transmit.pop_front().map(|(head, rest)| {
+                outgoing.rest = rest;
+                (head, true)
+            })
+        };
+        self.release_if_drained();
+        part
     }
 
     /// The pong answering the latest ping, if one waits, apart from the other frames: a
@@ -229,10 +264,13 @@ impl Session {
     /// it. Otherwise [`poll_transmit_part`](Self::poll_transmit_part) hands the pong out
     /// first, as a whole frame.
     pub fn poll_pong(&mut self) -> Option<Bytes> {
-        if self.rest.is_some() {
+        let outgoing = self.outgoing.as_mut()?;
+        if outgoing.rest.is_some() {
             return None;
         }
-        self.pong.take()
+        let pong = outgoing.pong.take();
+        self.release_if_drained();
+        pong
     }
 
     /// A Close was sent.
@@ -301,6 +339,29 @@ mod tests {
             Decoded::Data(d) if d.text => Message::Text(d.payload),
             Decoded::Data(d) => Message::Binary(d.payload),
         }
+    }
+
+    /// A server keeps a session in every connection, nearly all idle: it stays a few
+    /// words (the server's idle-memory budget, issue 19), and what it queued is freed
+    /// once polled (a queue kept after the first ping cost every connection 256 B).
+    #[test]
+    fn an_idle_session_is_small_and_keeps_no_queue() {
+        assert!(
+            size_of::<Session>() <= 88,
+            "a session is {} bytes",
+            size_of::<Session>()
+        );
+        let mut s = Session::server(Limits::default());
+        s.send(&Message::Ping(Bytes::new())).unwrap();
+        let mut buf = client_frames(&[Message::Ping(Bytes::from_static(b"p"))]);
+        s.handle_read(&mut buf).unwrap();
+        assert!(s.outgoing.is_some());
+        assert_eq!(drain(&mut s).len(), 2, "the pong and the ping");
+        assert!(s.outgoing.is_none(), "freed once polled");
+        s.send(&Message::text("x")).unwrap();
+        assert!(s.poll_pong().is_none());
+        assert_eq!(drain(&mut s).len(), 1);
+        assert!(s.outgoing.is_none());
     }
 
     #[test]

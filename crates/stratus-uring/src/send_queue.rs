@@ -6,6 +6,11 @@
 //! frames in flight too, since they still hold memory; it is what the slow-consumer
 //! policy and read backpressure act on.
 //!
+//! A queue holds nothing while it is empty and nothing is in flight, which is how a server's
+//! idle connections nearly all are: its frames and counts are boxed apart, made by the
+//! first frame queued and freed once the last one is written, so an idle connection keeps
+//! a pointer (8 bytes) where it kept the queue (48), in every connection.
+//!
 //! Each entry knows whether it starts a frame. Discarding (a slow consumer's Close must
 //! go next) keeps the pieces of frames whose start already went out, so the peer never
 //! sees half a frame followed by the Close.
@@ -39,11 +44,17 @@ struct Entry {
 /// Outgoing frames of one connection.
 #[derive(Default)]
 pub struct SendQueue {
+    /// `None` (no allocation) while nothing is queued or in flight.
+    queued: Option<Box<Queued>>,
+}
+
+/// What a queue holds while it is not idle.
+#[derive(Default)]
+struct Queued {
     frames: VecDeque<Entry>,
     /// Bytes queued or in flight.
     bytes: usize,
-    /// Entries queued or in flight (u32: the queue is kept small, see the size test of
-    /// the server's connection).
+    /// Entries queued or in flight.
     entries: u32,
     /// Pongs queued and not yet taken for sending (never more than [`MAX_WAITING_PONGS`]).
     waiting_pongs: u8,
@@ -68,15 +79,16 @@ impl SendQueue {
     /// that is at the back of the queue, and is dropped otherwise (the peer has that many
     /// pongs it has not read, answering earlier pings). Returns whether it was queued.
     pub fn push_pong(&mut self, pong: Bytes) -> bool {
-        if self.waiting_pongs >= MAX_WAITING_PONGS {
-            let Some(last) = self.frames.back_mut().filter(|e| e.pong) else {
+        let queued = self.queued_mut();
+        if queued.waiting_pongs >= MAX_WAITING_PONGS {
+            let Some(last) = queued.frames.back_mut().filter(|e| e.pong) else {
                 return false;
             };
-            self.bytes = self.bytes - last.bytes.len() + pong.len();
+            queued.bytes = queued.bytes - last.bytes.len() + pong.len();
             last.bytes = pong;
             return true;
         }
-        self.waiting_pongs += 1;
+        queued.waiting_pongs += 1;
         self.push_entry(Entry {
             bytes: pong,
             starts_frame: true,
@@ -86,38 +98,65 @@ impl SendQueue {
     }
 
     fn push_entry(&mut self, entry: Entry) {
-        self.bytes += entry.bytes.len();
-        self.entries += 1;
-        self.frames.push_back(entry);
+        let queued = self.queued_mut();
+        queued.bytes += entry.bytes.len();
+        queued.entries += 1;
+        queued.frames.push_back(entry);
+    }
+
+    /// What it holds, made on first use.
+    fn queued_mut(&mut self) -> &mut Queued {
+        self.queued.get_or_insert_with(Box::default)
+    }
+
+    /// Frees what it holds once nothing is queued or in flight: most connections are
+    /// idle most of the time, and an idle one should hold nothing.
+    fn release_if_idle(&mut self) {
+        if self
+            .queued
+            .as_ref()
+            .is_some_and(|q| q.frames.is_empty() && q.entries == 0)
+        {
+            self.queued = None;
+        }
     }
 
     /// What the frames queued or in flight cost: their bytes, plus [`ENTRY_OVERHEAD`]
     /// for each (what the cap, read backpressure and `/metrics` count).
     pub fn queued_bytes(&self) -> usize {
-        self.bytes + self.entries as usize * ENTRY_OVERHEAD
+        self.queued
+            .as_ref()
+            .map_or(0, |q| q.bytes + q.entries as usize * ENTRY_OVERHEAD)
     }
 
     /// Whether frames wait to be sent.
     pub fn has_pending(&self) -> bool {
-        !self.frames.is_empty()
+        self.queued.as_ref().is_some_and(|q| !q.frames.is_empty())
     }
 
     /// Drops the frames not yet begun (the connection is being closed as a slow
     /// consumer: its Close must go next); the rest of a frame already begun stays.
     pub fn discard_pending(&mut self) {
-        let begun = self.frames.iter().take_while(|e| !e.starts_frame).count();
-        for entry in self.frames.drain(begun..) {
-            self.bytes -= entry.bytes.len();
-            self.entries -= 1;
-            self.waiting_pongs -= u8::from(entry.pong);
+        let Some(queued) = self.queued.as_deref_mut() else {
+            return;
+        };
+        let begun = queued.frames.iter().take_while(|e| !e.starts_frame).count();
+        for entry in queued.frames.drain(begun..) {
+            queued.bytes -= entry.bytes.len();
+            queued.entries -= 1;
+            queued.waiting_pongs -= u8::from(entry.pong);
         }
+        self.release_if_idle();
     }
 
     /// Moves up to `max` frames, oldest first, into `batch`.
     pub fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
-        let n = self.frames.len().min(max);
-        for entry in self.frames.drain(..n) {
-            self.waiting_pongs -= u8::from(entry.pong);
+        let Some(queued) = self.queued.as_deref_mut() else {
+            return;
+        };
+        let n = queued.frames.len().min(max);
+        for entry in queued.frames.drain(..n) {
+            queued.waiting_pongs -= u8::from(entry.pong);
             batch.push(entry.bytes);
         }
     }
@@ -125,7 +164,8 @@ impl SendQueue {
     /// Records that the first `written` bytes of `batch` reached the socket and puts the
     /// rest back at the front, in order. Leaves `batch` empty.
     pub fn sent(&mut self, batch: &mut Vec<Bytes>, mut written: usize) {
-        self.bytes -= written.min(self.bytes);
+        let queued = self.queued_mut();
+        queued.bytes -= written.min(queued.bytes);
         let mut frames = batch.drain(..);
         let mut unsent = Vec::new();
         for frame in frames.by_ref() {
@@ -134,23 +174,19 @@ impl SendQueue {
                 break;
             }
             written -= frame.len();
-            self.entries -= 1;
+            queued.entries -= 1;
         }
         unsent.extend(frames);
         // Put back as begun (kept by a discard): the first may be the rest of a frame,
         // and any may be the first half of one.
         for frame in unsent.into_iter().rev() {
-            self.frames.push_front(Entry {
+            queued.frames.push_front(Entry {
                 bytes: frame,
                 starts_frame: false,
                 pong: false,
             });
         }
-        // A drained queue gives its memory back: most connections are idle most of the
-        // time, and an idle one should hold nothing.
-        if self.frames.is_empty() {
-            self.frames = VecDeque::new();
-        }
+        self.release_if_idle();
     }
 }
 
@@ -164,6 +200,23 @@ mod tests {
             q.push(Bytes::from_static(f));
         }
         q
+    }
+
+    /// A server keeps a queue in every connection, nearly all idle: an idle queue is a
+    /// pointer, and what it held is freed once all of it is written.
+    #[test]
+    fn an_idle_queue_is_a_pointer_and_holds_nothing() {
+        assert_eq!(size_of::<SendQueue>(), 8, "it sits in every connection");
+        let mut q = queue(&[b"abc", b"de"]);
+        let mut batch = Vec::new();
+        q.take_batch(&mut batch, 1);
+        q.sent(&mut batch, 3);
+        assert!(q.queued.is_some(), "a frame still queued");
+        q.take_batch(&mut batch, 8);
+        q.discard_pending();
+        assert!(q.queued.is_some(), "a frame in flight");
+        q.sent(&mut batch, 2);
+        assert!(q.queued.is_none() && q.queued_bytes() == 0 && !q.has_pending());
     }
 
     #[test]

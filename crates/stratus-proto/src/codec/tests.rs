@@ -473,3 +473,29 @@ fn a_message_is_midway_from_its_first_fragment_to_its_last() {
     );
     assert!(!decoder.is_mid_message());
 }
+
+/// A server keeps a decoder in every connection: between messages it holds no frame or
+/// message state, only while one is cut across reads (the idle-memory budget, issue 19).
+#[test]
+fn a_decoder_boxes_a_partial_frame_or_message_only_while_it_lasts() {
+    assert!(
+        size_of::<Decoder>() <= 48,
+        "a decoder is {} bytes",
+        size_of::<Decoder>()
+    );
+    let mut decoder = server_decoder();
+    let first = masked(false, 0, 0x1, b"hello ");
+    let last = masked(true, 0, 0x0, b"world");
+    let mut buf = BytesMut::from(&first[..8]);
+    assert_eq!(decoder.decode(&mut buf), Ok(None));
+    assert!(decoder.frame.is_some(), "a frame cut across reads");
+    buf.extend_from_slice(&first[8..]);
+    assert_eq!(decoder.decode(&mut buf), Ok(None));
+    assert!(decoder.frame.is_none() && decoder.assembly.is_some());
+    buf.extend_from_slice(&last);
+    assert_eq!(
+        decoder.decode(&mut buf),
+        Ok(Some(data(true, b"hello world")))
+    );
+    assert!(decoder.frame.is_none() && decoder.assembly.is_none());
+}

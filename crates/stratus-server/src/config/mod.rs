@@ -13,6 +13,7 @@ use stratus_proto::Limits;
 use stratus_proto::handshake::HandshakeLimits;
 
 use crate::model::auth::Auth;
+use crate::model::moment;
 use crate::model::shard::MAX_SHARDS;
 use crate::tls::TlsFiles;
 pub use broker::{BrokerAuth, Secret, redact};
@@ -284,6 +285,18 @@ impl Config {
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
         }
+        // A connection keeps these as 4-byte moments (see `model::moment`).
+        for (name, timeout) in [
+            ("handshake-timeout", self.handshake_timeout),
+            ("message-timeout", self.message_timeout),
+            ("close-timeout", self.close_timeout),
+            ("ping-interval", self.ping_interval),
+            ("pong-timeout", self.pong_timeout),
+        ] {
+            if timeout >= moment::LONGEST {
+                return Err(format!("{name} must be under 24 days"));
+            }
+        }
         if self.presence_interval < Duration::from_millis(10) {
             return Err("presence-interval must be at least 0.01 s".into());
         }
@@ -487,6 +500,23 @@ fn shard_urls(list: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_timeouts_must_fit_a_moment() {
+        let day = Duration::from_secs(86_400);
+        let ping = |every: Duration| Config {
+            ping_interval: every,
+            ..Config::default()
+        };
+        assert!(ping(day * 24).validate().is_ok());
+        let err = ping(day * 25).validate().unwrap_err();
+        assert_eq!(err, "ping-interval must be under 24 days");
+        let close = Config {
+            close_timeout: moment::LONGEST,
+            ..Config::default()
+        };
+        assert!(close.validate().is_err());
+    }
 
     #[test]
     fn only_redis_urls_are_accepted_as_brokers() {

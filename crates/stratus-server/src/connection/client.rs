@@ -20,9 +20,11 @@ use crate::config::Config;
 use crate::connection::conflation::Conflation;
 use crate::connection::sse::Stream;
 use crate::connection::tls::TlsConn;
+use crate::connection::topic_list::TopicList;
 use crate::connection::upgrade::{Refusal, Upgrade};
 use crate::model::auth::Grant;
 use crate::model::broadcast::FrameChoice;
+use crate::model::moment::Moment;
 use crate::model::protocol::{Notice, Protocol, sse};
 use crate::model::rate::TokenBucket;
 use crate::model::recovery::{RECOVERY_TIMEOUT, Recovery};
@@ -121,7 +123,7 @@ pub(crate) struct Client {
     tls: Option<Box<TlsConn>>,
     pub(super) frames: FrameChoice,
     /// The topics it is subscribed to.
-    topics: Vec<Arc<str>>,
+    topics: TopicList,
     /// What only some connections need (a token's grant, recoveries), boxed so that the
     /// others do not pay for it.
     pub(super) extras: Option<Box<Extras>>,
@@ -133,12 +135,10 @@ pub(crate) struct Client {
     inbound: TokenBucket,
     /// When it last sent a whole message or, once pinged (`pinged`), when the ping
     /// since was sent.
-    last_seen: Instant,
+    last_seen: Moment,
     pinged: bool,
-    /// When its deadline falls, and what it is for (apart: an `Option<(Deadline,
-    /// Instant)>` would take 8 bytes more in every connection).
-    deadline: Option<Instant>,
-    deadline_for: Deadline,
+    /// What its deadline is for, and when it falls.
+    deadline: Option<(Deadline, Moment)>,
     /// Send FIN once everything queued is written.
     fin_due: bool,
 }
@@ -156,15 +156,14 @@ impl Client {
             queue: SendQueue::default(),
             tls,
             frames: FrameChoice::Plain,
-            topics: Vec::new(),
+            topics: TopicList::default(),
             extras: None,
             protocol: Protocol::Raw,
             offsets: false,
             inbound: TokenBucket::full(0, 0),
-            last_seen: now,
+            last_seen: Moment::of(now),
             pinged: false,
-            deadline: Some(deadline),
-            deadline_for: Deadline::Handshake,
+            deadline: Some((Deadline::Handshake, Moment::of(deadline))),
             fin_due: false,
         }
     }
@@ -262,12 +261,18 @@ impl Client {
 
     /// The topics it is subscribed to.
     pub(crate) fn topics(&self) -> &[Arc<str>] {
-        &self.topics
+        self.topics.as_slice()
     }
 
-    /// The topics it is subscribed to, to change (with the worker's topic table).
-    pub(crate) fn topics_mut(&mut self) -> &mut Vec<Arc<str>> {
-        &mut self.topics
+    /// It is subscribed to `topic` (the worker's topic table's name; not yet among its
+    /// topics) from now on.
+    pub(crate) fn add_topic(&mut self, topic: Arc<str>) {
+        self.topics.push(topic);
+    }
+
+    /// It is no longer subscribed to `name`: its copy of the name, if it was.
+    pub(crate) fn remove_topic(&mut self, name: &str) -> Option<Arc<str>> {
+        self.topics.remove(name)
     }
 
     /// Its recoveries in progress, one per topic, to change.
@@ -365,13 +370,12 @@ impl Client {
 
     /// Whether a deadline is set, for `what`.
     fn has_deadline(&self, what: Deadline) -> bool {
-        self.deadline.is_some() && self.deadline_for == what
+        self.deadline.is_some_and(|(what_for, _)| what_for == what)
     }
 
     /// Sets the deadline: `what` must be done by `at`.
     fn set_deadline(&mut self, what: Deadline, at: Instant) {
-        self.deadline = Some(at);
-        self.deadline_for = what;
+        self.deadline = Some((what, Moment::of(at)));
     }
 
     /// Whether the deadline set is a message's.
@@ -405,7 +409,7 @@ impl Client {
 
     /// A whole message arrived at `now`: a sign of life.
     pub(crate) fn seen(&mut self, now: Instant) {
-        self.last_seen = now;
+        self.last_seen = Moment::of(now);
         self.pinged = false;
     }
 
@@ -511,11 +515,12 @@ impl Client {
         queue_transmit(session, &mut self.queue);
         if session.is_closed() {
             self.fin_due = true;
+            let at = Moment::of(close_deadline);
             let at = match self.deadline {
-                Some(at) if self.has_deadline(Deadline::Close) => at.min(close_deadline),
-                _ => close_deadline,
+                Some((Deadline::Close, set)) => set.earliest(at),
+                _ => at,
             };
-            self.set_deadline(Deadline::Close, at);
+            self.deadline = Some((Deadline::Close, at));
         } else if session.close_sent() && !self.has_deadline(Deadline::Close) {
             self.set_deadline(Deadline::Close, close_deadline);
         }
@@ -582,7 +587,7 @@ impl Client {
             if !self.queue.has_pending() {
                 self.queue.push(Bytes::from_static(sse::HEARTBEAT));
             }
-            self.last_seen = now;
+            self.last_seen = Moment::of(now);
             return;
         }
         let Some(session) = self.session() else {
@@ -590,7 +595,7 @@ impl Client {
         };
         if session.send(&Message::Ping(Bytes::new())).is_ok() {
             self.transmit(close_deadline);
-            self.last_seen = now;
+            self.last_seen = Moment::of(now);
             self.pinged = true;
         }
     }
@@ -648,10 +653,11 @@ impl Client {
             }
             tick = Tick::Changed;
         }
-        let past = |at: Instant| now >= at;
-        let deadline_past = self.deadline.is_some_and(past);
+        let moment = Moment::of(now);
+        let deadline_past = self.deadline.is_some_and(|(_, at)| at.is_reached(moment));
         // A message's deadline (not while its input waits for the server's own queue:
         // then the client is not the one holding the message up).
+        let past = |at: Instant| now >= at;
         if deadline_past && self.is_timing_message() && hard_stop.is_none_or(|stop| !past(stop)) {
             if self.is_queue_full(config) {
                 return tick;
@@ -677,7 +683,7 @@ impl Client {
             self.close(CloseCode::POLICY, "token expired", close_deadline, false);
             return Tick::Changed;
         }
-        let silent = now.saturating_duration_since(self.last_seen);
+        let silent = moment.since(self.last_seen);
         match self.pinged {
             true if silent >= config.pong_timeout => {
                 self.close(CloseCode::GOING_AWAY, "pong timeout", close_deadline, true);
@@ -745,6 +751,17 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    /// The protocol side is most of a connection's box (see the worker's table): cold
+    /// state (TLS, extras, queued frames, a frame cut across reads) stays behind pointers.
+    #[test]
+    fn a_client_leaves_room_in_the_224_byte_connection() {
+        assert!(
+            size_of::<Client>() <= 168,
+            "a client is {} bytes",
+            size_of::<Client>()
+        );
     }
 
     #[test]

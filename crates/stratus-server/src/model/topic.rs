@@ -2,11 +2,15 @@
 //!
 //! A worker owns its connections, so its table needs no lock: a publish reaches the
 //! worker as one message and the worker walks its own subscriber set.
+//!
+//! A topic's subscribers are a plain hash set: 9 bytes a bucket (an id and a control
+//! byte). An `IndexSet`, which kept subscription order, adds a 16-byte entry to each
+//! subscriber, both with spare room: 53 bytes per subscriber against 21, measured at
+//! 2,000 (`tests/idle_memory.rs`). Nothing needs that order: a fan-out queues on every
+//! subscriber within one turn either way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-use indexmap::IndexSet;
 
 use crate::model::conn_id::ConnId;
 
@@ -44,10 +48,10 @@ pub fn validate(topic: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// One worker's subscriptions: topic -> connections, in subscription order.
+/// One worker's subscriptions: topic -> connections.
 #[derive(Debug, Default)]
 pub(crate) struct TopicTable {
-    topics: HashMap<Arc<str>, IndexSet<ConnId>>,
+    topics: HashMap<Arc<str>, HashSet<ConnId>>,
 }
 
 impl TopicTable {
@@ -59,7 +63,7 @@ impl TopicTable {
             return (name, false);
         }
         let name: Arc<str> = Arc::from(topic);
-        self.topics.insert(name.clone(), IndexSet::from([conn]));
+        self.topics.insert(name.clone(), HashSet::from([conn]));
         (name, true)
     }
 
@@ -68,7 +72,7 @@ impl TopicTable {
         let Some(set) = self.topics.get_mut(topic) else {
             return false;
         };
-        set.swap_remove(&conn);
+        set.remove(&conn);
         if set.is_empty() {
             self.topics.remove(topic);
             return true;
@@ -77,7 +81,7 @@ impl TopicTable {
     }
 
     /// The connections subscribed to `topic`.
-    pub(crate) fn subscribers(&self, topic: &str) -> Option<&IndexSet<ConnId>> {
+    pub(crate) fn subscribers(&self, topic: &str) -> Option<&HashSet<ConnId>> {
         self.topics.get(topic)
     }
 }
@@ -110,7 +114,7 @@ mod tests {
             !table.subscribe("t", c2).1,
             "subscribing twice is idempotent"
         );
-        assert_eq!(table.subscribers("t").map(IndexSet::len), Some(2));
+        assert_eq!(table.subscribers("t").map(HashSet::len), Some(2));
         assert!(!table.unsubscribe("t", c1));
         assert!(table.unsubscribe("t", c2));
         assert!(table.subscribers("t").is_none());

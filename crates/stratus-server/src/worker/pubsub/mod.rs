@@ -572,7 +572,7 @@ impl PubSub {
             }
         };
         ctx.hub.joined(&name, &who(self.worker, id, client));
-        client.topics_mut().push(name.clone());
+        client.add_topic(name.clone());
         Ok((!confirmed).then_some(name))
     }
 
@@ -587,11 +587,9 @@ impl PubSub {
         name: &str,
     ) -> Result<Vec<Waiting>, SubscribeError> {
         topic::validate(name)?;
-        let topics = client.topics_mut();
-        let Some(at) = topics.iter().position(|t| &**t == name) else {
+        let Some(name) = client.remove_topic(name) else {
             return Err(SubscribeError::NotSubscribed);
         };
-        let name = topics.swap_remove(at);
         let mut waiting = self.remove(ctx, id, &name, &who(self.worker, id, client));
         let recoveries = client.recoveries_mut();
         if let Some(at) = recoveries.iter().position(|r| r.topic == name) {
