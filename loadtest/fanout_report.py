@@ -4,7 +4,9 @@ compare-protocols.sh, compare-sse.sh).
 
   fanout_report.py round FILE NAME ROUND
       one line per run: deliveries/s, publishes/s, missing, latency, server core busy, and
-      server CPU per delivery where the run measured it (`--server-pid`)
+      server CPU per delivery where the run measured it (`--server-pid`); with `--cpu-of`,
+      the redis-servers' CPU per publish (all together, and each) and the Stratus nodes'
+      CPU per delivery (all together)
   fanout_report.py summary OUT PREFIX SCENARIO BASE SUBS SIZE RATE PUBLISHERS SECS
       gathers OUT/PREFIX-NAME-ROUND.json into OUT/compare-PREFIX.json (per setup: the mean and
       every round's figures) with each setup's mean over BASE's, and prints the ratios: of
@@ -28,7 +30,37 @@ def round_line(path, name, rnd):
           f"p99 {lat['p99_us']} us, p99.9 {lat['p999_us']} us, "
           f"server core {'-' if busy is None else f'{busy:.0%}'} busy"
           + cpu_text(r.get("server_cpu_us_per_delivery"))
-          + cpu_text(r.get("client_cpu_us_per_delivery"), "load generator"))
+          + cpu_text(r.get("client_cpu_us_per_delivery"), "load generator")
+          + processes_text(r))
+
+
+def watched(r, name):
+    """The processes named NAME among those `--cpu-of` watched, in the order given."""
+    return [p for p in r.get("processes", []) if p["name"] == name]
+
+
+def redis_per_publish(r):
+    """The redis-servers' CPU per publish, all together (us), or None if none was watched."""
+    redis = watched(r, "redis-server")
+    return round(sum(p["us_per_publish"] for p in redis), 2) if redis else None
+
+
+def nodes_per_delivery(r):
+    """The Stratus nodes' CPU per delivery, all together (us), or None if none was watched."""
+    nodes = watched(r, "stratus")
+    return round(sum(p["us_per_delivery"] for p in nodes), 3) if nodes else None
+
+
+def processes_text(r):
+    """", redis CPU X us/publish (a + b), nodes CPU Y us/delivery" where watched."""
+    text = ""
+    redis = watched(r, "redis-server")
+    if redis:
+        each = " + ".join(f"{p['us_per_publish']:.2f}" for p in redis)
+        text += f", redis CPU {redis_per_publish(r):.2f} us/publish ({each})"
+    if watched(r, "stratus"):
+        text += f", nodes CPU {nodes_per_delivery(r):.3f} us/delivery"
+    return text
 
 
 def cpu_text(us, whose="server"):
@@ -62,6 +94,16 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
                          "latency_p99_us": [r["latency"]["p99_us"] for r in rs],
                          "latency_p999_us": [r["latency"]["p999_us"] for r in rs],
                          "server_cpu_busy": [r.get("server_cpu_busy") for r in rs]}
+        for key, of in [("redis_cpu_us_per_publish", redis_per_publish),
+                        ("nodes_cpu_us_per_delivery", nodes_per_delivery)]:
+            values = [of(r) for r in rs]
+            if all(v is not None for v in values):
+                results[name][key] = values
+                results[name][f"{key}_mean"] = round(mean(values), 3)
+        redis = [[p["us_per_publish"] for p in watched(r, "redis-server")] for r in rs]
+        if all(redis):
+            results[name]["redis_cpu_us_per_publish_each"] = redis
+        results[name]["publishes_per_s"] = [round(r["published"] / float(secs)) for r in rs]
         cpu = [r.get("server_cpu_us_per_delivery") for r in rs]
         if all(us is not None for us in cpu):
             results[name]["server_cpu_us_per_delivery"] = cpu
@@ -83,7 +125,11 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
         p50, p99 = r["latency_p50_us"], r["latency_p99_us"]
         print(f"{name}: {r['mean']} deliveries/s (mean of {len(p50)}), "
               f"p50 {min(p50)}-{max(p50)} us, p99 {min(p99)}-{max(p99)} us"
-              + cpu_text(r.get("server_cpu_us_per_delivery_mean")))
+              + cpu_text(r.get("server_cpu_us_per_delivery_mean"))
+              + (f", redis CPU {r['redis_cpu_us_per_publish_mean']:.2f} us/publish"
+                 if "redis_cpu_us_per_publish_mean" in r else "")
+              + (f", nodes CPU {r['nodes_cpu_us_per_delivery_mean']:.3f} us/delivery"
+                 if "nodes_cpu_us_per_delivery_mean" in r else ""))
     for key, ratio in ratios.items():
         print(f"{key.replace('_over_', ' / ')} deliveries/s: {ratio:.2f}")
     for key, ratio in cpu_ratios.items():

@@ -446,7 +446,7 @@ pub(crate) fn run(args: HostileArgs) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let rate = args.rate;
     let publisher = std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
-        let mut publisher = Publisher::connect(publish_to, "honest")?;
+        let mut publisher = Publisher::connect(publish_to)?;
         let started = Instant::now();
         // Every attempt has its own number: a refused one (which may yet have gone out, if
         // the broker did not confirm it in time) is never reused.
@@ -454,7 +454,7 @@ pub(crate) fn run(args: HostileArgs) -> anyhow::Result<()> {
         while started.elapsed() < duration {
             let body = format!("{{\"seq\":{attempts},\"ts\":{}}}", now_us());
             attempts += 1;
-            if publisher.publish(&body)?.is_some() {
+            if publisher.publish("honest", &body)?.is_some() {
                 accepted += 1;
             } else {
                 refused += 1;

@@ -41,7 +41,7 @@ struct Cli {
 enum Scenario {
     /// Round trips against an echo server.
     Echo(echo::EchoArgs),
-    /// Subscribers on a topic, a publisher posting to it.
+    /// Subscribers on one topic or several (`--topics`), publishers posting to them.
     Fanout(fanout::FanoutArgs),
     /// Honest subscribers beside hostile clients: every message in order, latency, RSS.
     Hostile(hostile::HostileArgs),

@@ -41,6 +41,13 @@ pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// The command name of process `pid` (`/proc/PID/comm`: `redis-server`, `stratus`).
+pub(crate) fn process_name(pid: u32) -> anyhow::Result<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .with_context(|| format!("no process {pid}"))?;
+    Ok(comm.trim_end().to_owned())
+}
+
 /// Clock ticks per second in `/proc` times (`USER_HZ`: 100 on every Linux ABI).
 const USER_HZ: f64 = 100.0;
 
@@ -87,6 +94,11 @@ impl ProcessCpu {
             pid,
             start: cpu_seconds(pid)?,
         })
+    }
+
+    /// The process watched.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// The CPU seconds process `pid` used since `start` (to 10 ms).

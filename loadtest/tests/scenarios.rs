@@ -64,6 +64,61 @@ fn fanout_delivers_every_publish_to_every_subscriber() {
     s.stop().unwrap();
 }
 
+/// `--topics`: the subscribers dealt over several topics and the publishers going round
+/// them; every topic's publishes reach every one of its subscribers, counted per topic,
+/// and the CPU of the processes `--cpu-of` names is reported.
+#[test]
+fn fanout_over_several_topics_delivers_each_topics_publishes_to_its_subscribers() {
+    let s = server(App::PubSub);
+    let url = format!("ws://{}/ws", s.local_addr());
+    let admin = s.admin_addr().unwrap().to_string();
+    let pid = std::process::id();
+    let r = run(&[
+        "fanout",
+        "--url",
+        &url,
+        "--admin",
+        &admin,
+        "-n",
+        "50",
+        "--topics",
+        "7",
+        "-P",
+        "2",
+        "-r",
+        "280",
+        "-d",
+        "1",
+        "--cpu-of",
+        &pid.to_string(),
+    ]);
+    let published: Vec<u64> = r["published_per_topic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(published.len(), 7);
+    assert!(published.iter().all(|&p| p > 0), "{published:?}");
+    assert_eq!(
+        published.iter().sum::<u64>(),
+        r["published"].as_u64().unwrap()
+    );
+    // 50 subscribers over 7 topics: 8 on topic 0, 7 on each of the others.
+    let expected: u64 = published
+        .iter()
+        .enumerate()
+        .map(|(topic, p)| p * if topic == 0 { 8 } else { 7 })
+        .sum();
+    assert_eq!(r["deliveries"].as_u64().unwrap(), expected);
+    assert_eq!(r["missing"].as_u64().unwrap(), 0);
+    let processes = r["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 1);
+    assert_eq!(processes[0]["pid"].as_u64().unwrap(), u64::from(pid));
+    assert!(processes[0]["us_per_delivery"].as_f64().unwrap() >= 0.0);
+    s.stop().unwrap();
+}
+
 /// The same fanout with Server-Sent Events subscribers (`GET /sse?topic=`): every event's
 /// data counted as a message would be, and the server's and the generator's CPU per
 /// delivery reported.
