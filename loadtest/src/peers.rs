@@ -45,7 +45,8 @@ pub(crate) struct PeerArgs {
 
 pub(crate) fn run(args: PeerArgs) -> anyhow::Result<()> {
     if let PeerKind::UringTcp = args.kind {
-        let listener = stratus_uring::bind_reuseport(args.listen, 4096)?;
+        let mut listeners = stratus_uring::bind_listeners(args.listen, 1, 4096)?;
+        let listener = listeners.pop().context("no listener bound")?;
         return stratus_uring::run(uring_tcp_echo(listener))?;
     }
     let runtime = if args.threads <= 1 {

@@ -170,16 +170,15 @@ impl Server {
         };
         let (tls, admin_tls) = (load(&config.tls)?, load(&config.admin_tls)?);
         let workers = config.workers.clamp(1, MAX_WORKERS);
-        let first = stratus_uring::bind_reuseport(config.listen, 4096)?;
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..workers {
-            listeners.push(stratus_uring::bind_reuseport(local_addr, 4096)?);
-        }
-        let admin = config
-            .admin_listen
-            .map(|addr| stratus_uring::bind_reuseport(addr, 1024))
-            .transpose()?;
+        let listeners = stratus_uring::bind_listeners(config.listen, workers, 4096)?;
+        let local_addr = match listeners.first() {
+            Some(listener) => listener.local_addr()?,
+            None => return Err(invalid("no listener bound".into())),
+        };
+        let admin = match config.admin_listen {
+            Some(addr) => stratus_uring::bind_listeners(addr, 1, 1024)?.pop(),
+            None => None,
+        };
         let admin_addr = admin
             .as_ref()
             .map(std::net::TcpListener::local_addr)

@@ -43,9 +43,40 @@ pub fn spawn<F: Future + 'static>(task: F) -> tokio::task::JoinHandle<F::Output>
     tokio_uring::spawn(task)
 }
 
-/// A non-blocking listening socket with SO_REUSEPORT, so every worker binds its own
-/// listener to the same address and the kernel spreads connections among them.
-pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+/// `count` non-blocking listening sockets on `addr` with SO_REUSEPORT, so every worker
+/// has its own listener and the kernel spreads connections among them (port 0: one fresh
+/// port for all). Refused with `AddrInUse` where another socket already listens:
+/// SO_REUSEPORT alone would let a second server of the same user join the group without
+/// an error and silently take part of the connections.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // Without SO_REUSEPORT a bind is refused wherever any socket listens (with
+        // SO_REUSEADDR, not by a closed connection's TIME_WAIT).
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(|err| match err.kind() {
+            io::ErrorKind::AddrInUse => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{addr} is in use: another server listens there"),
+            ),
+            _ => err,
+        })?;
+    }
+    let first = bind_reuseport(addr, backlog)?;
+    let local = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count.max(1) {
+        listeners.push(bind_reuseport(local, backlog)?);
+    }
+    Ok(listeners)
+}
+
+/// One listening socket of a SO_REUSEPORT group.
+fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -83,5 +114,30 @@ impl Listener {
     /// Stops listening now: a pending accept fails and new connections are refused.
     pub fn close(&self) {
         let _ = self.control.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_group_shares_one_port_and_a_second_server_is_refused() {
+        let group = bind_listeners("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for listener in &group {
+            assert_eq!(listener.local_addr().unwrap(), addr, "one port for all");
+        }
+        let second = bind_listeners(addr, 2, 16).unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::AddrInUse, "{second}");
+        assert!(second.to_string().contains("another server"), "{second}");
+        drop(group);
+        let again = bind_listeners(addr, 2, 16).unwrap();
+        assert_eq!(
+            again.len(),
+            2,
+            "the port is free once the first group is gone"
+        );
     }
 }
