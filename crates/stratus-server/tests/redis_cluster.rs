@@ -12,6 +12,9 @@
 //!   delivering, readiness says `degraded`; restarted on its port (its `nodes.conf`
 //!   kept, so it rejoins with its slots), its topics deliver again, and each of their
 //!   subscribers gets one gap notice per topic.
+//! - A slot moved (`CLUSTER SETSLOT ... NODE`) under a subscribed topic, or under the
+//!   control channel: the old master's unasked `sunsubscribe` ends the node's session with
+//!   it (its disconnects counted), and that master stays down for the node.
 //!
 //! Needs `redis-server` and `redis-cli` on the PATH (`scripts/install-redis.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -298,5 +301,112 @@ fn a_master_down_fails_only_its_topics_and_each_gets_one_gap_notice_when_it_is_b
             let name = format!("stratus_broker_shard_disconnects_total{{shard=\"{shard}\"}}");
             assert_eq!(node.metric(&name), 0, "{name}");
         }
+    }
+}
+
+/// The id of master `index` (`CLUSTER MYID`).
+fn node_id(cluster: &RedisCluster, index: usize) -> String {
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query(&mut cluster.connection(index))
+        .unwrap()
+}
+
+#[test]
+fn a_slot_moved_under_a_subscribed_topic_ends_its_masters_session() {
+    let cluster = RedisCluster::start(3);
+    let node = start(&cluster, &[]);
+    // A master that does not carry what is node-wide: the node's shard 1 (the node lists
+    // the node-wide master first, then the others by address).
+    let node_wide = cluster.master_of("{stratus!}control");
+    let mut order: Vec<usize> = (0..cluster.len()).filter(|&m| m != node_wide).collect();
+    order.sort_by_key(|&m| cluster.port(m));
+    let (from, to) = (order[0], order[1]);
+    let topics = topics_by_master(&cluster, 1);
+    let topic = &topics[from][0];
+    let channel = format!("stratus:{{{topic}}}");
+    let mut peer = vec![node.subscriber(topic)];
+    wait_listeners(&cluster, from, &channel, 1);
+    let (status, _) = node.publish(topic, "before");
+    assert_eq!(status, 200);
+    expect_next(&mut peer, "before");
+
+    // Moved (no keys on it: no history), assigned on both masters: the old one ends the
+    // node's subscription there, a `sunsubscribe` the node never asked for.
+    let slot = cluster.slot(&channel);
+    let target = node_id(&cluster, to);
+    for master in [to, from] {
+        let answer: String = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&target)
+            .query(&mut cluster.connection(master))
+            .unwrap();
+        assert_eq!(answer, "OK");
+    }
+    assert_eq!(listeners(&cluster, from, &channel), (0, 0));
+    // The session ends (counted once: resubscribing the moved channel there is refused,
+    // so the master stays down for the node, as the README says, until it is restarted);
+    // the other masters are untouched.
+    node.wait_metric("stratus_broker_shard_disconnects_total{shard=\"1\"}", 1);
+    wait_broker(&node, "degraded", &["up", "down", "up"]);
+    for shard in [0, 2] {
+        let name = format!("stratus_broker_shard_disconnects_total{{shard=\"{shard}\"}}");
+        assert_eq!(node.metric(&name), 0, "{name}");
+    }
+    let (status, body) = node.publish(topic, "after");
+    assert_eq!(status, 503, "{body}");
+}
+
+#[test]
+fn the_control_channel_moved_ends_the_node_wide_masters_session() {
+    let cluster = RedisCluster::start(3);
+    let node = start(&cluster, &[]);
+    let from = cluster.master_of("{stratus!}control");
+    let to = (from + 1) % cluster.len();
+    let slot = cluster.slot("{stratus!}control");
+    let target = node_id(&cluster, to);
+    // The old master refuses to give the slot away while it holds keys there (the node
+    // list, presence), which the node may write again meanwhile: try a few times.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = cluster.connection(from);
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1000)
+            .query(&mut conn)
+            .unwrap();
+        for key in keys {
+            let _: i64 = redis::cmd("DEL").arg(&key).query(&mut conn).unwrap();
+        }
+        let _: String = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&target)
+            .query(&mut cluster.connection(to))
+            .unwrap();
+        let moved: redis::RedisResult<String> = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&target)
+            .query(&mut conn);
+        match moved {
+            Ok(answer) => {
+                assert_eq!(answer, "OK");
+                break;
+            }
+            Err(err) => assert!(Instant::now() < deadline, "{err}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Not a topic's channel, yet the node cannot run without it: the session ends.
+    node.wait_metric("stratus_broker_shard_disconnects_total{shard=\"0\"}", 1);
+    for shard in [1, 2] {
+        let name = format!("stratus_broker_shard_disconnects_total{{shard=\"{shard}\"}}");
+        assert_eq!(node.metric(&name), 0, "{name}");
     }
 }

@@ -291,21 +291,30 @@ impl RedisCluster {
                 panic!("cannot start redis-server (install it: scripts/install-redis.sh): {e}")
             });
         let deadline = Instant::now() + Duration::from_secs(10);
+        let ours = format!("process_id:{}", child.id());
         loop {
-            if let Ok(mut conn) = connect(port) {
-                let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
-                let ours = format!("process_id:{}", child.id());
+            let info = connect(port)
+                .and_then(|mut conn| redis::cmd("INFO").arg("server").query::<String>(&mut conn));
+            if let Ok(info) = info {
                 if info.lines().any(|l| l.trim() == ours) {
                     return Some(child);
                 }
+                // Another server answers on the port.
                 let _ = child.kill();
                 let _ = child.wait();
                 return None;
             }
-            if child.try_wait().unwrap().is_some() {
+            if !matches!(child.try_wait(), Ok(None)) {
+                // It exited (its port taken, say), or cannot be waited for.
+                let _ = child.kill();
+                let _ = child.wait();
                 return None;
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not start on {port} within 10 s");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -415,12 +424,22 @@ impl RedisCluster {
     }
 
     /// Starts master `index` again on its port with its `nodes.conf` (it rejoins with its
-    /// slots), and waits until the cluster is ok again.
+    /// slots), and waits until the cluster is ok again. The port (or its bus port) may be
+    /// briefly taken still (a connection of the killed server's in `TIME_WAIT`, another
+    /// test's client on it): it tries again for up to 10 s before giving up.
     pub fn restart(&mut self, index: usize) {
         let port = self.port(index);
-        let child = self
-            .spawn(port)
-            .expect("redis-server could not take its port again");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let child = loop {
+            if let Some(child) = self.spawn(port) {
+                break child;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not take its port {port} again within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
         self.masters[index].1 = Some(child);
         self.wait_ok();
     }

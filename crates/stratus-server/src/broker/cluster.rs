@@ -10,10 +10,16 @@
 //!
 //! The slot map is not followed while the node runs: after a resharding or a failover
 //! that puts a slot on another address, the old master answers the slot's publishes
-//! `MOVED` (a 503, logged) and ends its subscriptions there (the session ends, logged
-//! with what to do), and a master that is gone stays down for the node; the nodes are
-//! restarted to read the map again. A master that comes back on its address with its
-//! slots (its `nodes.conf` kept) is simply reconnected.
+//! `MOVED` (a 503, logged at most once per period) and ends the node's subscriptions
+//! there unasked, which ends the session (`task::unasked_drop`, logged with what to do);
+//! resubscribing a moved channel is refused, so that master stays down for the node, as
+//! does a master that is gone; the nodes are restarted to read the map again. A master
+//! that comes back on its address with its slots (its `nodes.conf` kept) is simply
+//! reconnected.
+//!
+//! Discovery refuses a seed older than Redis 7 (no sharded pub/sub) and a master whose
+//! endpoint is `?`; a NULL (or empty) endpoint is the seed's host; an IPv6 address goes
+//! in brackets in the master's URL.
 
 use std::time::Duration;
 
@@ -59,6 +65,11 @@ pub(crate) fn discover(seeds: &[String], auth: &BrokerAuth) -> Result<ClusterMap
                 .map_err(|e| crate::config::connect_failure(&client, &e))?;
             conn.set_read_timeout(Some(SEED_TIMEOUT))
                 .map_err(|e| e.to_string())?;
+            let info = redis::cmd("INFO")
+                .arg("server")
+                .query::<String>(&mut conn)
+                .map_err(|e| e.to_string())?;
+            supported(&info)?;
             redis::cmd("CLUSTER")
                 .arg("SLOTS")
                 .query::<Value>(&mut conn)
@@ -75,6 +86,30 @@ pub(crate) fn discover(seeds: &[String], auth: &BrokerAuth) -> Result<ClusterMap
     ))
 }
 
+/// The oldest Redis with sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`).
+const MIN_REDIS_MAJOR: u32 = 7;
+
+/// Whether the Redis whose `INFO server` is `info` has sharded pub/sub (7 or later); the
+/// error says which version it is.
+fn supported(info: &str) -> Result<(), String> {
+    let version = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("redis_version:"))
+        .map(str::trim);
+    let major = version.and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    match (version, major) {
+        (_, Some(major)) if major >= MIN_REDIS_MAJOR => Ok(()),
+        (Some(version), Some(_)) => Err(format!(
+            "Redis {version} has no sharded pub/sub (SSUBSCRIBE): a Redis Cluster broker needs \
+             Redis {MIN_REDIS_MAJOR} or later"
+        )),
+        _ => Err(format!(
+            "INFO server tells no Redis version (redis_version): a Redis Cluster broker needs \
+             Redis {MIN_REDIS_MAJOR} or later"
+        )),
+    }
+}
+
 /// A range of slots and the master that serves it.
 #[derive(Debug, PartialEq, Eq)]
 struct Range {
@@ -84,8 +119,10 @@ struct Range {
     port: u16,
 }
 
-/// The ranges in a `CLUSTER SLOTS` reply (`[[first, last, [host, port, id, ...],
-/// replicas...], ...]`); a master without a host is at the `seed`'s.
+/// The ranges in a `CLUSTER SLOTS` reply (`[[first, last, [endpoint, port, id, ...],
+/// replicas...], ...]`). A master's endpoint NULL (or empty, before Redis 7) means the
+/// host the `seed` was reached at; `?` means the master does not know its own endpoint
+/// (`cluster-announce-*` or `cluster-preferred-endpoint-type` misconfigured), an error.
 fn ranges(reply: &Value, seed: &str) -> Result<Vec<Range>, String> {
     let bad = || format!("an unexpected CLUSTER SLOTS reply: {reply:?}");
     let Value::Array(entries) = reply else {
@@ -95,40 +132,67 @@ fn ranges(reply: &Value, seed: &str) -> Result<Vec<Range>, String> {
         Value::Int(n) => u16::try_from(*n).ok(),
         _ => None,
     };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
     let seed_host = url::Url::parse(seed)
         .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
+        .and_then(|u| u.host_str().map(|h| unbracket(h).to_owned()))
         .unwrap_or_default();
-    entries
-        .iter()
-        .map(|entry| {
-            let Value::Array(parts) = entry else {
-                return None;
-            };
-            let [first, last, Value::Array(master), ..] = parts.as_slice() else {
-                return None;
-            };
-            let host = text(master.first()?)?;
-            let host = match host.as_str() {
-                "" | "?" => seed_host.clone(),
-                _ => host,
-            };
-            let (first, last) = (int(first)?, int(last)?);
-            (first <= last && usize::from(last) < SLOTS).then_some(())?;
-            Some(Range {
-                first,
-                last,
-                host,
-                port: int(master.get(1)?)?,
-            })
-        })
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(bad)
+    let mut ranges = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            return Err(bad());
+        };
+        let [first, last, Value::Array(master), ..] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let (Some(first), Some(last)) = (int(first), int(last)) else {
+            return Err(bad());
+        };
+        if first > last || usize::from(last) >= SLOTS {
+            return Err(bad());
+        }
+        let host = match master.first() {
+            Some(Value::Nil) => seed_host.clone(),
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => return Err(bad()),
+        };
+        let host = match host.as_str() {
+            "" => seed_host.clone(),
+            "?" => {
+                return Err(format!(
+                    "the master of slots {first}-{last} has an unknown endpoint (\"?\"): \
+                     check its cluster-announce-* and cluster-preferred-endpoint-type"
+                ));
+            }
+            _ => unbracket(&host).to_owned(),
+        };
+        let Some(port) = master.get(1).and_then(int) else {
+            return Err(bad());
+        };
+        ranges.push(Range {
+            first,
+            last,
+            host,
+            port,
+        });
+    }
+    Ok(ranges)
+}
+
+/// `host` without the brackets an IPv6 address has in a URL.
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// `host:port`, with an IPv6 address in brackets (`[2001:db8::5]:7000`).
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The masters of `ranges` (the node-wide slot's first, then by address) and each
@@ -180,7 +244,7 @@ fn map(ranges: &[Range], seeds: &[String], auth: &BrokerAuth) -> Result<ClusterM
         .map(|(host, port)| {
             let url = master_url(seed, &host, port)?;
             Ok(Master {
-                address: format!("{host}:{port}"),
+                address: host_port(&host, port),
                 client: auth.client(&url)?,
                 resp3: auth.client(&format!("{url}?protocol=resp3"))?,
             })
@@ -194,6 +258,15 @@ fn map(ranges: &[Range], seeds: &[String], auth: &BrokerAuth) -> Result<ClusterM
 fn master_url(seed: &str, host: &str, port: u16) -> Result<String, String> {
     let fail = |why: String| format!("broker {}: {why}", redact(seed));
     let mut url = url::Url::parse(seed).map_err(|e| fail(e.to_string()))?;
+    // `Url::set_host` reads "2001:db8::5" as a host and a port: an IPv6 address goes in
+    // brackets.
+    let bracketed;
+    let host = if host.contains(':') {
+        bracketed = format!("[{host}]");
+        bracketed.as_str()
+    } else {
+        host
+    };
     url.set_host(Some(host)).map_err(|e| fail(e.to_string()))?;
     url.set_port(Some(port))
         .map_err(|()| fail("cannot take a port".into()))?;
@@ -284,6 +357,81 @@ mod tests {
         for junk in [Value::Int(1), Value::Array(vec![Value::Int(1)])] {
             assert!(super::ranges(&junk, &seeds[0]).is_err());
         }
+    }
+
+    #[test]
+    fn a_null_endpoint_is_the_seed_host_and_a_question_mark_an_error() {
+        let seed = "redis://u:pw@10.1.2.3:7000";
+        let node = |host: Value, port: i64| Value::Array(vec![host, Value::Int(port)]);
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8000),
+                node(Value::Nil, 7000),
+            ]),
+            Value::Array(vec![
+                Value::Int(8001),
+                Value::Int(16383),
+                node(bulk("redis-b.example"), 7001),
+            ]),
+        ]);
+        let ranges = ranges(&reply, seed).unwrap();
+        assert_eq!(ranges[0].host, "10.1.2.3", "NULL: the seed's host");
+        assert_eq!(ranges[1].host, "redis-b.example");
+        let unknown = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            node(bulk("?"), 7000),
+        ])]);
+        let err = super::ranges(&unknown, seed).unwrap_err();
+        assert!(
+            err.contains("unknown endpoint") && err.contains("0-16383"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_master_is_put_in_brackets() {
+        let seeds = ["redis://u:pw@[2001:db8::1]:7000".to_owned()];
+        let reply = Value::Array(vec![
+            entry(0, 8000, "2001:db8::5", 7000),
+            Value::Array(vec![
+                Value::Int(8001),
+                Value::Int(16383),
+                Value::Array(vec![Value::Nil, Value::Int(7001)]),
+            ]),
+        ]);
+        let ranges = ranges(&reply, &seeds[0]).unwrap();
+        assert_eq!(
+            ranges[1].host, "2001:db8::1",
+            "the seed's host, unbracketed"
+        );
+        let map = map(&ranges, &seeds, &BrokerAuth::default()).unwrap();
+        let addresses: Vec<&str> = map.masters.iter().map(|m| m.address.as_str()).collect();
+        assert_eq!(addresses, ["[2001:db8::5]:7000", "[2001:db8::1]:7001"]);
+        let url = master_url(&seeds[0], "2001:db8::5", 7000).unwrap();
+        assert_eq!(url, "redis://u:pw@[2001:db8::5]:7000/0");
+        let info = map.masters[0].client.get_connection_info();
+        assert!(
+            info.addr().to_string().contains("2001:db8::5"),
+            "{}",
+            info.addr()
+        );
+    }
+
+    #[test]
+    fn a_redis_before_7_is_refused_for_want_of_sharded_pub_sub() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_mode:cluster\r\n");
+        assert_eq!(supported(&info("7.0.0")), Ok(()));
+        assert_eq!(supported(&info("7.2.4")), Ok(()));
+        assert_eq!(supported(&info("8.0.1")), Ok(()));
+        let err = supported(&info("6.2.14")).unwrap_err();
+        assert!(
+            err.contains("Redis 6.2.14") && err.contains("7 or later"),
+            "{err}"
+        );
+        assert!(supported("# Server\r\nredis_mode:cluster\r\n").is_err());
+        assert!(supported(&info("x.y")).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -57,6 +57,8 @@ const MAX_FETCHES: usize = 16;
 const MAX_QUEUED_FETCHES: usize = 1024;
 /// How often the pub/sub connection is pinged, to notice a Redis that stopped answering.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// At most one refused publish is logged per this long per shard (`RefusalLog`).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 1024;
 /// How often an overloaded node says so again while it stays overloaded.
@@ -337,7 +339,7 @@ impl BrokerTask {
         // receiving side (the ping failed first, say) is refused, not dropped unanswered.
         let mut batch = Vec::new();
         let lost = tokio::select! {
-            lost = publish_loop(&mut self.publishes, &mut batch, publisher, keys, &stats, node) => {
+            lost = publish_loop(&mut self.publishes, &mut batch, publisher, keys, &stats, node, self.shard) => {
                 Some(lost)
             }
             lost = receiving.run(&mut self.requests, wanted, messages) => lost,
@@ -493,7 +495,9 @@ async fn publish_loop(
     keys: Keyspace,
     stats: &BrokerStats,
     node: &dyn Node,
+    shard: usize,
 ) -> String {
+    let mut refusals = RefusalLog::default();
     loop {
         let Some(first) = publishes.recv().await else {
             return "publishing stopped".into();
@@ -545,7 +549,16 @@ async fn publish_loop(
                             wire::published(&value).ok_or_else(|| format!("{value:?}"))
                         })
                         .map_err(|err| {
-                            warn!(error = %err, "Redis refused a publish");
+                            if let Some(suppressed) = refusals.note(Instant::now()) {
+                                warn!(
+                                    shard,
+                                    error = %err,
+                                    suppressed,
+                                    "Redis refused a publish (logged at most once per {}s; \
+                                     `suppressed`: refusals since the last logged one)",
+                                    REFUSAL_LOG_EVERY.as_secs()
+                                );
+                            }
                             stats::add(&stats.publish_errors, u64::from(!p.is_control()));
                             PublishError::BrokerUnavailable
                         });
@@ -561,6 +574,70 @@ async fn publish_loop(
         };
         refuse(batch, stats, node);
         return failure;
+    }
+}
+
+/// Whether a `sunsubscribe` of `channel` that came through the stream was asked for:
+/// `None` if it answers one of the node's own `SUNSUBSCRIBE`s (counted in
+/// `unsubscribing`, which it uses up), else why the session must end.
+///
+/// An unasked drop (Redis moved the channel's slot to another master) ends the session
+/// whatever the channel, the control channel included, for two reasons: the node would
+/// otherwise run on without that subscription (a topic's messages, or the control channel
+/// with its overload signals and user-level control, silently gone); and the redis crate
+/// takes every `sunsubscribe` push for the answer to the request in flight on the
+/// connection, so after an unasked one each later answer is matched to the request before
+/// it (a `SSUBSCRIBE` "confirmed" before Redis subscribed, and a resume's history read
+/// then missing what is published meanwhile). The session ending drops that connection
+/// and is logged at warn with this reason; the reconnect resubscribes everything and the
+/// topics get their gap notices, but while a moved channel is wanted the old master
+/// refuses it (`MOVED`), so the master stays down for the node until it is restarted.
+fn unasked_drop(
+    unsubscribing: &mut HashMap<Arc<str>, usize>,
+    keys: Keyspace,
+    channel: &str,
+) -> Option<String> {
+    if let Some(topic) = keys.topic(channel)
+        && let Some(pending) = unsubscribing.get_mut(topic)
+    {
+        *pending -= 1;
+        if *pending == 0 {
+            unsubscribing.remove(topic);
+        }
+        return None;
+    }
+    Some(format!(
+        "Redis ended the subscription to {channel} unasked: its slot moved to another master \
+         (a resharding or a failover; the node keeps the slot map it read at start: restart \
+         the nodes to read the cluster's slots again)"
+    ))
+}
+
+/// The publishes Redis refuses (a moved slot answers every publish of its topics
+/// `MOVED`, at the publish rate) are logged at most once per [`REFUSAL_LOG_EVERY`] per
+/// shard, each time with how many went unlogged since.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When a refusal was last logged.
+    logged: Option<Instant>,
+    /// Refusals since, not logged.
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// A refusal at `now`: `Some(suppressed)` if it is to be logged (with the count of
+    /// those left unlogged before it), `None` if it is counted instead.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        match self.logged {
+            Some(at) if now.saturating_duration_since(at) < REFUSAL_LOG_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.logged = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
     }
 }
 
@@ -776,23 +853,10 @@ impl<'a> Receiving<'a> {
     }
 
     /// Redis ended the subscription to `channel` (sharded pub/sub): the answer to the
-    /// node's own `SUNSUBSCRIBE`, or, for a topic still subscribed, Redis's own doing (its
-    /// slot moved to another master), which ends the session (`Some(why)`).
+    /// node's own `SUNSUBSCRIBE`, or Redis's own doing (its slot moved to another
+    /// master), which ends the session (`Some(why)`): see [`unasked_drop`].
     fn dropped(&mut self, channel: &str) -> Option<String> {
-        let topic = self.keys.topic(channel)?;
-        if let Some(pending) = self.unsubscribing.get_mut(topic) {
-            *pending -= 1;
-            if *pending == 0 {
-                self.unsubscribing.remove(topic);
-            }
-            return None;
-        }
-        self.subscribed.contains(topic).then(|| {
-            format!(
-                "Redis ended the subscription to {channel}: its slot moved to another master \
-                 (restart the nodes to read the cluster's slots again)"
-            )
-        })
+        unasked_drop(&mut self.unsubscribing, self.keys, channel)
     }
 
     /// A change came back: the topics it subscribed are confirmed to the workers (each

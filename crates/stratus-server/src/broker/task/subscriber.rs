@@ -8,7 +8,10 @@
 //!   multiplexed connection takes each subscription confirmation for the answer to one
 //!   command, so each channel goes in a command of its own (a pipeline of them: one round
 //!   trip, one confirmation each). A `sunsubscribe` Redis sends unasked (the channel's slot
-//!   moved to another master) comes out as [`Incoming::Dropped`].
+//!   moved to another master) comes out as [`Incoming::Dropped`], and ends the session
+//!   (`task::unasked_drop`): the redis crate (1.8) takes every `sunsubscribe` push for the
+//!   answer to the request in flight, so after an unasked one the connection's answers
+//!   are each matched to the wrong request, and it must not be used again.
 
 use std::pin::Pin;
 

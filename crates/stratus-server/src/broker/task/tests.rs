@@ -336,3 +336,47 @@ fn history_reads_while_redis_is_unreachable_are_answered_with_a_gap() {
     assert_eq!(task.stats.publish_errors.load(Ordering::Relaxed), 1);
     drop(Redis::start_on(port));
 }
+
+#[test]
+fn an_unasked_sunsubscribe_ends_the_session_control_channel_included() {
+    let keys = Keyspace::Cluster;
+    let mut unsubscribing: HashMap<Arc<str>, usize> = HashMap::new();
+    unsubscribing.insert(Arc::from("news"), 2);
+    let news = keys.channel("news");
+    // The answers to the node's own two SUNSUBSCRIBEs of `news`.
+    assert_eq!(unasked_drop(&mut unsubscribing, keys, &news), None);
+    assert_eq!(unsubscribing.get("news"), Some(&1));
+    assert_eq!(unasked_drop(&mut unsubscribing, keys, &news), None);
+    assert!(unsubscribing.is_empty());
+    // A third, unasked: the session ends, naming the channel.
+    let why = unasked_drop(&mut unsubscribing, keys, &news).expect("unasked: ends");
+    assert!(
+        why.contains("stratus:{news}") && why.contains("restart"),
+        "{why}"
+    );
+    // The control channel (not a topic's) moved: the session ends too.
+    let why = unasked_drop(&mut unsubscribing, keys, keys.control()).expect("control: ends");
+    assert!(why.contains("{stratus!}control"), "{why}");
+    // So does a topic the node no longer wants and never asked to leave, or a channel
+    // that is no topic's.
+    assert!(unasked_drop(&mut unsubscribing, keys, &keys.channel("gone")).is_some());
+    assert!(unasked_drop(&mut unsubscribing, keys, "elsewhere").is_some());
+}
+
+#[test]
+fn refused_publishes_are_logged_once_per_period_with_the_count_left_out() {
+    let mut log = RefusalLog::default();
+    let start = Instant::now();
+    assert_eq!(log.note(start), Some(0), "the first is logged");
+    for i in 1..=99 {
+        assert_eq!(log.note(start + Duration::from_millis(i)), None);
+    }
+    let later = start + REFUSAL_LOG_EVERY;
+    assert_eq!(
+        log.note(later),
+        Some(99),
+        "the next period: logged, with the 99 left out"
+    );
+    assert_eq!(log.note(later + Duration::from_secs(1)), None);
+    assert_eq!(log.note(later + REFUSAL_LOG_EVERY), Some(1));
+}
