@@ -447,6 +447,23 @@ fn fds(pid: u32) -> usize {
         .count()
 }
 
+/// The descriptors `pid` holds once its start-up is over: the listener answers before
+/// the worker has made its ring and the admin thread its sockets, so a count taken at once
+/// can come out a few short (a baseline 1-2 low made the cap check below flaky). Waits,
+/// boundedly, for two counts 100 ms apart to agree.
+fn settled_fds(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = fds(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fds(pid);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// A TCP connection from `local` that sends nothing.
 fn idle_socket(addr: SocketAddr, local: [u8; 4]) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -505,7 +522,7 @@ fn idle_sockets_that_never_upgrade_are_capped_and_shed_and_a_real_client_gets_in
         open_files[3], open_files[4],
         "soft limit raised to the hard one: {limits}"
     );
-    let baseline = fds(pid);
+    let baseline = settled_fds(pid);
     // One address past its cap: the ones past it are closed at once.
     let one: Vec<TcpStream> = (0..60).map(|_| idle_socket(ws, [127, 0, 0, 2])).collect();
     std::thread::sleep(Duration::from_millis(300));
