@@ -31,7 +31,7 @@ use crate::model::shard::{MAX_SHARDS, SLOTS, key_slot};
 /// How long a seed has to connect and answer.
 const SEED_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The hash tag of what is node-wide (`broker::wire::Keyspace::node_key`): its master
+/// The hash tag of what is node-wide (`model::keyspace::Keyspace::node_key`): its master
 /// is the first task's, which carries the control channel, presence and the rest.
 const NODE_WIDE: &[u8] = b"stratus!";
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::broker::wire::Keyspace;
+use crate::model::keyspace::Keyspace;
 
 use crate::model::presence::{Member, Occupancy, PresenceAnswer, PresenceReport};
 

@@ -788,7 +788,7 @@ impl<'a> Receiving<'a> {
                         }
                         continue;
                     }
-                    match self.keys.decode(msg.get_channel_name(), msg.get_payload_bytes()) {
+                    match wire::decode_in(self.keys, msg.get_channel_name(), msg.get_payload_bytes()) {
                         Some((topic, publication, offset)) => {
                             stats::add(&self.stats.received, 1);
                             hand_over(self.node, &self.control, topic, publication, offset).await;

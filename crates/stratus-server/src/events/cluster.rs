@@ -30,7 +30,7 @@ use tracing::warn;
 use super::consumers;
 use super::scripts::{EVENTS_MAXLEN, GROUP, SWEEP_LIMIT, Scripts, events_key};
 use super::{EventsTask, Sending, count, set_queued};
-use crate::broker::Keyspace;
+use crate::model::keyspace::Keyspace;
 use crate::model::occupancy_events::{EventKind, OccupancyEvent};
 use crate::model::offset::Offset;
 use crate::node::occupancy_events::EventsShared;

@@ -28,8 +28,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::broker::Keyspace;
 use crate::config::Config;
+use crate::model::keyspace::Keyspace;
 use crate::model::occupancy_events::{EventKind, EventLog, LocalOccupancy, OccupancyEvent};
 use crate::node::occupancy_events::{EventsInbox, EventsShared};
 use crate::stats;

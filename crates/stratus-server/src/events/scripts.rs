@@ -19,7 +19,7 @@
 //! - `stratus:events`: the stream of events (`event`, `topic`, `time` fields; the entry id
 //!   is the event's offset), trimmed to about [`EVENTS_MAXLEN`] entries.
 
-use crate::broker::Keyspace;
+use crate::model::keyspace::Keyspace;
 
 /// The event stream.
 pub(crate) const EVENTS: &str = "stratus:events";

@@ -12,6 +12,7 @@ pub(crate) mod broadcast;
 pub(crate) mod conn_id;
 pub(crate) mod history;
 pub(crate) mod hook;
+pub(crate) mod keyspace;
 pub(crate) mod moment;
 pub(crate) mod occupancy_events;
 pub(crate) mod offset;

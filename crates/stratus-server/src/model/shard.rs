@@ -35,7 +35,7 @@ pub(crate) const SLOTS: usize = 16_384;
 /// (XMODEM) modulo [`SLOTS`] of the key's hash tag (what is between the first `{` and the
 /// first `}` after it, if that is not empty), else of the whole key. With Redis Cluster a
 /// topic lives on the master that serves [`key_slot`] of its channel (see
-/// `broker::wire::Keyspace`).
+/// `model::keyspace::Keyspace`).
 pub(crate) fn key_slot(key: &[u8]) -> u16 {
     let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &key[open + 1..];

@@ -77,7 +77,7 @@ impl BrokerLink {
 
     /// The link over a Redis Cluster's masters: a topic goes to the master that `slots`
     /// (indices into the shards, one per hash slot) gives its slot, its channel's and
-    /// history key's (see `broker::wire::Keyspace`).
+    /// history key's (see `model::keyspace::Keyspace`).
     pub(crate) fn with_slots(mut self, slots: Box<[u8]>) -> Self {
         self.slots = Some(slots);
         self
