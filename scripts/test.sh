@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check Stratus has, installing what the checks need on a fresh machine:
-# formatting, lints, unit and integration tests (with a real redis-server for the
-# multi-node ones), a bounded run of every fuzz target, the status page in headless
+# formatting, lints, unit and integration tests (with a real redis-server and nats-server
+# for the multi-node ones), a bounded run of every fuzz target, the status page in headless
 # Chromium (the status page, the admin page, a page using the SDK, EventSource), protocol v1 from Python's websockets client,
 # the JS SDK against the real server, the sans-IO dependency check, the layer check,
 # AddressSanitizer over the unsafe code, the Autobahn testsuite in server and client mode
@@ -26,6 +26,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "redis-server for the multi-node tests (each test starts its own on a free port)"
 bash scripts/install-redis.sh
+
+step "nats-server for the NATS broker tests (each test starts its own, with JetStream, on a free port)"
+bash scripts/install-nats.sh
 
 step "cargo test"
 cargo test --workspace

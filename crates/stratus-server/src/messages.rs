@@ -106,6 +106,8 @@ pub enum Reach {
     /// With Redis: the nodes that had subscribers for the topic (each fans it out to its
     /// own).
     Nodes(usize),
+    /// With NATS: the broker took it (it does not say how many nodes it went to).
+    Broker,
 }
 
 /// How far a publish went, and where it sits in its topic's history.
@@ -123,6 +125,14 @@ impl Published {
     pub(crate) fn by_broker(nodes: usize, offset: Option<Offset>) -> Self {
         Self {
             reach: Reach::Nodes(nodes),
+            offset: offset.map(|o| o.to_string()),
+        }
+    }
+
+    /// What NATS answered: the publish is in, with its offset (a history's).
+    pub(crate) fn by_nats(offset: Option<Offset>) -> Self {
+        Self {
+            reach: Reach::Broker,
             offset: offset.map(|o| o.to_string()),
         }
     }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::admin::{self, Admin};
-use crate::broker::{BrokerTask, Keyspace};
+use crate::broker::{BrokerTask, Keyspace, Link, NatsLink};
 use crate::config::Config;
 use crate::events::EventsTask;
 use crate::messages::{BrokerRequest, Node, PublishError};
@@ -72,16 +72,25 @@ fn spawn_presence_clock(
 
 /// The broker as `--broker` names it: each shard's client (in a Redis Cluster, each
 /// master's, with a RESP3 client of it for sharded pub/sub), the first carrying what is
-/// node-wide, and a cluster's slot map.
+/// node-wide, and a cluster's slot map; or NATS, one task for the whole NATS cluster.
 struct BrokerPlan {
     shards: Vec<(redis::Client, Option<redis::Client>)>,
     slots: Option<Box<[u8]>>,
+    nats: Option<NatsLink>,
 }
 
 impl BrokerPlan {
     /// The plan for `config`'s broker, if it has one: its shards in `--broker` order, or
-    /// a Redis Cluster's masters as its seeds tell them (asked now, once).
+    /// a Redis Cluster's masters as its seeds tell them (asked now, once), or NATS.
     fn new(config: &Config) -> Result<Option<Self>, String> {
+        if let Some(broker) = config.broker_nats()? {
+            let history = config.keeps_history().then(|| config.widest_history());
+            return Ok(Some(Self {
+                shards: Vec::new(),
+                slots: None,
+                nats: Some(NatsLink { broker, history }),
+            }));
+        }
         let Some(clients) = config.broker_shards()? else {
             return Ok(None);
         };
@@ -90,6 +99,7 @@ impl BrokerPlan {
             return Ok(Some(Self {
                 shards,
                 slots: None,
+                nats: None,
             }));
         };
         let map = crate::broker::cluster::discover(&seeds, &config.broker_auth)?;
@@ -103,6 +113,7 @@ impl BrokerPlan {
         Ok(Some(Self {
             shards,
             slots: Some(map.slots),
+            nats: None,
         }))
     }
 
@@ -129,7 +140,13 @@ fn broker_shards(plan: BrokerPlan, config: &Config) -> Option<(BrokerLink, Vec<B
         (publishes, requests, Arc::new(BrokerStats::default()))
     };
     let mut clients = plan.shards.into_iter();
-    let (first, first_resp3) = clients.next()?;
+    let (first, first_resp3) = match plan.nats {
+        Some(nats) => (Link::Nats(Box::new(nats)), None),
+        None => {
+            let (client, resp3) = clients.next()?;
+            (Link::redis(client), resp3)
+        }
+    };
     let ((publish_tx, publish_rx), (request_tx, request_rx), stats) = ends();
     let link = ShardLink::new(publish_tx.clone(), request_tx, stats.clone());
     // The first shard reads presence too, on the connection it reads histories on.

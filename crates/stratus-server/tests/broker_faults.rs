@@ -1,8 +1,9 @@
-//! Nodes cut off from their Redis by a fault proxy (`common::proxy`) for five seconds, then
+//! Nodes cut off from their broker by a fault proxy (`common::proxy`) for five seconds, then
 //! let back, while another node publishes steadily: one node per kind of fault (every
-//! connection reset, a blackhole, what the node sends held, what Redis sends held), and one
-//! whose link is only slowed, all at the same moment in one shared setup so the whole file
-//! takes one fault's time.
+//! connection reset, a blackhole, what the node sends held, what the broker sends held), and
+//! one whose link is only slowed, all at the same moment in one shared setup so that a broker
+//! kind takes one fault's time. Every fault case runs for every broker kind, Redis and NATS
+//! (one test each, run side by side), with the same checks.
 //!
 //! For each cut node, while cut: a publish on it is answered 503 within the response
 //! timeout (never a hang) and readiness turns false; once let back, readiness turns true on
@@ -10,7 +11,8 @@
 //! gap notice per topic, and a v1 subscriber of a history topic that resumes from its last
 //! offset at the gap notice gets every message published meanwhile exactly once, in order.
 //! The slowed node stays ready and misses nothing. The publishing node's own subscribers
-//! are never interrupted. Needs `redis-server` on the PATH (`scripts/test.sh` installs it).
+//! are never interrupted. Needs `redis-server` on the PATH and Debian's `nats-server`
+//! (`scripts/test.sh` installs both: `scripts/install-redis.sh`, `scripts/install-nats.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -27,7 +29,7 @@ use common::V1;
 use common::node::Node;
 use common::proxy::{Cut, Faults, Proxy};
 use serde_json::{Value, json};
-use stratus_testkit::Redis;
+use stratus_testkit::{Nats, Redis};
 
 /// How long each fault lasts.
 const CUT: Duration = Duration::from_secs(5);
@@ -52,11 +54,54 @@ const PROMPT: Duration = Duration::from_secs(1);
 
 #[test]
 fn nodes_cut_from_redis_come_back_on_their_own_and_a_slow_link_costs_nothing() {
-    let redis = Redis::start();
-    let config = NamespaceFile::new();
+    cut_nodes_come_back_and_a_slow_link_costs_nothing(&Broker::Redis(Redis::start()));
+}
+
+#[test]
+fn nodes_cut_from_nats_come_back_on_their_own_and_a_slow_link_costs_nothing() {
+    cut_nodes_come_back_and_a_slow_link_costs_nothing(&Broker::Nats(Nats::start()));
+}
+
+/// A broker the nodes share, of either kind.
+enum Broker {
+    Redis(Redis),
+    /// Its history topics go through JetStream (offsets `0-<sequence>`).
+    Nats(Nats),
+}
+
+impl Broker {
+    /// Its kind, for the test's messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Nats(_) => "nats",
+        }
+    }
+
+    /// Where it listens: the proxies' target.
+    fn addr(&self) -> SocketAddr {
+        let port = match self {
+            Self::Redis(redis) => redis.port(),
+            Self::Nats(nats) => nats.port(),
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// `--broker` for a node that reaches it at `addr` (itself, or a proxy before it).
+    fn url_at(&self, addr: SocketAddr) -> String {
+        match self {
+            Self::Redis(_) => format!("redis://{addr}/0"),
+            Self::Nats(_) => format!("nats://{addr}"),
+        }
+    }
+}
+
+/// The whole fault test against `broker`: the publishing node reaches it directly, each
+/// faulty node through a proxy of its own.
+fn cut_nodes_come_back_and_a_slow_link_costs_nothing(broker: &Broker) {
+    let config = NamespaceFile::new(broker.kind());
     let flags = ["--config", config.path()];
-    let publisher = Node::start_with(&redis, &flags);
-    let target = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+    let publisher = Node::start_on(&broker.url_at(broker.addr()), &flags);
     let mut faults = vec![Fault::Cut(Cut::Drop, Probe::AtOnce), Fault::Slow(SLOW)];
     for cut in [Cut::Blackhole, Cut::ToTarget, Cut::ToClient] {
         faults.extend([
@@ -68,7 +113,7 @@ fn nodes_cut_from_redis_come_back_on_their_own_and_a_slow_link_costs_nothing() {
     let nodes: Vec<FaultyNode> = std::thread::scope(|scope| {
         let starting: Vec<_> = faults
             .iter()
-            .map(|&fault| scope.spawn(move || FaultyNode::start(fault, target, &flags)))
+            .map(|&fault| scope.spawn(move || FaultyNode::start(fault, broker, &flags)))
             .collect();
         starting.into_iter().map(|s| s.join().unwrap()).collect()
     });
@@ -94,16 +139,25 @@ fn nodes_cut_from_redis_come_back_on_their_own_and_a_slow_link_costs_nothing() {
         drop(stopping);
         let rounds = publishing.join().unwrap();
         let worst = witnessed.join().unwrap();
+        let kind = broker.kind();
         eprintln!(
-            "the publishing node: {rounds} messages per topic, each at its own subscriber \
-             within {worst:?}"
+            "{kind}: the publishing node: {rounds} messages per topic, each at its own \
+             subscriber within {worst:?}"
         );
-        assert!(worst < PROMPT, "the publishing node stalled: {worst:?}");
+        assert!(
+            worst < PROMPT,
+            "{kind}: the publishing node stalled: {worst:?}"
+        );
         for node in &nodes {
             node.check_delivery(rounds);
         }
     });
-    assert_eq!(publisher.metric("stratus_broker_disconnects_total"), 0);
+    assert_eq!(
+        publisher.metric("stratus_broker_disconnects_total"),
+        0,
+        "{}",
+        broker.kind()
+    );
     for node in &nodes {
         let lost = match node.fault {
             Fault::Cut(..) => 1,
@@ -112,8 +166,8 @@ fn nodes_cut_from_redis_come_back_on_their_own_and_a_slow_link_costs_nothing() {
         assert_eq!(
             node.node.metric("stratus_broker_disconnects_total"),
             lost,
-            "{:?}: sessions lost",
-            node.fault
+            "{}: sessions lost",
+            node.label
         );
     }
 }
@@ -129,7 +183,7 @@ enum Fault {
 /// When a cut node is first asked to publish.
 #[derive(Clone, Copy, Debug)]
 enum Probe {
-    /// As the cut starts: the publish waits for Redis, which never answers, and is
+    /// As the cut starts: the publish waits for the broker, which never answers, and is
     /// refused at the response timeout (which also ends the session).
     AtOnce,
     /// Once the node has noticed the cut by itself (the pub/sub connection's ping, or
@@ -142,6 +196,8 @@ enum Probe {
 /// own thread until the end markers).
 struct FaultyNode {
     fault: Fault,
+    /// The broker's kind and the fault, for the messages.
+    label: String,
     node: Node,
     proxy: Proxy,
     readers: Mutex<Vec<JoinHandle<Delivered>>>,
@@ -157,9 +213,9 @@ struct Delivered {
 }
 
 impl FaultyNode {
-    fn start(fault: Fault, target: SocketAddr, flags: &[&str]) -> Self {
-        let proxy = Proxy::start(target, Faults::default());
-        let node = Node::start_on(&format!("redis://{}/0", proxy.addr), flags);
+    fn start(fault: Fault, broker: &Broker, flags: &[&str]) -> Self {
+        let proxy = Proxy::start(broker.addr(), Faults::default());
+        let node = Node::start_on(&broker.url_at(proxy.addr), flags);
         let (resuming, replies) = subscribed(&node, &[HISTORY_TOPIC]);
         let since = replies[0]["offset"].as_str().unwrap().to_owned();
         let (plain, _) = subscribed(&node, &PLAIN_TOPICS);
@@ -170,6 +226,7 @@ impl FaultyNode {
         ];
         Self {
             fault,
+            label: format!("{} {fault:?}", broker.kind()),
             node,
             proxy,
             readers: Mutex::new(readers),
@@ -186,7 +243,7 @@ impl FaultyNode {
         }
         // Publishes on it work again.
         let (status, body) = self.node.publish("probe", "back");
-        assert_eq!(status, 200, "{:?}: {body}", self.fault);
+        assert_eq!(status, 200, "{}: {body}", self.label);
     }
 
     /// Cuts the node off for [`CUT`]: readiness turns false (within the ping's interval
@@ -200,10 +257,10 @@ impl FaultyNode {
         let first = matches!(probe, Probe::AtOnce).then(|| self.refused());
         self.wait_ready(false, Duration::from_secs(10));
         let noticed = cut_at.elapsed();
-        assert!(noticed < NOTICED_WITHIN, "{:?}: {noticed:?}", self.fault);
+        assert!(noticed < NOTICED_WITHIN, "{}: {noticed:?}", self.label);
         // Once it has noticed, refused at once.
         let then = self.refused();
-        assert!(then < Duration::from_secs(1), "{:?}: {then:?}", self.fault);
+        assert!(then < Duration::from_secs(1), "{}: {then:?}", self.label);
         while cut_at.elapsed() + Duration::from_millis(600) < CUT {
             self.refused();
             std::thread::sleep(Duration::from_millis(500));
@@ -217,9 +274,9 @@ impl FaultyNode {
             format!("a publish refused after {f:?}, ")
         });
         eprintln!(
-            "{:?}: {first}not ready after {noticed:?}; ready again {recovered:?} after the \
+            "{}: {first}not ready after {noticed:?}; ready again {recovered:?} after the \
              restore",
-            self.fault
+            self.label
         );
     }
 
@@ -232,18 +289,22 @@ impl FaultyNode {
         while slowed_at.elapsed() < CUT {
             let asked = Instant::now();
             let (status, body) = self.node.publish("probe", "slow");
-            assert_eq!(status, 200, "{:?}: {body}", self.fault);
+            assert_eq!(status, 200, "{}: {body}", self.label);
             slowest = slowest.max(asked.elapsed());
             let (status, body) = self.node.get("/readyz");
-            assert_eq!(status, 200, "{:?}: {body}", self.fault);
+            assert_eq!(status, 200, "{}: {body}", self.label);
             std::thread::sleep(Duration::from_millis(200));
         }
         self.proxy.restore();
         assert!(
             slowest >= 2 * latency,
-            "{slowest:?}: the link was not slowed"
+            "{}: {slowest:?}: the link was not slowed",
+            self.label
         );
-        eprintln!("Slow({latency:?}): ready throughout, the slowest publish took {slowest:?}");
+        eprintln!(
+            "{}: ready throughout, the slowest publish took {slowest:?}",
+            self.label
+        );
     }
 
     /// Publishes on the cut node: it must answer 503 within [`REFUSED_WITHIN`]; how long
@@ -252,10 +313,10 @@ impl FaultyNode {
         let asked = Instant::now();
         let (status, body) = self.node.publish("probe", "lost?");
         let took = asked.elapsed();
-        let fault = self.fault;
-        assert_eq!(status, 503, "{fault:?}: {body}");
-        assert!(body.contains("broker is unavailable"), "{fault:?}: {body}");
-        assert!(took < REFUSED_WITHIN, "{fault:?}: the 503 took {took:?}");
+        let fault = &self.label;
+        assert_eq!(status, 503, "{fault}: {body}");
+        assert!(body.contains("broker is unavailable"), "{fault}: {body}");
+        assert!(took < REFUSED_WITHIN, "{fault}: the 503 took {took:?}");
         took
     }
 
@@ -269,8 +330,8 @@ impl FaultyNode {
             }
             assert!(
                 Instant::now() < deadline,
-                "{:?}: readiness did not become {ready}: {status} {body}",
-                self.fault
+                "{}: readiness did not become {ready}: {status} {body}",
+                self.label
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -280,35 +341,31 @@ impl FaultyNode {
     /// each topic: cut, one gap notice per topic (and everything for the resuming
     /// subscriber of the history topic); slowed, everything and no gap.
     fn check_delivery(&self, rounds: u64) {
-        let fault = self.fault;
-        let gaps = match fault {
+        let fault = &self.label;
+        let gaps = match self.fault {
             Fault::Cut(..) => Some(&1),
             Fault::Slow(_) => None,
         };
         let readers = std::mem::take(&mut *self.readers.lock().unwrap());
         let mut delivered = readers.into_iter().map(|r| r.join().unwrap());
         let (resumed, plain) = (delivered.next().unwrap(), delivered.next().unwrap());
-        assert_eq!(resumed.gaps.get(HISTORY_TOPIC), gaps, "{fault:?}");
+        assert_eq!(resumed.gaps.get(HISTORY_TOPIC), gaps, "{fault}");
         let every: Vec<u64> = (0..rounds).collect();
         assert_eq!(
             resumed.seqs[HISTORY_TOPIC], every,
-            "{fault:?}: every message, once, in order"
+            "{fault}: every message, once, in order"
         );
         // The others: what came was in order, none twice, and one run of messages was
         // missing at the gap notice (the reader checked).
         for topic in PLAIN_TOPICS {
-            assert_eq!(
-                plain.gaps.get(topic),
-                gaps,
-                "{fault:?}: gap notices, {topic}"
-            );
+            assert_eq!(plain.gaps.get(topic), gaps, "{fault}: gap notices, {topic}");
             let seqs = &plain.seqs[topic];
-            assert_eq!(seqs.last(), Some(&(rounds - 1)), "{fault:?} {topic}");
+            assert_eq!(seqs.last(), Some(&(rounds - 1)), "{fault} {topic}");
             if gaps.is_none() {
-                assert_eq!(seqs, &every, "{fault:?}: every message, once, in order");
+                assert_eq!(seqs, &every, "{fault}: every message, once, in order");
             }
             eprintln!(
-                "{fault:?}: {topic} without history missed {} of {rounds}",
+                "{fault}: {topic} without history missed {} of {rounds}",
                 rounds as usize - seqs.len()
             );
         }
@@ -437,7 +494,8 @@ fn read_plain(mut client: V1) -> Delivered {
 /// Reads the history topic's subscriber (subscribed at offset `since`) to the end
 /// marker, as a resuming client does: at a gap notice it subscribes again from the offset
 /// of the last message it took, and takes nothing more until that subscribe's reply (what
-/// came meanwhile follows it again).
+/// came meanwhile follows it again). Offsets are opaque strings to it (Redis's are
+/// `<ms>-<seq>`, NATS's `0-<stream sequence>`).
 fn read_resuming(mut client: V1, since: String) -> Delivered {
     let mut got = Delivered::default();
     let mut last = since;
@@ -499,9 +557,10 @@ impl Drop for Raise<'_> {
 struct NamespaceFile(PathBuf);
 
 impl NamespaceFile {
-    fn new() -> Self {
-        let path =
-            std::env::temp_dir().join(format!("stratus-broker-faults-{}.toml", std::process::id()));
+    /// The file of the test against a broker of `kind` (the kinds run side by side).
+    fn new(kind: &str) -> Self {
+        let name = format!("stratus-broker-faults-{}-{kind}.toml", std::process::id());
+        let path = std::env::temp_dir().join(name);
         std::fs::write(&path, "[namespace.\"h:\"]\nhistory = 5000\n").unwrap();
         Self(path)
     }

@@ -3,8 +3,13 @@
 //! and the service is stopped when the handle is dropped.
 //!
 //! Used by the unit tests of `stratus-server` (the broker task against a real Redis) and
-//! by the integration and load tests, so that each service is started one way.
+//! by the integration and load tests, so that each service is started one way: Redis
+//! ([`Redis`], [`RedisCluster`]) and NATS with JetStream ([`Nats`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod nats;
+
+pub use nats::{Nats, NatsAuth, NatsSetup, NatsTls};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

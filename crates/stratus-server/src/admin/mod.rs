@@ -618,6 +618,7 @@ async fn publish(admin: &Admin, topic: &str, request: &Request, body: Bytes) -> 
             let mut body = match reach {
                 Reach::Subscribers(n) => json!({ "recipients": n }),
                 Reach::Nodes(n) => json!({ "nodes": n }),
+                Reach::Broker => json!({ "nodes": null }),
             };
             if let Some(offset) = offset {
                 body["offset"] = offset.into();

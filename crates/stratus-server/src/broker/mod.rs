@@ -55,5 +55,5 @@ mod presence;
 mod task;
 mod wire;
 
-pub(crate) use task::BrokerTask;
+pub(crate) use task::{BrokerTask, Link, NatsLink};
 pub(crate) use wire::Keyspace;

@@ -12,7 +12,9 @@
 //!
 //! In a Redis Cluster each master is a shard: its task names channels and keys as
 //! [`Keyspace::Cluster`] says and subscribes with `SSUBSCRIBE` (`subscriber`); all else
-//! is the same.
+//! is the same. With NATS there is one task, whose session is NATS's (`nats`): its own
+//! connect, publish loop and history reads; the rest (interest, confirmations, the read
+//! queue, reconnecting) is this file's.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -35,11 +37,12 @@ use crate::broker::task::subscriber::{Incoming, Messages, Subscriber};
 use crate::broker::wire::{self, Keyspace};
 use crate::messages::{
     BrokerRequest, HistoryDest, HistoryPage, HistoryRead, Node, NodeFigures, Outgoing,
-    PresenceOutcome, PresenceReplyTo, PublishError, ReplyTo, Retention,
+    PresenceOutcome, PresenceReplyTo, PublishError, Published, ReplyTo, Retention,
 };
 use crate::model::offset::Offset;
 use crate::model::publication::Publication;
 use crate::stats::{self, BrokerStats};
+pub(crate) use nats::NatsLink;
 
 /// First wait before reconnecting; doubled after each failed attempt up to the maximum.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -67,16 +70,35 @@ const OVERLOAD_REPEAT: Duration = Duration::from_millis(100);
 const CUT_OFF: &str =
     "the node was cut off from the broker; messages published meanwhile may be missing";
 
+/// What a task connects to.
+pub(crate) enum Link {
+    Redis {
+        client: Box<redis::Client>,
+        /// In a Redis Cluster: a RESP3 client of the same master, for sharded pub/sub
+        /// (`SSUBSCRIBE`, `SPUBLISH`, the cluster's names: [`Keyspace::Cluster`]).
+        /// `None`: classic pub/sub on one Redis or an independent shard.
+        sharded: Option<Box<redis::Client>>,
+    },
+    Nats(Box<NatsLink>),
+}
+
+impl Link {
+    /// One Redis, or an independent shard (or a cluster's master, until
+    /// [`BrokerTask::in_cluster`]).
+    pub(crate) fn redis(client: redis::Client) -> Self {
+        Self::Redis {
+            client: Box::new(client),
+            sharded: None,
+        }
+    }
+}
+
 /// The broker thread's side of one shard.
 pub(crate) struct BrokerTask {
     /// The shard's index in the `--broker` list (0: the first, which also carries what is
     /// node-wide).
     shard: usize,
-    client: redis::Client,
-    /// In a Redis Cluster: a RESP3 client of the same master, for sharded pub/sub
-    /// (`SSUBSCRIBE`, `SPUBLISH`, the cluster's names: [`Keyspace::Cluster`]). `None`:
-    /// classic pub/sub on one Redis or an independent shard.
-    sharded: Option<redis::Client>,
+    link: Link,
     /// Whether any topic keeps a history (the task then reads histories on a
     /// connection of its own).
     reads_history: bool,
@@ -88,13 +110,13 @@ pub(crate) struct BrokerTask {
 }
 
 impl BrokerTask {
-    /// The task of the first (or only) shard, at `client` (reading histories and presence,
+    /// The task of the first (or only) shard, at `link` (reading histories and presence,
     /// on a connection of its own, if `reads_history`): it takes the publishes and
     /// requests the node's `BrokerLink` sends it, and may add control words to the
     /// publishes itself (through `publish_tx`). `stats` are shared with the link; the
     /// node's name on the control channel is drawn here.
     pub(crate) fn new(
-        client: redis::Client,
+        link: Link,
         reads_history: bool,
         (publish_tx, publishes): (
             mpsc::UnboundedSender<Outgoing>,
@@ -116,8 +138,7 @@ impl BrokerTask {
         };
         Self {
             shard: 0,
-            client,
-            sharded: None,
+            link,
             reads_history,
             publishes,
             requests,
@@ -143,8 +164,7 @@ impl BrokerTask {
         stats.node.store(node, Ordering::Relaxed);
         Self {
             shard: index,
-            client,
-            sharded: None,
+            link: Link::redis(client),
             reads_history,
             publishes,
             requests,
@@ -156,15 +176,20 @@ impl BrokerTask {
     /// The task as one of a Redis Cluster's masters: sharded pub/sub through `resp3` (a
     /// RESP3 client of the same master), and the cluster's names for channels and keys.
     pub(crate) fn in_cluster(mut self, resp3: redis::Client) -> Self {
-        self.sharded = Some(resp3);
+        if let Link::Redis { sharded, .. } = &mut self.link {
+            *sharded = Some(Box::new(resp3));
+        }
         self
     }
 
     /// How the task names channels and keys, and publishes.
     fn keys(&self) -> Keyspace {
-        match self.sharded {
-            Some(_) => Keyspace::Cluster,
-            None => Keyspace::Plain,
+        match &self.link {
+            Link::Redis {
+                sharded: Some(_), ..
+            } => Keyspace::Cluster,
+            Link::Redis { sharded: None, .. } => Keyspace::Plain,
+            Link::Nats(_) => Keyspace::Nats,
         }
     }
 
@@ -228,9 +253,8 @@ impl BrokerTask {
                         }
                     }
                 }
-                Err(err) if !reported => {
+                Err(error) if !reported => {
                     reported = true;
-                    let error = crate::config::connect_failure(&self.client, &err);
                     warn!(shard, %error, "cannot reach the broker; retrying with backoff");
                 }
                 Err(_) => {}
@@ -258,14 +282,41 @@ impl BrokerTask {
         }
     }
 
-    /// Connects the three connections (publishing, history reads, pub/sub) and
+    /// Connects the session and subscribes to every topic in `wanted`; the error says
+    /// what failed, for the log (no credential in it).
+    async fn connect(&self, wanted: &Wanted) -> Result<Session, String> {
+        match &self.link {
+            Link::Redis { client, sharded } => self
+                .connect_redis(client, sharded.as_deref(), wanted)
+                .await
+                .map_err(|err| crate::config::connect_failure(client, &err)),
+            Link::Nats(link) => {
+                let session = nats::connect(link, self.keys(), self.is_first(), wanted).await?;
+                self.stats
+                    .topics
+                    .store(wanted.len() as u64, Ordering::Relaxed);
+                Ok(Session {
+                    publisher: Publisher::Nats(Box::new(session.publisher)),
+                    reader: session.reader.map(Reader::Nats),
+                    subscriber: Subscriber::Nats(session.subscriptions),
+                    messages: session.messages,
+                })
+            }
+        }
+    }
+
+    /// Connects the three Redis connections (publishing, history reads, pub/sub) and
     /// subscribes to every topic in `wanted`.
-    async fn connect(&self, wanted: &Wanted) -> redis::RedisResult<Session> {
+    async fn connect_redis(
+        &self,
+        client: &redis::Client,
+        sharded: Option<&redis::Client>,
+        wanted: &Wanted,
+    ) -> redis::RedisResult<Session> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let publisher = self
-            .client
+        let publisher = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         // History reads have a connection of their own: a long read delays neither
@@ -273,29 +324,33 @@ impl BrokerTask {
         // connections' requests queued behind it.
         let reader = if self.reads_history {
             let config = config.clone().set_response_timeout(Some(HISTORY_TIMEOUT));
-            Some(
-                self.client
+            Some(Reader::Redis(
+                client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?,
-            )
+            ))
         } else {
             None
         };
         let keys = self.keys();
-        let (mut subscriber, messages) =
-            Subscriber::connect(&self.client, self.sharded.as_ref(), &config).await?;
+        let (mut subscriber, messages) = Subscriber::connect(client, sharded, &config).await?;
+        let mut channels: Vec<String> = wanted.keys().map(|t| keys.channel(t)).collect();
         if self.is_first() {
-            subscriber.subscribe(&[keys.control().to_owned()]).await?;
+            channels.push(keys.control().to_owned());
         }
-        let channels: Vec<String> = wanted.keys().map(|t| keys.channel(t)).collect();
         for chunk in channels.chunks(MAX_BATCH) {
-            subscriber.subscribe(chunk).await?;
+            let subscribed = match &mut subscriber {
+                Subscriber::Classic(sink) => within(sink.subscribe(chunk)).await,
+                Subscriber::Sharded(conn) => subscriber::each(conn, "SSUBSCRIBE", chunk).await,
+                Subscriber::Nats(_) => Ok(()),
+            };
+            subscribed?;
         }
         self.stats
             .topics
             .store(wanted.len() as u64, Ordering::Relaxed);
         Ok(Session {
-            publisher,
+            publisher: Publisher::Redis(publisher),
             reader,
             subscriber,
             messages,
@@ -338,10 +393,20 @@ impl BrokerTask {
         // Outside the loop, so that a batch still in flight when the session ends on the
         // receiving side (the ping failed first, say) is refused, not dropped unanswered.
         let mut batch = Vec::new();
-        let lost = tokio::select! {
-            lost = publish_loop(&mut self.publishes, &mut batch, publisher, keys, &stats, node, self.shard) => {
-                Some(lost)
+        let (publishes, shard) = (&mut self.publishes, self.shard);
+        let publishing = async {
+            match publisher {
+                Publisher::Redis(conn) => {
+                    publish_loop(publishes, &mut batch, conn, keys, &stats, node, shard).await
+                }
+                Publisher::Nats(publisher) => {
+                    nats::publish_loop(publishes, &mut batch, *publisher, keys, &stats, node, shard)
+                        .await
+                }
             }
+        };
+        let lost = tokio::select! {
+            lost = publishing => Some(lost),
             lost = receiving.run(&mut self.requests, wanted, messages) => lost,
         };
         refuse(&mut batch, &stats, node);
@@ -475,13 +540,51 @@ impl Drop for HistoryReply<'_> {
     }
 }
 
-/// A live connection to Redis.
+/// A live session with the broker.
 struct Session {
-    publisher: MultiplexedConnection,
-    /// For history reads (with `--history`).
-    reader: Option<MultiplexedConnection>,
+    publisher: Publisher,
+    /// For history reads (with `--history`) and, on Redis, presence.
+    reader: Option<Reader>,
     subscriber: Subscriber,
     messages: Messages,
+}
+
+/// A session's publishing side.
+enum Publisher {
+    Redis(MultiplexedConnection),
+    Nats(Box<nats::Publisher>),
+}
+
+/// A session's connection for reads (histories; on Redis, presence and the node list).
+#[derive(Clone)]
+enum Reader {
+    Redis(MultiplexedConnection),
+    Nats(nats::Reader),
+}
+
+impl Reader {
+    /// The Redis connection, for what only Redis keeps (presence, the node list).
+    fn redis(self) -> Option<MultiplexedConnection> {
+        match self {
+            Self::Redis(conn) => Some(conn),
+            Self::Nats(_) => None,
+        }
+    }
+
+    /// One page of `topic`'s history.
+    async fn history(
+        self,
+        keys: Keyspace,
+        topic: &str,
+        read: HistoryRead,
+    ) -> Result<HistoryPage, String> {
+        match self {
+            Self::Redis(mut conn) => fetch_history(&mut conn, keys, topic, read)
+                .await
+                .map_err(|err| err.to_string()),
+            Self::Nats(reader) => reader.history(keys, topic, read).await,
+        }
+    }
 }
 
 /// Sends publishes to Redis in arrival order, as many per pipeline as are waiting, and
@@ -499,15 +602,8 @@ async fn publish_loop(
 ) -> String {
     let mut refusals = RefusalLog::default();
     loop {
-        let Some(first) = publishes.recv().await else {
+        if !next_batch(publishes, batch).await {
             return "publishing stopped".into();
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match publishes.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
         }
         let mut pipe = redis::pipe();
         for p in batch.iter() {
@@ -543,29 +639,10 @@ async fn publish_loop(
         let failure = match answers.await {
             Ok(answers) if answers.len() == batch.len() => {
                 for (p, answer) in batch.drain(..).zip(answers) {
-                    let reply = answer
-                        .map_err(|err| err.to_string())
-                        .and_then(|value| {
-                            wire::published(&value).ok_or_else(|| format!("{value:?}"))
-                        })
-                        .map_err(|err| {
-                            if let Some(suppressed) = refusals.note(Instant::now()) {
-                                warn!(
-                                    shard,
-                                    error = %err,
-                                    suppressed,
-                                    "Redis refused a publish (logged at most once per {}s; \
-                                     `suppressed`: refusals since the last logged one)",
-                                    REFUSAL_LOG_EVERY.as_secs()
-                                );
-                            }
-                            stats::add(&stats.publish_errors, u64::from(!p.is_control()));
-                            PublishError::BrokerUnavailable
-                        });
-                    if reply.is_ok() {
-                        stats::add(&stats.published, u64::from(!p.is_control()));
-                    }
-                    p.answer(reply, node);
+                    let reply = answer.map_err(|err| err.to_string()).and_then(|value| {
+                        wire::published(&value).ok_or_else(|| format!("{value:?}"))
+                    });
+                    answer_publish(p, reply, &mut refusals, (stats, node, shard));
                 }
                 continue;
             }
@@ -575,6 +652,54 @@ async fn publish_loop(
         refuse(batch, stats, node);
         return failure;
     }
+}
+
+/// Waits for the next publishes and takes into `batch` (empty) as many as are waiting,
+/// up to [`MAX_BATCH`]; `false` once publishing has stopped.
+async fn next_batch(
+    publishes: &mut mpsc::UnboundedReceiver<Outgoing>,
+    batch: &mut Vec<Outgoing>,
+) -> bool {
+    let Some(first) = publishes.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match publishes.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
+/// Answers a publish with what the broker said: its reach and offset, or why it refused
+/// it (a 503 for the publisher, logged at most once per [`REFUSAL_LOG_EVERY`] per
+/// shard); the node's own control words are not counted.
+fn answer_publish(
+    p: Outgoing,
+    reply: Result<Published, String>,
+    refusals: &mut RefusalLog,
+    (stats, node, shard): (&BrokerStats, &dyn Node, usize),
+) {
+    let reply = reply.map_err(|err| {
+        if let Some(suppressed) = refusals.note(Instant::now()) {
+            warn!(
+                shard,
+                error = %err,
+                suppressed,
+                "the broker refused a publish (logged at most once per {}s; `suppressed`: \
+                 refusals since the last logged one)",
+                REFUSAL_LOG_EVERY.as_secs()
+            );
+        }
+        stats::add(&stats.publish_errors, u64::from(!p.is_control()));
+        PublishError::BrokerUnavailable
+    });
+    if reply.is_ok() {
+        stats::add(&stats.published, u64::from(!p.is_control()));
+    }
+    p.answer(reply, node);
 }
 
 /// Whether a `sunsubscribe` of `channel` that came through the stream was asked for:
@@ -598,11 +723,11 @@ fn unasked_drop(
     channel: &str,
 ) -> Option<String> {
     if let Some(topic) = keys.topic(channel)
-        && let Some(pending) = unsubscribing.get_mut(topic)
+        && let Some(pending) = unsubscribing.get_mut(&*topic)
     {
         *pending -= 1;
         if *pending == 0 {
-            unsubscribing.remove(topic);
+            unsubscribing.remove(&*topic);
         }
         return None;
     }
@@ -651,9 +776,12 @@ fn refuse(batch: &mut Vec<Outgoing>, stats: &BrokerStats, node: &dyn Node) {
     }
 }
 
-/// A change of the node's Redis subscriptions on its way: the topics subscribed and
+/// A change of the node's broker subscriptions on its way: the topics subscribed and
 /// unsubscribed in one round trip each.
-type Change<'a> = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Arc<str>>>> + 'a>>;
+type Change<'a> = Pin<Box<dyn Future<Output = Result<Vec<Arc<str>>, String>> + 'a>>;
+
+/// A ping of the broker on its way.
+type Ping<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
 
 /// The receiving side of a session: it fans out what Redis sends, mirrors the node's
 /// interest into Redis subscriptions, serves history reads, and pings. None of these
@@ -668,7 +796,7 @@ struct Receiving<'a> {
     stats: &'a BrokerStats,
     keys: Keyspace,
     /// The connection for history reads (with a history).
-    reader: Option<MultiplexedConnection>,
+    reader: Option<Reader>,
     subscriber: Subscriber,
     /// Sharded pub/sub: the node's own `SUNSUBSCRIBE`s whose answer has not come through
     /// the stream yet, per topic.
@@ -717,7 +845,7 @@ impl<'a> Receiving<'a> {
         self.subscribed = wanted.keys().cloned().collect();
         self.confirmed = self.subscribed.clone();
         let mut change: Option<Change<'a>> = None;
-        let mut ping: Option<Pin<Box<dyn Future<Output = redis::RedisResult<()>> + 'a>>> = None;
+        let mut ping: Option<Ping<'a>> = None;
         let mut ticks = tokio::time::interval(PING_INTERVAL);
         loop {
             // A subscription confirmed goes to the workers before the stream is read
@@ -771,27 +899,38 @@ impl<'a> Receiving<'a> {
                     self.users.handle(event, &self.control);
                 }
                 incoming = messages.next() => {
-                    let msg = match incoming {
+                    // The channel, the payload and, from NATS, the offset its header gave.
+                    let (channel, payload, offset) = match &incoming {
                         None => return Some("the pub/sub connection closed".into()),
-                        Some(Incoming::Message(msg)) => msg,
+                        Some(Incoming::Message(msg)) => {
+                            (msg.get_channel_name(), msg.get_payload_bytes(), None)
+                        }
+                        Some(Incoming::Nats(msg)) => {
+                            (msg.subject.as_str(), &msg.payload[..], Some(nats::offset(msg)))
+                        }
                         Some(Incoming::Dropped(channel)) => {
-                            if let Some(lost) = self.dropped(&channel) {
+                            if let Some(lost) = self.dropped(channel) {
                                 return Some(lost);
                             }
                             continue;
                         }
+                        Some(Incoming::Lost(why)) => return Some(why.clone()),
                     };
-                    if msg.get_channel_name() == self.keys.control() {
+                    if channel == self.keys.control() {
                         let me = self.stats.node.load(Ordering::Relaxed);
-                        if !self.users.on_words(msg.get_payload_bytes(), self.node, me) {
-                            on_control(msg.get_payload_bytes(), self.stats);
+                        if !self.users.on_words(payload, self.node, me) {
+                            on_control(payload, self.stats);
                         }
                         continue;
                     }
-                    match wire::decode_in(self.keys, msg.get_channel_name(), msg.get_payload_bytes()) {
+                    let decoded = match offset {
+                        None => wire::decode_in(self.keys, channel, payload),
+                        Some(offset) => wire::decode_beside(self.keys, channel, payload, offset),
+                    };
+                    match decoded {
                         Some((topic, publication, offset)) => {
                             stats::add(&self.stats.received, 1);
-                            hand_over(self.node, &self.control, topic, publication, offset).await;
+                            hand_over(self.node, &self.control, &topic, publication, offset).await;
                         }
                         None => stats::add(&self.stats.rejected, 1),
                     }
@@ -863,10 +1002,10 @@ impl<'a> Receiving<'a> {
     /// for its current arrival), or the session is lost.
     fn changed(
         &mut self,
-        done: redis::RedisResult<Vec<Arc<str>>>,
+        done: Result<Vec<Arc<str>>, String>,
         wanted: &Wanted,
     ) -> Result<(), String> {
-        let added = done.map_err(|err| err.to_string())?;
+        let added = done?;
         for topic in added {
             if let Some(&arrival) = wanted.get(&topic) {
                 self.node.confirm(&topic, arrival);
@@ -925,6 +1064,7 @@ impl<'a> Receiving<'a> {
         let conn = self
             .reader
             .clone()
+            .and_then(Reader::redis)
             .filter(|_| self.fetches.len() < MAX_FETCHES);
         self.fetches.push(Box::pin(async move {
             let answer = match conn {
@@ -962,6 +1102,7 @@ impl<'a> Receiving<'a> {
         let conn = self
             .reader
             .clone()
+            .and_then(Reader::redis)
             .filter(|_| self.fetches.len() < MAX_FETCHES);
         self.fetches.push(Box::pin(async move {
             let nodes = match conn {
@@ -981,7 +1122,9 @@ impl<'a> Receiving<'a> {
     /// renews its lease, unless the last report is still in flight.
     fn report_presence(&mut self, lease: Duration) {
         let keys = self.keys;
-        let Some(mut conn) = self.reader.clone() else {
+        let Some(mut conn) = self.reader.clone().and_then(Reader::redis) else {
+            // Nowhere to report to (NATS keeps no presence): what changed is dropped.
+            self.node.presence_report(false);
             return;
         };
         if self.reporting.get() {
@@ -1026,7 +1169,7 @@ impl<'a> Receiving<'a> {
         reply: oneshot::Sender<HistoryPage>,
     ) {
         let keys = self.keys;
-        let Some(mut conn) = self
+        let Some(reader) = self
             .reader
             .clone()
             .filter(|_| self.fetches.len() < MAX_FETCHES)
@@ -1036,11 +1179,8 @@ impl<'a> Receiving<'a> {
             return;
         };
         self.fetches.push(Box::pin(async move {
-            let fetched = tokio::time::timeout(
-                HISTORY_TIMEOUT,
-                fetch_history(&mut conn, keys, &topic, read),
-            )
-            .await;
+            let fetched =
+                tokio::time::timeout(HISTORY_TIMEOUT, reader.history(keys, &topic, read)).await;
             let page = match fetched {
                 Ok(Ok(page)) => page,
                 _ => HistoryPage::failed("the history could not be read from the broker"),
@@ -1053,7 +1193,7 @@ impl<'a> Receiving<'a> {
     fn start_fetch(&mut self, topic: Arc<str>, read: HistoryRead) {
         let keys = self.keys;
         let (node, stats) = (self.node, self.stats);
-        let Some(mut conn) = self.reader.clone() else {
+        let Some(reader) = self.reader.clone() else {
             let why = "no history is kept (the nodes need --broker and --history)";
             HistoryReply::new(node, topic, read.to).send(HistoryPage::failed(why));
             return;
@@ -1061,11 +1201,8 @@ impl<'a> Receiving<'a> {
         // Made before the read starts: dropped unpolled, it still answers.
         let reply = HistoryReply::new(node, topic.clone(), read.to);
         self.fetches.push(Box::pin(async move {
-            let fetched = tokio::time::timeout(
-                HISTORY_TIMEOUT,
-                fetch_history(&mut conn, keys, &topic, read),
-            )
-            .await;
+            let fetched =
+                tokio::time::timeout(HISTORY_TIMEOUT, reader.history(keys, &topic, read)).await;
             match fetched {
                 Ok(Ok(recovered)) => reply.send(recovered),
                 // A read that fails or takes too long answers its reader with a gap (the
@@ -1137,6 +1274,7 @@ impl Control {
     }
 }
 
+mod nats;
 mod subscriber;
 #[cfg(test)]
 mod tests;

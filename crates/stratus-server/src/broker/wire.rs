@@ -2,6 +2,8 @@
 //! payloads (a publish's kind byte and body, and the control channel's words). Plain
 //! functions, tested without a Redis.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use stratus_proto::Message;
 
@@ -32,8 +34,18 @@ pub(crate) fn decode_in<'a>(
     keys: Keyspace,
     channel: &'a str,
     payload: &[u8],
-) -> Option<(&'a str, Publication, Option<Offset>)> {
+) -> Option<(Cow<'a, str>, Publication, Option<Offset>)> {
     decode_payload(keys.topic(channel)?, payload)
+}
+
+/// Decodes a message whose offset came beside its payload (NATS: a header), not in it.
+pub(crate) fn decode_beside<'a>(
+    keys: Keyspace,
+    channel: &'a str,
+    payload: &[u8],
+    offset: Option<Offset>,
+) -> Option<(Cow<'a, str>, Publication, Option<Offset>)> {
+    Some((keys.topic(channel)?, publication(payload)?, offset))
 }
 
 /// Appends to the history and publishes, in one step: KEYS = history, channel; ARGV =
@@ -127,15 +139,12 @@ pub(crate) fn parse_overload(payload: &[u8]) -> Option<(u64, u64)> {
 pub(crate) fn decode<'a>(
     channel: &'a str,
     payload: &[u8],
-) -> Option<(&'a str, Publication, Option<Offset>)> {
+) -> Option<(Cow<'a, str>, Publication, Option<Offset>)> {
     decode_in(Keyspace::Plain, channel, payload)
 }
 
 /// Decodes a payload from `topic`'s channel (see [`decode`]).
-fn decode_payload<'a>(
-    topic: &'a str,
-    payload: &[u8],
-) -> Option<(&'a str, Publication, Option<Offset>)> {
+fn decode_payload<T>(topic: T, payload: &[u8]) -> Option<(T, Publication, Option<Offset>)> {
     let (&kind, rest) = payload.split_first()?;
     if kind.is_ascii_lowercase() {
         let space = rest.iter().position(|&b| b == b' ')?;
@@ -195,16 +204,16 @@ mod tests {
     fn messages_from_redis_are_decoded_or_rejected() {
         assert_eq!(
             decode("stratus:a/b", b"Thi"),
-            Some(("a/b", text("hi"), None))
+            Some(("a/b".into(), text("hi"), None))
         );
         let binary = Publication::from_message(Message::Binary(Bytes::from_static(b"\xff\x00")));
         assert_eq!(
             decode("stratus:t", b"B\xff\x00"),
-            Some(("t", binary.expect("binary"), None))
+            Some(("t".into(), binary.expect("binary"), None))
         );
         assert_eq!(
             decode("stratus:t", b"t17-2 hi there"),
-            Some(("t", text("hi there"), Offset::parse("17-2")))
+            Some(("t".into(), text("hi there"), Offset::parse("17-2")))
         );
         assert_eq!(
             decode("stratus:t", b"t17-2hi"),
@@ -227,7 +236,7 @@ mod tests {
             let sent = payload(&publication);
             assert_eq!(
                 decode("stratus:t", &sent),
-                Some(("t", publication.clone(), None))
+                Some(("t".into(), publication.clone(), None))
             );
             // As the publish script sends it with an offset: the kind in lower case, the
             // entry id and a space after it.
@@ -236,7 +245,7 @@ mod tests {
             with_offset.extend_from_slice(&sent[1..]);
             assert_eq!(
                 decode("stratus:t", &with_offset),
-                Some(("t", publication.clone(), Some(Offset(5, 0))))
+                Some(("t".into(), publication.clone(), Some(Offset(5, 0))))
             );
         }
     }
@@ -266,10 +275,10 @@ mod tests {
                 key_slot(topic.as_bytes()),
                 "{topic}"
             );
-            assert_eq!(cluster.topic(&channel), Some(topic));
+            assert_eq!(cluster.topic(&channel).as_deref(), Some(topic));
             assert_eq!(
                 decode_in(cluster, &channel, b"Thi"),
-                Some((topic, text("hi"), None))
+                Some((topic.into(), text("hi"), None))
             );
         }
         // Not topics (the hub refuses them), but the two names still share a slot: the

@@ -217,23 +217,36 @@ pub(crate) fn connect_failure(client: &redis::Client, err: &redis::RedisError) -
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 3);
     let Some(first) = text.find("://") else {
-        mask_userinfo(text, &mut out);
+        mask_userinfo(text, false, &mut out);
         return out;
     };
     out.push_str(&text[..first + 3]);
+    let mut token = names_a_token(&text[..first]);
     let mut rest = &text[first + 3..];
     loop {
         let end = rest.find("://").map_or(rest.len(), |i| i + 3);
-        mask_userinfo(&rest[..end], &mut out);
+        mask_userinfo(&rest[..end], token, &mut out);
         if end == rest.len() {
             return out;
         }
+        token = names_a_token(&rest[..end - 3]);
         rest = &rest[end..];
     }
 }
 
-/// Appends `part` (what follows a `scheme://`) with the password in its user part masked.
-fn mask_userinfo(part: &str, out: &mut String) {
+/// Whether the scheme that ends `before` (the text up to a `://`) is NATS's, whose URLs
+/// carry a token as a user name alone (`nats://token@host`).
+fn names_a_token(before: &str) -> bool {
+    let scheme = before
+        .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '+'))
+        .next()
+        .unwrap_or_default();
+    matches!(scheme, "nats" | "tls")
+}
+
+/// Appends `part` (what follows a `scheme://`) with the password in its user part masked
+/// (and, if it is a `token` scheme's, a user name alone, which is a token there).
+fn mask_userinfo(part: &str, token: bool, out: &mut String) {
     let Some(at) = part.rfind('@') else {
         out.push_str(part);
         return;
@@ -244,6 +257,7 @@ fn mask_userinfo(part: &str, out: &mut String) {
             out.push_str(&user[..=colon]);
             out.push_str("***");
         }
+        None if token => out.push_str("***"),
         None => out.push_str(user),
     }
     out.push_str(&part[at..]);
@@ -278,6 +292,11 @@ mod tests {
             (
                 "redis+cluster://u:hunter2@a:1,rediss+cluster://:pw@b:2",
                 "redis+cluster://u:***@a:1,rediss+cluster://:***@b:2",
+            ),
+            ("nats://s3cret-token@host:4222", "nats://***@host:4222"),
+            (
+                "nats://u:pw@a:4222,tls://tok@b:4222,redis://user@c",
+                "nats://u:***@a:4222,tls://***@b:4222,redis://user@c",
             ),
             ("not a url at all", "not a url at all"),
             ("", ""),

@@ -4,6 +4,7 @@
 mod broker;
 mod hooks;
 mod namespace;
+mod nats;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub(crate) use broker::{cluster_seed, connect_failure};
 pub use hooks::Hooks;
 pub(crate) use namespace::TopicOptions;
 pub use namespace::{ClientPublish, Namespace, NamespaceOptions, PresenceMode};
+pub(crate) use nats::{NatsBroker, NatsCredentials};
 
 /// What a subscribe or unsubscribe counts for in a connection's message budget (it may
 /// cost a broker round trip and a history read).
@@ -151,8 +153,9 @@ pub struct Config {
     /// Redis and reaches the subscribers on every server. `redis://host:port/db`, or
     /// `rediss://` for TLS; it may carry a user and password (`redis://user:password@host`),
     /// but `broker_auth` keeps them out of it. Several URLs separated by commas are shards:
-    /// each topic lives on one of them (see [`Config::broker_shards`]). `None`: this server
-    /// alone (the embedded local broker).
+    /// each topic lives on one of them (see [`Config::broker_shards`]). `nats://` (or
+    /// `tls://`) URLs name a NATS cluster instead ([`Config::broker_nats`]). `None`: this
+    /// server alone (the embedded local broker).
     pub broker: Option<String>,
     /// The ACL user and password the node signs in to the broker with, and the CA that
     /// signs a `rediss://` broker's certificate.
@@ -347,6 +350,13 @@ impl Config {
             .transpose()
             .map_err(|e| format!("admin tls: {e}"))?;
         self.broker_shards()?;
+        if self.broker_nats()?.is_some() && self.keeps_occupancy_events() {
+            return Err(
+                "occupancy events (occupancy-events, occupancy-webhook) need a Redis \
+                        broker or none: a NATS broker carries publishes and histories only"
+                    .into(),
+            );
+        }
         if self.history_ttl == Some(Duration::ZERO) {
             return Err("history-ttl must be more than 0".into());
         }
@@ -407,10 +417,14 @@ impl Config {
     /// must list the same shards in the same order, and a shard is added at the end. The
     /// first shard also carries what is the node's rather than a topic's: presence, the
     /// node list, user-level control, the control channel, the occupied/vacated events.
+    /// `None` too for a NATS broker ([`Config::broker_nats`]).
     pub(crate) fn broker_shards(&self) -> Result<Option<Vec<redis::Client>>, String> {
         let Some(list) = &self.broker else {
             return Ok(None);
         };
+        if self.broker_nats()?.is_some() {
+            return Ok(None);
+        }
         let urls = shard_urls(list);
         if urls.len() > MAX_SHARDS {
             return Err(format!(
@@ -447,6 +461,52 @@ impl Config {
             clients.push(self.broker_auth.client(seed.map_or(url, String::as_str))?);
         }
         Ok(Some(clients))
+    }
+
+    /// The NATS broker, if `broker` names one (`nats://` or `tls://` URLs: one NATS
+    /// cluster's servers, see `config::nats`); an error if it mixes them with others.
+    pub(crate) fn broker_nats(&self) -> Result<Option<NatsBroker>, String> {
+        let Some(list) = &self.broker else {
+            return Ok(None);
+        };
+        let urls = shard_urls(list);
+        if !urls.iter().any(|url| nats::is_nats(url)) {
+            return Ok(None);
+        }
+        if urls.len() > MAX_SHARDS {
+            return Err(format!(
+                "broker: {} servers, at most {MAX_SHARDS}",
+                urls.len()
+            ));
+        }
+        self.broker_auth.nats(&urls).map(Some)
+    }
+
+    /// The history every topic a NATS broker keeps may have (JetStream limits a stream,
+    /// not each subject): the most entries and the longest age any topic's options keep
+    /// (`None`: some topic keeps its history without an age bound).
+    pub(crate) fn widest_history(&self) -> (usize, Option<Duration>) {
+        let options = std::iter::once((Some(self.history), self.history_ttl)).chain(
+            self.namespaces.iter().map(|ns| {
+                (
+                    ns.options.history,
+                    ns.options.history_ttl.or(self.history_ttl),
+                )
+            }),
+        );
+        let mut widest = (0, Some(Duration::ZERO));
+        for (count, ttl) in options {
+            let count = count.unwrap_or(self.history);
+            if count == 0 {
+                continue;
+            }
+            widest.0 = widest.0.max(count);
+            widest.1 = match (widest.1, ttl) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        widest
     }
 
     /// With `--broker redis+cluster://a,redis+cluster://b` (or `rediss+cluster://`): the
@@ -500,6 +560,48 @@ fn shard_urls(list: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nats_stream_keeps_the_widest_history_any_topic_asks_for() {
+        let minute = Duration::from_secs(60);
+        let namespace = |prefix: &str, history, history_ttl| Namespace {
+            prefix: prefix.into(),
+            options: NamespaceOptions {
+                history,
+                history_ttl,
+                ..NamespaceOptions::default()
+            },
+        };
+        let mut config = Config {
+            history: 10,
+            history_ttl: Some(minute),
+            namespaces: vec![
+                namespace("a:", Some(50), None),
+                // Keeps nothing: its unbounded age does not count.
+                namespace("b:", Some(0), None),
+                namespace("c:", None, Some(2 * minute)),
+            ],
+            ..Config::default()
+        };
+        assert_eq!(config.widest_history(), (50, Some(2 * minute)));
+        config.history_ttl = None;
+        assert_eq!(
+            config.widest_history(),
+            (50, None),
+            "a topic without an age bound"
+        );
+        let mut nats = Config {
+            broker: Some("nats://127.0.0.1:4222".into()),
+            occupancy_events: true,
+            ..Config::default()
+        };
+        assert!(nats.validate().unwrap_err().contains("NATS"));
+        nats.occupancy_events = false;
+        assert!(matches!(nats.broker_shards(), Ok(None)), "no Redis shards");
+        assert!(nats.broker_nats().unwrap().is_some());
+        nats.broker = Some("nats://a:1,redis://b:2".into());
+        assert!(nats.validate().is_err(), "NATS and Redis mixed");
+    }
 
     #[test]
     fn connection_timeouts_must_fit_a_moment() {

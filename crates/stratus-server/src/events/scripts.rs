@@ -27,7 +27,7 @@ pub(crate) const EVENTS: &str = "stratus:events";
 /// The event stream's key where keys are named as `keys` says.
 pub(crate) fn events_key(keys: Keyspace) -> &'static str {
     match keys {
-        Keyspace::Plain => EVENTS,
+        Keyspace::Plain | Keyspace::Nats => EVENTS,
         Keyspace::Cluster => "{stratus!}events",
     }
 }
@@ -35,7 +35,7 @@ pub(crate) fn events_key(keys: Keyspace) -> &'static str {
 /// `script` with its keys named as `keys` says (in a cluster: under the node-wide tag).
 fn in_keyspace(script: &str, keys: Keyspace) -> String {
     match keys {
-        Keyspace::Plain => script.to_owned(),
+        Keyspace::Plain | Keyspace::Nats => script.to_owned(),
         Keyspace::Cluster => script
             .replace("'stratus:occupancy:", "'{stratus!}occupancy:")
             .replace(&format!("'{EVENTS}'"), &format!("'{}'", events_key(keys))),

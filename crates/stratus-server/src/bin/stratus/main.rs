@@ -75,15 +75,20 @@ enum ConfigCommand {
     Default,
 }
 
-/// The log filter the settings ask for (else `RUST_LOG`, else info).
+/// The log filter the settings ask for (else `RUST_LOG`, else [`DEFAULT_LOGS`]).
 fn log_filter(settings: &Settings) -> anyhow::Result<EnvFilter> {
     Ok(match &settings.log_level {
         Some(level) => {
             EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log-level {level:?}: {e}"))?
         }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOGS.into()),
     })
 }
+
+/// Info, but not the NATS client's own lines: the broker task logs each connection, loss
+/// and retry itself, once, and the client's account of the same (an ERROR when the single
+/// reconnect it is allowed fails, since the task reconnects) would only mislead.
+const DEFAULT_LOGS: &str = "info,async_nats=off";
 
 /// Starts logging to stderr, as text or JSON lines.
 fn init_logs(settings: &Settings) -> anyhow::Result<()> {

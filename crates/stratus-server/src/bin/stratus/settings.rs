@@ -184,25 +184,28 @@ pub(crate) struct Settings {
     /// node reads its masters and slots at start (restart nodes after a resharding or a
     /// failover), keeps each topic's channel and history on its slot's master, and each
     /// master fails on its own, the master of the node-wide slot keeping what the first
-    /// shard keeps [none: this node alone].
+    /// shard keeps. NATS is named by `nats://host:4222` (`tls://` for TLS; several URLs
+    /// are one NATS cluster's servers): topics on core subjects, histories in a JetStream
+    /// stream (nats-server -js); no presence, node list or occupied/vacated events, and a
+    /// publish's answer cannot count nodes [none: this node alone].
     #[arg(long, env = "STRATUS_BROKER")]
     broker: Option<String>,
-    /// The Redis ACL user the node signs in as (with the broker password) [the URL's, else
-    /// Redis's default user].
+    /// The Redis ACL user (or NATS user) the node signs in as, with the broker password
+    /// [the URL's, else Redis's default user; NATS: none].
     #[arg(long, env = "STRATUS_BROKER_USERNAME")]
     broker_username: Option<String>,
-    /// The password the node signs in to Redis with; prefer the environment or
-    /// broker-password-file to a flag (a flag shows in `ps`). Never logged, and withheld by
-    /// config check [the URL's, else none].
+    /// The password the node signs in to Redis (or NATS) with; with NATS and no user
+    /// name, the token. Prefer the environment or broker-password-file to a flag (a flag
+    /// shows in `ps`). Never logged, and withheld by config check [the URL's, else none].
     #[arg(long, env = "STRATUS_BROKER_PASSWORD", hide_env_values = true)]
     pub(crate) broker_password: Option<String>,
     /// A file holding the broker password (trailing line breaks ignored), instead of
     /// broker-password; read at start [none].
     #[arg(long, env = "STRATUS_BROKER_PASSWORD_FILE")]
     broker_password_file: Option<PathBuf>,
-    /// PEM file with the CA certificate(s) a rediss:// broker's certificate must be signed
-    /// by: a private CA, a self-signed Redis, or /etc/ssl/certs/ca-certificates.crt for the
-    /// host's roots [the Mozilla roots built in].
+    /// PEM file with the CA certificate(s) a rediss:// (or NATS tls://) broker's
+    /// certificate must be signed by: a private CA, a self-signed server, or
+    /// /etc/ssl/certs/ca-certificates.crt for the host's roots [the Mozilla roots built in].
     #[arg(long, env = "STRATUS_BROKER_CA")]
     broker_ca: Option<PathBuf>,
     /// Messages kept per topic (in Redis with a broker, in the node's memory without), so

@@ -1,5 +1,5 @@
-//! A session's pub/sub connection, classic or sharded, behind one face: subscribe and
-//! unsubscribe channels, ping, and a stream of what arrives.
+//! A session's pub/sub connection, classic, sharded or NATS, behind one face: subscribe
+//! and unsubscribe channels, ping, and a stream of what arrives.
 //!
 //! - Classic (one Redis, or independent shards): `SUBSCRIBE` on a RESP2 pub/sub
 //!   connection (the redis crate's `PubSub`).
@@ -12,6 +12,7 @@
 //!   (`task::unasked_drop`): the redis crate (1.8) takes every `sunsubscribe` push for the
 //!   answer to the request in flight, so after an unasked one the connection's answers
 //!   are each matched to the wrong request, and it must not be used again.
+//! - NATS: a core subscription per channel (`nats`).
 
 use std::pin::Pin;
 
@@ -20,15 +21,20 @@ use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{Msg, PushKind, Value};
 use tokio::sync::mpsc;
 
+use super::nats::Subscriptions;
 use super::within;
 
 /// What a session's pub/sub connection receives.
 pub(super) enum Incoming {
     /// A message on a channel the session subscribed.
     Message(Msg),
+    /// A message on a NATS subject the session subscribed.
+    Nats(async_nats::Message),
     /// Redis ended the session's subscription to this channel (sharded only: a
     /// `sunsubscribe` push, ours or Redis's own).
     Dropped(String),
+    /// The connection is lost, for this reason (NATS: its client says so).
+    Lost(String),
 }
 
 /// The stream of what the session's pub/sub connection receives; it ends with the
@@ -40,6 +46,7 @@ pub(super) type Messages = Pin<Box<dyn Stream<Item = Incoming>>>;
 pub(super) enum Subscriber {
     Classic(PubSubSink),
     Sharded(MultiplexedConnection),
+    Nats(Subscriptions),
 }
 
 impl Subscriber {
@@ -79,35 +86,47 @@ impl Subscriber {
     }
 
     /// Subscribes `channels` (classic: `SUBSCRIBE`; sharded: `SSUBSCRIBE`).
-    pub(super) async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+    pub(super) async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
         match self {
-            Self::Classic(sink) => within(sink.subscribe(channels)).await,
-            Self::Sharded(conn) => each(conn, "SSUBSCRIBE", channels).await,
+            Self::Classic(sink) => within(sink.subscribe(channels)).await.map_err(text),
+            Self::Sharded(conn) => each(conn, "SSUBSCRIBE", channels).await.map_err(text),
+            Self::Nats(subscriptions) => subscriptions.subscribe(channels).await,
         }
     }
 
     /// Unsubscribes `channels` (classic: `UNSUBSCRIBE`; sharded: `SUNSUBSCRIBE`).
-    pub(super) async fn unsubscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+    pub(super) async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), String> {
         match self {
-            Self::Classic(sink) => within(sink.unsubscribe(channels)).await,
-            Self::Sharded(conn) => each(conn, "SUNSUBSCRIBE", channels).await,
+            Self::Classic(sink) => within(sink.unsubscribe(channels)).await.map_err(text),
+            Self::Sharded(conn) => each(conn, "SUNSUBSCRIBE", channels).await.map_err(text),
+            Self::Nats(subscriptions) => {
+                subscriptions.unsubscribe(channels);
+                Ok(())
+            }
         }
     }
 
-    /// Pings Redis on the pub/sub connection.
-    pub(super) async fn ping(&mut self) -> redis::RedisResult<()> {
+    /// Pings the broker on the pub/sub connection.
+    pub(super) async fn ping(&mut self) -> Result<(), String> {
         match self {
             // A subscribed connection answers PING with an array: take any value.
-            Self::Classic(sink) => within(sink.ping::<Value>()).await.map(drop),
+            Self::Classic(sink) => within(sink.ping::<Value>()).await.map(drop).map_err(text),
             Self::Sharded(conn) => within(redis::cmd("PING").query_async::<Value>(conn))
                 .await
-                .map(drop),
+                .map(drop)
+                .map_err(text),
+            Self::Nats(subscriptions) => subscriptions.ping().await,
         }
     }
 }
 
+/// A Redis error as the session's reason for ending.
+fn text(err: redis::RedisError) -> String {
+    err.to_string()
+}
+
 /// Sends `command` for each of `channels`, one channel per command, in one pipeline.
-async fn each(
+pub(super) async fn each(
     conn: &mut MultiplexedConnection,
     command: &str,
     channels: &[String],

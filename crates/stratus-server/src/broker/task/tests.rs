@@ -128,7 +128,7 @@ impl Running {
         let (requests, request_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(BrokerStats::default());
         let task = BrokerTask::new(
-            client,
+            Link::redis(client),
             history > 0,
             (publish_tx.clone(), publish_rx),
             request_rx,

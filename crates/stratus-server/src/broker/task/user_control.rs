@@ -11,6 +11,9 @@
 //! action is nothing. Bounded: at most [`MAX_ASKED`] commands of this node wait for
 //! answers (one more is refused as busy), at most [`MAX_APPLYING`] commands from other
 //! nodes are applied here at once (one more goes unanswered, and its asker says so).
+//!
+//! NATS does not say how many heard: there the asker sums what comes within
+//! [`CLUSTER_PATIENCE`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -152,6 +155,11 @@ impl UserControl {
                         reach: Reach::Nodes(n),
                         ..
                     }) => asked.nodes = Some(n),
+                    // NATS does not count who heard: the answers that come in time count.
+                    Ok(Published {
+                        reach: Reach::Broker,
+                        ..
+                    }) => {}
                     _ => {
                         if let Some(asked) = self.asked.remove(&id) {
                             let _ = asked.reply.send(Err(ClusterError::BrokerUnavailable));
