@@ -17,6 +17,9 @@ counts=${1:-10000}; out=${2:-$(mktemp -d)}; rounds=${3:-1}
 mkdir -p "$out"
 source loadtest/children.sh
 source loadtest/peers/peers.sh
+IFS=, read -ra ns <<<"$counts"
+# Each server and the load generator are processes of their own, each holding N sockets.
+need_nofile "$(($(printf '%s\n' "${ns[@]}" | sort -n | tail -1) + 100))"
 npm_peers_install
 setups=(stratus tungstenite)
 for peer in $NPM_PEERS; do setups+=("npm:$peer"); done
@@ -39,7 +42,6 @@ start() {
   sleep 0.5
 }
 
-IFS=, read -ra ns <<<"$counts"
 for n in "${ns[@]}"; do
   for round in $(seq "$rounds"); do
     for setup in "${setups[@]}"; do

@@ -3,17 +3,23 @@
 compare-protocols.sh, compare-sse.sh).
 
   fanout_report.py round FILE NAME ROUND
-      one line per run: deliveries/s, publishes/s, missing, latency, server core busy, and
-      server CPU per delivery where the run measured it (`--server-pid`); with `--cpu-of`,
+      one line per run: deliveries/s, publishes/s, missing, latency, server core busy,
+      server CPU per delivery where the run measured it (`--server-pid`: first publish to
+      last delivery, not connection set-up) and bytes on the wire per delivery; with `--cpu-of`,
       the redis-servers' CPU per publish (all together, and each) and the Stratus nodes'
       CPU per delivery (all together)
-  fanout_report.py summary OUT PREFIX SCENARIO BASE SUBS SIZE RATE PUBLISHERS SECS
+  fanout_report.py summary OUT PREFIX SCENARIO BASE SUBS SIZE RATE PUBLISHERS SECS [DEFLATE]
       gathers OUT/PREFIX-NAME-ROUND.json into OUT/compare-PREFIX.json (per setup: the mean and
-      every round's figures) with each setup's mean over BASE's, and prints the ratios: of
-      deliveries/s, and of server CPU per delivery where every run measured it
+      every round's figures) with each setup's mean over BASE's (stratus's when BASE did not
+      run), and prints the ratios: of deliveries/s, of server CPU per delivery where every
+      run measured it, and at a fixed rate, of p99 latency
+  fanout_report.py metrics ADMIN
+      one line from a Stratus node's /metrics at ADMIN (HOST:PORT): publishes, compressions
+      (a shared-mode broadcast compressed once for all its subscribers) and their ratio
 """
 import glob
 import json
+import socket
 import sys
 
 
@@ -31,7 +37,32 @@ def round_line(path, name, rnd):
           f"server core {'-' if busy is None else f'{busy:.0%}'} busy"
           + cpu_text(r.get("server_cpu_us_per_delivery"))
           + cpu_text(r.get("client_cpu_us_per_delivery"), "load generator")
+          + wire_text(r.get("wire_bytes_per_delivery"))
           + processes_text(r))
+
+
+def wire_text(b):
+    """", N B on the wire per delivery" where measured (a compressed frame is smaller)."""
+    return "" if b is None else f", {b:.1f} B on the wire per delivery"
+
+
+def metrics(admin):
+    """Publishes and compressions from a Stratus node's /metrics, and their ratio."""
+    host, port = admin.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        page = b""
+        while chunk := s.recv(65536):
+            page += chunk
+    values = {}
+    for line in page.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#"):
+            values[parts[0]] = parts[1]
+    keys = ["stratus_publishes_total", "stratus_deflate_compressions_total",
+            "stratus_deflate_compressions_per_publish"]
+    print("  stratus /metrics so far: "
+          + ", ".join(f"{k.removeprefix('stratus_')} {values.get(k, 'absent')}" for k in keys))
 
 
 def watched(r, name):
@@ -81,8 +112,10 @@ def gather(out, prefix):
     return runs
 
 
-def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
+def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs, deflate=None):
     runs = {name: [r["results"] for r in reports] for name, reports in gather(out, prefix).items()}
+    if base not in runs:
+        base = "stratus" if "stratus" in runs else sorted(runs)[0]
     results = {}
     for name, rs in runs.items():
         rates = [r["deliveries_per_s"] for r in rs]
@@ -104,6 +137,9 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
         if all(redis):
             results[name]["redis_cpu_us_per_publish_each"] = redis
         results[name]["publishes_per_s"] = [round(r["published"] / float(secs)) for r in rs]
+        wire = [r.get("wire_bytes_per_delivery") for r in rs]
+        if all(b is not None for b in wire):
+            results[name]["wire_bytes_per_delivery"] = wire
         cpu = [r.get("server_cpu_us_per_delivery") for r in rs]
         if all(us is not None for us in cpu):
             results[name]["server_cpu_us_per_delivery"] = cpu
@@ -116,16 +152,24 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
                   for name in results if name != base
                   and "server_cpu_us_per_delivery_mean" in results[name]
                   and "server_cpu_us_per_delivery_mean" in results[base]}
-    report = {"scenario": scenario,
-              "params": {"subscribers": int(subs), "size": int(size), "rate": float(rate),
-                         "publishers": int(publishers), "duration_s": float(secs)},
-              "results": results, **ratios, **cpu_ratios}
+    p99_ratios = {f"{name}_over_{base}_p99":
+                  round(mean(results[name]["latency_p99_us"])
+                        / max(mean(results[base]["latency_p99_us"]), 1), 2)
+                  for name in results if name != base} if float(rate) > 0 else {}
+    params = {"subscribers": int(subs), "size": int(size), "rate": float(rate),
+              "publishers": int(publishers), "duration_s": float(secs)}
+    if deflate is not None:
+        params["deflate"] = deflate
+    report = {"scenario": scenario, "params": params, "base": base,
+              "results": results, **ratios, **cpu_ratios, **p99_ratios}
     json.dump(report, open(f"{out}/compare-{prefix}.json", "w"), indent=2)
     for name, r in results.items():
         p50, p99 = r["latency_p50_us"], r["latency_p99_us"]
         print(f"{name}: {r['mean']} deliveries/s (mean of {len(p50)}), "
               f"p50 {min(p50)}-{max(p50)} us, p99 {min(p99)}-{max(p99)} us"
               + cpu_text(r.get("server_cpu_us_per_delivery_mean"))
+              + wire_text(mean(r["wire_bytes_per_delivery"])
+                          if "wire_bytes_per_delivery" in r else None)
               + (f", redis CPU {r['redis_cpu_us_per_publish_mean']:.2f} us/publish"
                  if "redis_cpu_us_per_publish_mean" in r else "")
               + (f", nodes CPU {r['nodes_cpu_us_per_delivery_mean']:.3f} us/delivery"
@@ -135,10 +179,15 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs):
     for key, ratio in cpu_ratios.items():
         key = key.removesuffix("_server_cpu_per_delivery").replace("_over_", " / ")
         print(f"{key} server CPU per delivery: {ratio:.2f}")
+    for key, ratio in p99_ratios.items():
+        key = key.removesuffix("_p99").replace("_over_", " / ")
+        print(f"{key} p99 latency: {ratio:.2f}")
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "round":
         round_line(*sys.argv[2:5])
+    elif sys.argv[1] == "metrics":
+        metrics(sys.argv[2])
     else:
-        summary(*sys.argv[2:11])
+        summary(*sys.argv[2:12])

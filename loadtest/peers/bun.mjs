@@ -8,6 +8,10 @@ import { MAX_MESSAGE, SEND_QUEUE_LIMIT, parseArgs, publishTopic, topicOf } from 
 
 const args = parseArgs(process.argv.slice(2));
 const compressor = args.deflate === "shared" ? "shared" : "disable";
+// With --deflate shared a publish is compressed (once, by uWebSockets' shared compressor, for
+// every subscriber that negotiated permessage-deflate): `publish`'s `compress` flag, which
+// is off by default, as Stratus compresses every broadcast when deflate is on.
+const compress = compressor === "shared";
 
 const ws = Bun.serve({
   hostname: args.listen.host,
@@ -40,7 +44,7 @@ Bun.serve({
   async fetch(req) {
     const topic = req.method === "POST" ? publishTopic(new URL(req.url).pathname) : null;
     if (topic === null) return new Response("POST /publish/{topic}\n", { status: 404 });
-    ws.publish(topic, await req.text());
+    ws.publish(topic, await req.text(), compress);
     return Response.json({ recipients: ws.subscriberCount(topic) });
   },
 });

@@ -2,7 +2,9 @@
 # A short check of each npm peer (Bun, uWebSockets.js) under every scenario the compare
 # scripts drive, on loopback with the server on CPU 0 and the load on CPU 1: echo (100
 # connections, 2 s), fanout (1,000 subscribers, flat out, 3 s: every publish reaches every
-# subscriber, none closed) and idle connections (1,000 subscribed, RSS per connection).
+# subscriber, none closed), idle connections (1,000 subscribed, RSS per connection) and
+# fanout with deflate shared (1,000 subscribers offering permessage-deflate, 20 publishes/s,
+# 2 s: every publish arrives, compressed: fewer bytes on the wire than the plain frames).
 # Prints each run's figures (a smoke run's, not a measurement) and exits non-zero when a peer
 # fails one. Installs the peers (install.sh); builds nothing: run
 # `cargo build --release -p stratus-loadtest` first.
@@ -33,12 +35,15 @@ for peer in $NPM_PEERS; do
   "$bin/stratus-load" connections --client-cpu 1 --url "ws://127.0.0.1:$port/ws?topic=idle" \
     -n 1000 --rate 5000 --hold 1 --pid "$npm_peer_pid" --deflate \
     --out "$out/connections-$name.json" >/dev/null
+  "$bin/stratus-load" fanout --client-cpu 1 --server-pid "$npm_peer_pid" --deflate \
+    --url "ws://127.0.0.1:$port/ws" --admin "127.0.0.1:$((port + 50))" \
+    -n 1000 -s 64 -r 20 -d 2 --out "$out/deflate-$name.json" >/dev/null
   kill "$npm_peer_pid"; wait "$npm_peer_pid" 2>/dev/null || true
   python3 - "$out" "$name" <<'PY'
 import json, sys
 out, name = sys.argv[1:]
 load = lambda kind: json.load(open(f"{out}/{kind}-{name}.json"))["results"]
-echo, fan, idle = load("echo"), load("fanout"), load("connections")
+echo, fan, idle, zfan = load("echo"), load("fanout"), load("connections"), load("deflate")
 failed = []
 if echo["messages"] <= 0:
     failed.append("echo: no message echoed")
@@ -48,12 +53,18 @@ if fan["published"] <= 0 or fan["missing"] != 0 or fan["subscribers_closed"] != 
                   f"{fan['missing']} missing, {fan['subscribers_closed']} subscribers closed")
 if idle["opened"] != 1000 or idle["server_bytes_per_connection"] is None:
     failed.append(f"connections: {idle['opened']} of 1000 opened")
+# A plain 64-byte text frame is 66 bytes on the wire; a compressed one fewer.
+if zfan["published"] <= 0 or zfan["missing"] != 0 or zfan["wire_bytes_per_delivery"] >= 66:
+    failed.append(f"fanout with deflate: {zfan['published']} published, {zfan['missing']} missing, "
+                  f"{zfan['wire_bytes_per_delivery']} B on the wire per delivery (66 plain)")
 print(f"{name}: echo {echo['msgs_per_s']:.0f} msgs/s (p50 {echo['rtt']['p50_us']} us, "
       f"p99 {echo['rtt']['p99_us']} us); fanout {fan['deliveries_per_s']:.0f} deliveries/s, "
       f"{fan['published']} publishes, missing {fan['missing']}, "
       f"p50 {fan['latency']['p50_us']} us, p99 {fan['latency']['p99_us']} us, "
       f"server CPU {fan['server_cpu_us_per_delivery']} us/delivery; "
-      f"idle {idle['server_bytes_per_connection']} B per connection (1,000)")
+      f"idle {idle['server_bytes_per_connection']} B per connection (1,000); "
+      f"deflate shared {zfan['wire_bytes_per_delivery']} B on the wire per delivery, "
+      f"server CPU {zfan['server_cpu_us_per_delivery']} us/delivery")
 for why in failed:
     print(f"{name} FAILED {why}")
 sys.exit(1 if failed else 0)

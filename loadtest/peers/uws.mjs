@@ -18,6 +18,10 @@ const uWS = require(
 );
 
 const args = parseArgs(process.argv.slice(2));
+// With --deflate shared a publish is compressed (once, by the shared compressor, for every
+// subscriber that negotiated permessage-deflate): `app.publish`'s `compress` flag, which is
+// off by default, as Stratus compresses every broadcast when deflate is on.
+const compress = args.deflate === "shared";
 
 function listen(app, { host, port }, what) {
   app.listen(host, port, (socket) => {
@@ -77,7 +81,7 @@ const admin = uWS.App()
       chunks.push(Buffer.from(chunk.slice(0)));
       if (!isLast) return;
       const body = Buffer.concat(chunks);
-      app.publish(topic, body, false);
+      app.publish(topic, body, false, compress);
       const answer = `{"recipients":${app.numSubscribers(topic)}}`;
       res.cork(() => res.writeHeader("Content-Type", "application/json").end(answer));
     });

@@ -151,6 +151,8 @@ pub(crate) struct Driver {
     spare: Vec<Vec<Bytes>>,
     /// What one receive carried, handed to the caller once its connection is free.
     received: Vec<Received>,
+    /// Bytes received on every connection together (frames as on the wire).
+    bytes_in: u64,
 }
 
 impl Driver {
@@ -197,6 +199,7 @@ impl Driver {
             dirty: Vec::new(),
             spare: Vec::new(),
             received: Vec::new(),
+            bytes_in: 0,
         };
         for i in 0..driver.conns.len() {
             driver.mark(i);
@@ -207,6 +210,12 @@ impl Driver {
     /// The connections, to queue their first messages.
     pub(crate) fn conns(&mut self) -> &mut [Conn] {
         &mut self.conns
+    }
+
+    /// Bytes received so far on every connection together, as on the wire (a compressed
+    /// message counts its compressed frame).
+    pub(crate) fn bytes_received(&self) -> u64 {
+        self.bytes_in
     }
 
     fn mark(&mut self, i: usize) {
@@ -280,6 +289,7 @@ impl Driver {
         match result {
             Ok(0) => conn.done = true,
             Ok(n) => {
+                self.bytes_in += n as u64;
                 match &mut conn.framing {
                     Framing::Raw => self.received.push(Received::Raw(n)),
                     Framing::WebSocket(session) => {

@@ -376,6 +376,24 @@ fn wait_for_nodes(publisher: &mut Publisher, topic: &str, nodes: usize) -> anyho
     }
 }
 
+/// Runs the subscribers until each has received a probe (or 5 s pass), so that neither the
+/// probes' fan-out (the server's CPU) nor their bytes count in what is measured after.
+fn await_probes(driver: &mut Driver, subscribers: usize) -> anyhow::Result<()> {
+    let mut probed = vec![false; subscribers];
+    let mut left = subscribers;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while left > 0 && Instant::now() < deadline {
+        let turn = deadline.min(Instant::now() + Duration::from_millis(100));
+        driver.run(turn, |_, i, received| {
+            if received.text().is_some() && !probed[i] {
+                probed[i] = true;
+                left -= 1;
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// What one publisher did: publishes accepted, per topic, and refused as overloaded.
 struct Tally {
     published: Vec<u64>,
@@ -465,6 +483,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
     for (topic, nodes) in topics.iter().zip(nodes_per_topic(&seats, topics.len())) {
         wait_for_nodes(&mut probe, topic, nodes)?;
     }
+    await_probes(&mut driver, seats.len())?;
     let count = Arc::new(AtomicU64::new(0));
     let mut hist = report::histogram()?;
     let mut deliveries = 0u64;
@@ -487,6 +506,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         .map(|&pid| Watched::start(pid))
         .collect::<anyhow::Result<_>>()?;
     let own_cpu = ProcessCpu::start(std::process::id())?;
+    let bytes_before = driver.bytes_received();
     let publishers: Vec<_> = (0..args.publishers.max(1))
         .map(|p| {
             let (args, topics) = (args.clone(), topics.clone());
@@ -523,6 +543,9 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let drain_s = drain_started.elapsed().as_secs_f64();
+    // Bytes on the wire per delivery: a plain frame of S bytes is S + 2 (S < 126), a
+    // compressed one less, so this shows whether the server compressed what it sent.
+    let wire = (driver.bytes_received() - bytes_before) as f64 / deliveries.max(1) as f64;
     // The server's CPU from the first publish to the last delivery, over the deliveries;
     // and this process's (subscribers and publishers), to show it is not what sets the pace.
     let per_delivery = |s: f64| round2(s * 1e6 / deliveries.max(1) as f64);
@@ -554,6 +577,7 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
                "deliveries": deliveries,
                "missing": missing(&published, &subscribers, &delivered),
                "drain_s": round2(drain_s),
+               "wire_bytes_per_delivery": round2(wire),
                "deliveries_per_s": (in_window as f64 / secs).round(),
                "latency": Latency::of(&hist),
                "server_cpu_busy": server_busy,

@@ -9,6 +9,8 @@
 //! `1.2 ms`; each axis names its unit; the legend (each setup's colour, and which shade is
 //! p50 and which p99) stands in a column of its own, beside the panels, never over a bar.
 //! A setup keeps its colour in every chart. Stratus comes first, the raw TCP reference last.
+//! Fanout results that measured the server's CPU (over the publish window only) show it
+//! beside each setup's deliveries/s, and in a chart of their own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,8 @@ pub(crate) struct PlotArgs {
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output prefix: writes PREFIX-echo-throughput.svg, PREFIX-echo-latency.svg, the same
-    /// for fanout, and PREFIX-connections-memory.svg, for the kinds of results given.
+    /// for fanout (and PREFIX-fanout-cpu.svg for the fanout results that measured the
+    /// server's CPU), and PREFIX-connections-memory.svg, for the kinds of results given.
     #[arg(long, default_value = "compare")]
     out: String,
 }
@@ -48,13 +51,16 @@ enum Measure {
     Latency,
     /// Server RSS per idle connection, in bytes: one bar per setup.
     Memory,
+    /// Server CPU per delivery in microseconds (fanout): one bar per setup.
+    Cpu,
 }
 
 impl Kind {
     /// The charts drawn for this kind, with their file names' suffixes.
     fn charts(self) -> &'static [Measure] {
         match self {
-            Kind::Echo | Kind::Fanout => &[Measure::Throughput, Measure::Latency],
+            Kind::Echo => &[Measure::Throughput, Measure::Latency],
+            Kind::Fanout => &[Measure::Throughput, Measure::Latency, Measure::Cpu],
             Kind::Connections => &[Measure::Memory],
         }
     }
@@ -75,6 +81,9 @@ impl Kind {
             (Kind::Fanout, Measure::Throughput) => {
                 "Fanout: deliveries per second, all subscribers together (higher is better)"
             }
+            (Kind::Fanout, Measure::Cpu) => {
+                "Fanout: server CPU per delivery, publish window only (lower is better)"
+            }
             (Kind::Fanout, _) => {
                 "Fanout: publish-to-receive latency, p50 and p99 (lower is better)"
             }
@@ -91,6 +100,7 @@ impl Kind {
             (Kind::Fanout, Measure::Throughput) => "deliveries per second (msg/s)".to_owned(),
             (Kind::Echo, Measure::Latency) => format!("round-trip latency ({unit})"),
             (Kind::Fanout, Measure::Latency) => format!("publish-to-receive latency ({unit})"),
+            (_, Measure::Cpu) => "server CPU time per delivery (µs)".to_owned(),
             (_, _) => "server RSS per connection (bytes)".to_owned(),
         }
     }
@@ -104,6 +114,8 @@ struct Setup {
     value: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Server CPU per delivery (µs), where every round measured it (fanout).
+    cpu_us: Option<f64>,
 }
 
 /// One scenario: one panel.
@@ -170,6 +182,15 @@ pub(crate) fn micros(us: f64) -> String {
     scaled(us, 1000.0, &[" µs", " ms", " s"])
 }
 
+/// A message size: `20 B`, `16 KiB` (a whole number of KiB), `1500 B`.
+fn message_size(b: u64) -> String {
+    if b >= 1024 && b.is_multiple_of(1024) {
+        format!("{} KiB", b / 1024)
+    } else {
+        format!("{b} B")
+    }
+}
+
 /// A size in bytes: exact below 10 kB, where a per-connection target lives (`748 B`,
 /// `1937 B`), then `137 kB`, `12 MB`.
 pub(crate) fn bytes(b: f64) -> String {
@@ -228,11 +249,14 @@ fn group(report: &Value) -> anyhow::Result<Group> {
             } else {
                 format!("{who}, flat out")
             };
-            let title = format!(
-                "fanout {} subs x {} B",
-                count(&params["subscribers"]),
-                count(&params["size"])
+            let mut title = format!(
+                "fanout {} subscribers x {}",
+                si(count(&params["subscribers"]) as f64),
+                message_size(count(&params["size"]))
             );
+            if let Some(deflate) = params["deflate"].as_str() {
+                title.push_str(&format!(", deflate {deflate}"));
+            }
             (
                 Kind::Fanout,
                 title,
@@ -245,15 +269,18 @@ fn group(report: &Value) -> anyhow::Result<Group> {
             let echo = &params["echo"];
             let in_flight = echo["in_flight"].as_u64().unwrap_or(1);
             let title = format!(
-                "echo {} x {} B",
-                count(&echo["connections"]),
-                count(&echo["size"])
+                "echo {} connections x {}",
+                si(count(&echo["connections"]) as f64),
+                message_size(count(&echo["size"]))
             );
             let rate = format!("closed loop, {in_flight} in flight per connection");
             (Kind::Echo, title, rate, "rtt_p50_us", "rtt_p99_us")
         }
         Some("compare connections") => {
-            let title = format!("{} idle connections", count(&params["connections"]));
+            let title = format!(
+                "{} idle connections",
+                si(count(&params["connections"]) as f64)
+            );
             let rate = "subscribed to one topic, deflate offered".to_owned();
             (Kind::Connections, title, rate, "", "")
         }
@@ -271,6 +298,10 @@ fn group(report: &Value) -> anyhow::Result<Group> {
             value: r["mean"].as_f64().unwrap_or(0.0),
             p50_us: mean(&r[p50]),
             p99_us: mean(&r[p99]),
+            cpu_us: r["server_cpu_us_per_delivery"]
+                .as_array()
+                .filter(|v| !v.is_empty() && v.iter().all(Value::is_number))
+                .map(|_| mean(&r["server_cpu_us_per_delivery"])),
         })
         .collect();
     if setups.is_empty() {
@@ -398,6 +429,65 @@ fn chart(groups: &[&Group], measure: Measure, colors: &Colors, path: &Path) -> a
     Ok(())
 }
 
+/// One bar: its value on the axis, the figure written at its end, its band within the
+/// row (from the row's bottom, in rows), its shade.
+type Bar = (f64, String, (f64, f64), RGBAColor);
+
+/// The bars of one setup's row.
+fn bars(setup: &Setup, measure: Measure, per_unit: f64, color: RGBColor) -> Vec<Bar> {
+    match measure {
+        Measure::Latency => vec![
+            (
+                setup.p50_us / per_unit,
+                format!("p50 {}", micros(setup.p50_us)),
+                (0.53, 0.88),
+                color.mix(0.45),
+            ),
+            (
+                setup.p99_us / per_unit,
+                format!("p99 {}", micros(setup.p99_us)),
+                (0.12, 0.47),
+                color.to_rgba(),
+            ),
+        ],
+        Measure::Throughput => {
+            let figure = match setup.cpu_us {
+                Some(cpu) => format!("{} · {} CPU each", si(setup.value), micros(cpu)),
+                None => si(setup.value),
+            };
+            vec![(setup.value, figure, (0.18, 0.82), color.to_rgba())]
+        }
+        Measure::Memory => vec![(
+            setup.value,
+            bytes(setup.value),
+            (0.18, 0.82),
+            color.to_rgba(),
+        )],
+        Measure::Cpu => {
+            let cpu = setup.cpu_us.unwrap_or(0.0);
+            vec![(cpu, micros(cpu), (0.18, 0.82), color.to_rgba())]
+        }
+    }
+}
+
+/// Pixels a figure's text takes, about (14 px sans-serif).
+fn text_width(text: &str) -> f64 {
+    text.chars().count() as f64 * 7.6
+}
+
+/// The axis's end: far enough past every bar for the figure written at its end to fit
+/// within the plot, `plot_width` pixels wide.
+fn axis_top(bars: &[Bar], plot_width: f64) -> f64 {
+    let top = bars
+        .iter()
+        .map(|(value, figure, _, _)| {
+            let room = (plot_width - 8.0 - text_width(figure)).max(plot_width * 0.2);
+            value * plot_width / room
+        })
+        .fold(0.0, f64::max);
+    if top > 0.0 { top } else { 1.0 }
+}
+
 fn draw_panel(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     group: &Group,
@@ -410,12 +500,14 @@ fn draw_panel(
         Measure::Latency => latency_unit(max_us),
         _ => ("", 1.0),
     };
-    let max = match measure {
-        Measure::Latency => max_us / per_unit,
-        _ => group.setups.iter().map(|s| s.value).fold(0.0, f64::max),
-    };
-    // Room past the longest bar for its figure.
-    let top = if max > 0.0 { max * 1.22 } else { 1.0 };
+    let rows: Vec<Vec<Bar>> = group
+        .setups
+        .iter()
+        .map(|s| bars(s, measure, per_unit, colors.get(&s.name)))
+        .collect();
+    // The plot's width: the panel less the setups' names and the margins.
+    let plot_width = f64::from(area.dim_in_pixel().0) - f64::from(NAMES_WIDTH) - 28.0;
+    let top = axis_top(&rows.concat(), plot_width);
     let mut chart = ChartBuilder::on(area)
         .caption(group.label(), (FONT, 17).into_font().style(FontStyle::Bold))
         .margin_left(12)
@@ -432,7 +524,7 @@ fn draw_panel(
         .y_labels(0)
         .x_labels(6)
         .x_label_formatter(&|v| match measure {
-            Measure::Latency => three_digits(*v),
+            Measure::Latency | Measure::Cpu => three_digits(*v),
             Measure::Memory => bytes(*v),
             Measure::Throughput => si(*v),
         })
@@ -446,40 +538,13 @@ fn draw_panel(
         TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
     let figure_style =
         TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
-    for (i, setup) in group.setups.iter().enumerate() {
-        let color = colors.get(&setup.name);
+    for (i, (setup, row)) in group.setups.iter().zip(rows).enumerate() {
         // Row i from the top spans [y0, y0 + 1].
         let y0 = (n - 1 - i) as f64;
         let name = EmptyElement::at((0.0, y0 + 0.5))
             + Text::new(setup.name.clone(), (-10, 0), name_style.clone());
         chart.plotting_area().draw(&name)?;
-        // (bar's value on the axis, figure written at its end, band within the row, shade)
-        let bars: Vec<(f64, String, (f64, f64), RGBAColor)> = match measure {
-            Measure::Latency => vec![
-                (
-                    setup.p50_us / per_unit,
-                    format!("p50 {}", micros(setup.p50_us)),
-                    (0.53, 0.88),
-                    color.mix(0.45),
-                ),
-                (
-                    setup.p99_us / per_unit,
-                    format!("p99 {}", micros(setup.p99_us)),
-                    (0.12, 0.47),
-                    color.to_rgba(),
-                ),
-            ],
-            Measure::Throughput => {
-                vec![(setup.value, si(setup.value), (0.18, 0.82), color.to_rgba())]
-            }
-            Measure::Memory => vec![(
-                setup.value,
-                bytes(setup.value),
-                (0.18, 0.82),
-                color.to_rgba(),
-            )],
-        };
-        for (value, figure, (low, high), shade) in bars {
+        for (value, figure, (low, high), shade) in row {
             chart.plotting_area().draw(&Rectangle::new(
                 [(0.0, y0 + low), (value, y0 + high)],
                 shade.filled(),
@@ -547,9 +612,19 @@ pub(crate) fn run(args: PlotArgs) -> anyhow::Result<()> {
                 Measure::Throughput => "throughput",
                 Measure::Latency => "latency",
                 Measure::Memory => "memory",
+                Measure::Cpu => "cpu",
             };
+            // The CPU chart shows the scenarios that measured it for every setup.
+            let shown: Vec<&Group> = of_kind
+                .iter()
+                .copied()
+                .filter(|g| measure != Measure::Cpu || g.setups.iter().all(|s| s.cpu_us.is_some()))
+                .collect();
+            if shown.is_empty() {
+                continue;
+            }
             let path = PathBuf::from(format!("{}-{}-{suffix}.svg", args.out, kind.name()));
-            chart(&of_kind, measure, &colors, &path)?;
+            chart(&shown, measure, &colors, &path)?;
         }
     }
     Ok(())
@@ -610,17 +685,36 @@ mod tests {
                    "bun": {"mean": 600000.0, "latency_p50_us": [50000], "latency_p99_us": [90000]}}})
     }
 
+    /// `report` with the server's CPU per delivery measured for every setup, in two rounds.
+    fn with_cpu(mut report: Value) -> Value {
+        for (name, cpu) in [
+            ("stratus", [0.5, 0.54]),
+            ("bun", [1.2, 1.4]),
+            ("tungstenite", [4.0, 4.2]),
+        ] {
+            report["results"][name]["server_cpu_us_per_delivery"] = json!(cpu);
+        }
+        report
+    }
+
     #[test]
     fn every_group_is_labelled_with_its_scenario_and_rate() {
         let flat = group(&fanout(0.0, 1)).unwrap();
         assert_eq!(
             flat.label(),
-            "fanout 10000 subs x 64 B · 1 publisher, flat out"
+            "fanout 10k subscribers x 64 B · 1 publisher, flat out"
         );
         let paced = group(&fanout(15.0, 4)).unwrap();
         assert_eq!(
             paced.label(),
-            "fanout 10000 subs x 64 B · 4 publishers, 15 publishes/s"
+            "fanout 10k subscribers x 64 B · 4 publishers, 15 publishes/s"
+        );
+        let mut shared = fanout(5.0, 1);
+        shared["params"]["subscribers"] = json!(19000);
+        shared["params"]["deflate"] = json!("shared");
+        assert_eq!(
+            group(&shared).unwrap().label(),
+            "fanout 19k subscribers x 64 B, deflate shared · 1 publisher, 5 publishes/s"
         );
         let echo = group(&json!({"scenario": "compare echo",
             "params": {"echo": {"connections": 100, "size": 20, "in_flight": 1}},
@@ -629,14 +723,19 @@ mod tests {
         assert_eq!(echo.kind, Kind::Echo);
         assert_eq!(
             echo.label(),
-            "echo 100 x 20 B · closed loop, 1 in flight per connection"
+            "echo 100 connections x 20 B · closed loop, 1 in flight per connection"
         );
+        let large = group(&json!({"scenario": "compare echo",
+            "params": {"echo": {"connections": 1000, "size": 16384, "in_flight": 1}},
+            "results": {"stratus": {"mean": 1.0, "rtt_p50_us": [1], "rtt_p99_us": [1]}}}))
+        .unwrap();
+        assert_eq!(large.title, "echo 1k connections x 16 KiB");
         let idle = group(&json!({"scenario": "compare connections",
             "params": {"connections": 19000},
             "results": {"stratus": {"mean": 740}}}))
         .unwrap();
         assert_eq!(idle.kind, Kind::Connections);
-        assert_eq!(idle.title, "19000 idle connections");
+        assert_eq!(idle.title, "19k idle connections");
         assert_eq!(idle.setups[0].value, 740.0);
         let why = group(&json!({"scenario": "compare echo", "results": {}})).unwrap_err();
         assert!(why.to_string().contains("no setup"), "{why}");
@@ -711,18 +810,28 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let groups = vec![
             group(&fanout(0.0, 1)).unwrap(),
-            group(&fanout(15.0, 1)).unwrap(),
+            group(&with_cpu(fanout(15.0, 1))).unwrap(),
         ];
+        assert_eq!(groups[0].setups[0].cpu_us, None);
+        assert_eq!(
+            groups[1].setups[0].cpu_us,
+            Some(0.52),
+            "the mean of the rounds"
+        );
         let colors = Colors::of(&groups);
-        let refs: Vec<&Group> = groups.iter().collect();
         let legend_x = (WIDTH - LEGEND_WIDTH) as i32;
-        for measure in [Measure::Throughput, Measure::Latency] {
+        for measure in [Measure::Throughput, Measure::Latency, Measure::Cpu] {
+            // The CPU chart has the groups that measured it (as `run` picks them).
+            let refs: Vec<&Group> = match measure {
+                Measure::Cpu => vec![&groups[1]],
+                _ => groups.iter().collect(),
+            };
             let path = dir.join(format!("{measure:?}.svg"));
             chart(&refs, measure, &colors, &path).unwrap();
             let svg = std::fs::read_to_string(&path).unwrap();
             let (rects, texts) = shapes(&svg);
             let text = |s: &str| texts.iter().any(|t| t.2 == s);
-            for g in &groups {
+            for g in &refs {
                 assert!(text(&g.label()), "{measure:?}: panel {}", g.label());
             }
             assert!(!svg.contains("1500000"), "{measure:?}: a raw figure");
@@ -730,6 +839,13 @@ mod tests {
                 Measure::Throughput => {
                     assert!(text("deliveries per second (msg/s)"));
                     assert!(text("1.5M") && text("600k") && text("180k"));
+                    // Where the server's CPU was measured, it stands beside deliveries/s.
+                    assert!(text("1.5M · 0.52 µs CPU each"), "{texts:?}");
+                    assert!(text("180k · 4.1 µs CPU each"));
+                }
+                Measure::Cpu => {
+                    assert!(text("server CPU time per delivery (µs)"));
+                    assert!(text("0.52 µs") && text("1.3 µs") && text("4.1 µs"));
                 }
                 _ => {
                     assert!(text("publish-to-receive latency (ms)"));
@@ -757,6 +873,14 @@ mod tests {
                 assert!(
                     x + width <= legend_x || *x >= legend_x,
                     "a rect across the legend"
+                );
+            }
+            // A figure at a bar's end ends before the legend column (as wide as estimated).
+            for (x, _, figure) in texts.iter().filter(|t| t.0 < legend_x && t.1 == "start") {
+                let end = *x as f64 + text_width(figure);
+                assert!(
+                    end <= legend_x as f64,
+                    "{measure:?}: {figure} runs to {end}"
                 );
             }
         }

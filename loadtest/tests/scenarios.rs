@@ -64,6 +64,34 @@ fn fanout_delivers_every_publish_to_every_subscriber() {
     s.stop().unwrap();
 }
 
+/// `--deflate`: the subscribers take permessage-deflate (the server's default, shared), and
+/// what reaches them is smaller on the wire than the plain frames (64-byte messages: 66
+/// bytes each without it); the probe sent before the window is not counted.
+#[test]
+fn fanout_with_deflate_subscribers_receives_compressed_frames() {
+    let s = server(App::PubSub);
+    let url = format!("ws://{}/ws", s.local_addr());
+    let admin = s.admin_addr().unwrap().to_string();
+    for deflate in [false, true] {
+        let mut args = vec![
+            "fanout", "--url", &url, "--admin", &admin, "-n", "20", "-s", "64", "-r", "50", "-d",
+            "0.5",
+        ];
+        if deflate {
+            args.push("--deflate");
+        }
+        let r = run(&args);
+        assert_eq!(r["missing"].as_u64().unwrap(), 0, "deflate {deflate}");
+        let wire = r["wire_bytes_per_delivery"].as_f64().unwrap();
+        if deflate {
+            assert!(wire < 60.0, "{wire} bytes per compressed delivery");
+        } else {
+            assert!((wire - 66.0).abs() < 0.5, "{wire} bytes per plain delivery");
+        }
+    }
+    s.stop().unwrap();
+}
+
 /// `--topics`: the subscribers dealt over several topics and the publishers going round
 /// them; every topic's publishes reach every one of its subscribers, counted per topic,
 /// and the CPU of the processes `--cpu-of` names is reported.
@@ -416,9 +444,12 @@ fn plot_renders_compare_results_as_svg() {
     let fanout = dir.join("fanout.json");
     std::fs::write(
         &fanout,
-        r#"{"scenario":"compare fanout","params":{"subscribers":10000,"size":64,"publishers":1},
-            "results":{"stratus":{"mean":1500000.0,"latency_p50_us":[36000],"latency_p99_us":[110000]},
-                       "peer":{"mean":180000.0,"latency_p50_us":[80000],"latency_p99_us":[130000]}}}"#,
+        r#"{"scenario":"compare fanout","params":{"subscribers":10000,"size":64,"publishers":1,
+                "rate":5.0,"deflate":"shared"},
+            "results":{"stratus":{"mean":1500000.0,"latency_p50_us":[36000],"latency_p99_us":[110000],
+                                  "server_cpu_us_per_delivery":[0.5]},
+                       "peer":{"mean":180000.0,"latency_p50_us":[80000],"latency_p99_us":[130000],
+                               "server_cpu_us_per_delivery":[4.0]}}}"#,
     )
     .unwrap();
     let prefix = dir.join("chart");
@@ -433,8 +464,19 @@ fn plot_renders_compare_results_as_svg() {
         .status()
         .unwrap();
     assert!(status.success());
-    for (scenario, label) in [("echo", "100 x 20 B"), ("fanout", "10000 subs x 64 B")] {
-        for kind in ["throughput", "latency"] {
+    for (scenario, label, kinds) in [
+        (
+            "echo",
+            "100 connections x 20 B",
+            &["throughput", "latency"][..],
+        ),
+        (
+            "fanout",
+            "10k subscribers x 64 B, deflate shared · 1 publisher, 5 publishes/s",
+            &["throughput", "latency", "cpu"][..],
+        ),
+    ] {
+        for kind in kinds {
             let name = format!("chart-{scenario}-{kind}.svg");
             let svg = std::fs::read_to_string(dir.join(&name)).unwrap();
             assert!(svg.starts_with("<svg"), "{name}");

@@ -105,6 +105,10 @@ pub(crate) struct WorkerStats {
     /// Payload bytes compressed for broadcasts, and the compressed frame bytes made.
     pub(crate) deflate_in: AtomicU64,
     pub(crate) deflate_out: AtomicU64,
+    /// Messages compressed: a shared-mode broadcast once, however many subscribers take it
+    /// (so against `Stats::published`, at most one per publish), a per-connection
+    /// (dedicated) compression once per message sent.
+    pub(crate) compressions: AtomicU64,
     /// From a publish to the sends for it being submitted, per worker it reached.
     pub(crate) publish_latency: Histogram,
 }

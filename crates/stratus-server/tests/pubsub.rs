@@ -414,6 +414,9 @@ fn metrics_count_connections_publishes_deliveries_and_refusals() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap();
         assert!((ratio - 1300.0 / out as f64).abs() < 0.01, "{ratio}");
+        // The long one, compressed once for both; "hello" is under the threshold.
+        assert_eq!(sample(&page, "stratus_deflate_compressions_total"), 1);
+        assert!(page.contains("\nstratus_deflate_compressions_per_publish 0.500\n"));
         // Each publish is timed once per worker it reached (the two clients may share one).
         let timed = sample(&page, "stratus_publish_to_send_seconds_count");
         assert!((2..=4).contains(&timed), "{timed}");

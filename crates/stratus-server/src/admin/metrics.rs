@@ -93,7 +93,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     let mut out = String::with_capacity(4096);
     // One row per metric: name, type, help, value.
     #[rustfmt::skip]
-    let single: [(&str, &str, &str, u64); 29] = [
+    let single: [(&str, &str, &str, u64); 30] = [
         ("stratus_ready", "gauge", "1 while the node takes publishes (not draining, at least one shard of its broker reachable), else 0 (as /readyz).", u64::from(hub.is_ready())),
         ("stratus_connections", "gauge", "Open WebSocket connections.", hub.connections()),
         ("stratus_connections_opened_total", "counter", "WebSocket connections upgraded.", sum(|w| &w.opened)),
@@ -119,6 +119,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         ("stratus_send_queue_bytes", "gauge", "Bytes waiting in send queues (as of each worker's last sweep, at most a second old).", sum(|w| &w.queued_bytes)),
         ("stratus_deflate_in_bytes_total", "counter", "Payload bytes of outgoing messages compressed (a shared broadcast counts once).", sum(|w| &w.deflate_in)),
         ("stratus_deflate_out_bytes_total", "counter", "Frame bytes those compressions made.", sum(|w| &w.deflate_out)),
+        ("stratus_deflate_compressions_total", "counter", "Outgoing messages compressed: a shared-mode broadcast once for all its subscribers, a dedicated-mode message once per connection.", sum(|w| &w.compressions)),
         ("stratus_publish_backlog_bytes", "gauge", "Bytes of publishes waiting for the workers to fan them out.", hub.backlog() as u64),
         ("stratus_publishes_overloaded_total", "counter", "Publishes refused with 503 because the node's publish backlog was full (--max-publish-backlog).", load(&stats.overloaded)),
         ("stratus_publishes_paced_total", "counter", "Admin API publishes that waited for room in the node's publish backlog.", load(&stats.paced)),
@@ -137,6 +138,21 @@ pub(crate) fn render(hub: &Hub) -> String {
         out,
         "# HELP stratus_deflate_ratio Bytes in per byte out over all outgoing compression (0 before any).\n\
          # TYPE stratus_deflate_ratio gauge\nstratus_deflate_ratio {ratio:.3}"
+    );
+    let (compressions, publishes) = (sum(|w| &w.compressions), load(&stats.published));
+    let per_publish = if publishes == 0 {
+        0.0
+    } else {
+        compressions as f64 / publishes as f64
+    };
+    let _ = writeln!(
+        out,
+        "# HELP stratus_deflate_compressions_per_publish Compressions per publish accepted here (0 before any): \
+         with shared-mode deflate a publish is compressed once for all its subscribers, so 1 at most \
+         (less for publishes under the threshold or with no deflate subscriber; presence events and \
+         other nodes' publishes arriving through the broker add compressions, not publishes).\n\
+         # TYPE stratus_deflate_compressions_per_publish gauge\n\
+         stratus_deflate_compressions_per_publish {per_publish:.3}"
     );
     labelled(
         &mut out,

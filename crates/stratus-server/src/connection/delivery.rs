@@ -208,6 +208,7 @@ impl Client {
                     let out = queue_transmit(session, &mut self.queue);
                     stats::add(&stats.deflate_in, encoding.message.payload_len() as u64);
                     stats::add(&stats.deflate_out, out as u64);
+                    stats::add(&stats.compressions, 1);
                 }
             }
         }

@@ -82,6 +82,7 @@ impl Encoding {
             if let Some(frame) = &frame {
                 stats::add(&stats.deflate_in, self.payload().len() as u64);
                 stats::add(&stats.deflate_out, frame.len() as u64);
+                stats::add(&stats.compressions, 1);
             }
             frame
         });
