@@ -6,8 +6,8 @@ compare-protocols.sh, compare-sse.sh).
       one line per run: deliveries/s, publishes/s, missing, latency, server core busy,
       server CPU per delivery where the run measured it (`--server-pid`: first publish to
       last delivery, not connection set-up) and bytes on the wire per delivery; with `--cpu-of`,
-      the redis-servers' CPU per publish (all together, and each) and the Stratus nodes'
-      CPU per delivery (all together)
+      the brokers' CPU per publish (the redis-servers' all together, and each; the
+      nats-server's) and the Stratus nodes' CPU per delivery (all together)
   fanout_report.py summary OUT PREFIX SCENARIO BASE SUBS SIZE RATE PUBLISHERS SECS [DEFLATE]
       gathers OUT/PREFIX-NAME-ROUND.json into OUT/compare-PREFIX.json (per setup: the mean and
       every round's figures) with each setup's mean over BASE's (stratus's when BASE did not
@@ -70,10 +70,14 @@ def watched(r, name):
     return [p for p in r.get("processes", []) if p["name"] == name]
 
 
-def redis_per_publish(r):
-    """The redis-servers' CPU per publish, all together (us), or None if none was watched."""
-    redis = watched(r, "redis-server")
-    return round(sum(p["us_per_publish"] for p in redis), 2) if redis else None
+# The broker processes `--cpu-of` may watch: (process name, what the reports call it).
+BROKERS = [("redis-server", "redis"), ("nats-server", "nats")]
+
+
+def broker_per_publish(r, process="redis-server"):
+    """The PROCESS brokers' CPU per publish, all together (us), or None if none was watched."""
+    brokers = watched(r, process)
+    return round(sum(p["us_per_publish"] for p in brokers), 2) if brokers else None
 
 
 def nodes_per_delivery(r):
@@ -83,12 +87,14 @@ def nodes_per_delivery(r):
 
 
 def processes_text(r):
-    """", redis CPU X us/publish (a + b), nodes CPU Y us/delivery" where watched."""
+    """", redis CPU X us/publish (a + b), nodes CPU Y us/delivery" where watched (nats
+    CPU for a nats-server)."""
     text = ""
-    redis = watched(r, "redis-server")
-    if redis:
-        each = " + ".join(f"{p['us_per_publish']:.2f}" for p in redis)
-        text += f", redis CPU {redis_per_publish(r):.2f} us/publish ({each})"
+    for process, label in BROKERS:
+        brokers = watched(r, process)
+        if brokers:
+            each = " + ".join(f"{p['us_per_publish']:.2f}" for p in brokers)
+            text += f", {label} CPU {broker_per_publish(r, process):.2f} us/publish ({each})"
     if watched(r, "stratus"):
         text += f", nodes CPU {nodes_per_delivery(r):.3f} us/delivery"
     return text
@@ -127,15 +133,17 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs, def
                          "latency_p99_us": [r["latency"]["p99_us"] for r in rs],
                          "latency_p999_us": [r["latency"]["p999_us"] for r in rs],
                          "server_cpu_busy": [r.get("server_cpu_busy") for r in rs]}
-        for key, of in [("redis_cpu_us_per_publish", redis_per_publish),
-                        ("nodes_cpu_us_per_delivery", nodes_per_delivery)]:
+        figures = [(f"{label}_cpu_us_per_publish", lambda r, p=process: broker_per_publish(r, p))
+                   for process, label in BROKERS]
+        for key, of in figures + [("nodes_cpu_us_per_delivery", nodes_per_delivery)]:
             values = [of(r) for r in rs]
             if all(v is not None for v in values):
                 results[name][key] = values
                 results[name][f"{key}_mean"] = round(mean(values), 3)
-        redis = [[p["us_per_publish"] for p in watched(r, "redis-server")] for r in rs]
-        if all(redis):
-            results[name]["redis_cpu_us_per_publish_each"] = redis
+        for process, label in BROKERS:
+            each = [[p["us_per_publish"] for p in watched(r, process)] for r in rs]
+            if all(each):
+                results[name][f"{label}_cpu_us_per_publish_each"] = each
         results[name]["publishes_per_s"] = [round(r["published"] / float(secs)) for r in rs]
         wire = [r.get("wire_bytes_per_delivery") for r in rs]
         if all(b is not None for b in wire):
@@ -170,8 +178,8 @@ def summary(out, prefix, scenario, base, subs, size, rate, publishers, secs, def
               + cpu_text(r.get("server_cpu_us_per_delivery_mean"))
               + wire_text(mean(r["wire_bytes_per_delivery"])
                           if "wire_bytes_per_delivery" in r else None)
-              + (f", redis CPU {r['redis_cpu_us_per_publish_mean']:.2f} us/publish"
-                 if "redis_cpu_us_per_publish_mean" in r else "")
+              + "".join(f", {label} CPU {r[f'{label}_cpu_us_per_publish_mean']:.2f} us/publish"
+                        for _, label in BROKERS if f"{label}_cpu_us_per_publish_mean" in r)
               + (f", nodes CPU {r['nodes_cpu_us_per_delivery_mean']:.3f} us/delivery"
                  if "nodes_cpu_us_per_delivery_mean" in r else ""))
     for key, ratio in ratios.items():
