@@ -17,18 +17,18 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::V1;
+use common::faults::{
+    Delivered, NamespaceFile, Raise, publish_until, read_plain, read_resuming, subscribed,
+    witness_delivery,
+};
 use common::node::Node;
 use common::proxy::{Cut, Faults, Proxy};
-use serde_json::{Value, json};
 use stratus_testkit::{Nats, Redis};
 
 /// How long each fault lasts.
@@ -40,8 +40,6 @@ const SLOW: Duration = Duration::from_millis(400);
 const HISTORY_TOPIC: &str = "h:feed";
 /// Topics without a history.
 const PLAIN_TOPICS: [&str; 2] = ["plain:a", "plain:b"];
-/// How often the publishing node publishes to each topic.
-const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// How long a publish to a node that has not yet noticed the cut may wait for its 503:
 /// the broker's response timeout (2 s), and room for a busy machine.
 const REFUSED_WITHIN: Duration = Duration::from_secs(4);
@@ -99,7 +97,7 @@ impl Broker {
 /// The whole fault test against `broker`: the publishing node reaches it directly, each
 /// faulty node through a proxy of its own.
 fn cut_nodes_come_back_and_a_slow_link_costs_nothing(broker: &Broker) {
-    let config = NamespaceFile::new(broker.kind());
+    let config = NamespaceFile::new(&format!("broker-faults-{}", broker.kind()));
     let flags = ["--config", config.path()];
     let publisher = Node::start_on(&broker.url_at(broker.addr()), &flags);
     let mut faults = vec![Fault::Cut(Cut::Drop, Probe::AtOnce), Fault::Slow(SLOW)];
@@ -125,8 +123,17 @@ fn cut_nodes_come_back_and_a_slow_link_costs_nothing(broker: &Broker) {
     std::thread::scope(|scope| {
         // Raised when the nodes are done, or as a check fails: the publisher stops.
         let stopping = Raise(&stop);
-        let publishing = scope.spawn(|| publish_until(&publisher, &stop, started));
-        let witnessed = scope.spawn(move || witness_delivery(&mut witness, started));
+        let publishing = scope.spawn(|| {
+            publish_until(&publisher, &all_topics(), &stop, started, |answer| {
+                assert_eq!(
+                    answer.status, 200,
+                    "the publishing node refused: {}",
+                    answer.body
+                );
+            })
+        });
+        let witnessed =
+            scope.spawn(move || witness_delivery(&mut witness, all_topics().len(), started).0);
         let faulted: Vec<_> = nodes
             .iter()
             .map(|node| scope.spawn(move || node.fault_and_check(started)))
@@ -203,15 +210,6 @@ struct FaultyNode {
     readers: Mutex<Vec<JoinHandle<Delivered>>>,
 }
 
-/// What one subscriber on a faulty node got, per topic.
-#[derive(Debug, Default)]
-struct Delivered {
-    /// Sequence numbers taken, in order of arrival.
-    seqs: HashMap<String, Vec<u64>>,
-    /// Gap notices.
-    gaps: HashMap<String, usize>,
-}
-
 impl FaultyNode {
     fn start(fault: Fault, broker: &Broker, flags: &[&str]) -> Self {
         let proxy = Proxy::start(broker.addr(), Faults::default());
@@ -221,8 +219,8 @@ impl FaultyNode {
         let (plain, _) = subscribed(&node, &PLAIN_TOPICS);
         node.wait_topics(3);
         let readers = vec![
-            std::thread::spawn(move || read_resuming(resuming, since)),
-            std::thread::spawn(move || read_plain(plain)),
+            std::thread::spawn(move || read_resuming(resuming, HISTORY_TOPIC, since)),
+            std::thread::spawn(move || read_plain(plain, PLAIN_TOPICS.len())),
         ];
         Self {
             fault,
@@ -343,26 +341,34 @@ impl FaultyNode {
     fn check_delivery(&self, rounds: u64) {
         let fault = &self.label;
         let gaps = match self.fault {
-            Fault::Cut(..) => Some(&1),
-            Fault::Slow(_) => None,
+            Fault::Cut(..) => 1,
+            Fault::Slow(_) => 0,
         };
         let readers = std::mem::take(&mut *self.readers.lock().unwrap());
         let mut delivered = readers.into_iter().map(|r| r.join().unwrap());
         let (resumed, plain) = (delivered.next().unwrap(), delivered.next().unwrap());
-        assert_eq!(resumed.gaps.get(HISTORY_TOPIC), gaps, "{fault}");
+        assert_eq!(resumed.gaps(HISTORY_TOPIC), gaps, "{fault}");
+        // Published throughout: each resume had something to recover.
+        assert_eq!(resumed.recovering, vec![true; gaps], "{fault}");
         let every: Vec<u64> = (0..rounds).collect();
         assert_eq!(
-            resumed.seqs[HISTORY_TOPIC], every,
+            resumed.seqs(HISTORY_TOPIC),
+            every,
             "{fault}: every message, once, in order"
         );
-        // The others: what came was in order, none twice, and one run of messages was
-        // missing at the gap notice (the reader checked).
+        // The others: what came was in order, none twice (the reader checked), and one
+        // run of messages was missing at the gap notice.
         for topic in PLAIN_TOPICS {
-            assert_eq!(plain.gaps.get(topic), gaps, "{fault}: gap notices, {topic}");
-            let seqs = &plain.seqs[topic];
+            assert_eq!(plain.gaps(topic), gaps, "{fault}: gap notices, {topic}");
+            let missing = plain.missing_outside_gaps(topic, &every);
+            assert_eq!(
+                missing, [0; 0],
+                "{fault}: {topic}: missed, not at the gap notice"
+            );
+            let seqs = plain.seqs(topic);
             assert_eq!(seqs.last(), Some(&(rounds - 1)), "{fault} {topic}");
-            if gaps.is_none() {
-                assert_eq!(seqs, &every, "{fault}: every message, once, in order");
+            if gaps == 0 {
+                assert_eq!(seqs, every, "{fault}: every message, once, in order");
             }
             eprintln!(
                 "{fault}: {topic} without history missed {} of {rounds}",
@@ -377,201 +383,4 @@ fn all_topics() -> Vec<&'static str> {
     let mut topics = vec![HISTORY_TOPIC];
     topics.extend(PLAIN_TOPICS);
     topics
-}
-
-/// A v1 client of `node` subscribed to `topics`, reading for longer than a cut and a
-/// recovery take; the subscribe replies.
-fn subscribed(node: &Node, topics: &[&str]) -> (V1, Vec<Value>) {
-    let mut client = V1::connect(node.ws, "");
-    client
-        .peer
-        .stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let replies = topics
-        .iter()
-        .enumerate()
-        .map(|(id, topic)| {
-            let reply = client.ask(json!({"id": id, "op": "subscribe", "topic": topic}));
-            assert_eq!(
-                (&reply["type"], &reply["id"]),
-                (&json!("reply"), &json!(id))
-            );
-            reply
-        })
-        .collect();
-    (client, replies)
-}
-
-/// Publishes `"{seq}:{ms since started}"` to every topic every [`PUBLISH_EVERY`] on
-/// `node` until `stop`, each accepted; then `"end"` to each. How many went to each.
-fn publish_until(node: &Node, stop: &AtomicBool, started: Instant) -> u64 {
-    let mut seq = 0;
-    while !stop.load(Ordering::Relaxed) {
-        for topic in all_topics() {
-            let stamp = started.elapsed().as_millis();
-            let (status, body) = node.publish(topic, &format!("{seq}:{stamp}"));
-            assert_eq!(status, 200, "the publishing node refused: {body}");
-        }
-        seq += 1;
-        std::thread::sleep(PUBLISH_EVERY);
-    }
-    for topic in all_topics() {
-        assert_eq!(node.publish(topic, "end").0, 200);
-    }
-    seq
-}
-
-/// A push: its topic, and its sequence number and stamp (`None` for the end marker).
-fn parse_push(push: &Value) -> (String, Option<(u64, u64)>) {
-    assert_eq!(push["type"], "pub", "{push}");
-    let topic = push["topic"].as_str().unwrap().to_owned();
-    let data = push["data"].as_str().unwrap();
-    let numbers = data
-        .split_once(':')
-        .map(|(seq, stamp)| (seq.parse().unwrap(), stamp.parse().unwrap()));
-    assert!(numbers.is_some() || data == "end", "{push}");
-    (topic, numbers)
-}
-
-/// Reads the publishing node's own subscriber to the end markers: every message, in
-/// order, no gap; the longest any took from its publish.
-fn witness_delivery(client: &mut V1, started: Instant) -> Duration {
-    let mut next: HashMap<String, u64> = HashMap::new();
-    let mut ended = 0;
-    let mut worst = Duration::ZERO;
-    while ended < all_topics().len() {
-        let (topic, numbers) = parse_push(&client.recv());
-        let Some((seq, stamp)) = numbers else {
-            ended += 1;
-            continue;
-        };
-        let expected = next.entry(topic.clone()).or_default();
-        assert_eq!(seq, *expected, "{topic}: in order, none missing");
-        *expected += 1;
-        worst = worst.max(
-            started
-                .elapsed()
-                .saturating_sub(Duration::from_millis(stamp)),
-        );
-    }
-    worst
-}
-
-/// Reads a subscriber of the topics without history to the end markers: per topic, an
-/// unbroken run, one gap notice, and an unbroken run again (what came between was lost).
-fn read_plain(mut client: V1) -> Delivered {
-    let mut got = Delivered::default();
-    let mut after_gap: HashMap<String, bool> = HashMap::new();
-    let mut ended = 0;
-    while ended < PLAIN_TOPICS.len() {
-        let message = client.recv();
-        let topic = message["topic"].as_str().unwrap().to_owned();
-        if message["type"] == "gap" {
-            assert!(is_cut_off(&message), "{message}");
-            *got.gaps.entry(topic.clone()).or_default() += 1;
-            after_gap.insert(topic, true);
-            continue;
-        }
-        let (topic, numbers) = parse_push(&message);
-        let Some((seq, _)) = numbers else {
-            ended += 1;
-            continue;
-        };
-        let seqs = got.seqs.entry(topic.clone()).or_default();
-        let expected = seqs.last().map_or(0, |last| last + 1);
-        // Right after the gap notice, some may be missing; nowhere else.
-        if after_gap.insert(topic.clone(), false) == Some(true) {
-            assert!(seq >= expected, "{topic}: {seq} after {seqs:?}");
-        } else {
-            assert_eq!(seq, expected, "{topic}: in order, none missing or twice");
-        }
-        seqs.push(seq);
-    }
-    got
-}
-
-/// Reads the history topic's subscriber (subscribed at offset `since`) to the end
-/// marker, as a resuming client does: at a gap notice it subscribes again from the offset
-/// of the last message it took, and takes nothing more until that subscribe's reply (what
-/// came meanwhile follows it again). Offsets are opaque strings to it (Redis's are
-/// `<ms>-<seq>`, NATS's `0-<stream sequence>`).
-fn read_resuming(mut client: V1, since: String) -> Delivered {
-    let mut got = Delivered::default();
-    let mut last = since;
-    let mut resuming: Option<u64> = None;
-    let mut ids = 100;
-    loop {
-        let message = client.recv();
-        match message["type"].as_str() {
-            Some("gap") => {
-                assert!(is_cut_off(&message), "{message}");
-                *got.gaps.entry(HISTORY_TOPIC.to_owned()).or_default() += 1;
-                ids += 1;
-                let since = last.clone();
-                client.send(
-                    json!({"id": ids, "op": "subscribe", "topic": HISTORY_TOPIC, "since": since}),
-                );
-                resuming = Some(ids);
-            }
-            Some("reply") => {
-                assert_eq!(Some(message["id"].as_u64().unwrap()), resuming, "{message}");
-                assert_eq!(message["offset"].as_str(), Some(last.as_str()), "{message}");
-                assert_eq!(message["recovering"], true, "{message}");
-                resuming = None;
-            }
-            _ if resuming.is_some() => {}
-            _ => {
-                let (topic, numbers) = parse_push(&message);
-                assert_eq!(topic, HISTORY_TOPIC);
-                let Some((seq, _)) = numbers else {
-                    return got;
-                };
-                let seqs = got.seqs.entry(topic).or_default();
-                let expected = seqs.last().map_or(0, |last| last + 1);
-                assert_eq!(seq, expected, "in order, none missing or twice");
-                seqs.push(seq);
-                message["offset"].as_str().unwrap().clone_into(&mut last);
-            }
-        }
-    }
-}
-
-/// Whether `notice` is the gap notice of a node that was cut off from its broker.
-fn is_cut_off(notice: &Value) -> bool {
-    notice["reason"]
-        .as_str()
-        .is_some_and(|r| r.contains("cut off from the broker"))
-}
-
-/// Raises its flag when dropped (also while a panic unwinds).
-struct Raise<'a>(&'a AtomicBool);
-
-impl Drop for Raise<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A config file for the nodes: topics under `h:` keep a history, the others none.
-struct NamespaceFile(PathBuf);
-
-impl NamespaceFile {
-    /// The file of the test against a broker of `kind` (the kinds run side by side).
-    fn new(kind: &str) -> Self {
-        let name = format!("stratus-broker-faults-{}-{kind}.toml", std::process::id());
-        let path = std::env::temp_dir().join(name);
-        std::fs::write(&path, "[namespace.\"h:\"]\nhistory = 5000\n").unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for NamespaceFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

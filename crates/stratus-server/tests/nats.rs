@@ -15,16 +15,12 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
+use common::certs::Certs;
+use common::logged_node::{LoggedNode, assert_withheld, config_check};
 use common::node::{Node, expect_gap, expect_next, history_after, offset_of, pushed, pushes};
-use common::{V1, free_addr};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use common::{Scratch, V1, free_addr};
 use serde_json::{Value, json};
-use stratus_testkit::{Nats, NatsAuth, NatsSetup, NatsTls};
+use stratus_testkit::{Nats, NatsAuth, NatsSetup};
 
 /// The user's password: characters a URL would need escaped, so that it could not pass
 /// through one by accident.
@@ -95,7 +91,7 @@ fn a_publish_on_one_node_reaches_raw_and_v1_subscribers_on_another_and_counts_no
 
 #[test]
 fn a_v1_resume_through_jetstream_gets_what_it_missed_once_in_order_then_live_ones() {
-    let scratch = Scratch::new("resume");
+    let scratch = Scratch::new("nats-resume");
     let config = scratch.write("stratus.toml", HISTORY_CONFIG);
     let flags = ["--config", config.as_str()];
     let nats = Nats::start();
@@ -153,7 +149,7 @@ fn a_v1_resume_through_jetstream_gets_what_it_missed_once_in_order_then_live_one
 
 #[test]
 fn a_v1_resume_from_before_what_jetstream_keeps_gets_a_gap_notice_then_what_is_kept() {
-    let scratch = Scratch::new("trimmed");
+    let scratch = Scratch::new("nats-trimmed");
     let config = scratch.write("stratus.toml", SHORT_HISTORY_CONFIG);
     let flags = ["--config", config.as_str()];
     let nats = Nats::start();
@@ -243,10 +239,10 @@ fn a_nats_outage_gives_503s_and_not_ready_then_gap_notices_and_delivery_on_its_o
 
 #[test]
 fn a_user_and_password_from_a_file_or_the_url_and_a_token_sign_in_and_none_is_shown() {
-    let scratch = Scratch::new("credentials");
+    let scratch = Scratch::new("nats-credentials");
     let nats = Nats::start_with(user_setup(PASSWORD));
     let file = scratch.write("password", &format!("{PASSWORD}\n"));
-    let from_file = Logged::start(
+    let from_file = LoggedNode::start(
         &nats.url(),
         &[],
         &[
@@ -260,13 +256,13 @@ fn a_user_and_password_from_a_file_or_the_url_and_a_token_sign_in_and_none_is_sh
     let in_url = nats
         .url()
         .replace("nats://", &format!("nats://stratus:{PASSWORD_IN_URL}@"));
-    let from_url = Logged::start(&in_url, &[], &[], scratch.path("url.log"));
+    let from_url = LoggedNode::start(&in_url, &[], &[], scratch.path("url.log"));
     let token_nats = Nats::start_with(NatsSetup {
         tls: None,
         auth: Some(NatsAuth::Token(TOKEN.to_owned())),
     });
     // A password without a user name: the token.
-    let with_token = Logged::start(
+    let with_token = LoggedNode::start(
         &token_nats.url(),
         &[("STRATUS_BROKER_PASSWORD", TOKEN)],
         &[],
@@ -295,15 +291,15 @@ fn a_user_and_password_from_a_file_or_the_url_and_a_token_sign_in_and_none_is_sh
 
 #[test]
 fn a_wrong_password_leaves_the_node_not_ready_retrying_unlogged_until_nats_takes_it() {
-    let scratch = Scratch::new("wrong");
+    let scratch = Scratch::new("nats-wrong");
     let nats = Nats::start_with(user_setup(PASSWORD));
-    let mut wrong = Logged::start(
+    let mut wrong = LoggedNode::start(
         &nats.url(),
         &[("STRATUS_BROKER_PASSWORD", WRONG)],
         &["--broker-username", "stratus"],
         scratch.path("wrong.log"),
     );
-    let mut anonymous = Logged::start(&nats.url(), &[], &[], scratch.path("anonymous.log"));
+    let mut anonymous = LoggedNode::start(&nats.url(), &[], &[], scratch.path("anonymous.log"));
     for node in [&mut wrong, &mut anonymous] {
         node.wait_ready(false);
         let (status, body) = node.publish("t", "refused");
@@ -332,8 +328,8 @@ fn a_wrong_password_leaves_the_node_not_ready_retrying_unlogged_until_nats_takes
 
 #[test]
 fn config_check_withholds_a_nats_password_or_token_wherever_it_comes_from() {
-    let scratch = Scratch::new("check");
-    let pki = Pki::new(&scratch);
+    let scratch = Scratch::new("nats-check");
+    let pki = Certs::new(&scratch);
     let file = scratch.path("stratus.toml");
     let check = |contents: &str, env: &[(&str, &str)]| {
         std::fs::write(&file, contents).unwrap();
@@ -422,10 +418,10 @@ fn config_check_withholds_a_nats_password_or_token_wherever_it_comes_from() {
 
 #[test]
 fn tls_with_the_broker_ca_shares_topics_and_a_ca_that_signed_nothing_is_refused() {
-    let scratch = Scratch::new("tls");
-    let pki = Pki::new(&scratch);
+    let scratch = Scratch::new("nats-tls");
+    let pki = Certs::new(&scratch);
     let nats = Nats::start_with(NatsSetup {
-        tls: Some(pki.tls.clone()),
+        tls: Some(pki.nats_tls()),
         auth: None,
     });
     let url = nats.url();
@@ -443,10 +439,10 @@ fn tls_with_the_broker_ca_shares_topics_and_a_ca_that_signed_nothing_is_refused(
     expect_next(&mut on_b, "over TLS");
 
     // A CA that signed nothing of the server's: not ready, running, and saying why.
-    let mut stranger = Logged::start(
+    let mut stranger = LoggedNode::start(
         &url,
         &[],
-        &["--broker-ca", pki.other_ca.to_str().unwrap()],
+        &["--broker-ca", pki.other_ca()],
         scratch.path("stranger.log"),
     );
     stranger.wait_ready(false);
@@ -479,13 +475,7 @@ fn presence_occupancy_and_the_node_list_answer_unavailable_over_nats() {
     let node = Node::start_on(&nats.url(), &flags);
     let (mut client, _) = v1_subscribed(&node, "room", None);
     for path in ["/nodes", "/presence/room", "/occupancy/room"] {
-        let (status, body) = node.get(path);
-        assert_eq!(status, 503, "{path}: {body}");
-        let body: Value = serde_json::from_str(&body).unwrap();
-        assert!(
-            body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{path}: {body}"
-        );
+        node.assert_unavailable(path);
     }
     for (id, op) in [(2, "presence"), (3, "occupancy")] {
         let reply = client.ask(json!({"id": id, "op": op, "topic": "room"}));
@@ -544,189 +534,5 @@ fn user_setup(password: &str) -> NatsSetup {
             user: "stratus".to_owned(),
             password: password.to_owned(),
         }),
-    }
-}
-
-/// Asserts that no secret in `secrets` is in `text` (named `what`).
-fn assert_withheld(what: &str, text: &str, secrets: &[&str]) {
-    for secret in secrets {
-        assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
-    }
-}
-
-/// `stratus config check FILE` with these environment variables.
-fn config_check(file: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args(["config", "check"])
-        .arg(file)
-        .env_remove("STRATUS_BROKER_PASSWORD")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
-/// A directory of a test's own (config files, logs, certificates), removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("stratus-nats-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes file `name`; its path.
-    fn write(&self, name: &str, contents: &str) -> String {
-        let path = self.path(name);
-        std::fs::write(&path, contents).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A CA, a certificate it signed for 127.0.0.1 and localhost and its key, and another CA
-/// that signed nothing of the server's, in a test's directory.
-struct Pki {
-    tls: NatsTls,
-    ca: PathBuf,
-    other_ca: PathBuf,
-}
-
-impl Pki {
-    fn new(scratch: &Scratch) -> Self {
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            let key = KeyPair::generate().unwrap();
-            let cert = params.self_signed(&key).unwrap();
-            (cert, Issuer::new(params, key))
-        };
-        let (ca_cert, issuer) = ca("Stratus NATS test CA");
-        let (other_cert, _) = ca("Another CA");
-        let key = KeyPair::generate().unwrap();
-        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-        let leaf = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let tls = NatsTls {
-            cert: scratch.write("nats.pem", &leaf.pem()).into(),
-            key: scratch.write("nats-key.pem", &key.serialize_pem()).into(),
-        };
-        Self {
-            tls,
-            ca: scratch.write("ca.pem", &ca_cert.pem()).into(),
-            other_ca: scratch.write("other-ca.pem", &other_cert.pem()).into(),
-        }
-    }
-
-    fn ca(&self) -> &str {
-        self.ca.to_str().unwrap()
-    }
-}
-
-/// A node of the shared kind (`common::node::Node`) logging into a file (so a test can
-/// say what the log never shows), not waited for beyond its listener (so it may start not
-/// ready), as `redis_tls.rs` starts its nodes.
-struct Logged {
-    node: Node,
-    log: PathBuf,
-}
-
-impl std::ops::Deref for Logged {
-    type Target = Node;
-
-    fn deref(&self) -> &Node {
-        &self.node
-    }
-}
-
-impl Logged {
-    /// A node with the broker at `url`, these environment variables and flags, logging
-    /// into `log`.
-    fn start(url: &str, env: &[(&str, &str)], extra: &[&str], log: PathBuf) -> Self {
-        for _ in 0..5 {
-            let (ws, admin) = (free_addr(), free_addr());
-            let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-                .args(["serve", "--workers", "1", "--log-level", "info"])
-                .args(["--broker", url, "--listen", &ws.to_string()])
-                .args(["--admin-listen", &admin.to_string()])
-                .args(extra)
-                .env_remove("STRATUS_BROKER_PASSWORD")
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            let mut node = Self {
-                node: Node { child, ws, admin },
-                log: log.clone(),
-            };
-            if node.listens() {
-                return node;
-            }
-        }
-        panic!(
-            "stratus did not start on any of 5 pairs of free ports; its last log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    /// Whether it listens on its WebSocket address (and still runs a moment later, so the
-    /// listener is its own).
-    fn listens(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(self.ws).is_err() {
-            if self.node.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            assert!(Instant::now() < deadline, "no listener on {}", self.ws);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        self.node.child.try_wait().unwrap().is_none()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    /// The first log line that `matches` (saying `what`), waiting for it.
-    fn wait_log_matching(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(line) = self.log().lines().find(|l| matches(l)) {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line about {what} in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until `/readyz` answers 200 (`ready`) or 503 with the broker down; a failure
-    /// shows the node's log.
-    fn wait_ready(&self, ready: bool) {
-        self.node.wait_ready_or(ready, || self.log());
-    }
-
-    /// Asserts that it is still running (a failure to connect is not a crash).
-    fn assert_running(&mut self) {
-        let log = self.log();
-        assert!(self.node.child.try_wait().unwrap().is_none(), "{log}");
     }
 }

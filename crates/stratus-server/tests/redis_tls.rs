@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, node};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use common::Scratch;
+use common::certs::Certs;
+use common::logged_node::{LoggedNode, assert_withheld, config_check};
 use stratus_proto::Message;
-use stratus_testkit::{Redis, RedisSetup, RedisTls};
+use stratus_testkit::{Redis, RedisSetup};
 
 /// The ACL user's password: characters a URL would need escaped, so that it could not pass
 /// through one by accident.
@@ -32,164 +31,33 @@ fn stratus_user(password: &str) -> Vec<String> {
     words.iter().chain(&more).map(|w| (*w).to_owned()).collect()
 }
 
-/// A directory of its own for a test, with a CA, a certificate it signed for 127.0.0.1
-/// and its key, and another CA that signed nothing of Redis's.
+/// A directory of a test's own with the test certificates ([`Certs`]) in it.
 struct Pki {
-    dir: PathBuf,
-    tls: RedisTls,
-    other_ca: PathBuf,
+    scratch: Scratch,
+    certs: Certs,
 }
 
 impl Pki {
     fn new(test: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("stratus-redis-tls-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            let key = KeyPair::generate().unwrap();
-            let cert = params.self_signed(&key).unwrap();
-            (cert, Issuer::new(params, key))
-        };
-        let (ca_cert, issuer) = ca("Stratus test CA");
-        let (other_cert, _) = ca("Another CA");
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let tls = RedisTls {
-            cert: dir.join("redis.pem"),
-            key: dir.join("redis-key.pem"),
-            ca: dir.join("ca.pem"),
-        };
-        std::fs::write(&tls.cert, leaf.pem()).unwrap();
-        std::fs::write(&tls.key, key.serialize_pem()).unwrap();
-        std::fs::write(&tls.ca, ca_cert.pem()).unwrap();
-        let other_ca = dir.join("other-ca.pem");
-        std::fs::write(&other_ca, other_cert.pem()).unwrap();
-        Self { dir, tls, other_ca }
+        let scratch = Scratch::new(&format!("redis-tls-{test}"));
+        let certs = Certs::new(&scratch);
+        Self { scratch, certs }
     }
 
     /// A TLS-only Redis with the `stratus` user.
     fn redis(&self) -> Redis {
         Redis::start_with(RedisSetup {
-            tls: Some(self.tls.clone()),
+            tls: Some(self.certs.redis_tls()),
             users: vec![stratus_user(PASSWORD)],
         })
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.scratch.path(name)
     }
 
     fn ca(&self) -> &str {
-        self.tls.ca.to_str().unwrap()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A node of the shared test kind (`common::node`), started with environment variables and
-/// logging into a file the tests read; not waited for beyond its listener.
-struct Node {
-    node: node::Node,
-    log: PathBuf,
-}
-
-impl std::ops::Deref for Node {
-    type Target = node::Node;
-
-    fn deref(&self) -> &node::Node {
-        &self.node
-    }
-}
-
-impl Node {
-    /// A node with the broker at `url`, these environment variables and flags, logging
-    /// into `log`.
-    fn start(url: &str, env: &[(&str, &str)], extra: &[&str], log: PathBuf) -> Self {
-        for _ in 0..5 {
-            let (ws, admin) = (free_addr(), free_addr());
-            let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-                .args(["serve", "--workers", "1", "--log-level", "info"])
-                .args(["--broker", url, "--listen", &ws.to_string()])
-                .args(["--admin-listen", &admin.to_string()])
-                .args(extra)
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            let mut node = Self {
-                node: node::Node { child, ws, admin },
-                log: log.clone(),
-            };
-            if node.listens() {
-                return node;
-            }
-        }
-        panic!("stratus did not start on any of 5 pairs of free ports");
-    }
-
-    /// Whether it listens on its WebSocket address (and still runs a moment later, so the
-    /// listener is its own).
-    fn listens(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(self.ws).is_err() {
-            if self.node.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            assert!(Instant::now() < deadline, "no listener on {}", self.ws);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        self.node.child.try_wait().unwrap().is_none()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    /// The first log line that contains `needle`, waiting for it.
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until `/readyz` answers 200 (`ready`) or 503 with the broker down; a failure
-    /// shows the node's log.
-    fn wait_ready(&self, ready: bool) {
-        self.node.wait_ready_or(ready, || self.log());
-    }
-
-    /// Asserts that it is still running (a failure to connect is not a crash).
-    fn assert_running(&mut self) {
-        let log = self.log();
-        assert!(self.node.child.try_wait().unwrap().is_none(), "{log}");
-    }
-}
-
-/// Asserts that no secret in `secrets` is in `text` (named `what`).
-fn assert_withheld(what: &str, text: &str, secrets: &[&str]) {
-    for secret in secrets {
-        assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
+        self.certs.ca()
     }
 }
 
@@ -203,7 +71,7 @@ fn two_nodes_share_topics_over_tls_signed_in_as_an_acl_user() {
     // occupied/vacated events (scripts and a stream in Redis); the other the user from the
     // URL and the password from a file, and keeps a history (a publish is a script). The
     // ACL must allow all of it.
-    let a = Node::start(
+    let a = LoggedNode::start(
         &url,
         &[("STRATUS_BROKER_PASSWORD", PASSWORD)],
         &[
@@ -218,7 +86,7 @@ fn two_nodes_share_topics_over_tls_signed_in_as_an_acl_user() {
     let password_file = pki.path("redis-password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
     let with_user = url.replace("rediss://", "rediss://stratus@");
-    let b = Node::start(
+    let b = LoggedNode::start(
         &with_user,
         &[],
         &[
@@ -287,14 +155,14 @@ fn two_nodes_share_topics_over_tls_signed_in_as_an_acl_user() {
 fn a_wrong_password_leaves_the_node_not_ready_retrying_and_the_password_unlogged() {
     let pki = Pki::new("wrongpass");
     let redis = pki.redis();
-    let mut node = Node::start(
+    let mut node = LoggedNode::start(
         &redis.url(),
         &[("STRATUS_BROKER_PASSWORD", WRONG)],
         &["--broker-username", "stratus", "--broker-ca", pki.ca()],
         pki.path("node.log"),
     );
     // And one that gives no credentials at all, where Redis's default user is off.
-    let mut anonymous = Node::start(
+    let mut anonymous = LoggedNode::start(
         &redis.url(),
         &[],
         &["--broker-ca", pki.ca()],
@@ -339,7 +207,7 @@ fn plain_to_a_tls_port_tls_to_a_plain_port_and_an_unknown_ca_fail_clearly() {
     let user = ["--broker-username", "stratus"];
     let tls_port = redis.url().replace("rediss://", "redis://");
     let tls_on_plain = plain.url().replace("redis://", "rediss://");
-    let other_ca = pki.other_ca.to_str().unwrap();
+    let other_ca = pki.certs.other_ca();
     let cases = [
         (
             tls_port.as_str(),
@@ -354,13 +222,13 @@ fn plain_to_a_tls_port_tls_to_a_plain_port_and_an_unknown_ca_fail_clearly() {
             "if this port takes plain connections, use redis://",
         ),
     ];
-    let nodes: Vec<(Node, &str)> = cases
+    let nodes: Vec<(LoggedNode, &str)> = cases
         .iter()
         .enumerate()
         .map(|(i, (url, flags, hint))| {
             let flags = [&user[..], flags].concat();
             let log = pki.path(&format!("node-{i}.log"));
-            (Node::start(url, &password, &flags, log), *hint)
+            (LoggedNode::start(url, &password, &flags, log), *hint)
         })
         .collect();
     for (mut node, hint) in nodes {
@@ -371,16 +239,6 @@ fn plain_to_a_tls_port_tls_to_a_plain_port_and_an_unknown_ca_fail_clearly() {
         node.assert_running();
         assert_withheld("the log", &node.log(), &[PASSWORD]);
     }
-}
-
-/// `stratus config check FILE` with these environment variables.
-fn config_check(file: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args(["config", "check"])
-        .arg(file)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -235,13 +235,7 @@ fn the_first_shard_down_fails_what_is_node_wide_while_the_other_shards_topics_ca
         assert!(body.contains("broker is unavailable"), "{body}");
         // What is node-wide is refused, not answered from this node alone.
         for path in NODE_WIDE {
-            let (status, body) = node.get(path);
-            assert_eq!(status, 503, "{path}: {body}");
-            let body: Value = serde_json::from_str(&body).unwrap();
-            assert!(
-                body["error"].as_str().is_some_and(|e| !e.is_empty()),
-                "{path}: {body}"
-            );
+            node.assert_unavailable(path);
         }
     }
     // The second shard's topic carries on, from both nodes, with no gap notice.

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod nats;
+mod process;
 
 pub use nats::{Nats, NatsAuth, NatsSetup, NatsTls};
 
@@ -67,9 +68,7 @@ impl Redis {
 
     /// A redis-server with `setup` (TLS, users) on a free port.
     pub fn start_with(setup: RedisSetup) -> Self {
-        (0..5)
-            .find_map(|_| Self::try_start(free_addr().port(), &setup))
-            .expect("redis-server did not start on any of 5 free ports")
+        process::start_on_a_free_port("redis-server", |port| Self::try_start(port, &setup))
     }
 
     /// A plain redis-server (no TLS, no users) on `port` (one stopped earlier, started
@@ -195,26 +194,19 @@ impl Redis {
 
     /// Sends it the signal `name` (`STOP` freezes it, `CONT` thaws it).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
+        process::signal(&self.child, name);
     }
 
     /// Stops it; returns its port (to start one on it again).
     pub fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::end(&mut self.child);
         self.port
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::end(&mut self.child);
     }
 }
 
@@ -224,16 +216,42 @@ impl Drop for Redis {
 ///
 /// `cluster-require-full-coverage no`: with a master down the others go on serving their
 /// slots (without replicas, nothing takes the lost master's slots over).
+///
+/// Its masters may announce another client port than their own
+/// ([`RedisCluster::start_announcing`]: a fault proxy's before each, say), which is what
+/// `CLUSTER SLOTS` then tells clients.
 pub struct RedisCluster {
     dir: PathBuf,
     /// Each master's port, and its process while it runs.
     masters: Vec<(u16, Option<Child>)>,
+    /// Each master's announced client port, where it announces one (`masters`' order).
+    announced: Vec<Option<u16>>,
 }
 
 impl RedisCluster {
     /// `masters` masters (3 or more: `redis-cli --cluster create` wants 3), once every one
     /// says `cluster_state:ok`.
     pub fn start(masters: usize) -> Self {
+        Self::start_with(masters, |_| None)
+    }
+
+    /// The same, each master announcing (`cluster-announce-port`, with
+    /// `cluster-announce-ip 127.0.0.1`) the client port `announce` gives for its own port:
+    /// what `CLUSTER SLOTS` and `CLUSTER NODES` then say, so clients that follow them (the
+    /// nodes) reach the master there, through a proxy to its port, say. The cluster bus
+    /// stays direct (`cluster-announce-bus-port` is the master's own bus port).
+    ///
+    /// `announce` is called before each master starts; a master that cannot start on its
+    /// port (taken meanwhile) is started on another, with `announce` called again. The
+    /// announced ports must carry to the masters by the time this is called:
+    /// `redis-cli --cluster create` is given the masters' own ports, but checks the cluster
+    /// it made through the announced ones (and says `[ERR] Not all 16384 slots are
+    /// covered` if it cannot reach them, though it made the cluster).
+    pub fn start_announcing(masters: usize, mut announce: impl FnMut(u16) -> u16) -> Self {
+        Self::start_with(masters, |port| Some(announce(port)))
+    }
+
+    fn start_with(masters: usize, mut announce: impl FnMut(u16) -> Option<u16>) -> Self {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("stratus-cluster-{}-{n}", std::process::id()));
@@ -242,6 +260,7 @@ impl RedisCluster {
         let mut cluster = Self {
             dir,
             masters: Vec::new(),
+            announced: Vec::new(),
         };
         while cluster.masters.len() < masters {
             // The cluster bus takes the port 10000 above the client port.
@@ -249,8 +268,10 @@ impl RedisCluster {
             if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
                 continue;
             }
-            if let Some(child) = cluster.spawn(port) {
+            let announced = announce(port);
+            if let Some(child) = cluster.spawn(port, announced) {
                 cluster.masters.push((port, Some(child)));
+                cluster.announced.push(announced);
             }
         }
         let addresses: Vec<String> = cluster
@@ -273,14 +294,22 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stderr)
         );
         cluster.wait_ok();
+        cluster.wait_announced();
         cluster
     }
 
     /// Starts a master on `port` (its `nodes.conf` in the cluster's directory: one
-    /// started again comes back with its identity and slots). `None` if another server
-    /// answers there.
-    fn spawn(&self, port: u16) -> Option<Child> {
-        let mut child = Command::new("redis-server")
+    /// started again comes back with its identity and slots), announcing the client port
+    /// `announced` if there is one. `None` if another server answers there.
+    fn spawn(&self, port: u16, announced: Option<u16>) -> Option<Child> {
+        let mut command = Command::new("redis-server");
+        if let Some(announced) = announced {
+            command
+                .args(["--cluster-announce-ip", "127.0.0.1"])
+                .args(["--cluster-announce-port", &announced.to_string()])
+                .args(["--cluster-announce-bus-port", &(port + 10_000).to_string()]);
+        }
+        let mut child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .arg("--cluster-config-file")
@@ -305,19 +334,16 @@ impl RedisCluster {
                     return Some(child);
                 }
                 // Another server answers on the port.
-                let _ = child.kill();
-                let _ = child.wait();
+                process::end(&mut child);
                 return None;
             }
             if !matches!(child.try_wait(), Ok(None)) {
                 // It exited (its port taken, say), or cannot be waited for.
-                let _ = child.kill();
-                let _ = child.wait();
+                process::end(&mut child);
                 return None;
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                process::end(&mut child);
                 panic!("redis-server did not start on {port} within 10 s");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -374,6 +400,12 @@ impl RedisCluster {
         self.masters[index].0
     }
 
+    /// The client port master `index` announces (`CLUSTER SLOTS` tells it): the one
+    /// [`Self::start_announcing`] gave it, or its own.
+    pub fn announced_port(&self, index: usize) -> u16 {
+        self.announced[index].unwrap_or_else(|| self.port(index))
+    }
+
     /// A connection to master `index`.
     pub fn connection(&self, index: usize) -> redis::Connection {
         connect(self.port(index)).unwrap()
@@ -391,11 +423,24 @@ impl RedisCluster {
     }
 
     /// The index of the master that serves `key`'s slot (as `CLUSTER SLOTS` says, asked
-    /// of a running master).
+    /// of a running master, by the port it announces).
     pub fn master_of(&self, key: &str) -> usize {
         let slot = self.slot(key);
         let index = self.masters.iter().position(|(_, c)| c.is_some()).unwrap();
-        let ranges: Vec<(u16, u16, u16)> = redis::cmd("CLUSTER")
+        let ranges = self.slot_ranges(index);
+        let (_, _, port) = ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+        (0..self.len())
+            .find(|&index| self.announced_port(index) == *port)
+            .unwrap()
+    }
+
+    /// The slot ranges master `index` tells (`CLUSTER SLOTS`): the first and last slot of
+    /// each, and the port of the master that serves it.
+    fn slot_ranges(&self, index: usize) -> Vec<(u16, u16, u16)> {
+        redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query::<Vec<redis::Value>>(&mut self.connection(index))
             .unwrap()
@@ -412,39 +457,49 @@ impl RedisCluster {
                 let port: u16 = redis::from_redis_value(master[1].clone()).unwrap();
                 (first, last, port)
             })
-            .collect();
-        let (_, _, port) = ranges
-            .iter()
-            .find(|(first, last, _)| (*first..=*last).contains(&slot))
-            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
-        self.masters.iter().position(|(p, _)| p == port).unwrap()
+            .collect()
+    }
+
+    /// Waits until every running master's `CLUSTER SLOTS` names the masters by the ports
+    /// they announce (each learns the others' from the cluster bus, after it met them at
+    /// their own ports).
+    fn wait_announced(&self) {
+        let mut announced: Vec<u16> = (0..self.len()).map(|i| self.announced_port(i)).collect();
+        announced.sort_unstable();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for index in (0..self.len()).filter(|&i| self.masters[i].1.is_some()) {
+            loop {
+                let mut told: Vec<u16> = self.slot_ranges(index).iter().map(|r| r.2).collect();
+                told.sort_unstable();
+                told.dedup();
+                if told == announced {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "master {index}'s CLUSTER SLOTS names {told:?}, not {announced:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// Kills master `index` (SIGKILL); its `nodes.conf` stays, for [`Self::restart`].
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.masters[index].1.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            process::end(&mut child);
         }
     }
 
     /// Starts master `index` again on its port with its `nodes.conf` (it rejoins with its
-    /// slots), and waits until the cluster is ok again. The port (or its bus port) may be
-    /// briefly taken still (a connection of the killed server's in `TIME_WAIT`, another
-    /// test's client on it): it tries again for up to 10 s before giving up.
+    /// slots, announcing what it announced), and waits until the cluster is ok again. The
+    /// port (or its bus port) may be briefly taken still: it tries again for up to 10 s
+    /// before giving up.
     pub fn restart(&mut self, index: usize) {
         let port = self.port(index);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let child = loop {
-            if let Some(child) = self.spawn(port) {
-                break child;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server could not take its port {port} again within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let child = process::start_again("redis-server", port, || {
+            self.spawn(port, self.announced[index])
+        });
         self.masters[index].1 = Some(child);
         self.wait_ok();
     }
@@ -462,8 +517,7 @@ impl Drop for RedisCluster {
     fn drop(&mut self) {
         for (_, child) in &mut self.masters {
             if let Some(mut child) = child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
+                process::end(&mut child);
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);

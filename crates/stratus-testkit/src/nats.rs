@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::free_addr;
+use crate::process;
 
 /// A `nats-server -js` on a loopback port, killed (and its store removed) when dropped.
 pub struct Nats {
@@ -78,9 +78,7 @@ impl Nats {
 
     /// A nats-server with `setup` (TLS, credentials) on a free port.
     pub fn start_with(setup: NatsSetup) -> Self {
-        (0..5)
-            .find_map(|_| Self::try_start(free_addr().port(), &setup))
-            .expect("nats-server did not start on any of 5 free ports")
+        process::start_on_a_free_port("nats-server", |port| Self::try_start(port, &setup))
     }
 
     /// A plain nats-server (no TLS, no credentials) on `port` (one stopped earlier, started
@@ -93,17 +91,7 @@ impl Nats {
     /// briefly taken still (a connection of the stopped server's): it tries again for up
     /// to 10 s before giving up.
     pub fn start_on_with(port: u16, setup: NatsSetup) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(nats) = Self::try_start(port, &setup) {
-                return nats;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server could not take its port {port} again within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        process::start_again("nats-server", port, || Self::try_start(port, &setup))
     }
 
     /// `None` if the server that answers on `port` is not the one started here (or it
@@ -223,27 +211,20 @@ impl Nats {
 
     /// Sends it the signal `name` (`STOP` freezes it, `CONT` thaws it).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
+        process::signal(&self.child, name);
     }
 
     /// Stops it (SIGKILL) and removes its store; returns its port (to start one on it
     /// again).
     pub fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::end(&mut self.child);
         self.port
     }
 }
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::end(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -10,6 +10,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -277,25 +278,38 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
 /// waits until it listens. A port found free can be taken by a concurrent test before
 /// the server binds it (the server then exits): it is started again on other ports.
 pub fn spawn_server(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    spawn_server_with(extra, |_| {}, String::new)
+}
+
+/// [`spawn_server`] with `setup` applied to the command before each start (its
+/// environment, where its output goes); if it never starts, the failure adds what
+/// `explain` says (the last start's log, say).
+pub fn spawn_server_with(
+    extra: &[&str],
+    setup: impl Fn(&mut Command),
+    explain: impl Fn() -> String,
+) -> (Child, SocketAddr, SocketAddr) {
     for _ in 0..5 {
         let (ws, admin) = (free_addr(), free_addr());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-            .args(extra)
-            .args([
-                "--listen",
-                &ws.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stratus"));
+        command.args(extra).args([
+            "--listen",
+            &ws.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ]);
+        setup(&mut command);
+        let mut child = command.spawn().unwrap();
         if listens(&mut child, ws) {
             return (child, ws, admin);
         }
         let _ = child.kill();
         let _ = child.wait();
     }
-    panic!("stratus did not start on any of 5 pairs of free ports");
+    panic!(
+        "stratus did not start on any of 5 pairs of free ports\n{}",
+        explain()
+    );
 }
 
 /// Whether `child` is listening on `ws` (and still running a moment later, so the
@@ -312,8 +326,40 @@ fn listens(child: &mut Child, ws: SocketAddr) -> bool {
     std::thread::sleep(Duration::from_millis(100));
     child.try_wait().unwrap().is_none()
 }
+pub mod certs;
+pub mod logged_node;
 pub mod node;
 pub mod proxy;
+
+/// A directory of a test's own (config files, logs, certificates), removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// An empty one; `name` says whose it is (`nats-tls`, say).
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("stratus-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes file `name`; its path.
+    pub fn write(&self, name: &str, contents: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The push server with its defaults on loopback (two workers, an admin listener, the
 /// short test timeouts), with `edit` applied.
@@ -397,3 +443,5 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, value)| value)
 }
+
+pub mod faults;

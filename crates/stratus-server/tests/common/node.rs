@@ -118,6 +118,18 @@ impl Node {
         }
     }
 
+    /// Asserts that admin `path` is refused as unavailable: a 503 whose JSON body says
+    /// why (what the broker cannot answer now, or at all).
+    pub fn assert_unavailable(&self, path: &str) {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 503, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: {body}"
+        );
+    }
+
     /// Waits until this node is subscribed in Redis to `topics` topics.
     pub fn wait_topics(&self, topics: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
