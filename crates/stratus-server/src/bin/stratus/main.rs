@@ -75,20 +75,44 @@ enum ConfigCommand {
     Default,
 }
 
-/// The log filter the settings ask for (else `RUST_LOG`, else [`DEFAULT_LOGS`]).
+/// The log filter the settings ask for (else `RUST_LOG`, else info), without the NATS
+/// client's own lines unless the filter names them ([`quiet_nats`]).
 fn log_filter(settings: &Settings) -> anyhow::Result<EnvFilter> {
-    Ok(match &settings.log_level {
-        Some(level) => {
-            EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log-level {level:?}: {e}"))?
-        }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOGS.into()),
-    })
+    let level = settings
+        .log_level
+        .clone()
+        .or_else(|| std::env::var(EnvFilter::DEFAULT_ENV).ok())
+        .filter(|level| !level.trim().is_empty())
+        .unwrap_or_else(|| "info".to_owned());
+    EnvFilter::try_new(quiet_nats(&level)).map_err(|e| anyhow::anyhow!("log-level {level:?}: {e}"))
 }
 
-/// Info, but not the NATS client's own lines: the broker task logs each connection, loss
-/// and retry itself, once, and the client's account of the same (an ERROR when the single
-/// reconnect it is allowed fails, since the task reconnects) would only mislead.
-const DEFAULT_LOGS: &str = "info,async_nats=off";
+/// `filter` with the NATS client turned off, unless it says what to do with it: the
+/// broker task logs each connection, loss and retry itself, once, and the client's
+/// account of the same (an ERROR when the single reconnect it is allowed fails, since the
+/// task reconnects) would only mislead.
+fn quiet_nats(filter: &str) -> String {
+    if filter.contains("async_nats") {
+        return filter.to_owned();
+    }
+    format!("{filter},async_nats=off")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nats_clients_own_lines_are_off_unless_the_filter_names_them() {
+        assert_eq!(quiet_nats("warn"), "warn,async_nats=off");
+        assert_eq!(
+            quiet_nats("info,stratus=debug"),
+            "info,stratus=debug,async_nats=off"
+        );
+        assert_eq!(quiet_nats("info,async_nats=debug"), "info,async_nats=debug");
+        assert!(EnvFilter::try_new(quiet_nats("warn")).is_ok());
+    }
+}
 
 /// Starts logging to stderr, as text or JSON lines.
 fn init_logs(settings: &Settings) -> anyhow::Result<()> {
