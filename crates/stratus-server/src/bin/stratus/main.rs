@@ -98,22 +98,6 @@ fn quiet_nats(filter: &str) -> String {
     format!("{filter},async_nats=off")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_nats_clients_own_lines_are_off_unless_the_filter_names_them() {
-        assert_eq!(quiet_nats("warn"), "warn,async_nats=off");
-        assert_eq!(
-            quiet_nats("info,stratus=debug"),
-            "info,stratus=debug,async_nats=off"
-        );
-        assert_eq!(quiet_nats("info,async_nats=debug"), "info,async_nats=debug");
-        assert!(EnvFilter::try_new(quiet_nats("warn")).is_ok());
-    }
-}
-
 /// Starts logging to stderr, as text or JSON lines.
 fn init_logs(settings: &Settings) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt()
@@ -219,4 +203,20 @@ fn main() -> anyhow::Result<()> {
     server.stop()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nats_clients_own_lines_are_off_unless_the_filter_names_them() {
+        assert_eq!(quiet_nats("warn"), "warn,async_nats=off");
+        assert_eq!(
+            quiet_nats("info,stratus=debug"),
+            "info,stratus=debug,async_nats=off"
+        );
+        assert_eq!(quiet_nats("info,async_nats=debug"), "info,async_nats=debug");
+        assert!(EnvFilter::try_new(quiet_nats("warn")).is_ok());
+    }
 }
