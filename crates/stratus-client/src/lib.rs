@@ -268,7 +268,7 @@ impl Opening {
         let _ = self.buf.split_to(head_len);
         let mut session = Session::client(self.config.limits, random()?);
         if let Some(agreed) = stratus_deflate::accept_response(&response.extensions)? {
-            session.set_compression(Box::new(agreed.compression(self.config.deflate_threshold)));
+            session.set_compression(agreed.boxed_compression(self.config.deflate_threshold));
         }
         Ok(Some(session))
     }

@@ -1,15 +1,21 @@
 //! RFC 7692 permessage-deflate for Stratus: negotiation on both sides and two engines
-//! behind one trait, plugged into `stratus-proto` as a [`MessageCompression`].
+//! behind one trait, plugged into `stratus-proto` as a
+//! [`MessageCompression`](stratus_proto::MessageCompression).
 //!
-//! - [`stateless`](crate::stateless): a whole message at a time, no context takeover,
+//! - [`stateless`]: a whole message at a time, no context takeover,
 //!   no per-connection state (one zlib-rs compressor, reset per message, and one
 //!   libdeflate decompressor per thread). The server's default ("shared" mode): it
 //!   answers `server_no_context_takeover; client_no_context_takeover`, so a message
 //!   compressed once is valid for every subscriber of a broadcast and nothing is kept per
 //!   connection between messages.
-//! - [`zlib`](crate::zlib) (zlib-rs through flate2): streaming, for context takeover and
+//! - [`zlib`] (zlib-rs through flate2): streaming, for context takeover and
 //!   LZ77 windows of 9..15 bits: the "dedicated" mode, and whatever a peer requires that
 //!   the shared mode cannot honour (a client asking for `server_max_window_bits=9`).
+//!
+//! A connection's compression is a [`PerMessageDeflate`] (an engine per direction and a
+//! threshold) or, where both directions use the stateless engine, one of the
+//! [`compact`] forms, which keep only the threshold or nothing:
+//! [`Negotiated::boxed_compression`] and [`Negotiated::boxed_inflate_only`] choose.
 //!
 //! Window bits 8: zlib cannot produce a 256-byte window. A server declines an offer with
 //! `server_max_window_bits=8`; a client told `client_max_window_bits=8` accepts and sends
@@ -19,6 +25,7 @@
 //! corrupt or truncated data fails with close 1007.
 #![forbid(unsafe_code)]
 
+pub mod compact;
 pub mod engine;
 pub mod libdeflate;
 pub mod negotiate;
@@ -26,6 +33,7 @@ pub mod params;
 pub mod stateless;
 pub mod zlib;
 
+pub use compact::{StatelessDeflate, StatelessInflate};
 pub use engine::{Engine, PerMessageDeflate};
 pub use negotiate::{
     ClientNegotiationError, DeflateConfig, Mode, Negotiated, accept_response, client_offer,

@@ -4,7 +4,10 @@
 use stratus_proto::Role;
 use stratus_proto::extensions;
 
+use stratus_proto::MessageCompression;
+
 use crate::EXTENSION_NAME;
+use crate::compact::{StatelessDeflate, StatelessInflate};
 use crate::engine::{Engine, PerMessageDeflate};
 use crate::params::{DeflateParams, ParamError, WindowBits};
 use crate::stateless::Stateless;
@@ -133,6 +136,40 @@ impl Negotiated {
             outgoing,
             incoming,
             threshold,
+        }
+    }
+
+    /// [`inflate_only`](Self::inflate_only), boxed for a session, in its compact form where
+    /// the peer resets its context: [`StatelessInflate`], a zero-sized type that costs the
+    /// connection no heap (a `PerMessageDeflate` costs 40 bytes: two engine boxes and a
+    /// threshold). The same inflation either way.
+    pub fn boxed_inflate_only(&self) -> Box<dyn MessageCompression> {
+        if self.peer_resets() {
+            Box::new(StatelessInflate)
+        } else {
+            Box::new(self.inflate_only())
+        }
+    }
+
+    /// [`compression`](Self::compression), boxed for a session, in a compact form where
+    /// both directions use the stateless engine (the server's shared mode, and a peer that
+    /// resets its context): [`StatelessDeflate`], which holds only the threshold (4 bytes
+    /// of heap per connection instead of a `PerMessageDeflate`'s 40), or
+    /// [`StatelessInflate`] (none) where this side may not compress. Every other case,
+    /// and a threshold past `u32::MAX`, gets the `PerMessageDeflate`. The messages
+    /// sent and the inflation are the same either way.
+    pub fn boxed_compression(&self, threshold: usize) -> Box<dyn MessageCompression> {
+        if !self.peer_resets() {
+            return Box::new(self.compression(threshold));
+        }
+        // As `compression` picks the outgoing engine.
+        match self.outgoing() {
+            (_, _, 8) => Box::new(StatelessInflate),
+            (true, _, 15) => match u32::try_from(threshold) {
+                Ok(threshold) => Box::new(StatelessDeflate::new(threshold)),
+                Err(_) => Box::new(self.compression(threshold)),
+            },
+            _ => Box::new(self.compression(threshold)),
         }
     }
 }

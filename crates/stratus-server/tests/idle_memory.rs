@@ -3,7 +3,8 @@
 //! (`/ws?topic=idle`) and a permessage-deflate offer, and the heap it holds for them is
 //! counted by a global allocator over mimalloc, in requested bytes and in the bytes of
 //! mimalloc's size classes. The differences give each part's cost, as the README's
-//! "Memory per idle connection" states them; the budget below holds the total.
+//! "Memory per idle connection" states them; the budgets below hold the total and the
+//! deflate state.
 //!
 //! The heap is not all of RSS (freed memory the allocator keeps, the slab's earlier
 //! arrays): `stratus-load connections` measures that, on the release build.
@@ -26,11 +27,17 @@ use mimalloc::MiMalloc;
 const CONNECTIONS: usize = 2_000;
 
 /// Most heap an idle connection subscribed to a topic, with deflate agreed, may hold, in
-/// mimalloc's size classes: measured 323 (the connection's 224-byte box, its slab slot,
+/// mimalloc's size classes: measured 283 (the connection's 224-byte box, its slab slot,
 /// its membership, its deflate state), and a little room for the tables' spare buckets.
-/// It was 707 before cold state moved out of the connection (the target for all
-/// of RSS is 256).
-const BUDGET: isize = 336;
+/// It was 707 before cold state moved out of the connection, 323 before the deflate
+/// state's compact form (the target for all of RSS is 256).
+const BUDGET: isize = 296;
+
+/// Most heap the deflate state agreed in shared mode may add, in mimalloc's size classes:
+/// measured 8 (`StatelessDeflate`, the 4-byte threshold, in the smallest class), and room
+/// for the rounding of the per-connection figures it is the difference of. The full
+/// `PerMessageDeflate` (two engine boxes and a `usize` threshold) measured 48.
+const DEFLATE_BUDGET: isize = 12;
 
 unsafe extern "C" {
     /// The size of mimalloc's block behind `p` (its size class).
@@ -157,6 +164,11 @@ fn an_idle_subscribed_connection_holds_its_budget_of_heap() {
         topic_asked - bare_asked,
         topic - bare,
         all_asked - topic_asked,
+        all - topic
+    );
+    assert!(
+        all - topic <= DEFLATE_BUDGET,
+        "the deflate state holds {} B of heap per connection (budget {DEFLATE_BUDGET})",
         all - topic
     );
     assert!(

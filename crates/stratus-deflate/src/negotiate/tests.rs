@@ -175,3 +175,110 @@ fn threshold_leaves_small_messages_uncompressed() {
     assert_eq!(c.compress(&[b'a'; 63]), None);
     assert!(c.compress(&[b'a'; 64]).is_some());
 }
+
+/// The concrete type behind a boxed compression (its `Debug`) and its size in bytes.
+fn boxed(c: &dyn MessageCompression) -> (String, usize) {
+    (format!("{c:?}"), std::mem::size_of_val(c))
+}
+
+#[test]
+fn stateless_both_ways_is_boxed_in_the_compact_form() {
+    // The server's default answer, to any offer it takes, and to the client's own.
+    for offer in ["permessage-deflate", &client_offer()] {
+        let n = server(&[offer]).unwrap();
+        assert_eq!(
+            boxed(&*n.boxed_compression(64)),
+            ("StatelessDeflate { threshold: 64 }".to_owned(), 4),
+            "{offer}"
+        );
+    }
+    // A client the server told it resets.
+    let told =
+        client(&["permessage-deflate; server_no_context_takeover; client_no_context_takeover"])
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        boxed(&*told.boxed_compression(0)).0,
+        "StatelessDeflate { threshold: 0 }"
+    );
+    // Dedicated mode, when the client asks for no context takeover both ways.
+    let n =
+        dedicated(&["permessage-deflate; server_no_context_takeover; client_no_context_takeover"])
+            .unwrap();
+    assert_eq!(
+        boxed(&*n.boxed_compression(64)).0,
+        "StatelessDeflate { threshold: 64 }"
+    );
+    // A threshold past u32 keeps the full form, which holds a usize.
+    if let Ok(big) = usize::try_from(u64::from(u32::MAX) + 1) {
+        let n = server(&["permessage-deflate"]).unwrap();
+        let (debug, _) = boxed(&*n.boxed_compression(big));
+        assert!(debug.starts_with("PerMessageDeflate"), "{debug}");
+    }
+}
+
+#[test]
+fn stateless_inflate_only_is_zero_sized() {
+    // A shared-mode server's answer to a client that needs a smaller window.
+    let n = server(&["permessage-deflate; server_max_window_bits=9"]).unwrap();
+    assert_eq!(
+        boxed(&*n.boxed_inflate_only()),
+        ("StatelessInflate".to_owned(), 0)
+    );
+    // A client told to use an 8-bit window, whose server resets: it only inflates.
+    let n = client(&[
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+         client_max_window_bits=8",
+    ])
+    .unwrap()
+    .unwrap();
+    let mut c = n.boxed_compression(0);
+    assert_eq!(boxed(&*c), ("StatelessInflate".to_owned(), 0));
+    assert_eq!(c.compress(&[b'a'; 1000]), None);
+}
+
+#[test]
+fn stateful_cases_keep_per_message_deflate() {
+    // Context takeover outgoing (dedicated mode) or incoming (a peer that keeps its own).
+    let keeps = dedicated(&["permessage-deflate"]).unwrap();
+    let smaller = server(&["permessage-deflate; server_max_window_bits=9"]).unwrap();
+    let untold = client(&["permessage-deflate"]).unwrap().unwrap();
+    for (n, want) in [
+        (keeps, "outgoing: Some(Zlib"),
+        (smaller, "outgoing: Some(Zlib { window_bits: 9"),
+        (untold, "outgoing: Some(Zlib { window_bits: 15"),
+    ] {
+        let (debug, _) = boxed(&*n.boxed_compression(64));
+        assert!(debug.starts_with("PerMessageDeflate"), "{debug}");
+        assert!(debug.contains(want), "{debug}");
+        assert_eq!(debug, format!("{:?}", n.compression(64)));
+    }
+    // An inflater with context: the inflate-only form stays the full one.
+    let keeps_inflating = dedicated(&["permessage-deflate; server_no_context_takeover"]).unwrap();
+    let (debug, _) = boxed(&*keeps_inflating.boxed_inflate_only());
+    assert_eq!(debug, format!("{:?}", keeps_inflating.inflate_only()));
+    assert!(debug.contains("incoming: Zlib"), "{debug}");
+}
+
+#[test]
+fn the_compact_form_sends_and_reads_as_the_full_one() {
+    let n = server(&["permessage-deflate"]).unwrap();
+    let mut compact = n.boxed_compression(64);
+    let mut full = n.compression(64);
+    for len in [0, 1, 63, 64, 65, 1000, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let sent = compact.compress(&payload);
+        assert_eq!(sent, full.compress(&payload), "{len}");
+        if let Some(sent) = sent {
+            assert_eq!(compact.decompress(&sent, len).as_deref(), Ok(&payload[..]));
+            assert_eq!(
+                compact.decompress(&sent, len - 1),
+                full.decompress(&sent, len - 1)
+            );
+        }
+    }
+    assert_eq!(
+        compact.decompress(&[0xff; 8], 100),
+        full.decompress(&[0xff; 8], 100)
+    );
+}

@@ -188,17 +188,19 @@ pub(crate) fn upgrade(
             agreed.response()
         ));
         // Shared mode: a connection takes the broadcast's one compressed frame, or goes
-        // uncompressed; it never gets a compressor of its own.
+        // uncompressed; it never gets a compressor of its own. The boxed forms are compact
+        // where both directions are stateless (the shared mode's usual case): 4 bytes of
+        // heap per connection, or none, instead of a `PerMessageDeflate`'s 40.
         frames = if agreed.shares_frames() {
-            session.set_compression(Box::new(agreed.compression(deflate.threshold)));
+            session.set_compression(agreed.boxed_compression(deflate.threshold));
             FrameChoice::Shared {
                 threshold: u32::try_from(deflate.threshold).unwrap_or(u32::MAX),
             }
         } else if deflate.mode == Mode::Shared {
-            session.set_compression(Box::new(agreed.inflate_only()));
+            session.set_compression(agreed.boxed_inflate_only());
             FrameChoice::Plain
         } else {
-            session.set_compression(Box::new(agreed.compression(deflate.threshold)));
+            session.set_compression(agreed.boxed_compression(deflate.threshold));
             FrameChoice::PerConnection
         };
     }

@@ -1,8 +1,8 @@
 //! What the tests of nodes cut off from their broker share (`broker_faults.rs`,
-//! `redis_cluster_faults.rs`): a config with a history namespace, a steady publisher of
-//! numbered messages, and subscribers that read them to the end markers and say what they
-//! got (in order, none twice, where the gap notices came), one of them resuming from its
-//! last offset at each gap notice.
+//! `shard_faults.rs`): a config with a history namespace, a steady publisher of numbered
+//! messages, and subscribers that read them to the end markers and say what they got (in
+//! order, none twice, where the gap notices came), one of them resuming from its last
+//! offset at each gap notice.
 //!
 //! A message is `"{seq}:{ms since the test started}"`, its topic's `seq`-th publish; after
 //! the last, `"end"`.

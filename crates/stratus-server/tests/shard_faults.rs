@@ -1,31 +1,42 @@
-//! Nodes over a 3-master Redis Cluster reaching each master through a fault proxy of its
-//! own (`common::proxy`): the masters announce the proxies' ports (`CLUSTER SLOTS` names
-//! them, which the nodes follow), their cluster bus stays direct. One master is cut off
-//! from every node for five seconds while the publishing node publishes steadily to a
-//! topic without history and one with (`h:`) on every master, and a second node
-//! subscribes: one test blackholes a master that does not carry what is node-wide, the
-//! other resets every connection to the one that does (run side by side).
+//! Nodes over three broker shards, each reached through a fault proxy of its own
+//! (`common::proxy`), for both kinds of sharded broker:
 //!
-//! While cut: publishes to the cut master's topics are answered 503 within the response
-//! timeout (never a hang), the other masters' topics keep being taken and reach the
-//! second node's subscriber promptly with nothing missing, every node stays ready and
-//! `/readyz` shows the cut master's shard down. Once let back, that shard comes back up on
-//! its own (the time it takes is printed), a subscriber of its topic without history gets
-//! one gap notice, and a v1 subscriber of its history topic that resumes from its last
-//! offset at the gap notice gets every message that was taken exactly once, in order. A
-//! publish refused as the cut began may still have reached Redis (the proxy delivers what
-//! it held at the restore, as TCP would once a partition heals): such a message may come
-//! too, at most once and in order.
+//! - the three masters of a Redis Cluster, which announce the proxies' ports (`CLUSTER
+//!   SLOTS` names them, which the nodes follow; their cluster bus stays direct): a
+//!   topic's shard is its slot's master, and the first shard, which carries what is
+//!   node-wide (the control channel, presence, the node list), is the control channel's;
+//! - three independent Redis instances (`--broker redis://a,redis://b,redis://c`, each URL
+//!   a proxy's): a topic's shard is the one the nodes' jump hash names (`common::shard`,
+//!   the server's own code), and the first in the list carries what is node-wide.
 //!
-//! The nodes share each master's proxy, so they lose the master and get it back together:
+//! One shard is cut off from every node for five seconds while the publishing node
+//! publishes steadily to a topic without history and one with (`h:`) on every shard, and
+//! a second node subscribes. For each kind, one test blackholes a shard that does not
+//! carry what is node-wide, the other resets every connection to the one that does (the
+//! four run side by side).
+//!
+//! While cut: publishes to the cut shard's topics are answered 503 within the response
+//! timeout (never a hang), the other shards' topics keep being taken and reach the second
+//! node's subscriber promptly with nothing missing, every node stays ready and `/readyz`
+//! shows the cut shard down. Once let back, that shard comes back up on its own (the time
+//! it takes is printed), a subscriber of its topic without history gets one gap notice,
+//! and a v1 subscriber of its history topic that resumes from its last offset at the gap
+//! notice gets every message that was taken exactly once, in order. A publish refused as
+//! the cut began may still have reached Redis (the proxy delivers what it held at the
+//! restore, as TCP would once a partition heals): such a message may come too, at most
+//! once and in order.
+//!
+//! The nodes share each shard's proxy, so they lose the shard and get it back together:
 //! little or nothing is published to its topics while one node is back and another not.
-//! In the blackhole test a third node is frozen (`SIGSTOP`) across the restore, so that it
-//! comes back after messages were taken: its subscriber without history misses them, and
-//! its resuming one must get them from the history. Needs `redis-server` and `redis-cli`
-//! on the PATH (`scripts/install-redis.sh`).
+//! In the blackhole tests a third node is frozen (`SIGSTOP`) across the restore, so that
+//! it comes back after messages were taken: its subscriber without history misses them,
+//! and its resuming one must get them from the history. Needs `redis-server` and
+//! `redis-cli` on the PATH (`scripts/install-redis.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/shard.rs"]
+mod shard;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,17 +51,19 @@ use common::faults::{
 };
 use common::node::{Node, wait_broker};
 use common::proxy::{Cut, Faults, Proxy};
-use stratus_testkit::RedisCluster;
+use stratus_testkit::{Redis, RedisCluster};
 
+/// How many shards: Redis Cluster masters, or independent Redis instances.
+const SHARDS: usize = 3;
 /// How long the cut lasts.
 const CUT: Duration = Duration::from_secs(5);
-/// How long a publish to the cut master may wait for its 503: the broker's response
+/// How long a publish to the cut shard may wait for its 503: the broker's response
 /// timeout (2 s), and room for a busy machine.
 const REFUSED_WITHIN: Duration = Duration::from_secs(4);
-/// How soon every node must show the cut master's shard down: the ping's interval (1 s)
-/// and timeout (2 s), and room for a busy machine.
+/// How soon every node must show the cut shard down: the ping's interval (1 s) and
+/// timeout (2 s), and room for a busy machine.
 const NOTICED_WITHIN: Duration = Duration::from_secs(4);
-/// The longest the other masters' topics may go without a publish taken, or a message
+/// The longest the other shards' topics may go without a publish taken, or a message
 /// from the publishing node may take to reach the other node's subscriber (it takes
 /// milliseconds; the cut lasts five seconds).
 const PROMPT: Duration = Duration::from_secs(1);
@@ -59,31 +72,133 @@ const NODE_WIDE: &str = "{stratus!}control";
 
 #[test]
 fn a_master_blackholed_fails_only_its_topics_which_come_back_on_their_own() {
-    cut_one_master(Cut::Blackhole, Carrying::TopicsOnly, true);
+    cut_one_shard(Kind::Cluster, Cut::Blackhole, Carrying::TopicsOnly, true);
 }
 
 /// No late node: every node retries on the same backoff from the same moment (the reset),
 /// so the others are back only a second or more after the restore, longer than a node
-/// may be frozen without its requests to the other masters timing out (2 s).
+/// may be frozen without its requests to the other shards timing out (2 s).
 #[test]
 fn the_node_wide_master_reset_fails_only_its_topics_which_come_back_on_their_own() {
-    cut_one_master(Cut::Drop, Carrying::NodeWide, false);
+    cut_one_shard(Kind::Cluster, Cut::Drop, Carrying::NodeWide, false);
 }
 
-/// Which master a test cuts.
+#[test]
+fn an_independent_shard_blackholed_fails_only_its_topics_which_come_back_on_their_own() {
+    cut_one_shard(
+        Kind::Independent,
+        Cut::Blackhole,
+        Carrying::TopicsOnly,
+        true,
+    );
+}
+
+/// No late node, as with the node-wide master.
+#[test]
+fn the_first_independent_shard_reset_fails_only_its_topics_which_come_back_on_their_own() {
+    cut_one_shard(Kind::Independent, Cut::Drop, Carrying::NodeWide, false);
+}
+
+/// What the nodes' broker is made of.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// The masters of one Redis Cluster.
+    Cluster,
+    /// Independent Redis instances, one `redis://` URL each.
+    Independent,
+}
+
+/// Which shard a test cuts.
 #[derive(Clone, Copy, Debug)]
 enum Carrying {
-    /// The master of what is node-wide (the control channel, presence, the node list).
+    /// The first: it carries what is node-wide (the control channel, presence, the node
+    /// list).
     NodeWide,
-    /// One that carries topics only.
+    /// The second, which carries topics only.
     TopicsOnly,
+}
+
+/// The Redis instances behind the nodes' broker, each behind a proxy of its own.
+struct Broker {
+    redis: Instances,
+    /// The proxies in the nodes' shard order: shard `s` is reached through `proxies[s]`.
+    proxies: Vec<Proxy>,
+    /// The nodes' `--broker`.
+    url: String,
+}
+
+/// The Redis instances of a [`Broker`], kept running as long as it lives.
+enum Instances {
+    /// The cluster, and its masters in the nodes' shard order.
+    Cluster(RedisCluster, Vec<usize>),
+    /// The independent instances, in the `--broker` list's order.
+    Independent(Vec<Redis>),
+}
+
+impl Broker {
+    fn start(kind: Kind) -> Self {
+        match kind {
+            Kind::Cluster => {
+                let (cluster, proxies) = proxied_cluster();
+                assert_slots_name_the_proxies(&cluster, &proxies);
+                let order = shard_order(&cluster);
+                let mut proxies: Vec<Option<Proxy>> = proxies.into_iter().map(Some).collect();
+                let proxies = order.iter().map(|&m| proxies[m].take().unwrap()).collect();
+                // The seeds are the masters' own ports: the nodes follow `CLUSTER SLOTS`
+                // to the proxies.
+                let url = cluster.url();
+                Self {
+                    redis: Instances::Cluster(cluster, order),
+                    proxies,
+                    url,
+                }
+            }
+            Kind::Independent => {
+                let instances: Vec<Redis> = (0..SHARDS).map(|_| Redis::start()).collect();
+                let proxies: Vec<Proxy> = instances
+                    .iter()
+                    .map(|redis| {
+                        let target = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+                        Proxy::start(target, Faults::default())
+                    })
+                    .collect();
+                let url = proxies
+                    .iter()
+                    .map(|proxy| format!("redis://{}", proxy.addr))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                Self {
+                    redis: Instances::Independent(instances),
+                    proxies,
+                    url,
+                }
+            }
+        }
+    }
+
+    /// How many shards.
+    fn len(&self) -> usize {
+        self.proxies.len()
+    }
+
+    /// The shard that carries `topic`: the one whose master serves its channel's slot, as
+    /// the cluster says; or the one the nodes' jump hash names over the list.
+    fn shard_of(&self, topic: &str) -> usize {
+        match &self.redis {
+            Instances::Cluster(cluster, order) => {
+                let master = cluster.master_of(&format!("stratus:{{{topic}}}"));
+                order.iter().position(|&m| m == master).unwrap()
+            }
+            Instances::Independent(instances) => shard::shard_of(topic, instances.len()),
+        }
+    }
 }
 
 /// A cluster whose masters each announce the port of a proxy of their own; the proxies
 /// in the masters' order.
 fn proxied_cluster() -> (RedisCluster, Vec<Proxy>) {
     let mut proxies: HashMap<u16, Proxy> = HashMap::new();
-    let cluster = RedisCluster::start_announcing(3, |port| {
+    let cluster = RedisCluster::start_announcing(SHARDS, |port| {
         let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port)), Faults::default());
         let announced = proxy.addr.port();
         proxies.insert(port, proxy);
@@ -95,7 +210,6 @@ fn proxied_cluster() -> (RedisCluster, Vec<Proxy>) {
         .collect();
     (cluster, proxies)
 }
-
 /// Checks that every master's `CLUSTER SLOTS` names each master (by its id) at its
 /// proxy's address: what the nodes reach it through.
 fn assert_slots_name_the_proxies(cluster: &RedisCluster, proxies: &[Proxy]) {
@@ -140,18 +254,17 @@ fn shard_order(cluster: &RedisCluster) -> Vec<usize> {
     order
 }
 
-/// A topic without history and one with, on each master: `[plain, history]` by master.
-fn topics_by_master(cluster: &RedisCluster) -> Vec<[String; 2]> {
-    let mut plain = vec![None; cluster.len()];
-    let mut history = vec![None; cluster.len()];
+/// A topic without history and one with, on each shard: `[plain, history]` by shard.
+fn topics_by_shard(broker: &Broker) -> Vec<[String; 2]> {
+    let mut plain = vec![None; broker.len()];
+    let mut history = vec![None; broker.len()];
     for i in 0.. {
         if plain.iter().chain(&history).all(Option::is_some) {
             break;
         }
         for (prefix, topics) in [("plain:", &mut plain), (HISTORY_PREFIX, &mut history)] {
             let topic = format!("{prefix}{i}");
-            let master = cluster.master_of(&format!("stratus:{{{topic}}}"));
-            topics[master].get_or_insert(topic);
+            topics[broker.shard_of(&topic)].get_or_insert(topic);
         }
     }
     plain
@@ -224,12 +337,12 @@ fn watch_readiness(node: &Node, cut: usize, stop: &AtomicBool) -> Vec<String> {
 /// A node of the test, and what it is for.
 struct Member {
     /// `publishing` (every publish goes through it), `subscribing` (it also carries the
-    /// subscriber of the other masters' topics) or `late` (frozen across the restore).
+    /// subscriber of the other shards' topics) or `late` (frozen across the restore).
     role: &'static str,
     node: Node,
 }
 
-/// Subscribers of the lost master's topics on a node: one of the topic without history,
+/// Subscribers of the lost shard's topics on a node: one of the topic without history,
 /// and one of the history topic that resumes from its last offset at a gap notice (its
 /// first offset).
 struct LostReaders {
@@ -263,49 +376,45 @@ impl Drop for Thaw<'_> {
 
 /// What the nodes' subscribers got, and saw of their readiness.
 struct Seen {
-    /// The longest a message on the other masters' topics took to the subscribing node.
+    /// The longest a message on the other shards' topics took to the subscribing node.
     worst: Duration,
-    /// How many messages each of the other masters' topics had there.
+    /// How many messages each of the other shards' topics had there.
     witnessed: HashMap<String, u64>,
-    /// Per node: the lost master's topic without history, and its history topic resumed.
+    /// Per node: the lost shard's topic without history, and its history topic resumed.
     delivered: Vec<(Delivered, Delivered)>,
-    /// Per node: the states the lost master's shard went through.
+    /// Per node: the states the lost shard went through.
     states: Vec<Vec<String>>,
 }
 
-/// Cuts `carrying` master off from the nodes with `cut`, and checks all. With `late`, a
-/// third node is frozen across the restore (`SIGSTOP`, until the others have had the lost
-/// master's topics back for a while): it is back after messages were taken there, which
-/// its resuming subscriber must recover from the history (the two others come back
-/// together, with little or nothing published meanwhile).
-fn cut_one_master(cut: Cut, carrying: Carrying, late: bool) {
-    let name = format!("{cut:?} of the {carrying:?} master");
-    let (cluster, proxies) = proxied_cluster();
-    assert_slots_name_the_proxies(&cluster, &proxies);
-    let shards = shard_order(&cluster);
+/// Starts a `kind` broker, cuts its `carrying` shard off from the nodes with `cut`, and
+/// checks all. With `late`, a third node is frozen across the restore (`SIGSTOP`, until
+/// the others have had the lost shard's topics back for a while): it is back after
+/// messages were taken there, which its resuming subscriber must recover from the history
+/// (the two others come back together, with little or nothing published meanwhile).
+fn cut_one_shard(kind: Kind, cut: Cut, carrying: Carrying, late: bool) {
+    let name = format!("{kind:?}: {cut:?} of the {carrying:?} shard");
+    let broker = Broker::start(kind);
     let lost = match carrying {
-        Carrying::NodeWide => shards[0],
-        Carrying::TopicsOnly => shards[1],
+        Carrying::NodeWide => 0,
+        Carrying::TopicsOnly => 1,
     };
-    let lost_shard = shards.iter().position(|&m| m == lost).unwrap();
-    let topics = topics_by_master(&cluster);
+    let topics = topics_by_shard(&broker);
     let [lost_plain, lost_history] = [&topics[lost][0], &topics[lost][1]];
-    let others: Vec<&str> = (0..cluster.len())
-        .filter(|&m| m != lost)
-        .flat_map(|m| topics[m].iter().map(String::as_str))
+    let others: Vec<&str> = (0..broker.len())
+        .filter(|&s| s != lost)
+        .flat_map(|s| topics[s].iter().map(String::as_str))
         .collect();
 
-    let config = NamespaceFile::new(&format!("cluster-faults-{cut:?}"));
+    let config = NamespaceFile::new(&format!("shard-faults-{kind:?}-{cut:?}"));
     let flags = ["--config", config.path()];
-    let url = cluster.url();
-    let up = vec!["up"; cluster.len()];
+    let up = vec!["up"; broker.len()];
     let mut roles = vec!["publishing", "subscribing"];
     roles.extend(late.then_some("late"));
     let members: Vec<Member> = std::thread::scope(|scope| {
         let starting: Vec<_> = roles
             .iter()
             .map(|&role| {
-                let (url, up) = (&url, &up);
+                let (url, up) = (&broker.url, &up);
                 scope.spawn(move || {
                     let node = Node::start_on(url, &flags);
                     wait_broker(&node, "up", up);
@@ -321,13 +430,22 @@ fn cut_one_master(cut: Cut, carrying: Carrying, late: bool) {
         .iter()
         .map(|m| LostReaders::subscribe(&m.node, lost_plain, lost_history))
         .collect();
+    // Every node has its topics on the shards the test expects them on: the lost shard's
+    // on it, the others' (on the subscribing node) two on each other shard.
     for member in &members {
-        let more = if member.role == "subscribing" {
-            others.len()
-        } else {
-            0
-        };
+        let subscribing = member.role == "subscribing";
+        let more = if subscribing { others.len() } else { 0 };
         member.node.wait_topics(2 + more as u64);
+        for shard in 0..broker.len() {
+            let metric = format!("stratus_broker_shard_topics{{shard=\"{shard}\"}}");
+            let expected = if shard == lost || subscribing { 2 } else { 0 };
+            let role = member.role;
+            assert_eq!(
+                member.node.metric(&metric),
+                expected,
+                "{name}: {role}: {metric}"
+            );
+        }
     }
 
     let started = Instant::now();
@@ -337,18 +455,18 @@ fn cut_one_master(cut: Cut, carrying: Carrying, late: bool) {
         // Raised when the cut is over and its topics are back, or as a check fails.
         let stopping = Raise(&stop);
         let (stop, outcomes) = (&stop, &outcomes);
-        // One publisher per master: a publish to the lost one that waits must not hold up
+        // One publisher per shard: a publish to the lost one that waits must not hold up
         // the others.
         let publishing: Vec<_> = topics
             .iter()
             .enumerate()
-            .map(|(master, pair)| {
+            .map(|(shard, pair)| {
                 scope.spawn(move || {
                     let pair = [pair[0].as_str(), pair[1].as_str()];
                     let mut mine: [Outcomes; 2] = Default::default();
                     publish_until(publisher, &pair, stop, started, |answer| {
                         let i = usize::from(answer.topic != pair[0]);
-                        judge(&answer, master == lost, started, &mut mine[i]);
+                        judge(&answer, shard == lost, started, &mut mine[i]);
                     });
                     let mut outcomes = outcomes.lock().unwrap();
                     for (topic, mine) in pair.into_iter().zip(mine) {
@@ -372,12 +490,12 @@ fn cut_one_master(cut: Cut, carrying: Carrying, late: bool) {
             .collect();
         let watching: Vec<_> = members
             .iter()
-            .map(|m| scope.spawn(move || watch_readiness(&m.node, lost_shard, stop)))
+            .map(|m| scope.spawn(move || watch_readiness(&m.node, lost, stop)))
             .collect();
 
         std::thread::sleep(Duration::from_millis(500));
-        let shard = (lost_shard, cluster.len());
-        cut_and_restore(&name, &proxies[lost], cut, &members, shard);
+        let shard = (lost, broker.len());
+        cut_and_restore(&name, &broker.proxies[lost], cut, &members, shard);
         // Some messages after the recovery, then the end.
         std::thread::sleep(Duration::from_millis(500));
         drop(stopping);
@@ -396,23 +514,23 @@ fn cut_one_master(cut: Cut, carrying: Carrying, late: bool) {
         }
     });
     let outcomes = outcomes.into_inner().unwrap();
-    check_other_masters(&name, &others, &outcomes, &seen);
-    check_lost_master(
+    check_other_shards(&name, &others, &outcomes, &seen);
+    check_lost_shard(
         &name,
         [lost_plain, lost_history],
         &outcomes,
         &members,
         &seen,
     );
-    // One session lost with the lost master, on each node; none with the others.
+    // One session lost with the lost shard, on each node; none with the others.
     for member in &members {
-        for shard in 0..cluster.len() {
+        for shard in 0..broker.len() {
             let metric = format!("stratus_broker_shard_disconnects_total{{shard=\"{shard}\"}}");
-            let lost = u64::from(shard == lost_shard);
+            let disconnects = u64::from(shard == lost);
             let role = member.role;
             assert_eq!(
                 member.node.metric(&metric),
-                lost,
+                disconnects,
                 "{name}: {role}: {metric}"
             );
         }
@@ -476,9 +594,9 @@ fn cut_and_restore(
     }
 }
 
-/// The other masters: every publish taken, none paused, each message at the subscribing
+/// The other shards: every publish taken, none paused, each message at the subscribing
 /// node promptly, in order, none missing.
-fn check_other_masters(
+fn check_other_shards(
     name: &str,
     others: &[&str],
     outcomes: &HashMap<String, Outcomes>,
@@ -496,22 +614,22 @@ fn check_other_masters(
     }
     let worst = seen.worst;
     eprintln!(
-        "{name}: the other masters' topics, {} messages each, at the other node within \
+        "{name}: the other shards' topics, {} messages each, at the other node within \
          {worst:?}",
         outcomes[others[0]].taken.len()
     );
     assert!(
         worst < PROMPT,
-        "{name}: the other masters stalled: {worst:?}"
+        "{name}: the other shards stalled: {worst:?}"
     );
 }
 
-/// The lost master's topics: refused while cut, taken again after; on every node, the
+/// The lost shard's topics: refused while cut, taken again after; on every node, the
 /// shard went down and up, the topic without history had one gap notice and missed
 /// nothing taken but where it came, and the resumed history topic had every message
 /// taken, once, in order (and maybe some that were refused as the cut began, yet reached
 /// Redis). The late node missed some, and recovered them.
-fn check_lost_master(
+fn check_lost_shard(
     name: &str,
     [plain, history]: [&str; 2],
     outcomes: &HashMap<String, Outcomes>,
