@@ -128,31 +128,20 @@ pub(crate) fn render(hub: &Hub) -> String {
     for (name, kind, help, value) in single {
         metric(&mut out, name, kind, help, &[("", value)]);
     }
-    let (deflate_in, deflate_out) = (sum(|w| &w.deflate_in), sum(|w| &w.deflate_out));
-    let ratio = if deflate_out == 0 {
-        0.0
-    } else {
-        deflate_in as f64 / deflate_out as f64
-    };
-    let _ = writeln!(
-        out,
-        "# HELP stratus_deflate_ratio Bytes in per byte out over all outgoing compression (0 before any).\n\
-         # TYPE stratus_deflate_ratio gauge\nstratus_deflate_ratio {ratio:.3}"
+    quotient(
+        &mut out,
+        "stratus_deflate_ratio",
+        "Bytes in per byte out over all outgoing compression (0 before any).",
+        (sum(|w| &w.deflate_in), sum(|w| &w.deflate_out)),
     );
-    let (compressions, publishes) = (sum(|w| &w.compressions), load(&stats.published));
-    let per_publish = if publishes == 0 {
-        0.0
-    } else {
-        compressions as f64 / publishes as f64
-    };
-    let _ = writeln!(
-        out,
-        "# HELP stratus_deflate_compressions_per_publish Compressions per publish accepted here (0 before any): \
+    quotient(
+        &mut out,
+        "stratus_deflate_compressions_per_publish",
+        "Compressions per publish accepted here (0 before any): \
          with shared-mode deflate a publish is compressed once for all its subscribers, so 1 at most \
          (less for publishes under the threshold or with no deflate subscriber; presence events and \
-         other nodes' publishes arriving through the broker add compressions, not publishes).\n\
-         # TYPE stratus_deflate_compressions_per_publish gauge\n\
-         stratus_deflate_compressions_per_publish {per_publish:.3}"
+         other nodes' publishes arriving through the broker add compressions, not publishes).",
+        (sum(|w| &w.compressions), load(&stats.published)),
     );
     labelled(
         &mut out,
@@ -226,6 +215,18 @@ fn user_commands(out: &mut String, stats: &crate::stats::Stats) {
         "counter",
         help,
         &samples,
+    );
+}
+
+/// Writes gauge `name`: `over.0` divided by `over.1`, 0 while `over.1` is 0.
+fn quotient(out: &mut String, name: &str, help: &str, over: (u64, u64)) {
+    let value = match over {
+        (_, 0) => 0.0,
+        (top, bottom) => top as f64 / bottom as f64,
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value:.3}"
     );
 }
 

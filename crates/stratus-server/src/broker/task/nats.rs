@@ -25,6 +25,7 @@
 //! - What NATS has no counterpart for: the receivers of a publish (the answer's reach is
 //!   [`Reach::Broker`]), presence and the node list (answered as unreadable).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -234,7 +235,7 @@ fn arrivals(
     mut events: mpsc::Receiver<async_nats::Event>,
 ) -> Messages {
     let mut merged: SelectAll<Abortable<async_nats::Subscriber>> = SelectAll::new();
-    let mut handles: std::collections::HashMap<String, AbortHandle> = Default::default();
+    let mut handles: HashMap<String, AbortHandle> = HashMap::new();
     let mut ended = false;
     Box::pin(futures_util::stream::poll_fn(move |cx| {
         use std::task::Poll;
@@ -395,14 +396,20 @@ pub(super) async fn publish_loop(
         if let Err(lost) = round_trip(&publisher.client).await {
             return lost;
         }
-        let mut trims = Vec::new();
+        // The topics of the batch to trim, each once: one purge that keeps the topic's
+        // count covers every publish of it in the batch.
+        let mut trims: HashMap<String, usize> = HashMap::new();
         for (p, ack) in batch.drain(..).zip(acks) {
             let offset = match ack {
                 None => Ok(None),
                 Some(ack) => match tokio::time::timeout(RESPONSE_TIMEOUT, ack).await {
                     Ok(Ok(ack)) => {
-                        if let Some(trim) = publisher.js.as_ref().and_then(|h| h.trim(keys, &p)) {
-                            trims.push(trim);
+                        if publisher
+                            .js
+                            .as_ref()
+                            .is_some_and(|h| p.retention.count < h.widest)
+                        {
+                            trims.insert(keys.key(&p.topic), p.retention.count);
                         }
                         Ok(Some(Offset(0, ack.sequence)))
                     }
@@ -415,6 +422,12 @@ pub(super) async fn publish_loop(
         }
         // The trims of the batch's topics run together, after their publishes are answered;
         // one that fails only leaves more kept.
+        let Some(history) = &publisher.js else {
+            continue;
+        };
+        let trims = trims
+            .into_iter()
+            .map(|(subject, keep)| history.trim(subject, keep));
         for failure in futures_util::future::join_all(trims)
             .await
             .into_iter()
@@ -428,25 +441,18 @@ pub(super) async fn publish_loop(
 }
 
 impl History {
-    /// The trim of `p`'s topic to the entries it keeps, if it keeps fewer than the stream
-    /// does for every topic: its failure, if it fails.
-    fn trim(
-        &self,
-        keys: Keyspace,
-        p: &Outgoing,
-    ) -> Option<impl Future<Output = Option<String>> + use<>> {
-        if p.retention.count >= self.widest {
-            return None;
-        }
-        let keep = u64::try_from(p.retention.count).unwrap_or(u64::MAX);
-        let purge = self.stream.purge().filter(keys.key(&p.topic)).keep(keep);
-        Some(async move {
+    /// Trims the history subject `subject` to its newest `keep` entries: its failure, if
+    /// it fails.
+    fn trim(&self, subject: String, keep: usize) -> impl Future<Output = Option<String>> + use<> {
+        let keep = u64::try_from(keep).unwrap_or(u64::MAX);
+        let purge = self.stream.purge().filter(subject).keep(keep);
+        async move {
             match tokio::time::timeout(RESPONSE_TIMEOUT, purge.into_future()).await {
                 Ok(Ok(_)) => None,
                 Ok(Err(err)) => Some(err.to_string()),
                 Err(_) => Some("no answer within the response timeout".to_owned()),
             }
-        })
+        }
     }
 }
 
